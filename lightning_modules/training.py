@@ -1,0 +1,138 @@
+"""Training as a function: hyperparameters + data + seed in, a trained model and its metrics out.
+
+The trial objective, the export (to retrain a trial) and the tests all call `fit`; Optuna stays
+outside: the objective passes its pruning and recording callbacks in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import EarlyStopping
+
+from lightning_modules.callbacks import DEFAULT_SNAPSHOT_STEPS, WeightSnapshots
+from lightning_modules.classifiers import MONITOR, Classifier, HyperParams, build_classifier
+from lightning_modules.data import DataSplit, MNISTDataModule, TensorBatches
+
+_QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning_fabric", "lightning.pytorch.utilities.rank_zero")
+
+
+def configure_torch(workers: int = 1, cores: int | None = None) -> int:
+    """Give each of `workers` processes an equal share of the cores; returns the thread count.
+
+    On 2 cores one worker uses both threads (the MLP's matmuls scale to 2); two workers use one
+    each, since oversubscribed BLAS threads spin against each other and lose throughput.
+    """
+    cores = cores or len(os.sched_getaffinity(0))
+    threads = max(1, cores // max(1, workers))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def quiet_lightning() -> None:
+    """Lightning's banners and tips are noise for a service that trains hundreds of models."""
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*isinstance.*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+@dataclass
+class FitResult:
+    """A trained model, its per-epoch history and the first-layer snapshots taken on the way."""
+
+    model: Classifier
+    history: list[dict[str, float]]
+    snapshots: dict[int, torch.Tensor]
+    seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history)
+
+
+def build_trainer(max_epochs: int, callbacks: Sequence[pl.Callback] = (), **overrides: object) -> pl.Trainer:
+    """A quiet CPU trainer: no logger, no progress bar, no checkpoint files, no sanity check."""
+    quiet_lightning()
+    settings: dict[str, object] = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=list(callbacks),
+    )
+    settings.update(overrides)
+    return pl.Trainer(**settings)
+
+
+def fit(
+    hp: HyperParams,
+    split: DataSplit,
+    *,
+    seed: int,
+    max_epochs: int,
+    callbacks: Iterable[pl.Callback] = (),
+    snapshot_steps: Iterable[int] = DEFAULT_SNAPSHOT_STEPS,
+    target_accuracy: float | None = None,
+    **trainer_overrides: object,
+) -> FitResult:
+    """Train one model from scratch; the same seed gives the same metrics on the same CPU.
+
+    With `target_accuracy`, training ends after the first epoch whose validation accuracy
+    reaches it: more epochs would only delay the study's stop at target.
+    """
+    pl.seed_everything(seed, workers=True, verbose=False)
+    model = build_classifier(hp)
+    datamodule = MNISTDataModule(split, hp.batch_size, shuffle_seed=seed)
+    snapshots = WeightSnapshots(snapshot_steps)
+    all_callbacks: list[pl.Callback] = [snapshots, *callbacks]
+    if target_accuracy is not None:
+        all_callbacks.append(
+            EarlyStopping(
+                MONITOR, mode="max", stopping_threshold=target_accuracy, patience=max_epochs + 1,
+                check_on_train_epoch_end=False, verbose=False,
+            )
+        )
+    trainer = build_trainer(max_epochs, all_callbacks, **trainer_overrides)
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule)
+    seconds = time.perf_counter() - start
+    metrics = dict(model.history[-1]) if model.history else {}
+    return FitResult(model, list(model.history), dict(snapshots.snapshots), seconds, metrics)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Held-out metrics: accuracy, mean log loss and the 10x10 confusion matrix (counts)."""
+
+    accuracy: float
+    log_loss: float
+    confusion: torch.Tensor  # rows: true class, columns: predicted class
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.confusion.sum())
+
+
+def evaluate(model: Classifier, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> Evaluation:
+    """Score a model on held-out rows through its own test step (the same metric code as training)."""
+    trainer = build_trainer(1)
+    model.test_loss.reset()
+    model.test_acc.reset()
+    model.test_confusion.reset()
+    trainer.test(model, dataloaders=TensorBatches(x, y, batch_size), verbose=False)
+    confusion = model.test_confusion.compute().clone()
+    return Evaluation(float(model.test_acc.compute()), float(model.test_loss.compute()), confusion)

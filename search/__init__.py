@@ -1,0 +1,1 @@
+"""The search service: settings, search space, objective, study, command-line entry points."""

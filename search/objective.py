@@ -1,0 +1,119 @@
+"""The trial objective: parameters -> model -> fit with pruning -> recorded metrics and weights.
+
+Data is split once per worker and shared by every trial; a trial only wraps the tensors with
+its own batch size, so per-trial set-up costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+import optuna
+from optuna.artifacts import upload_artifact
+from optuna.artifacts._protocol import ArtifactStore
+from optuna.trial import TrialState
+from optuna_integration import PyTorchLightningPruningCallback
+
+from lightning_modules.classifiers import MONITOR
+from lightning_modules.data import DataSplit
+from lightning_modules.training import fit
+from search.config import Settings
+from search.model_files import save_model_file
+from search.rules import trial_at_target
+from search.space import suggest_params
+
+MODEL_ARTIFACT_ATTR = "model_artifact_id"
+
+
+class EpochRecorder(pl.Callback):
+    """Writes the history to the trial after every validation, so pruned trials keep theirs."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.trial.set_user_attr("history", pl_module.history)
+        self.trial.set_user_attr("epochs_run", len(pl_module.history))
+
+
+class StopAtStudyTarget(pl.Callback):
+    """Ends this trial's training once any worker's trial has reached the study's target."""
+
+    def __init__(self, study: optuna.Study, target: float | None) -> None:
+        self.study, self.target = study, target
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and trial_at_target(self.study, self.target) is not None:
+            trainer.should_stop = True
+
+
+@dataclass(frozen=True)
+class TrialSeeds:
+    sampler: int
+    training: int
+    split: int
+
+
+def trial_seeds(trial: optuna.Trial, settings: Settings, worker_index: int) -> TrialSeeds:
+    """A retried trial keeps the training seed of the attempt it replaces (copied user attrs)."""
+    training = trial.user_attrs.get("seed_training", settings.study.seed + trial.number)
+    return TrialSeeds(settings.study.seed + worker_index, int(training), settings.data.split_seed)
+
+
+def _best_value_of(study: optuna.Study, classifier: str) -> float:
+    values = [
+        t.value
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.value is not None and t.params.get("classifier") == classifier
+    ]
+    return max(values, default=float("-inf"))
+
+
+def make_objective(
+    settings: Settings, split: DataSplit, artifact_store: ArtifactStore, worker_index: int = 0
+) -> Callable[[optuna.Trial], float]:
+    """The function Optuna calls per trial; closes over data shared by all of a worker's trials."""
+    target = settings.study.target_accuracy
+
+    def objective(trial: optuna.Trial) -> float:
+        hp = suggest_params(trial, settings.space)
+        seeds = trial_seeds(trial, settings, worker_index)
+        for name, value in (("seed_sampler", seeds.sampler), ("seed_training", seeds.training), ("seed_split", seeds.split)):
+            trial.set_user_attr(name, value)
+        trial.set_user_attr("hyperparams", hp.to_dict())
+        callbacks = [
+            EpochRecorder(trial),
+            PyTorchLightningPruningCallback(trial, monitor=MONITOR),
+            StopAtStudyTarget(trial.study, target),
+        ]
+        result = fit(
+            hp,
+            split,
+            seed=seeds.training,
+            max_epochs=settings.training.max_epochs,
+            callbacks=callbacks,
+            snapshot_steps=settings.training.snapshot_steps,
+            target_accuracy=target,
+        )
+        value = result.metrics[MONITOR]
+        trial.set_user_attr("train_seconds", round(result.seconds, 3))
+        trial.set_user_attr("param_count", result.model.parameter_count())
+        if value > _best_value_of(trial.study, hp.classifier):
+            # Keep weights only for a new best of its classifier: bounded disk, and the export
+            # (best overall, best linear, best DNN) never has to retrain.
+            with tempfile.TemporaryDirectory() as tmp:
+                path = save_model_file(result.model, Path(tmp) / f"trial-{trial.number}.safetensors", result.snapshots)
+                artifact_id = upload_artifact(
+                    artifact_store=artifact_store, file_path=str(path), study_or_trial=trial,
+                    mimetype="application/octet-stream",
+                )
+            trial.set_user_attr(MODEL_ARTIFACT_ATTR, artifact_id)
+        return value
+
+    return objective

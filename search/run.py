@@ -1,0 +1,219 @@
+"""python -m search.run: search linear and DNN classifiers on MNIST with a persistent Optuna study.
+
+Re-running the same command resumes the study: --trials is the study's total budget of
+finished (complete or pruned) trials, so a study with 60 of 100 finished runs the 40 left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lightning_modules.errors import UserInputError
+
+_OPTION_KEYS = {
+    "trials": ("study", "trials"),
+    "study_name": ("study", "name"),
+    "storage": ("study", "storage"),
+    "target_accuracy": ("study", "target_accuracy"),
+    "timeout": ("study", "timeout"),
+    "workers": ("study", "workers"),
+    "seed": ("study", "seed"),
+    "data": ("data", "source"),
+    "data_dir": ("data", "data_dir"),
+    "train_size": ("data", "train_size"),
+    "max_epochs": ("training", "max_epochs"),
+}
+
+
+def _target(value: str) -> float | None:
+    if value.lower() in ("none", "off", "null"):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] or 'none', got {value!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m search.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Command-line values override the config file; the config file overrides the built-in "
+        "defaults (configs/default.yaml spells them out).",
+    )
+    add = parser.add_argument
+    add("--config", type=Path, default=None, help="YAML settings file (default: built-in defaults = configs/default.yaml)")
+    add("--trials", type=int, help="total budget of finished trials in the study, counting earlier runs (default 100)")
+    add("--study-name", help="study to create or resume (default: mnist)")
+    add("--storage", help="storage URL: sqlite:///file.db or postgresql://user@host/db (default: sqlite:///storage/mnist-search.db)")
+    add("--target-accuracy", type=_target, default=argparse.SUPPRESS, help="stop once a completed trial reaches this validation accuracy; 'none' spends the whole budget (default 0.95)")
+    add("--timeout", type=float, help="start no new trial after this many seconds of this run")
+    add("--workers", type=int, help="worker processes on this machine sharing the study (default 1)")
+    add("--seed", type=int, help="seed of the sampler; trial n trains with seed + n (default 0)")
+    add("--data", help="mnist, fashion-mnist, a directory of IDX files, or a CSV file (label, 784 pixels)")
+    add("--data-dir", help="directory holding the IDX files (default: $MNIST_DATA_DIR, then the user cache)")
+    add("--train-size", type=int, help="train on a stratified subsample of this many rows")
+    add("--max-epochs", type=int, help="epochs per trial (default 8)")
+    add("--no-export", action="store_true", help="do not export the best model when the study ends")
+    return parser
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for option, (section, key) in _OPTION_KEYS.items():
+        if option not in vars(args):
+            continue
+        value = getattr(args, option)
+        if value is None and option != "target_accuracy":
+            continue
+        overrides.setdefault(section, {})[key] = value
+    if args.no_export:
+        overrides["export"] = False
+    return overrides
+
+
+def quiet_optuna() -> None:
+    """Our one line per trial replaces Optuna's INFO lines; experimental-API notes are ours to track."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def resume_command(argv: list[str]) -> str:
+    return "python -m search.run " + " ".join(shlex.quote(a) for a in argv)
+
+
+def _worker_process(settings_json: dict[str, Any], storage_url: str, worker_index: int, threads: int) -> None:
+    """Entry point of a spawned worker: its own storage connection, data and sampler seed."""
+    import torch
+
+    from search.config import Settings
+
+    torch.set_num_threads(threads)
+    quiet_optuna()
+    settings = Settings.model_validate(settings_json)
+    _run_one_worker(settings, storage_url, worker_index, callbacks=())
+
+
+def _run_one_worker(settings: Any, storage_url: str, worker_index: int, callbacks: Any, split: Any = None) -> str:
+    from search.export import load_split
+    from search.objective import make_objective
+    from search.storage import build_artifact_store, build_storage
+    from search.study import open_study, run_worker
+
+    storage = build_storage(storage_url)
+    study = open_study(settings, storage, worker_index).study
+    split = split if split is not None else load_split(settings)
+    objective = make_objective(settings, split, build_artifact_store(), worker_index)
+    return run_worker(study, objective, settings, callbacks)
+
+
+def run(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    from search.config import load_settings, settings_as_dict
+
+    settings = load_settings(args.config, overrides_from_args(args))
+    quiet_optuna()
+
+    from lightning_modules.training import configure_torch
+    from search.export import SETTINGS_ATTR, export_study, load_split
+    from search.progress import TrialReporter
+    from search.storage import artifact_dir, build_storage, default_storage_url, redact
+    from search.study import best_trials, open_study, stop_reason, study_status
+
+    storage_url = settings.study.storage or default_storage_url()
+    storage = build_storage(storage_url)
+    split = load_split(settings)  # before the study exists: bad data creates nothing
+    opened = open_study(settings, storage)
+    study = opened.study
+    study.set_user_attr(SETTINGS_ATTR, settings_as_dict(settings))
+    status = study_status(study)
+    budget = settings.study.trials
+    print(
+        f"{'created' if opened.created else 'resumed'} study {study.study_name!r} in {redact(storage_url)}: "
+        f"{status.finished} finished trials ({status.complete} complete, {status.pruned} pruned), "
+        f"budget {budget}, target {settings.study.target_accuracy or 'none'}; "
+        f"data {split.x_train.shape[0]} train / {split.x_val.shape[0]} val rows"
+    )
+    sys.stdout.flush()
+    reporter = TrialReporter(study, budget)
+    workers = settings.study.workers
+    start = time.monotonic()
+    try:
+        if workers == 1:
+            configure_torch(1)
+            reason = _run_one_worker(settings, storage_url, 0, callbacks=[reporter], split=split)
+        else:
+            reason = _run_workers(settings, storage_url, study, reporter, workers)
+    except KeyboardInterrupt:
+        reporter.close()
+        print(f"\ninterrupted; the study is saved. Resume with: {resume_command(argv)}", file=sys.stderr)
+        return 130
+    reporter.update(study)
+    reporter.close()
+    if reason is None:
+        reason = stop_reason(study, settings, None) or "all workers finished"
+    print(f"stopped: {reason} after {time.monotonic() - start:.1f} s")
+    best = best_trials(study).get("best")
+    if best is None:
+        print("no completed trial yet; nothing to export")
+        return 0
+    line = f"best trial {best.number}: val_acc={best.value:.4f}"
+    if settings.export:
+        metrics = export_study(study, force=True, split=split)
+        line += f" test_acc={metrics['test_accuracy']:.4f}; exported to {metrics['export_dir']}"
+    print(line)
+    dashboard_url = redact(storage_url)
+    print(f"inspect it: optuna-dashboard {shlex.quote(dashboard_url)} --artifact-dir {shlex.quote(str(artifact_dir()))}")
+    return 0
+
+
+def _run_workers(settings: Any, storage_url: str, study: Any, reporter: Any, workers: int) -> str | None:
+    """K spawned workers share the study; this process only reports what they finish."""
+    from lightning_modules.training import configure_torch
+
+    threads = max(1, (len(os.sched_getaffinity(0))) // workers)
+    configure_torch(workers)
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_worker_process, args=(settings.model_dump(mode="json"), storage_url, i, threads), daemon=False)
+        for i in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        while any(p.is_alive() for p in processes):
+            reporter.update(study)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        for process in processes:
+            process.join(timeout=10)
+        raise
+    failed = [p.exitcode for p in processes if p.exitcode not in (0, None)]
+    if failed:
+        print(f"warning: {len(failed)} worker(s) exited with codes {failed}", file=sys.stderr)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return run(argv)
+    except UserInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The only caller of `trial.suggest_*`: config ranges in, plain hyperparameters out."""
+
+from __future__ import annotations
+
+import optuna
+
+from lightning_modules.classifiers import HyperParams
+from search.config import BaselineConfig, FloatRange, SpaceConfig
+
+
+def _suggest_float(trial: optuna.trial.BaseTrial, name: str, span: FloatRange) -> float:
+    return trial.suggest_float(name, span.low, span.high, log=span.log)
+
+
+def suggest_params(trial: optuna.trial.BaseTrial, space: SpaceConfig) -> HyperParams:
+    """Suggest one trial's hyperparameters; DNN-only parameters exist only on DNN trials."""
+    classifier = trial.suggest_categorical("classifier", space.classifier)
+    learning_rate = _suggest_float(trial, "learning_rate", space.learning_rate)
+    optimizer = trial.suggest_categorical("optimizer", space.optimizer)
+    weight_decay = _suggest_float(trial, "weight_decay", space.weight_decay)
+    batch_size = trial.suggest_categorical("batch_size", space.batch_size)
+    hidden: tuple[int, ...] = ()
+    dropout = 0.0
+    if classifier == "dnn":
+        layers = trial.suggest_int("hidden_layers", space.hidden_layers.low, space.hidden_layers.high)
+        hidden = tuple(
+            trial.suggest_int(f"units_l{i + 1}", space.units.low, space.units.high, log=space.units.log)
+            for i in range(layers)
+        )
+        dropout = _suggest_float(trial, "dropout", space.dropout)
+    return HyperParams(classifier, hidden, dropout, learning_rate, optimizer, weight_decay, batch_size)
+
+
+def baseline_params(baseline: BaselineConfig) -> dict[str, object]:
+    """The enqueued first trial, as the parameter names `suggest_params` uses."""
+    return {
+        "classifier": "linear",
+        "learning_rate": baseline.learning_rate,
+        "optimizer": baseline.optimizer,
+        "weight_decay": baseline.weight_decay,
+        "batch_size": baseline.batch_size,
+    }

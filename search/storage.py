@@ -1,0 +1,137 @@
+"""Storage URLs -> Optuna storages and the artifact store; where run state lives on disk.
+
+SQLite is the embedded default. Each storage gets heartbeats, so a trial whose process died
+is failed and re-queued with the same parameters by the next worker that looks.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+from lightning_modules.errors import UserInputError
+
+HOME_ENV = "MNIST_SEARCH_HOME"
+DB_NAME = "mnist-search.db"
+HEARTBEAT_SECONDS = 5
+GRACE_SECONDS = 20
+SQLITE_BUSY_TIMEOUT_SECONDS = 60
+MAX_RETRY = 3
+
+
+class StorageError(UserInputError):
+    """A storage URL that is malformed, unreachable, or names a study that is not there."""
+
+
+def runtime_dir() -> Path:
+    """The folder for the default database, artifacts and exports (git-ignored `storage/`)."""
+    return Path(os.environ.get(HOME_ENV, "storage")).expanduser().resolve()
+
+
+def default_storage_url() -> str:
+    return f"sqlite:///{runtime_dir() / DB_NAME}"
+
+
+def artifact_dir() -> Path:
+    return runtime_dir() / "artifacts"
+
+
+def exports_dir() -> Path:
+    return runtime_dir() / "exports"
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ***, safe to print and to log."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable storage URL>"
+
+
+def _sqlite_path(url: str) -> Path | None:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def _prepare_sqlite(path: Path) -> None:
+    """WAL lets the dashboard read while workers write; set once, it stays with the file."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_SECONDS) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error as error:
+        raise StorageError(f"SQLite database {path} cannot be opened ({error}); check the path and its permissions") from None
+
+
+def build_storage(url: str | None = None, heartbeat: bool = True) -> RDBStorage:
+    """An RDB storage for `url` (default: the SQLite file), with heartbeats and retry of dead trials."""
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    url = url or default_storage_url()
+    engine_kwargs: dict[str, object] = {}
+    try:
+        sqlite_path = _sqlite_path(url)
+    except ArgumentError:
+        raise StorageError(f"storage URL {redact(url)!s} is not a valid SQLAlchemy URL (e.g. sqlite:///path.db or postgresql://user@host/db)") from None
+    if sqlite_path is not None:
+        _prepare_sqlite(sqlite_path)
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    options: dict[str, object] = {}
+    if heartbeat:
+        options = dict(
+            heartbeat_interval=HEARTBEAT_SECONDS,
+            grace_period=GRACE_SECONDS,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+        )
+    try:
+        return RDBStorage(url, engine_kwargs=engine_kwargs, **options)
+    except ImportError:
+        raise StorageError(f"no database driver for {redact(url)}; for PostgreSQL install the extra: pip install -e '.[postgres]'") from None
+    except SQLAlchemyError as error:
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        for secret in _secrets(url):
+            reason = reason.replace(secret, "***")
+        raise StorageError(f"cannot open storage {redact(url)} ({reason}); check that the server is running and the URL is right") from None
+
+
+def _secrets(url: str) -> list[str]:
+    from sqlalchemy.engine import make_url
+
+    password = make_url(url).password
+    return [str(password)] if password else []
+
+
+def build_artifact_store(directory: Path | None = None) -> FileSystemArtifactStore:
+    """The artifact store shared by the study's trials and optuna-dashboard."""
+    directory = directory or artifact_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(directory))
+
+
+def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
+    return [summary.study_name for summary in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+
+
+def load_existing_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """Load a study that must exist; the error lists the ones that do."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = study_names(storage)
+        listing = ", ".join(names) if names else "none"
+        raise StorageError(f"no study named {name!r} in this storage (studies there: {listing}); pass --study-name") from None

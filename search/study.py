@@ -1,0 +1,127 @@
+"""Open or resume a study, build its sampler and pruner, and run one worker until a stop rule.
+
+A worker runs one trial per `optimize` call and re-reads the stop rules from the storage
+between trials, so the budget and the target hold across processes and across restarts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.config import PrunerConfig, SamplerConfig, Settings
+from search.rules import finished_trials, remaining_budget, trial_at_target
+from search.space import baseline_params
+
+TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+def build_sampler(config: SamplerConfig, seed: int) -> optuna.samplers.BaseSampler:
+    if config.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=config.n_startup_trials)
+
+
+def build_pruner(config: PrunerConfig, max_epochs: int) -> optuna.pruners.BasePruner:
+    if config.name == "none":
+        return optuna.pruners.NopPruner()
+    if config.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=config.min_resource, max_resource=max_epochs, reduction_factor=config.reduction_factor
+        )
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=config.n_startup_trials, n_warmup_steps=config.n_warmup_steps
+    )
+
+
+@dataclass(frozen=True)
+class OpenedStudy:
+    study: optuna.Study
+    created: bool
+
+
+def open_study(settings: Settings, storage: optuna.storages.BaseStorage, worker_index: int = 0) -> OpenedStudy:
+    """Create the study (with the baseline enqueued) or resume it; never a duplicate."""
+    sampler = build_sampler(settings.sampler, settings.study.seed + worker_index)
+    pruner = build_pruner(settings.pruner, settings.training.max_epochs)
+    name = settings.study.name
+    try:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        return OpenedStudy(study, created=False)
+    except KeyError:
+        pass
+    study = optuna.create_study(
+        study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction="maximize", load_if_exists=True
+    )
+    created = len(study.get_trials(deepcopy=False)) == 0
+    if created and settings.baseline.enabled:
+        study.enqueue_trial(baseline_params(settings.baseline), skip_if_exists=True)
+    return OpenedStudy(study, created)
+
+
+@dataclass(frozen=True)
+class StudyStatus:
+    complete: int
+    pruned: int
+    failed: int
+    running: int
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+
+def study_status(study: optuna.Study) -> StudyStatus:
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return StudyStatus(
+        states.count(TrialState.COMPLETE), states.count(TrialState.PRUNED),
+        states.count(TrialState.FAIL), states.count(TrialState.RUNNING),
+    )
+
+
+def stop_reason(study: optuna.Study, settings: Settings, deadline: float | None) -> str | None:
+    """Why no further trial should start, or None to go on."""
+    if (hit := trial_at_target(study, settings.study.target_accuracy)) is not None:
+        return f"target reached by trial {hit.number} ({hit.value:.4f} >= {settings.study.target_accuracy})"
+    if remaining_budget(study, settings.study.trials) <= 0:
+        return f"budget of {settings.study.trials} finished trials spent"
+    if deadline is not None and time.monotonic() >= deadline:
+        return f"timeout of {settings.study.timeout:g} s reached"
+    return None
+
+
+def run_worker(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    settings: Settings,
+    callbacks: Sequence[TrialCallback] = (),
+) -> str:
+    """Run trials until a stop rule holds; returns the reason it stopped."""
+    deadline = time.monotonic() + settings.study.timeout if settings.study.timeout else None
+    while True:
+        optuna.storages.fail_stale_trials(study)
+        reason = stop_reason(study, settings, deadline)
+        if reason is not None:
+            return reason
+        study.optimize(objective, n_trials=1, callbacks=list(callbacks), gc_after_trial=False)
+
+
+def best_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
+    """The best completed trial overall and per classifier (keys: best, linear, dnn)."""
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    found: dict[str, FrozenTrial] = {}
+    for trial in complete:
+        for key in ("best", trial.params.get("classifier", "")):
+            if key and (key not in found or trial.value > found[key].value):  # type: ignore[operator]
+                found[key] = trial
+    return found
+
+
+__all__ = [
+    "OpenedStudy", "StudyStatus", "best_trials", "build_pruner", "build_sampler", "finished_trials",
+    "open_study", "run_worker", "stop_reason", "study_status",
+]

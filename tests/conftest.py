@@ -1,0 +1,97 @@
+"""Shared fixtures: the real MNIST files, small splits of them, and an isolated runtime folder.
+
+Only a handful of tests read all 70,000 images; the rest train on a few thousand rows.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_modules.data import MnistArrays, load_idx_dir, MNIST, DataSplit, split_data
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST_DIR = Path(os.environ.get("MNIST_DATA_DIR") or ROOT.parent / "shared" / "data" / "mnist").resolve()
+POSTGRES_URL = os.environ.get("MNIST_SEARCH_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own runtime folder and reads MNIST from the shared copy."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("MNIST_SEARCH_HOME", str(home))
+    monkeypatch.setenv("MNIST_DATA_DIR", str(MNIST_DIR))
+    return home
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    assert (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(), f"MNIST not found at {MNIST_DIR}"
+    return MNIST_DIR
+
+
+@pytest.fixture(scope="session")
+def mnist_arrays(mnist_dir: Path) -> MnistArrays:
+    return load_idx_dir(mnist_dir, MNIST)
+
+
+def subsample(arrays: MnistArrays, n_train: int, n_test: int) -> MnistArrays:
+    return MnistArrays(
+        arrays.train_images[:n_train], arrays.train_labels[:n_train],
+        arrays.test_images[:n_test], arrays.test_labels[:n_test], f"{arrays.source}[:{n_train}]",
+    )
+
+
+@pytest.fixture(scope="session")
+def small_split(mnist_arrays: MnistArrays) -> DataSplit:
+    """5,000 training rows, 1,000 validation, 2,000 test."""
+    return split_data(subsample(mnist_arrays, 6000, 2000), val_size=1000, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_split(mnist_arrays: MnistArrays) -> DataSplit:
+    """600 training rows, 200 validation, 500 test: for tests of plumbing, not of learning."""
+    return split_data(subsample(mnist_arrays, 800, 500), val_size=200, seed=0)
+
+
+@pytest.fixture
+def run_env(isolated_home: Path) -> dict[str, str]:
+    """Environment for CLI subprocesses: isolated home, shared data, quiet and single-threaded."""
+    env = dict(os.environ)
+    env.update(MNIST_SEARCH_HOME=str(isolated_home), MNIST_DATA_DIR=str(MNIST_DIR), PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.fixture
+def python() -> str:
+    return sys.executable
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """The local PostgreSQL server; the study names tests use are unique, so runs never collide."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(POSTGRES_URL)
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.OperationalError as error:
+        pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not reachable ({error.orig}); .ci/run starts it")
+    finally:
+        engine.dispose()
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def unique_name() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+def torch_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and bool(torch.equal(a, b))
