@@ -23,10 +23,15 @@ from lightning_modules.data import DataSplit
 from lightning_modules.training import fit
 from search.config import Settings
 from search.model_files import save_model_file
-from search.rules import trial_at_target
+from search.rules import over_budget, trial_at_target
 from search.space import suggest_params
 
 MODEL_ARTIFACT_ATTR = "model_artifact_id"
+SURPLUS_ATTR = "surplus"
+
+
+class SurplusTrial(Exception):
+    """A trial that started after the budget was spent or the target reached: it steps aside."""
 
 
 class EpochRecorder(pl.Callback):
@@ -82,6 +87,9 @@ def make_objective(
     target = settings.study.target_accuracy
 
     def objective(trial: optuna.Trial) -> float:
+        if over_budget(trial.study, settings.study.trials) or trial_at_target(trial.study, target):
+            trial.set_user_attr(SURPLUS_ATTR, True)
+            raise SurplusTrial(f"trial {trial.number} started after the study's stop rule held")
         hp = suggest_params(trial, settings.space)
         seeds = trial_seeds(trial, settings, worker_index)
         for name, value in (("seed_sampler", seeds.sampler), ("seed_training", seeds.training), ("seed_split", seeds.split)):

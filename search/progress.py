@@ -53,6 +53,8 @@ class TrialReporter:
         new = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and t.number not in self.seen]
         for trial in sorted(new, key=lambda t: t.number):
             self.seen.add(trial.number)
+            if trial.user_attrs.get("surplus"):
+                continue  # stepped aside before training: not a trial of the search
             self.bar.write(trial_line(trial), file=self.out)
             if trial.state in FINISHED:
                 self.bar.update(1)

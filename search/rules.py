@@ -21,6 +21,16 @@ def remaining_budget(study: optuna.Study, budget: int) -> int:
     return budget - len(used)
 
 
+def over_budget(study: optuna.Study, budget: int) -> bool:
+    """Asked by a trial that just started: are more trials finished or running than the budget?
+
+    Two workers that both saw one slot left both start a trial; the one whose check sees the
+    other's trial steps aside, so the budget holds exactly without a lock (if both see each
+    other, both step aside and the loop tries again).
+    """
+    return len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))) > budget
+
+
 def trial_at_target(study: optuna.Study, target: float | None) -> FrozenTrial | None:
     """The first completed (not pruned) trial whose value reaches the target, if any."""
     if target is None:

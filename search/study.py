@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import PrunerConfig, SamplerConfig, Settings
+from search.objective import SurplusTrial
 from search.rules import finished_trials, remaining_budget, trial_at_target
 from search.space import baseline_params
 
@@ -54,13 +55,16 @@ def open_study(settings: Settings, storage: optuna.storages.BaseStorage, worker_
         return OpenedStudy(study, created=False)
     except KeyError:
         pass
-    study = optuna.create_study(
-        study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction="maximize", load_if_exists=True
-    )
-    created = len(study.get_trials(deepcopy=False)) == 0
-    if created and settings.baseline.enabled:
+    try:  # only the process whose create succeeds enqueues the baseline, even when workers race
+        study = optuna.create_study(
+            study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction="maximize"
+        )
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        return OpenedStudy(study, created=False)
+    if settings.baseline.enabled:
         study.enqueue_trial(baseline_params(settings.baseline), skip_if_exists=True)
-    return OpenedStudy(study, created)
+    return OpenedStudy(study, created=True)
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,7 @@ def run_worker(
         reason = stop_reason(study, settings, deadline)
         if reason is not None:
             return reason
-        study.optimize(objective, n_trials=1, callbacks=list(callbacks), gc_after_trial=False)
+        study.optimize(objective, n_trials=1, callbacks=list(callbacks), catch=(SurplusTrial,))
 
 
 def best_trials(study: optuna.Study) -> dict[str, FrozenTrial]:

@@ -1,0 +1,132 @@
+"""The two classifiers: shapes, metrics against manual computation, checkpoints, snapshots, learning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_modules.classifiers import (
+    MONITOR,
+    Classifier,
+    DNNClassifier,
+    HyperParams,
+    LinearClassifier,
+    build_classifier,
+    build_network,
+)
+from lightning_modules.data import DataSplit
+from lightning_modules.training import build_trainer, evaluate, fit
+
+LINEAR = HyperParams("linear", (), 0.0, 3e-3, "adam", 0.0, 128)
+DNN = HyperParams("dnn", (64, 32), 0.1, 2e-3, "adam", 0.0, 64)
+
+
+def test_network_shapes_follow_the_hyperparameters() -> None:
+    net = build_network((300, 100, 50), dropout=0.3)
+    linears = [m for m in net if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(784, 300), (300, 100), (100, 50), (50, 10)]
+    assert sum(isinstance(m, torch.nn.Dropout) for m in net) == 3
+    assert build_network((), 0.0)[0].out_features == 10
+    assert build_classifier(DNN)(torch.rand(5, 784)).shape == (5, 10)
+    assert build_classifier(LINEAR).first_layer.weight.shape == (10, 784)
+    assert build_classifier(DNN).first_layer.weight.shape == (64, 784)
+
+
+def test_linear_params_drop_dnn_only_settings() -> None:
+    hp = HyperParams("linear", (128,), 0.4, 1e-3, "sgd", 0.0, 32)
+    assert hp.hidden_units == () and hp.dropout == 0.0
+    with pytest.raises(ValueError, match="optimizer"):
+        HyperParams(optimizer="rmsprop")
+
+
+def test_logged_metrics_match_a_manual_computation(tiny_split: DataSplit) -> None:
+    result = fit(DNN, tiny_split, seed=3, max_epochs=1)
+    model = result.model.eval()
+    with torch.no_grad():
+        logits = model(tiny_split.x_val)
+    manual_acc = (logits.argmax(1) == tiny_split.y_val).float().mean().item()
+    manual_loss = F.cross_entropy(logits, tiny_split.y_val).item()
+    row = result.history[-1]
+    assert row["val/acc"] == pytest.approx(manual_acc, abs=1e-6)
+    assert row["val/loss"] == pytest.approx(manual_loss, rel=1e-4)
+    # log loss is -mean log p(true class) of the softmax probabilities, not of hard predictions
+    probs = logits.softmax(1)
+    assert row["val/loss"] == pytest.approx(-probs[torch.arange(len(probs)), tiny_split.y_val].log().mean().item(), rel=1e-4)
+
+    evaluation = evaluate(model, tiny_split.x_test, tiny_split.y_test, batch_size=128)
+    with torch.no_grad():
+        test_pred = model(tiny_split.x_test).argmax(1)
+    assert evaluation.n_samples == len(tiny_split.y_test)
+    assert evaluation.confusion.sum(1).tolist() == torch.bincount(tiny_split.y_test, minlength=10).tolist()
+    assert evaluation.confusion.trace().item() == (test_pred == tiny_split.y_test).sum().item()
+    assert evaluation.accuracy == pytest.approx(evaluation.confusion.trace().item() / evaluation.n_samples, abs=1e-6)
+    manual = torch.zeros(10, 10, dtype=torch.long)
+    for true, pred in zip(tiny_split.y_test.tolist(), test_pred.tolist()):
+        manual[true, pred] += 1
+    assert torch.equal(evaluation.confusion.cpu().long(), manual)
+
+
+def test_history_has_one_row_per_epoch_with_train_and_val(tiny_split: DataSplit) -> None:
+    result = fit(LINEAR, tiny_split, seed=0, max_epochs=2)
+    assert [row["epoch"] for row in result.history] == [0, 1]
+    steps_per_epoch = -(-len(tiny_split.y_train) // LINEAR.batch_size)
+    assert [row["step"] for row in result.history] == [steps_per_epoch, 2 * steps_per_epoch]
+    for row in result.history:
+        assert set(row) == {"epoch", "step", "train/loss", "train/acc", "val/loss", "val/acc"}
+        assert 0 <= row["val/acc"] <= 1 and row["train/loss"] > 0
+    assert result.metrics[MONITOR] == result.history[-1]["val/acc"]
+
+
+def test_same_seed_same_metrics(tiny_split: DataSplit) -> None:
+    first = fit(DNN, tiny_split, seed=11, max_epochs=2)
+    second = fit(DNN, tiny_split, seed=11, max_epochs=2)
+    other = fit(DNN, tiny_split, seed=12, max_epochs=2)
+    for a, b in zip(first.history, second.history):
+        for key in ("train/loss", "val/loss", "val/acc"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6)
+    assert torch.equal(first.model.first_layer.weight, second.model.first_layer.weight)
+    assert first.history[-1]["train/loss"] != other.history[-1]["train/loss"]
+
+
+def test_snapshots_are_taken_at_the_requested_steps(tiny_split: DataSplit) -> None:
+    result = fit(DNN, tiny_split, seed=0, max_epochs=2, snapshot_steps=(1, 5, 10_000))
+    last_step = result.history[-1]["step"]
+    assert sorted(result.snapshots) == [1, 5, last_step]  # 10,000 is never reached
+    assert result.snapshots[1].shape == (64, 784)
+    assert not torch.equal(result.snapshots[1], result.snapshots[last_step])  # weights moved
+    assert torch.equal(result.snapshots[last_step], result.model.first_layer.weight.detach())
+
+
+def test_checkpoint_rebuilds_the_model_without_arguments(tiny_split: DataSplit, tmp_path: Path) -> None:
+    result = fit(DNN, tiny_split, seed=0, max_epochs=1)
+    trainer = build_trainer(1)
+    trainer.strategy.connect(result.model)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    for cls in (Classifier, DNNClassifier):
+        restored = cls.load_from_checkpoint(path, weights_only=True).eval()
+        assert restored.hp == DNN
+        assert torch.allclose(restored(tiny_split.x_val), result.model.eval()(tiny_split.x_val))
+    linear = fit(LINEAR, tiny_split, seed=0, max_epochs=1).model
+    trainer = build_trainer(1)
+    trainer.strategy.connect(linear)
+    trainer.save_checkpoint(tmp_path / "linear.ckpt")
+    assert LinearClassifier.load_from_checkpoint(tmp_path / "linear.ckpt", weights_only=True).hp == LINEAR
+
+
+@pytest.mark.slow
+def test_dnn_learns_mnist_from_5000_rows_in_two_epochs(small_split: DataSplit) -> None:
+    hp = HyperParams("dnn", (256, 128), 0.2, 1e-3, "adam", 0.0, 64)
+    result = fit(hp, small_split, seed=0, max_epochs=2)
+    assert len(small_split.y_train) == 5000
+    assert result.metrics[MONITOR] >= 0.90
+
+
+def test_target_accuracy_ends_training_early(small_split: DataSplit) -> None:
+    hp = HyperParams("dnn", (128,), 0.0, 2e-3, "adam", 0.0, 64)
+    result = fit(hp, small_split, seed=0, max_epochs=6, target_accuracy=0.8)
+    assert result.epochs < 6
+    assert result.metrics[MONITOR] >= 0.8

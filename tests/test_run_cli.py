@@ -1,0 +1,113 @@
+"""python -m search.run as a user runs it: real subprocesses, a real SQLite file, tiny data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.storage import build_storage
+
+TINY = """
+data: {val_size: 500, train_size: 1000}
+training: {max_epochs: 2, snapshot_steps: [5]}
+sampler: {n_startup_trials: 2}
+pruner: {n_startup_trials: 2}
+"""
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def run_cli(python: str, env: dict[str, str], *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [python, "-m", "search.run", *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr and lines[0].startswith("error: ")
+    for word in words:
+        assert word in lines[0]
+
+
+def test_help_explains_every_option(python: str, run_env: dict[str, str]) -> None:
+    result = run_cli(python, run_env, "--help")
+    assert result.returncode == 0
+    for option in ("--config", "--trials", "--study-name", "--storage", "--target-accuracy", "--timeout",
+                   "--workers", "--seed", "--data", "--data-dir", "--train-size", "--max-epochs", "--no-export"):
+        assert option in result.stdout
+    assert "total budget of finished trials" in result.stdout
+
+
+def test_bad_config_is_one_line_and_exit_2(python: str, run_env: dict[str, str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("space: {learning_rate: {low: -1, high: 0.1}}\n")
+    assert_one_line_error(run_cli(python, run_env, "--config", str(bad)), "space.learning_rate", "positive")
+    assert_one_line_error(run_cli(python, run_env, "--trials", "0"), "study.trials")
+
+
+def test_unreachable_storage_never_prints_the_password(python: str, run_env: dict[str, str]) -> None:
+    url = "postgresql+psycopg2://alice:s3cr3t-pw@127.0.0.1:1/test"
+    result = run_cli(python, run_env, "--storage", url)
+    assert_one_line_error(result, "cannot open storage", "alice:***@127.0.0.1:1")
+    assert "s3cr3t-pw" not in result.stdout + result.stderr
+
+
+def test_bad_data_creates_no_study(python: str, run_env: dict[str, str], tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    result = run_cli(python, run_env, "--storage", url, "--data-dir", str(tmp_path / "nowhere"))
+    assert_one_line_error(result, "nowhere", "does not exist")
+    assert optuna.get_all_study_summaries(build_storage(url, heartbeat=False)) == []
+
+
+@pytest.mark.slow
+def test_tiny_run_then_resume_to_a_larger_budget(python: str, run_env: dict[str, str], tiny_config: Path, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    first = run_cli(python, run_env, "--config", str(tiny_config), "--storage", url, "--trials", "3", "--target-accuracy", "none")
+    assert first.returncode == 0, first.stderr
+    assert "created study 'mnist'" in first.stdout and "0 finished trials" in first.stdout
+    trial_lines = [line for line in first.stdout.splitlines() if line.startswith("trial ")]
+    assert len(trial_lines) == 3 and "linear" in trial_lines[0]
+    assert "val_acc=" in trial_lines[0] and "epochs=" in trial_lines[0]
+    assert "best trial" in first.stdout and "test_acc=" in first.stdout
+    assert "optuna-dashboard" in first.stdout and "--artifact-dir" in first.stdout
+    home = Path(run_env["MNIST_SEARCH_HOME"])
+    metrics = json.loads((home / "exports" / "mnist" / "metrics.json").read_text())
+    assert metrics["study"] == "mnist" and 0 < metrics["test_accuracy"] <= 1
+
+    second = run_cli(python, run_env, "--config", str(tiny_config), "--storage", url, "--trials", "5", "--target-accuracy", "none", "--no-export")
+    assert second.returncode == 0, second.stderr
+    assert "resumed study 'mnist'" in second.stdout and "3 finished trials" in second.stdout
+    assert len([line for line in second.stdout.splitlines() if line.startswith("trial ")]) == 2
+    study = optuna.load_study(study_name="mnist", storage=build_storage(url, heartbeat=False))
+    assert [t.number for t in study.trials] == list(range(5))
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+    for trial in study.trials:  # what any trial needs to be re-run and plotted
+        assert {"seed_training", "seed_sampler", "seed_split", "hyperparams", "history", "epochs_run"} <= set(trial.user_attrs)
+        if trial.state == TrialState.COMPLETE:
+            assert {"train_seconds", "param_count"} <= set(trial.user_attrs)
+        assert len(trial.intermediate_values) == trial.user_attrs["epochs_run"]
+
+
+@pytest.mark.slow
+def test_target_stop_ends_the_run(python: str, run_env: dict[str, str], tiny_config: Path, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    result = run_cli(python, run_env, "--config", str(tiny_config), "--storage", url, "--trials", "20",
+                     "--target-accuracy", "0.5", "--no-export", "--study-name", "target")
+    assert result.returncode == 0, result.stderr
+    assert "target reached by trial 0" in result.stdout
+    study = optuna.load_study(study_name="target", storage=build_storage(url, heartbeat=False))
+    assert len(study.trials) == 1 and study.trials[0].value >= 0.5
+    assert study.trials[0].user_attrs["epochs_run"] == 1  # training itself stopped at the target

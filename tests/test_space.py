@@ -1,0 +1,70 @@
+"""The search space: conditional parameters appear only when they apply."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import FixedTrial
+
+from search.config import Settings, load_settings
+from search.space import baseline_params, suggest_params
+
+SPACE = Settings().space
+
+
+def test_linear_trial_suggests_no_dnn_parameter() -> None:
+    # FixedTrial raises if asked for a parameter it was not given: hidden_layers, units, dropout
+    params = {"classifier": "linear", "learning_rate": 1e-3, "optimizer": "adam", "weight_decay": 1e-6, "batch_size": 64}
+    hp = suggest_params(FixedTrial(params), SPACE)
+    assert hp.classifier == "linear" and hp.hidden_units == () and hp.dropout == 0.0
+    assert hp.learning_rate == 1e-3 and hp.batch_size == 64
+
+
+def test_two_layer_dnn_suggests_no_third_layer() -> None:
+    params = {
+        "classifier": "dnn", "learning_rate": 1e-3, "optimizer": "sgd", "weight_decay": 1e-6, "batch_size": 128,
+        "hidden_layers": 2, "units_l1": 300, "units_l2": 100, "dropout": 0.25,
+    }
+    hp = suggest_params(FixedTrial(params), SPACE)
+    assert hp.hidden_units == (300, 100) and hp.dropout == 0.25 and hp.optimizer == "sgd"
+    with pytest.raises(ValueError):
+        suggest_params(FixedTrial({**params, "hidden_layers": 3}), SPACE)  # units_l3 would be needed
+
+
+def test_sampled_trials_only_carry_parameters_that_apply() -> None:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(40):
+        trial = study.ask()
+        hp = suggest_params(trial, SPACE)
+        names = set(trial.params)
+        common = {"classifier", "learning_rate", "optimizer", "weight_decay", "batch_size"}
+        if hp.classifier == "linear":
+            assert names == common
+        else:
+            layers = trial.params["hidden_layers"]
+            assert names == common | {"hidden_layers", "dropout"} | {f"units_l{i + 1}" for i in range(layers)}
+            assert len(hp.hidden_units) == layers
+            assert all(SPACE.units.low <= u <= SPACE.units.high for u in hp.hidden_units)
+        assert SPACE.learning_rate.low <= hp.learning_rate <= SPACE.learning_rate.high
+        study.tell(trial, 0.5)
+
+
+def test_same_seed_same_parameters() -> None:
+    def sample(seed: int) -> list[dict[str, object]]:
+        study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=3))
+        out = []
+        for i in range(8):
+            trial = study.ask()
+            suggest_params(trial, SPACE)
+            study.tell(trial, i / 10)
+            out.append(trial.params)
+        return out
+
+    assert sample(5) == sample(5)
+    assert sample(5) != sample(6)
+
+
+def test_baseline_is_a_valid_linear_trial() -> None:
+    settings = load_settings(None)
+    hp = suggest_params(FixedTrial(baseline_params(settings.baseline)), settings.space)
+    assert hp.classifier == "linear"

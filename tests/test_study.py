@@ -1,0 +1,145 @@
+"""Study logic without training: budget, resume, target stop, pruning, baseline, on a real SQLite file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.config import Settings, load_settings
+from search.rules import remaining_budget, trial_at_target
+from search.space import suggest_params
+from search.storage import build_storage
+from search.study import best_trials, build_pruner, open_study, run_worker, study_status
+
+
+def settings_for(name: str, **study: object) -> Settings:
+    return load_settings(None, {"study": {"name": name, **study}})
+
+
+def quick_objective(trial: optuna.Trial) -> float:
+    """A real objective with no model: the value follows the parameters, with epoch reports."""
+    hp = suggest_params(trial, Settings().space)
+    value = 0.9 if hp.classifier == "linear" else 0.5 + 0.4 * min(hp.learning_rate / 1e-2, 1.0)
+    for epoch in range(3):
+        trial.report(value * (epoch + 1) / 3, epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+    return value
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The storage contract: every test here runs on a SQLite file and on the local PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'study.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def name(unique_name: str) -> str:
+    """PostgreSQL outlives a test, so every study gets a fresh name."""
+    return unique_name
+
+
+def test_new_study_starts_with_the_linear_baseline(storage_url: str, name: str) -> None:
+    settings = settings_for(name, trials=2, target_accuracy=None)
+    opened = open_study(settings, build_storage(storage_url))
+    assert opened.created
+    run_worker(opened.study, quick_objective, settings)
+    first = opened.study.trials[0]
+    assert first.params["classifier"] == "linear"
+    assert first.params["learning_rate"] == settings.baseline.learning_rate
+
+
+def test_resume_runs_only_the_remaining_budget_and_never_duplicates(storage_url: str, name: str) -> None:
+    storage = build_storage(storage_url)
+    settings = settings_for(name, trials=4, target_accuracy=None)
+    run_worker(open_study(settings, storage).study, quick_objective, settings)
+    reopened = open_study(settings_for(name, trials=10, target_accuracy=None), build_storage(storage_url))
+    assert not reopened.created
+    assert study_status(reopened.study).finished == 4
+    assert remaining_budget(reopened.study, 10) == 6
+    reason = run_worker(reopened.study, quick_objective, settings_for(name, trials=10, target_accuracy=None))
+    assert "budget" in reason
+    assert study_status(reopened.study).finished == 10
+    assert [s.study_name for s in optuna.get_all_study_summaries(build_storage(storage_url))].count(name) == 1
+    # the baseline is enqueued once, at creation, not on resume
+    assert sum(t.params == reopened.study.trials[0].params for t in reopened.study.trials) == 1
+    # a study whose budget is spent starts nothing
+    reason = run_worker(reopened.study, quick_objective, settings_for(name, trials=10, target_accuracy=None))
+    assert len(reopened.study.trials) == 10 and "budget" in reason
+
+
+def test_target_stop_needs_a_completed_trial(storage_url: str, name: str) -> None:
+    settings = settings_for(name, trials=50, target_accuracy=0.85)
+    study = open_study(settings, build_storage(storage_url)).study
+    reason = run_worker(study, quick_objective, settings)
+    hit = trial_at_target(study, 0.85)
+    assert hit is not None and hit.state == TrialState.COMPLETE
+    assert "target reached" in reason
+    assert len(study.trials) == hit.number + 1  # nothing started after it
+    # a resumed study that already reached its target starts nothing new
+    assert "target reached" in run_worker(study, quick_objective, settings)
+    assert len(study.trials) == hit.number + 1
+
+
+def test_pruned_values_do_not_count_for_the_target(storage_url: str, name: str) -> None:
+    study = optuna.create_study(storage=build_storage(storage_url), study_name=name, direction="maximize")
+    trial = study.ask()
+    trial.report(0.99, 0)
+    study.tell(trial, state=TrialState.PRUNED)
+    assert trial_at_target(study, 0.95) is None
+    study.tell(study.ask(), 0.96)
+    assert trial_at_target(study, 0.95) is not None
+
+
+def test_median_pruner_prunes_below_median_trials(storage_url: str, name: str) -> None:
+    settings = load_settings(None, {"pruner": {"name": "median", "n_startup_trials": 2}})
+    study = optuna.create_study(
+        storage=build_storage(storage_url), study_name=name, direction="maximize",
+        pruner=build_pruner(settings.pruner, max_epochs=5),
+    )
+    for curve in ([0.5, 0.6, 0.7], [0.6, 0.7, 0.8], [0.55, 0.65, 0.75]):
+        trial = study.ask()
+        for epoch, value in enumerate(curve):
+            trial.report(value, epoch)
+        study.tell(trial, curve[-1])
+    bad = study.ask()
+    bad.report(0.1, 0)
+    assert bad.should_prune()
+    good = study.ask()
+    good.report(0.9, 0)
+    assert not good.should_prune()
+
+
+@pytest.mark.parametrize("name", ["median", "hyperband", "none"])
+def test_every_configured_pruner_runs_a_study(storage_url: str, name: str) -> None:
+    settings = load_settings(None, {"study": {"name": name, "trials": 12, "target_accuracy": None}, "pruner": {"name": name, "n_startup_trials": 2}})
+    study = open_study(settings, build_storage(storage_url)).study
+    run_worker(study, quick_objective, settings)
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == 12
+    if name == "none":
+        assert TrialState.PRUNED not in states
+
+
+def test_best_trials_per_classifier(storage_url: str, name: str) -> None:
+    settings = settings_for(name, trials=12, target_accuracy=None)
+    study = open_study(settings, build_storage(storage_url)).study
+    run_worker(study, quick_objective, settings)
+    best = best_trials(study)
+    assert best["best"].value == study.best_value
+    for kind in ("linear", "dnn"):
+        if kind in best:
+            same = [t.value for t in study.trials if t.state == TrialState.COMPLETE and t.params["classifier"] == kind]
+            assert best[kind].value == max(same)
+
+
+def test_timeout_stops_starting_trials(storage_url: str, name: str) -> None:
+    settings = load_settings(None, {"study": {"name": name, "trials": 1000, "target_accuracy": None, "timeout": 0.5}})
+    study = open_study(settings, build_storage(storage_url)).study
+    reason = run_worker(study, quick_objective, settings)
+    assert "timeout" in reason and 0 < len(study.trials) < 1000

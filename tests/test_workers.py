@@ -1,0 +1,87 @@
+"""Several workers on one study: real processes on the local PostgreSQL and on a SQLite file."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.storage import build_storage
+
+TINY = """
+data: {val_size: 300, train_size: 600}
+training: {max_epochs: 2, snapshot_steps: [5]}
+pruner: {name: none}
+"""
+
+pytestmark = pytest.mark.slow
+
+
+def start(python: str, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [python, "-m", "search.run", "--no-export", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def finish(process: subprocess.Popen[str], timeout: float = 300) -> tuple[str, str]:
+    try:
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    return out, err
+
+
+def assert_budget_exact(study: optuna.Study, budget: int) -> None:
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == budget
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    # any trial that is not finished stepped aside before training (a lost race for the last slot)
+    assert all(t.user_attrs.get("surplus") for t in trials if t.state == TrialState.FAIL)
+    assert len({t.number for t in trials}) == len(trials)
+
+
+@pytest.mark.postgres
+def test_two_processes_share_one_postgres_study(python: str, run_env: dict[str, str], tmp_path: Path, postgres_url: str, unique_name: str) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    args = ("--config", str(config), "--storage", postgres_url, "--study-name", unique_name, "--trials", "8", "--target-accuracy", "none")
+    first, second = start(python, run_env, *args), start(python, run_env, *args)
+    (out1, _), (out2, _) = finish(first), finish(second)
+    study = optuna.load_study(study_name=unique_name, storage=build_storage(postgres_url, heartbeat=False))
+    assert_budget_exact(study, 8)
+    ran = [line for line in (out1 + out2).splitlines() if line.startswith("trial ")]
+    assert len(ran) >= 8  # each process reports every finished trial it sees, its own and the other's
+    assert sum(t.params.get("classifier") == "linear" and t.number == 0 for t in study.trials) == 1
+
+
+@pytest.mark.postgres
+def test_target_stop_reaches_every_worker(python: str, run_env: dict[str, str], tmp_path: Path, postgres_url: str, unique_name: str) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    args = ("--config", str(config), "--storage", postgres_url, "--study-name", unique_name, "--trials", "40", "--target-accuracy", "0.6")
+    first, second = start(python, run_env, *args), start(python, run_env, *args)
+    (out1, _), (out2, _) = finish(first), finish(second)
+    assert "target reached" in out1 and "target reached" in out2
+    study = optuna.load_study(study_name=unique_name, storage=build_storage(postgres_url, heartbeat=False))
+    hit = min(t.number for t in study.trials if t.state == TrialState.COMPLETE and t.value >= 0.6)
+    started_after = [t for t in study.trials if t.number > hit + 1 and not t.user_attrs.get("surplus")]
+    assert len(started_after) == 0
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+
+
+def test_local_workers_on_one_sqlite_file(python: str, run_env: dict[str, str], tmp_path: Path) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    process = start(python, run_env, "--config", str(config), "--storage", url, "--trials", "6", "--workers", "2", "--target-accuracy", "none")
+    out, err = finish(process)
+    assert "database is locked" not in err
+    study = optuna.load_study(study_name="mnist", storage=build_storage(url, heartbeat=False))
+    assert_budget_exact(study, 6)
+    assert len([line for line in out.splitlines() if line.startswith("trial ")]) == 6
+    assert study.trials[0].params["classifier"] == "linear"
