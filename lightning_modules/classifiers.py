@@ -152,6 +152,17 @@ class Classifier(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.log_dict({"test/loss": float(self.test_loss.compute()), "test/acc": float(self.test_acc.compute())})
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # History and the RNG (dropout) travel with the weights: a resumed run then continues
+        # exactly as the uninterrupted one would have.
+        checkpoint["history"] = list(self.history)
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.history = list(checkpoint.get("history", []))
+        if "torch_rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["torch_rng_state"])
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hp
         if hp.optimizer == "sgd":

@@ -12,6 +12,7 @@ import time
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -87,16 +88,21 @@ def fit(
     callbacks: Iterable[pl.Callback] = (),
     snapshot_steps: Iterable[int] = DEFAULT_SNAPSHOT_STEPS,
     target_accuracy: float | None = None,
+    resume_from: Path | None = None,
     **trainer_overrides: object,
 ) -> FitResult:
     """Train one model from scratch; the same seed gives the same metrics on the same CPU.
 
     With `target_accuracy`, training ends after the first epoch whose validation accuracy
-    reaches it: more epochs would only delay the study's stop at target.
+    reaches it: more epochs would only delay the study's stop at target. With `resume_from`
+    (a checkpoint of an interrupted run with the same arguments), training continues after
+    the checkpoint's last epoch and ends with the metrics the uninterrupted run would have.
     """
     pl.seed_everything(seed, workers=True, verbose=False)
     model = build_classifier(hp)
     datamodule = MNISTDataModule(split, hp.batch_size, shuffle_seed=seed)
+    if resume_from is not None:
+        datamodule.train_batches.epoch = len(read_checkpoint_history(resume_from))  # epochs shuffled so far
     snapshots = WeightSnapshots(snapshot_steps)
     all_callbacks: list[pl.Callback] = [snapshots, *callbacks]
     if target_accuracy is not None:
@@ -108,10 +114,16 @@ def fit(
         )
     trainer = build_trainer(max_epochs, all_callbacks, **trainer_overrides)
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     seconds = time.perf_counter() - start
     metrics = dict(model.history[-1]) if model.history else {}
     return FitResult(model, list(model.history), dict(snapshots.snapshots), seconds, metrics)
+
+
+def read_checkpoint_history(path: Path) -> list[dict[str, float]]:
+    """The per-epoch history stored in one of our checkpoints (loaded without unpickling code)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    return list(checkpoint.get("history", []))
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,8 @@ class StudyConfig(_Strict):
     target_accuracy: float | None = Field(default=0.95, gt=0, le=1)
     seed: int = Field(default=0, ge=0)
     workers: int = Field(default=1, gt=0)
+    heartbeat_seconds: int = Field(default=5, gt=0)  # a running trial proves it is alive this often
+    stale_after_seconds: int = Field(default=20, gt=0)  # silent this long: failed and retried
 
     @field_validator("timeout", "target_accuracy", mode="before")
     @classmethod
@@ -199,13 +201,13 @@ class Settings(_Strict):
 
 def _describe(error: ValidationError, origin: str) -> str:
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    key = ".".join(str(part) for part in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key (check its spelling against configs/default.yaml)"
     elif "input" in first and first["type"] not in ("missing",) and not isinstance(first["input"], dict):
         message += f" (got {first['input']!r})"
-    return f"invalid config {origin}: {key}: {message}"
+    return f"invalid config {origin}: {key + ': ' if key else ''}{message}"
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ its own batch size, so per-trial set-up costs milliseconds.
 from __future__ import annotations
 
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +19,10 @@ from optuna.artifacts._protocol import ArtifactStore
 from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
+from lightning_modules.callbacks import EpochCheckpoint, StopOnRequest, TrainingInterrupted
 from lightning_modules.classifiers import MONITOR
 from lightning_modules.data import DataSplit
-from lightning_modules.training import fit
+from lightning_modules.training import fit, read_checkpoint_history
 from search.config import Settings
 from search.model_files import save_model_file
 from search.rules import over_budget, trial_at_target
@@ -65,10 +67,11 @@ class TrialSeeds:
     split: int
 
 
-def trial_seeds(trial: optuna.Trial, settings: Settings, worker_index: int) -> TrialSeeds:
-    """A retried trial keeps the training seed of the attempt it replaces (copied user attrs)."""
+def trial_seeds(trial: optuna.Trial, settings: Settings, sampler_seed: int) -> TrialSeeds:
+    """A retried trial keeps the seeds of the attempt it replaces (copied user attrs)."""
     training = trial.user_attrs.get("seed_training", settings.study.seed + trial.number)
-    return TrialSeeds(settings.study.seed + worker_index, int(training), settings.data.split_seed)
+    sampler = trial.user_attrs.get("seed_sampler", sampler_seed)
+    return TrialSeeds(int(sampler), int(training), settings.data.split_seed)
 
 
 def _best_value_of(study: optuna.Study, classifier: str) -> float:
@@ -80,35 +83,88 @@ def _best_value_of(study: optuna.Study, classifier: str) -> float:
     return max(values, default=float("-inf"))
 
 
+def requeue(trial: optuna.Trial) -> None:
+    """Queue a copy of an interrupted trial (same params and seeds) so the next worker resumes it."""
+    trial.study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs={k: v for k, v in trial.user_attrs.items() if k != "history"},
+            system_attrs={"failed_trial": trial.number},
+        )
+    )
+
+
+def resume_point(trial: optuna.Trial, checkpoint: Path) -> Path | None:
+    """The checkpoint of an earlier attempt of this trial, replayed into the trial's reports."""
+    if not checkpoint.is_file():
+        return None
+    try:
+        history = read_checkpoint_history(checkpoint)
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint only costs the epochs it held
+        checkpoint.unlink(missing_ok=True)
+        return None
+    for row in history:
+        trial.report(row[MONITOR], step=int(row["epoch"]))
+    trial.set_user_attr("history", history)
+    trial.set_user_attr("resumed_from_epoch", len(history))
+    return checkpoint
+
+
 def make_objective(
-    settings: Settings, split: DataSplit, artifact_store: ArtifactStore, worker_index: int = 0
+    settings: Settings,
+    split: DataSplit,
+    artifact_store: ArtifactStore,
+    sampler_seed: int = 0,
+    checkpoint_dir: Path | None = None,
+    stop_event: threading.Event | None = None,
 ) -> Callable[[optuna.Trial], float]:
-    """The function Optuna calls per trial; closes over data shared by all of a worker's trials."""
+    """The function Optuna calls per trial; closes over data shared by all of a worker's trials.
+
+    Each epoch leaves a checkpoint in `checkpoint_dir`, keyed by the trial's first attempt, so
+    a retried trial (after a kill or Ctrl-C) continues from its last finished epoch.
+    """
     target = settings.study.target_accuracy
+    stop_event = stop_event or threading.Event()
 
     def objective(trial: optuna.Trial) -> float:
         if over_budget(trial.study, settings.study.trials) or trial_at_target(trial.study, target):
             trial.set_user_attr(SURPLUS_ATTR, True)
             raise SurplusTrial(f"trial {trial.number} started after the study's stop rule held")
         hp = suggest_params(trial, settings.space)
-        seeds = trial_seeds(trial, settings, worker_index)
-        for name, value in (("seed_sampler", seeds.sampler), ("seed_training", seeds.training), ("seed_split", seeds.split)):
+        seeds = trial_seeds(trial, settings, sampler_seed)
+        key = int(trial.user_attrs.get("checkpoint_key", trial.number))
+        for name, value in (
+            ("seed_sampler", seeds.sampler), ("seed_training", seeds.training), ("seed_split", seeds.split),
+            ("checkpoint_key", key), ("hyperparams", hp.to_dict()),
+        ):
             trial.set_user_attr(name, value)
-        trial.set_user_attr("hyperparams", hp.to_dict())
+        checkpoint = (checkpoint_dir or Path(tempfile.gettempdir())) / trial.study.study_name / f"trial-{key}.ckpt"
         callbacks = [
             EpochRecorder(trial),
             PyTorchLightningPruningCallback(trial, monitor=MONITOR),
             StopAtStudyTarget(trial.study, target),
+            EpochCheckpoint(checkpoint),
+            StopOnRequest(stop_event),
         ]
-        result = fit(
-            hp,
-            split,
-            seed=seeds.training,
-            max_epochs=settings.training.max_epochs,
-            callbacks=callbacks,
-            snapshot_steps=settings.training.snapshot_steps,
-            target_accuracy=target,
-        )
+        try:
+            result = fit(
+                hp,
+                split,
+                seed=seeds.training,
+                max_epochs=settings.training.max_epochs,
+                callbacks=callbacks,
+                snapshot_steps=settings.training.snapshot_steps,
+                target_accuracy=target,
+                resume_from=resume_point(trial, checkpoint),
+            )
+        except TrainingInterrupted:
+            requeue(trial)
+            raise
+        except optuna.TrialPruned:
+            checkpoint.unlink(missing_ok=True)
+            raise
         value = result.metrics[MONITOR]
         trial.set_user_attr("train_seconds", round(result.seconds, 3))
         trial.set_user_attr("param_count", result.model.parameter_count())
@@ -122,6 +178,7 @@ def make_objective(
                     mimetype="application/octet-stream",
                 )
             trial.set_user_attr(MODEL_ARTIFACT_ATTR, artifact_id)
+        checkpoint.unlink(missing_ok=True)
         return value
 
     return objective

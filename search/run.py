@@ -10,6 +10,7 @@ import argparse
 import multiprocessing
 import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -91,35 +92,81 @@ def quiet_optuna() -> None:
 
 
 def resume_command(argv: list[str]) -> str:
-    return "python -m search.run " + " ".join(shlex.quote(a) for a in argv)
+    """The command that resumes this run, with any storage password masked."""
+    from search.storage import redact
+
+    shown = [redact(a) if "://" in a else a for a in argv]
+    return "python -m search.run " + " ".join(shlex.quote(a) for a in shown)
+
+
+class StopRequest:
+    """Signal handling shared by the runner and its workers: the first SIGINT/SIGTERM asks for a
+    clean stop at the next batch boundary; a second one exits at once."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.event = threading.Event()
+        self.signum: int | None = None
+        self.on_first: list[Any] = []
+
+    def install(self) -> StopRequest:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.event.is_set():
+            os._exit(128 + signum)
+        self.signum = signum
+        self.event.set()
+        for hook in self.on_first:
+            hook(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
+
+
+def _storage_for(settings: Any, storage_url: str) -> Any:
+    from search.storage import build_storage
+
+    return build_storage(storage_url, heartbeat_seconds=settings.study.heartbeat_seconds, grace_seconds=settings.study.stale_after_seconds)
 
 
 def _worker_process(settings_json: dict[str, Any], storage_url: str, worker_index: int, threads: int) -> None:
     """Entry point of a spawned worker: its own storage connection, data and sampler seed."""
+    os.setpgid(0, 0)  # Ctrl-C reaches the runner only; it forwards exactly one stop request
+    stop = StopRequest().install()
     import torch
 
     from search.config import Settings
+    from search.study import WorkerInterrupted
 
     torch.set_num_threads(threads)
     quiet_optuna()
     settings = Settings.model_validate(settings_json)
-    _run_one_worker(settings, storage_url, worker_index, callbacks=())
+    try:
+        _run_one_worker(settings, storage_url, worker_index, callbacks=(), stop=stop)
+    except WorkerInterrupted:
+        sys.exit(stop.exit_code)
 
 
-def _run_one_worker(settings: Any, storage_url: str, worker_index: int, callbacks: Any, split: Any = None) -> str:
+def _run_one_worker(settings: Any, storage_url: str, worker_index: int, callbacks: Any, stop: StopRequest, split: Any = None) -> str:
     from search.export import load_split
     from search.objective import make_objective
-    from search.storage import build_artifact_store, build_storage
+    from search.storage import build_artifact_store, checkpoints_dir, storage_guard
     from search.study import open_study, run_worker
 
-    storage = build_storage(storage_url)
-    study = open_study(settings, storage, worker_index).study
+    opened = open_study(settings, _storage_for(settings, storage_url), worker_index)
     split = split if split is not None else load_split(settings)
-    objective = make_objective(settings, split, build_artifact_store(), worker_index)
-    return run_worker(study, objective, settings, callbacks)
+    objective = make_objective(settings, split, build_artifact_store(), opened.sampler_seed, checkpoints_dir(), stop.event)
+    return run_worker(
+        opened.study, objective, settings, callbacks, stop_event=stop.event, storage_check=storage_guard(storage_url)
+    )
 
 
-def run(argv: list[str]) -> int:
+def run(argv: list[str], stop: StopRequest) -> int:
     args = build_parser().parse_args(argv)
     from search.config import load_settings, settings_as_dict
 
@@ -129,11 +176,11 @@ def run(argv: list[str]) -> int:
     from lightning_modules.training import configure_torch
     from search.export import SETTINGS_ATTR, export_study, load_split
     from search.progress import TrialReporter
-    from search.storage import artifact_dir, build_storage, default_storage_url, redact
-    from search.study import best_trials, open_study, stop_reason, study_status
+    from search.storage import artifact_dir, default_storage_url, redact
+    from search.study import WorkerInterrupted, best_trials, open_study, stop_reason, study_status
 
     storage_url = settings.study.storage or default_storage_url()
-    storage = build_storage(storage_url)
+    storage = _storage_for(settings, storage_url)
     split = load_split(settings)  # before the study exists: bad data creates nothing
     opened = open_study(settings, storage)
     study = opened.study
@@ -153,17 +200,21 @@ def run(argv: list[str]) -> int:
     try:
         if workers == 1:
             configure_torch(1)
-            reason = _run_one_worker(settings, storage_url, 0, callbacks=[reporter], split=split)
+            reason = _run_one_worker(settings, storage_url, 0, [reporter], stop, split=split)
         else:
-            reason = _run_workers(settings, storage_url, study, reporter, workers)
-    except KeyboardInterrupt:
+            reason = _run_workers(settings, storage_url, study, reporter, workers, stop)
+    except WorkerInterrupted:
+        reporter.update(study)
         reporter.close()
-        print(f"\ninterrupted; the study is saved. Resume with: {resume_command(argv)}", file=sys.stderr)
-        return 130
+        print(
+            f"stopped on request; finished trials are saved and the interrupted one resumes from its last epoch. "
+            f"Resume with: {resume_command(argv)}",
+            file=sys.stderr,
+        )
+        return stop.exit_code
     reporter.update(study)
     reporter.close()
-    if reason is None:
-        reason = stop_reason(study, settings, None) or "all workers finished"
+    reason = reason or stop_reason(study, settings, None) or "all workers finished"
     print(f"stopped: {reason} after {time.monotonic() - start:.1f} s")
     best = best_trials(study).get("best")
     if best is None:
@@ -179,40 +230,69 @@ def run(argv: list[str]) -> int:
     return 0
 
 
-def _run_workers(settings: Any, storage_url: str, study: Any, reporter: Any, workers: int) -> str | None:
-    """K spawned workers share the study; this process only reports what they finish."""
+def _run_workers(settings: Any, storage_url: str, study: Any, reporter: Any, workers: int, stop: StopRequest) -> str | None:
+    """K spawned workers share the study; this process reports what they finish and relays signals."""
     from lightning_modules.training import configure_torch
+    from search.study import WorkerInterrupted
 
-    threads = max(1, (len(os.sched_getaffinity(0))) // workers)
-    configure_torch(workers)
+    threads = configure_torch(workers)
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=_worker_process, args=(settings.model_dump(mode="json"), storage_url, i, threads), daemon=False)
+        context.Process(target=_worker_process, args=(settings.model_dump(mode="json"), storage_url, i, threads))
         for i in range(workers)
     ]
     for process in processes:
         process.start()
-    try:
-        while any(p.is_alive() for p in processes):
-            reporter.update(study)
-            time.sleep(0.5)
-    except KeyboardInterrupt:
+
+    def relay(signum: int) -> None:
         for process in processes:
-            process.join(timeout=10)
-        raise
-    failed = [p.exitcode for p in processes if p.exitcode not in (0, None)]
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)
+
+    stop.on_first.append(relay)
+    while any(p.is_alive() for p in processes):
+        reporter.update(study)
+        time.sleep(0.5)
+    if stop.event.is_set():
+        raise WorkerInterrupted
+    failed = [p.exitcode for p in processes if p.exitcode != 0]
     if failed:
         print(f"warning: {len(failed)} worker(s) exited with codes {failed}", file=sys.stderr)
     return None
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from search.storage import redact
+
     argv = sys.argv[1:] if argv is None else argv
+    stop = StopRequest().install()
     try:
-        return run(argv)
+        return run(argv, stop)
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except SQLAlchemyError as error:
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        print(
+            f"error: the study's storage failed mid-run ({redact_secrets(reason, argv)}); finished trials are kept. "
+            f"Fix the storage, then resume with: {resume_command(argv)}",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted before the search started. Run again with: {resume_command(argv)}", file=sys.stderr)
+        return 130
+
+
+def redact_secrets(text: str, argv: list[str]) -> str:
+    """Strip any password that appears in a storage URL on the command line from `text`."""
+    from search.storage import storage_passwords
+
+    for secret in storage_passwords(argv):
+        text = text.replace(secret, "***")
+    return text
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -45,6 +46,11 @@ def exports_dir() -> Path:
     return runtime_dir() / "exports"
 
 
+def checkpoints_dir() -> Path:
+    """Per-epoch checkpoints of running trials, kept until the trial finishes (for resume)."""
+    return runtime_dir() / "checkpoints"
+
+
 def redact(url: str) -> str:
     """The URL with any password replaced by ***, safe to print and to log."""
     from sqlalchemy.engine import make_url
@@ -76,7 +82,9 @@ def _prepare_sqlite(path: Path) -> None:
         raise StorageError(f"SQLite database {path} cannot be opened ({error}); check the path and its permissions") from None
 
 
-def build_storage(url: str | None = None, heartbeat: bool = True) -> RDBStorage:
+def build_storage(
+    url: str | None = None, heartbeat: bool = True, heartbeat_seconds: int = HEARTBEAT_SECONDS, grace_seconds: int = GRACE_SECONDS
+) -> RDBStorage:
     """An RDB storage for `url` (default: the SQLite file), with heartbeats and retry of dead trials."""
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
@@ -94,8 +102,8 @@ def build_storage(url: str | None = None, heartbeat: bool = True) -> RDBStorage:
     options: dict[str, object] = {}
     if heartbeat:
         options = dict(
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS,
+            heartbeat_interval=heartbeat_seconds,
+            grace_period=grace_seconds,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
         )
     try:
@@ -111,9 +119,40 @@ def build_storage(url: str | None = None, heartbeat: bool = True) -> RDBStorage:
 
 def _secrets(url: str) -> list[str]:
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
-    password = make_url(url).password
+    try:
+        password = make_url(url).password
+    except ArgumentError:
+        return []
     return [str(password)] if password else []
+
+
+def storage_passwords(words: list[str]) -> list[str]:
+    """Passwords inside any URL among `words` (e.g. argv), to mask them in messages."""
+    return [secret for word in words if "://" in word for secret in _secrets(word)]
+
+
+def storage_guard(url: str) -> Callable[[], None]:
+    """A check to run between trials: a SQLite file deleted or replaced under a running study
+    would otherwise swallow every later trial into an unlinked inode, silently."""
+    path = _sqlite_path(url)
+    if path is None:
+        return lambda: None
+    inode = path.stat().st_ino
+
+    def check() -> None:
+        try:
+            same = path.stat().st_ino == inode
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise StorageError(
+                f"the database file {path} was deleted or replaced during the run; the trials it held went "
+                "with it: restore it from a backup, or run again to start a new study there"
+            )
+
+    return check
 
 
 def build_artifact_store(directory: Path | None = None) -> FileSystemArtifactStore:

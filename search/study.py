@@ -6,6 +6,7 @@ between trials, so the budget and the target hold across processes and across re
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from lightning_modules.callbacks import TrainingInterrupted
 from search.config import PrunerConfig, SamplerConfig, Settings
 from search.objective import SurplusTrial
 from search.rules import finished_trials, remaining_budget, trial_at_target
@@ -43,28 +45,33 @@ def build_pruner(config: PrunerConfig, max_epochs: int) -> optuna.pruners.BasePr
 class OpenedStudy:
     study: optuna.Study
     created: bool
+    sampler_seed: int
+
+
+def sampler_seed(seed: int, worker_index: int, n_existing_trials: int) -> int:
+    """Seed for this process's sampler: reproducible for a fresh run, and different for each
+    worker and for each resume, so neither replays the random startup trials already tried."""
+    return seed + 1_000_003 * worker_index + n_existing_trials
 
 
 def open_study(settings: Settings, storage: optuna.storages.BaseStorage, worker_index: int = 0) -> OpenedStudy:
     """Create the study (with the baseline enqueued) or resume it; never a duplicate."""
-    sampler = build_sampler(settings.sampler, settings.study.seed + worker_index)
     pruner = build_pruner(settings.pruner, settings.training.max_epochs)
     name = settings.study.name
+    created = False
     try:
-        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
-        return OpenedStudy(study, created=False)
+        study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
     except KeyError:
-        pass
-    try:  # only the process whose create succeeds enqueues the baseline, even when workers race
-        study = optuna.create_study(
-            study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction="maximize"
-        )
-    except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
-        return OpenedStudy(study, created=False)
-    if settings.baseline.enabled:
+        try:  # only the process whose create succeeds enqueues the baseline, even when workers race
+            study = optuna.create_study(study_name=name, storage=storage, pruner=pruner, direction="maximize")
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
+    if created and settings.baseline.enabled:
         study.enqueue_trial(baseline_params(settings.baseline), skip_if_exists=True)
-    return OpenedStudy(study, created=True)
+    seed = sampler_seed(settings.study.seed, worker_index, 0 if created else len(study.get_trials(deepcopy=False)))
+    study.sampler = build_sampler(settings.sampler, seed)
+    return OpenedStudy(study, created, seed)
 
 
 @dataclass(frozen=True)
@@ -98,20 +105,41 @@ def stop_reason(study: optuna.Study, settings: Settings, deadline: float | None)
     return None
 
 
+class WorkerInterrupted(Exception):
+    """The worker was asked to stop (Ctrl-C, SIGTERM) and left the study resumable."""
+
+
 def run_worker(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], float],
     settings: Settings,
     callbacks: Sequence[TrialCallback] = (),
+    stop_event: threading.Event | None = None,
+    poll_seconds: float = 1.0,
+    storage_check: Callable[[], None] = lambda: None,
 ) -> str:
-    """Run trials until a stop rule holds; returns the reason it stopped."""
+    """Run trials until a stop rule holds; returns the reason it stopped.
+
+    With the budget spent but trials still running elsewhere, the worker waits: if one of
+    them dies, its retry is queued (heartbeat) and this worker runs it.
+    """
     deadline = time.monotonic() + settings.study.timeout if settings.study.timeout else None
     while True:
+        if stop_event is not None and stop_event.is_set():
+            raise WorkerInterrupted
+        storage_check()
         optuna.storages.fail_stale_trials(study)
         reason = stop_reason(study, settings, deadline)
-        if reason is not None:
-            return reason
-        study.optimize(objective, n_trials=1, callbacks=list(callbacks), catch=(SurplusTrial,))
+        if reason is None:
+            try:
+                study.optimize(objective, n_trials=1, callbacks=list(callbacks), catch=(SurplusTrial,))
+            except TrainingInterrupted:
+                raise WorkerInterrupted from None
+            continue
+        if reason.startswith("budget") and study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            time.sleep(poll_seconds)
+            continue
+        return reason
 
 
 def best_trials(study: optuna.Study) -> dict[str, FrozenTrial]:

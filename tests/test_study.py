@@ -68,6 +68,9 @@ def test_resume_runs_only_the_remaining_budget_and_never_duplicates(storage_url:
     assert [s.study_name for s in optuna.get_all_study_summaries(build_storage(storage_url))].count(name) == 1
     # the baseline is enqueued once, at creation, not on resume
     assert sum(t.params == reopened.study.trials[0].params for t in reopened.study.trials) == 1
+    # the resumed sampler does not replay the random startup trials of the first run
+    params = [tuple(sorted(t.params.items())) for t in reopened.study.trials]
+    assert len(set(params)) == len(params)
     # a study whose budget is spent starts nothing
     reason = run_worker(reopened.study, quick_objective, settings_for(name, trials=10, target_accuracy=None))
     assert len(reopened.study.trials) == 10 and "budget" in reason

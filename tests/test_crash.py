@@ -1,0 +1,186 @@
+"""Kill the runner at chosen moments with real signals; the study must lose no finished trial.
+
+Moments are found by polling the storage (e.g. "trial 1 has reported epoch 0"), never by
+sleeping a guessed time. Trials are tiny so each kill-and-resume cycle takes seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import FrozenTrial, TrialState
+
+from search.storage import build_storage
+
+pytestmark = pytest.mark.slow
+
+# Small data but epochs long enough (~0.3 s) to land a signal mid-trial; no pruning so every
+# trial runs all its epochs; fast heartbeats so a killed trial is found stale within seconds.
+CONFIG = """
+study: {heartbeat_seconds: 1, stale_after_seconds: 3, target_accuracy: null}
+data: {val_size: 500, train_size: 3000}
+training: {max_epochs: 4, snapshot_steps: [5]}
+pruner: {name: none}
+space: {batch_size: [32], units: {low: 128, high: 256}}
+baseline: {batch_size: 32}
+"""
+
+
+@pytest.fixture
+def setup(tmp_path: Path, python: str, run_env: dict[str, str]) -> Callable[..., subprocess.Popen[str]]:
+    config = tmp_path / "crash.yaml"
+    config.write_text(CONFIG)
+    url = f"sqlite:///{tmp_path / 'crash.db'}"
+
+    def start(*extra: str, trials: int = 4) -> subprocess.Popen[str]:
+        args = [python, "-m", "search.run", "--config", str(config), "--storage", url, "--trials", str(trials), "--no-export", *extra]
+        return subprocess.Popen(args, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    start.url = url  # type: ignore[attr-defined]
+    return start
+
+
+def load(url: str) -> optuna.Study:
+    return optuna.load_study(study_name="mnist", storage=build_storage(url, heartbeat=False))
+
+
+def wait_for(url: str, condition: Callable[[list[FrozenTrial]], bool], process: subprocess.Popen[str], timeout: float = 120) -> None:
+    """Poll the storage until `condition(trials)` holds; fail if the run ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if Path(url.removeprefix("sqlite:///")).exists():
+            try:
+                if condition(load(url).trials):
+                    return
+            except KeyError:
+                pass  # the study is not created yet
+        assert process.poll() is None, f"the run ended before the moment came: {process.communicate()}"
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for the moment to kill")
+
+
+def reported(number: int, epochs: int) -> Callable[[list[FrozenTrial]], bool]:
+    return lambda trials: len(trials) > number and len(trials[number].intermediate_values) >= epochs
+
+
+def running(number: int) -> Callable[[list[FrozenTrial]], bool]:
+    return lambda trials: len(trials) > number and trials[number].state == TrialState.RUNNING
+
+
+def finish(process: subprocess.Popen[str], timeout: float = 240) -> tuple[int, str, str]:
+    try:
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        process.kill()
+    return process.returncode, out, err
+
+
+def assert_accounted(study: optuna.Study, budget: int) -> None:
+    trials = study.trials
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == budget
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    # every failed attempt was retried by exactly one finished trial
+    failed = [t.number for t in trials if t.state == TrialState.FAIL]
+    retried = [t.system_attrs.get("failed_trial") for t in finished if "failed_trial" in t.system_attrs]
+    assert sorted(failed) == sorted(retried)
+    for trial in finished:  # intermediate values continue without a gap
+        assert sorted(trial.intermediate_values) == list(range(len(trial.intermediate_values)))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_stop_signal_requeues_the_trial_and_resume_continues_from_its_epoch(setup: Callable[..., subprocess.Popen[str]], signum: int) -> None:
+    process = setup()
+    wait_for(setup.url, reported(1, 2), process)  # trial 1 has finished two epochs
+    sent = time.monotonic()
+    process.send_signal(signum)
+    code, _, err = finish(process)
+    assert time.monotonic() - sent < 10
+    assert code == 128 + signum
+    assert "Resume with: python -m search.run" in err and "Traceback" not in err
+    trials = load(setup.url).trials
+    assert trials[1].state == TrialState.FAIL
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(waiting) == 1 and waiting[0].params == trials[1].params
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+    code, out, err = finish(setup())
+    assert code == 0, err
+    study = load(setup.url)
+    assert_accounted(study, 4)
+    retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == 1)
+    assert retry.user_attrs["resumed_from_epoch"] >= 2
+    assert retry.user_attrs["seed_training"] == trials[1].user_attrs["seed_training"]
+    assert len(retry.intermediate_values) == 4
+    for epoch in range(2):  # the replayed epochs are the interrupted attempt's own values
+        assert retry.intermediate_values[epoch] == trials[1].intermediate_values[epoch]
+
+
+def test_second_ctrl_c_exits_at_once(setup: Callable[..., subprocess.Popen[str]]) -> None:
+    process = setup()
+    wait_for(setup.url, reported(1, 1), process)
+    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    code, _, _ = finish(process)
+    assert code == 128 + signal.SIGINT
+    assert time.monotonic() - sent < 3
+
+
+@pytest.mark.parametrize(
+    ("moment", "min_resumed_epoch"),
+    # epoch k's checkpoint is written just after its report, so "k+1 epochs reported"
+    # guarantees at least k+1 epochs are on disk... minus the one that may be in flight
+    [("before_first_report", None), ("mid_trial", 1), ("last_epoch", 2)],
+)
+def test_kill_9_then_resume_retries_from_the_last_epoch(setup: Callable[..., subprocess.Popen[str]], moment: str, min_resumed_epoch: int | None) -> None:
+    process = setup()
+    condition = {"before_first_report": running(1), "mid_trial": reported(1, 2), "last_epoch": reported(1, 3)}[moment]
+    wait_for(setup.url, condition, process)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    killed = load(setup.url).trials[1]
+    assert killed.state == TrialState.RUNNING  # what Optuna alone leaves behind
+
+    code, out, err = finish(setup())  # waits for the heartbeat to call trial 1 stale, then retries it
+    assert code == 0, err
+    study = load(setup.url)
+    assert study.trials[1].state == TrialState.FAIL
+    assert_accounted(study, 4)
+    retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == 1)
+    assert retry.params == killed.params
+    resumed = retry.user_attrs.get("resumed_from_epoch")
+    if min_resumed_epoch is None:
+        assert resumed in (None, 0, 1)
+    else:
+        assert resumed is not None and resumed >= min_resumed_epoch
+
+
+def test_a_study_at_its_target_starts_nothing_after_a_crash(setup: Callable[..., subprocess.Popen[str]]) -> None:
+    process = setup("--target-accuracy", "0.5", trials=10)
+    code, out, err = finish(process)
+    assert code == 0 and "target reached" in out, err
+    before = len(load(setup.url).trials)
+    code, out, err = finish(setup("--target-accuracy", "0.5", trials=10))
+    assert code == 0 and "target reached" in out
+    assert len(load(setup.url).trials) == before
+
+
+def test_deleted_database_mid_run_is_a_clear_error(setup: Callable[..., subprocess.Popen[str]]) -> None:
+    process = setup(trials=6)
+    wait_for(setup.url, reported(1, 1), process)
+    db = Path(setup.url.removeprefix("sqlite:///"))
+    for path in db.parent.glob(db.name + "*"):
+        path.unlink()
+    code, out, err = finish(process)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err
+    assert "deleted" in lines[0] and str(db) in lines[0]
