@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
+import io
 import math
 import os
 import tempfile
@@ -19,7 +21,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 
@@ -31,6 +32,8 @@ N_CLASSES = 10
 ROLES = ("train_images", "train_labels", "test_images", "test_labels")
 IDX_IMAGES_MAGIC = 0x00000803
 IDX_LABELS_MAGIC = 0x00000801
+CSV_COLUMNS = 1 + N_PIXELS  # the label, then the pixels
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass(frozen=True)
@@ -109,28 +112,36 @@ class MnistArrays:
 # ---------------------------------------------------------------- readers
 
 
-def _decompress(raw: bytes, path: Path) -> bytes:
-    if raw[:2] != b"\x1f\x8b":
+def _gunzip(raw: bytes) -> bytes:
+    """Decompress gzip bytes (anything else passes through); ValueError naming the damage."""
+    if raw[:2] != GZIP_MAGIC:
         return raw
     try:
         return gzip.decompress(raw)
     except (EOFError, OSError, zlib.error) as error:
-        raise DataError(
-            f"{path}: corrupt or truncated gzip file ({error}); delete it and download it again"
-        ) from None
+        raise ValueError(f"corrupt or truncated gzip data ({error})") from None
+
+
+def _read_raw(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, expected a file") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror})") from None
+    if not raw:
+        raise DataError(f"{path}: the file is empty")
+    return raw
 
 
 def read_file_bytes(path: Path) -> bytes:
     """The decompressed content of an IDX file, gzip or raw."""
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as error:
-        raise DataError(f"{path}: cannot read ({error.strerror})") from None
-    if not raw:
-        raise DataError(f"{path}: the file is empty")
-    return _decompress(raw, path)
+        return _gunzip(_read_raw(path))
+    except ValueError as error:
+        raise DataError(f"{path}: {error}; replace it with a good copy") from None
 
 
 def parse_idx(content: bytes, path: Path, expected_magic: int) -> np.ndarray:
@@ -146,6 +157,8 @@ def parse_idx(content: bytes, path: Path, expected_magic: int) -> np.ndarray:
         )
     n_dims = magic & 0xFF
     header = 4 + 4 * n_dims
+    if len(content) < header:
+        raise DataError(f"{path}: the IDX header is cut short ({len(content)} of {header} bytes)")
     dims = tuple(int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(n_dims))
     if n_dims == 3 and dims[1:] != (IMAGE_SIDE, IMAGE_SIDE):
         raise DataError(f"{path}: images are {dims[1]}x{dims[2]}, expected 28x28")
@@ -164,77 +177,112 @@ def _check_labels(labels: np.ndarray, path: Path) -> None:
         raise DataError(f"{path}: label {labels[bad[0]]} at row {bad[0]} is outside 0-9")
 
 
+# Structure is checked before the checksum: "wrong magic number" or "truncated" says more
+# than "checksum mismatch", which is left for damage that keeps the file well-formed.
+
+
 def read_idx_images(path: Path, md5: str | None = None) -> np.ndarray:
     content = read_file_bytes(path)
+    images = parse_idx(content, path, IDX_IMAGES_MAGIC)
     verify_md5(content, md5, path)
-    return parse_idx(content, path, IDX_IMAGES_MAGIC)
+    return images
 
 
 def read_idx_labels(path: Path, md5: str | None = None) -> np.ndarray:
     content = read_file_bytes(path)
-    verify_md5(content, md5, path)
     labels = parse_idx(content, path, IDX_LABELS_MAGIC)
+    verify_md5(content, md5, path)
     _check_labels(labels, path)
     return labels
 
 
-def verify_md5(content: bytes, expected: str | None, path: Path) -> None:
-    """Refuse content whose MD5 differs from the published one (checks decompressed bytes)."""
-    if expected is None:
-        return
+def _md5_mismatch(content: bytes, expected: str) -> str | None:
     actual = hashlib.md5(content, usedforsecurity=False).hexdigest()
-    if actual != expected:
-        raise DataError(
-            f"{path}: checksum mismatch (MD5 of the decompressed content is {actual}, "
-            f"expected {expected}); the file is corrupt or from another dataset: replace it"
-        )
+    if actual == expected:
+        return None
+    return f"checksum mismatch (MD5 of the decompressed content is {actual}, expected {expected})"
+
+
+def verify_md5(content: bytes, expected: str | None, path: Path | str) -> None:
+    """Refuse content whose MD5 differs from the published one (checks decompressed bytes)."""
+    problem = None if expected is None else _md5_mismatch(content, expected)
+    if problem:
+        raise DataError(f"{path}: {problem}; the file is corrupt or from another dataset: replace it")
 
 
 def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read the tutorial's CSV: label in column 0, 784 pixels 0-255 after it, header optional."""
+    """Read the tutorial's CSV: label in column 0, 784 pixels 0-255 after it, header optional.
+
+    Messages number rows as the file's lines (a header is row 1) and columns from 0 (the label).
+    Blank lines are skipped. A first line whose label cell is not a number is the header.
+    """
     import pandas as pd  # pandas costs ~0.3 s to import; only CSV users pay it
 
+    raw = _read_raw(path)
+    lines = raw.split(b"\n")
+    first_cell = lines[0].split(b",", 1)[0].strip().strip(b'"').decode("utf-8", "replace").lstrip("\ufeff")
+    has_header = bool(lines[0].strip()) and not _is_number(first_cell)
+    row_numbers: list[int] = []  # the file line (1-based) of each data row
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        n_columns = line.count(b",") + 1
+        if n_columns != CSV_COLUMNS:
+            raise DataError(
+                f"{path}: row {number} has {n_columns} column{'s' * (n_columns != 1)}, expected "
+                f"{CSV_COLUMNS} (label in column 0, then 784 pixels)"
+            )
+        if number > 1 or not has_header:
+            row_numbers.append(number)
+    if not row_numbers:
+        raise DataError(f"{path}: no data rows after the header" if has_header else f"{path}: the file is empty")
+    body = b"\n".join(lines[number - 1] for number in row_numbers)
     try:
-        frame = pd.read_csv(path, header=None, dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: the file is empty") from None
+        frame = pd.read_csv(io.BytesIO(body), header=None, skip_blank_lines=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
         first = str(error).strip().splitlines()[0]
         raise DataError(f"{path}: not a valid CSV file ({first})") from None
-    if frame.shape[1] != 1 + N_PIXELS:
-        raise DataError(
-            f"{path}: {frame.shape[1]} columns, expected 785 (label in column 0, then 784 pixels)"
-        )
-    first_row_numeric = pd.to_numeric(frame.iloc[0], errors="coerce").notna().all()
-    row_offset = 1  # report rows 1-based, as a spreadsheet shows them
-    if not first_row_numeric:
-        frame = frame.iloc[1:]
-        row_offset = 2
-    if frame.empty:
-        raise DataError(f"{path}: no data rows after the header")
-    values = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
-    bad = np.argwhere(np.isnan(values) | (values != np.round(values)))
-    if bad.size:
-        row, col = bad[0]
-        raise DataError(
-            f"{path}: row {row + row_offset}, column {col}: {frame.iat[row, col]!r} is not a whole number"
-        )
+    if frame.shape != (len(row_numbers), CSV_COLUMNS):  # a stray quote mark joined lines
+        raise DataError(f"{path}: not a valid CSV file (unbalanced quote marks join rows together)")
+
+    def cell(row: int, col: int) -> str:
+        return lines[row_numbers[row] - 1].split(b",")[col].strip().decode("utf-8", "replace")
+
+    if all(dtype.kind in "iu" for dtype in frame.dtypes):  # the usual case: all whole numbers
+        values = frame.to_numpy(np.int64)
+    else:
+        text = frame.select_dtypes(exclude="number")  # columns with cells that are not numbers
+        if len(text.columns):  # astype(str) first, or a column of True/False would pass as 1/0
+            frame[text.columns] = text.astype(str).apply(pd.to_numeric, errors="coerce")
+        values = frame.to_numpy(np.float64)
+        bad = np.argwhere(~np.isfinite(values) | (values != np.round(values)))
+        if bad.size:
+            row, col = bad[0]
+            text = cell(row, col)
+            problem = "the cell is empty" if not text else f"{text!r} is not a whole number"
+            raise DataError(f"{path}: row {row_numbers[row]}, column {col}: {problem}")
     labels, pixels = values[:, 0], values[:, 1:]
     bad = np.flatnonzero((labels < 0) | (labels >= N_CLASSES))
     if bad.size:
         raise DataError(
-            f"{path}: row {bad[0] + row_offset}, column 0: label {labels[bad[0]]:g} is outside 0-9"
+            f"{path}: row {row_numbers[bad[0]]}, column 0: label {cell(bad[0], 0)} is outside 0-9"
         )
     bad = np.argwhere((pixels < 0) | (pixels > 255))
     if bad.size:
         row, col = bad[0]
         raise DataError(
-            f"{path}: row {row + row_offset}, column {col + 1}: pixel {pixels[row, col]:g} "
+            f"{path}: row {row_numbers[row]}, column {col + 1}: pixel {cell(row, col + 1)} "
             "is outside 0-255"
         )
     return pixels.astype(np.uint8).reshape(-1, IMAGE_SIDE, IMAGE_SIDE), labels.astype(np.int64)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def write_csv(images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, path: Path) -> None:
@@ -317,48 +365,84 @@ def resolve_data_source(
 
 
 def mirrors_for(spec: DatasetSpec, env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The base URLs to download `spec` from: MNIST_SEARCH_MIRRORS if set, else the public ones."""
     env = os.environ if env is None else env
-    override = env.get(MIRRORS_ENV, "").strip()
+    override = [url.strip() for url in env.get(MIRRORS_ENV, "").split(",") if url.strip()]
     if override:
-        return tuple(url if url.endswith("/") else url + "/" for url in override.split(","))
+        return tuple(url if url.endswith("/") else url + "/" for url in override)
     return spec.mirrors
 
 
 def _fetch_verified(url: str, target: Path, md5: str, timeout: float) -> None:
-    """Download url into target atomically: a temp file, checked, then renamed into place."""
+    """Download url into target atomically: a temp file, checked, then renamed into place.
+
+    Raises DataError with a short reason (no path) when the transfer is cut short or the
+    content is not the published one; nothing is left behind but a complete, verified file.
+    """
     handle, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     tmp = Path(tmp_name)
     try:
         with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            announced = response.headers.get("Content-Length")
+            received = 0
             while chunk := response.read(1 << 20):
                 out.write(chunk)
-        verify_md5(read_file_bytes(tmp), md5, Path(url))
+                received += len(chunk)
+        # http.client ends a body cut short as if it were complete: compare with the header.
+        if announced and announced.isdigit() and received < int(announced):
+            raise DataError(f"the connection closed after {received} of {announced} bytes")
+        try:
+            content = _gunzip(tmp.read_bytes())
+        except ValueError as error:
+            raise DataError(str(error)) from None
+        problem = _md5_mismatch(content, md5)
+        if problem:
+            raise DataError(problem)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def _download_problem(error: Exception) -> str:
+    if isinstance(error, urllib.error.HTTPError):
+        return f"HTTP {error.code} {error.reason}"
+    if isinstance(error, urllib.error.URLError):
+        return str(error.reason)
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    return str(error) or type(error).__name__
+
+
 def download_dataset(
     spec: DatasetSpec, directory: Path, mirrors: tuple[str, ...], timeout: float = 30.0
 ) -> None:
-    """Fetch the missing files of `spec` into `directory`, trying each mirror in turn."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Fetch the missing files of `spec` into `directory`, trying each mirror in turn.
+
+    `timeout` bounds each connection attempt and each read, so a silent server cannot hang us.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(
+            f"cannot create the data folder {directory} ({error.strerror}); point --data-dir or "
+            f"{DATA_DIR_ENV} at a folder holding the four IDX files"
+        ) from None
     for name in spec.files.values():
         if _idx_file(directory, name):
             continue
-        errors: list[str] = []
+        problems: list[str] = []
         for base in mirrors:
+            url = f"{base}{name}.gz"
             try:
-                _fetch_verified(f"{base}{name}.gz", directory / f"{name}.gz", spec.md5[name], timeout)
+                _fetch_verified(url, directory / f"{name}.gz", spec.md5[name], timeout)
                 break
-            except (urllib.error.URLError, OSError, DataError, ValueError) as error:
-                reason = getattr(error, "reason", None) or error
-                errors.append(f"{base}: {reason}")
+            except (OSError, http.client.HTTPException, DataError, ValueError) as error:
+                problems.append(f"{url}: {_download_problem(error)}")
         else:
             raise DataError(
-                f"{spec.name} files are not in {directory} and downloading {name}.gz failed "
-                f"({'; '.join(errors)}); with no network, point --data-dir or {DATA_DIR_ENV} "
-                "at a folder holding the four IDX files"
+                f"{spec.name}: {name}.gz is not in {directory} and could not be downloaded "
+                f"({'; '.join(problems) or 'no mirrors given'}); without network access, point "
+                f"--data-dir or {DATA_DIR_ENV} at a folder holding the four IDX files"
             )
 
 
@@ -368,8 +452,9 @@ def download_dataset(
 def load_idx_dir(directory: Path, spec: DatasetSpec | None, verify: bool = True) -> MnistArrays:
     """Read the four IDX files of a dataset directory, verifying checksums unless told not to."""
     if not directory.is_dir():
+        problem = "is a file, not a directory" if directory.exists() else "does not exist"
         raise DataError(
-            f"data directory {directory} does not exist; point --data-dir or {DATA_DIR_ENV} "
+            f"data directory {directory} {problem}; point --data-dir or {DATA_DIR_ENV} "
             "at a folder holding the four MNIST IDX files"
         )
     spec = spec or MNIST
@@ -420,8 +505,14 @@ def load_data(source: DataSource, verify: bool = True) -> MnistArrays:
 
 
 def stratified_split(labels: torch.Tensor, n_select: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded split of indices into (n_select chosen, the rest), keeping class proportions."""
+    """Seeded split of indices into (n_select chosen, the rest), keeping class proportions.
+
+    Each class contributes its share of n_select rounded by the largest-remainder method, so
+    every class count is within one row of its exact proportion and the total is exact.
+    """
     n = len(labels)
+    if not 0 <= n_select <= n:
+        raise ValueError(f"cannot select {n_select} of {n} rows")
     generator = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=generator)
     order = perm[torch.argsort(labels[perm], stable=True)]  # shuffled within each class
@@ -452,8 +543,11 @@ class DataSplit:
 
 
 def to_features(images: torch.Tensor) -> torch.Tensor:
-    """uint8 28x28 images -> float32 rows of 784 pixels scaled to [0, 1] (the model's input)."""
-    return images.reshape(len(images), N_PIXELS).to(torch.float32).div_(255.0)
+    """uint8 28x28 images -> float32 rows of 784 pixels scaled to [0, 1] (the model's input).
+
+    Always a new tensor: the caller's images are never modified.
+    """
+    return images.reshape(len(images), N_PIXELS).to(torch.float32, copy=True).div_(255.0)
 
 
 def split_data(
@@ -490,15 +584,30 @@ def split_data(
 # ---------------------------------------------------------------- batching
 
 
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A generator that depends on the pair (seed, epoch).
+
+    Not on seed + epoch: trials with seeds s and s + 1 would then see the same shuffles, one
+    epoch apart.
+    """
+    state = np.random.SeedSequence([seed % 2**64, epoch]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
 class TensorBatches:
     """Batches sliced from (optionally) pre-shuffled tensors: no per-sample collation.
 
-    Epoch e is shuffled with seed + e, so a run restarted at epoch e sees the same batches.
+    Epoch e is shuffled by a generator seeded from (seed, e) alone, so setting `epoch = e`
+    on a fresh instance (a run restarted at epoch e) gives the same batches.
     """
 
     def __init__(
         self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False, seed: int = 0
     ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} inputs but {len(y)} labels")
         self.x, self.y, self.batch_size, self.shuffle, self.seed = x, y, batch_size, shuffle, seed
         self.epoch = 0
 
@@ -508,28 +617,8 @@ class TensorBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         x, y = self.x, self.y
         if self.shuffle:
-            perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.seed + self.epoch))
+            perm = torch.randperm(len(y), generator=_epoch_generator(self.seed, self.epoch))
             x, y = x[perm], y[perm]
             self.epoch += 1
         for start in range(0, len(y), self.batch_size):
             yield x[start : start + self.batch_size], y[start : start + self.batch_size]
-
-
-class MNISTDataModule(pl.LightningDataModule):
-    """Serves a prebuilt DataSplit; tests inject a few hundred rows, runs the full MNIST."""
-
-    def __init__(self, split: DataSplit, batch_size: int = 128, shuffle_seed: int = 0, eval_batch_size: int = 2048) -> None:
-        super().__init__()
-        self.split = split
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.train_batches = TensorBatches(split.x_train, split.y_train, batch_size, True, shuffle_seed)
-
-    def train_dataloader(self) -> TensorBatches:
-        return self.train_batches
-
-    def val_dataloader(self) -> TensorBatches:
-        return TensorBatches(self.split.x_val, self.split.y_val, self.eval_batch_size)
-
-    def test_dataloader(self) -> TensorBatches:
-        return TensorBatches(self.split.x_test, self.split.y_test, self.eval_batch_size)

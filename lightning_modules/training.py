@@ -20,7 +20,8 @@ from lightning.pytorch.callbacks import EarlyStopping
 
 from lightning_modules.callbacks import DEFAULT_SNAPSHOT_STEPS, WeightSnapshots
 from lightning_modules.classifiers import MONITOR, Classifier, HyperParams, build_classifier
-from lightning_modules.data import DataSplit, MNISTDataModule, TensorBatches
+from lightning_modules.data import DataSplit, TensorBatches
+from lightning_modules.datamodule import MNISTDataModule
 
 _QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning_fabric", "lightning.pytorch.utilities.rank_zero")
 
@@ -101,8 +102,6 @@ def fit(
     pl.seed_everything(seed, workers=True, verbose=False)
     model = build_classifier(hp)
     datamodule = MNISTDataModule(split, hp.batch_size, shuffle_seed=seed)
-    if resume_from is not None:
-        datamodule.train_batches.epoch = len(read_checkpoint_history(resume_from))  # epochs shuffled so far
     snapshots = WeightSnapshots(snapshot_steps)
     all_callbacks: list[pl.Callback] = [snapshots, *callbacks]
     if target_accuracy is not None:

@@ -14,6 +14,8 @@ from search.rules import FINISHED
 
 def describe_params(params: dict[str, object]) -> str:
     """Key parameters in a short, stable order: 'dnn 512-128 drop=0.21 adam lr=1.2e-03 bs=128'."""
+    if not params:
+        return "(no parameters: failed before sampling)"
     parts = [str(params.get("classifier", "?"))]
     layers = int(params.get("hidden_layers", 0) or 0)  # type: ignore[arg-type]
     if layers:

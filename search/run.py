@@ -7,6 +7,7 @@ finished (complete or pruned) trials, so a study with 60 of 100 finished runs th
 from __future__ import annotations
 
 import argparse
+import errno
 import multiprocessing
 import os
 import shlex
@@ -221,12 +222,21 @@ def run(argv: list[str], stop: StopRequest) -> int:
         print("no completed trial yet; nothing to export")
         return 0
     line = f"best trial {best.number}: val_acc={best.value:.4f}"
+    summary: dict[str, Any] = {
+        "target_accuracy": settings.study.target_accuracy, "budget": budget, "stopped": reason,
+        "best_trial": best.number, "classifier": best.params.get("classifier"), "val_accuracy": best.value,
+    }
     if settings.export:
         metrics = export_study(study, force=True, split=split)
+        summary.update(test_accuracy=metrics["test_accuracy"], export_dir=metrics["export_dir"])
         line += f" test_acc={metrics['test_accuracy']:.4f}; exported to {metrics['export_dir']}"
     print(line)
-    dashboard_url = redact(storage_url)
-    print(f"inspect it: optuna-dashboard {shlex.quote(dashboard_url)} --artifact-dir {shlex.quote(str(artifact_dir()))}")
+    from search.dashboard import write_study_note
+
+    write_study_note(study, summary)
+    shown_url = shlex.quote(redact(storage_url))
+    print(f"watch it: python -m search.dashboard --storage {shown_url}")
+    print(f"      or: optuna-dashboard {shown_url} --artifact-dir {shlex.quote(str(artifact_dir()))}")
     return 0
 
 
@@ -262,28 +272,66 @@ def _run_workers(settings: Any, storage_url: str, study: Any, reporter: Any, wor
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from search.storage import redact
-
     argv = sys.argv[1:] if argv is None else argv
     stop = StopRequest().install()
+    quiet_storage_failures_in_threads()
     try:
         return run(argv, stop)
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except SQLAlchemyError as error:
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        print(
-            f"error: the study's storage failed mid-run ({redact_secrets(reason, argv)}); finished trials are kept. "
-            f"Fix the storage, then resume with: {resume_command(argv)}",
-            file=sys.stderr,
-        )
-        return 2
     except KeyboardInterrupt:
         print(f"\ninterrupted before the search started. Run again with: {resume_command(argv)}", file=sys.stderr)
         return 130
+    except Exception as error:  # noqa: BLE001 - only storage and disk failures are handled here
+        cause = storage_failure(error)
+        if cause is None:
+            raise
+        print(
+            f"error: {describe_storage_failure(cause, argv)}; finished trials are kept. "
+            f"Fix it, then resume with: {resume_command(argv)}",
+            file=sys.stderr,
+        )
+        return 2
+
+
+_DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT}
+
+
+def quiet_storage_failures_in_threads() -> None:
+    """Optuna's heartbeat thread hits the same database failure as the main thread, which
+    reports it in one line; the thread's traceback would only bury that line."""
+    import threading
+
+    default = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is None or storage_failure(args.exc_value) is None:
+            default(args)
+
+    threading.excepthook = hook
+
+
+def storage_failure(error: BaseException) -> BaseException | None:
+    """The database or disk failure behind `error`, if any: Optuna may re-raise such a failure
+    as another exception while handling it, so the whole chain is searched."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, SQLAlchemyError) or (isinstance(current, OSError) and current.errno in _DISK_ERRORS):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def describe_storage_failure(cause: BaseException, argv: list[str]) -> str:
+    if isinstance(cause, OSError):
+        return f"cannot write {cause.filename or 'run state'} ({cause.strerror})"
+    reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
+    return f"the study's storage failed mid-run ({redact_secrets(reason, argv)})"
 
 
 def redact_secrets(text: str, argv: list[str]) -> str:

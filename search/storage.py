@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import optuna
@@ -75,11 +76,42 @@ def _prepare_sqlite(path: Path) -> None:
     """WAL lets the dashboard read while workers write; set once, it stays with the file."""
     if not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise StorageError(
+            f"SQLite database {path} is on a read-only file system or not writable; a study writes to it: "
+            "make it writable, or copy it somewhere writable and pass that with --storage"
+        )
     try:
         with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_SECONDS) as connection:
             connection.execute("PRAGMA journal_mode=WAL")
     except sqlite3.Error as error:
         raise StorageError(f"SQLite database {path} cannot be opened ({error}); check the path and its permissions") from None
+
+
+class StudyStorage(RDBStorage):
+    """RDBStorage whose stale check also catches RUNNING trials that never wrote a heartbeat.
+
+    Optuna only fails trials whose last heartbeat is old; a worker that died (or whose disk
+    filled) before its first heartbeat would leave its trial RUNNING forever, and a resumed
+    study would wait for it.
+    """
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        from optuna.storages._rdb import models
+        from optuna.trial import TrialState
+
+        stale = super()._get_stale_trial_ids(study_id)
+        grace = timedelta(seconds=self.grace_period or 2 * (self.heartbeat_interval or 1))
+        now = datetime.now()
+        with self.scoped_session() as session:
+            running = session.query(models.TrialModel).filter(
+                models.TrialModel.study_id == study_id, models.TrialModel.state == TrialState.RUNNING
+            )
+            for trial in running:
+                silent = not trial.heartbeats
+                if silent and trial.datetime_start is not None and now - trial.datetime_start > grace:
+                    stale.append(trial.trial_id)
+        return sorted(set(stale))
 
 
 def build_storage(
@@ -107,7 +139,7 @@ def build_storage(
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
         )
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, **options)
+        return StudyStorage(url, engine_kwargs=engine_kwargs, **options)
     except ImportError:
         raise StorageError(f"no database driver for {redact(url)}; for PostgreSQL install the extra: pip install -e '.[postgres]'") from None
     except SQLAlchemyError as error:

@@ -82,6 +82,7 @@ def test_tiny_run_then_resume_to_a_larger_budget(python: str, run_env: dict[str,
     assert len(trial_lines) == 3 and "linear" in trial_lines[0]
     assert "val_acc=" in trial_lines[0] and "epochs=" in trial_lines[0]
     assert "best trial" in first.stdout and "test_acc=" in first.stdout
+    assert "python -m search.dashboard --storage" in first.stdout
     assert "optuna-dashboard" in first.stdout and "--artifact-dir" in first.stdout
     home = Path(run_env["MNIST_SEARCH_HOME"])
     metrics = json.loads((home / "exports" / "mnist" / "metrics.json").read_text())

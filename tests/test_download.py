@@ -1,0 +1,247 @@
+"""Downloading MNIST into the cache, against real HTTP servers on 127.0.0.1.
+
+Each test starts its own server in a thread, serving copies of the shared .gz files (or damaged
+versions of them) from tmp_path. Every download gets a timeout, so a broken server fails a test
+instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import http.server
+import shutil
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_modules.data import (
+    MIRRORS_ENV,
+    MNIST,
+    DataError,
+    MnistArrays,
+    download_dataset,
+    load_data,
+    mirrors_for,
+    resolve_data_source,
+)
+
+TIMEOUT = 5.0
+FILES = sorted(f"{name}.gz" for name in MNIST.files.values())
+FIRST_FILE = "train-images-idx3-ubyte.gz"  # the downloader fetches it first
+SMALL_FILE = "t10k-labels-idx1-ubyte.gz"
+
+
+def data_error(call: Callable[[], object], *words: str) -> str:
+    """Run call, expect a one-line DataError containing every word; return its message."""
+    with pytest.raises(DataError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message, message
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"
+    return message
+
+
+class QuietFiles(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder; records each requested path instead of logging it."""
+
+    timeout = TIMEOUT  # a stalled client cannot hold a server thread forever
+
+    def do_GET(self) -> None:
+        self.server.requested.append(self.path)  # type: ignore[attr-defined]
+        super().do_GET()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class CutShortFiles(QuietFiles):
+    """Announces the whole file in Content-Length, sends half of it, then closes the connection."""
+
+    def do_GET(self) -> None:
+        self.server.requested.append(self.path)  # type: ignore[attr-defined]
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return
+        body = path.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2])
+        self.close_connection = True
+
+
+@dataclass
+class Mirror:
+    url: str
+    requested: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def serve(folder: Path, handler: type[QuietFiles] = QuietFiles) -> Iterator[Mirror]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(folder)))
+    mirror = Mirror(f"http://127.0.0.1:{server.server_port}/")
+    server.requested = mirror.requested  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield mirror
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(TIMEOUT)
+
+
+def closed_port_url() -> str:
+    """A URL on 127.0.0.1 where nothing listens: connecting is refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
+
+
+def flip_middle_byte(path: Path) -> None:
+    content = bytearray(path.read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    path.write_bytes(bytes(content))
+
+
+def cache_listing(directory: Path) -> list[str]:
+    """Every name in the folder, hidden .part files included."""
+    return sorted(path.name for path in directory.iterdir())
+
+
+def cache_without(directory: Path, mnist_dir: Path, missing: str) -> Path:
+    """A cache folder holding every shared file but one."""
+    directory.mkdir()
+    for name in FILES:
+        if name != missing:
+            shutil.copyfile(mnist_dir / name, directory / name)
+    return directory
+
+
+@pytest.fixture
+def mirror_folder(tmp_path: Path, mnist_dir: Path) -> Path:
+    """A folder to serve, holding copies of the four shared .gz files."""
+    folder = tmp_path / "mirror"
+    folder.mkdir()
+    for name in FILES:
+        shutil.copyfile(mnist_dir / name, folder / name)
+    return folder
+
+
+def test_mirrors_come_from_the_environment_when_set() -> None:
+    env = {MIRRORS_ENV: " http://a.example/mnist , http://b.example/ ,"}
+    assert mirrors_for(MNIST, env) == ("http://a.example/mnist/", "http://b.example/")
+    assert mirrors_for(MNIST, {}) == mirrors_for(MNIST, {MIRRORS_ENV: " "}) == MNIST.mirrors
+
+
+def test_download_into_an_empty_cache_then_load(
+    tmp_path: Path, mirror_folder: Path, mnist_arrays: MnistArrays, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    with serve(mirror_folder) as mirror:
+        monkeypatch.setenv(MIRRORS_ENV, mirror.url)
+        source = resolve_data_source(env={}, cache_dir=cache)
+        assert (source.path, source.download) == (cache / "mnist", True)
+        arrays = load_data(source)
+    assert sorted(mirror.requested) == [f"/{name}" for name in FILES]
+    assert cache_listing(source.path) == FILES
+    for role in ("train_images", "train_labels", "test_images", "test_labels"):
+        assert torch.equal(getattr(arrays, role), getattr(mnist_arrays, role)), role
+    assert resolve_data_source(env={}, cache_dir=cache).download is False
+
+
+def test_only_missing_files_are_downloaded(tmp_path: Path, mirror_folder: Path, mnist_dir: Path) -> None:
+    cache = cache_without(tmp_path / "cache", mnist_dir, SMALL_FILE)
+    with serve(mirror_folder) as mirror:
+        download_dataset(MNIST, cache, (mirror.url,), timeout=TIMEOUT)
+    assert mirror.requested == [f"/{SMALL_FILE}"]
+    assert cache_listing(cache) == FILES
+
+
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (flip_middle_byte, ["corrupt or truncated gzip"]),
+        (lambda path: shutil.copyfile(path.parent / "t10k-images-idx3-ubyte.gz", path), ["checksum mismatch"]),
+    ],
+    ids=["flipped byte", "another file"],
+)
+def test_a_corrupted_download_is_refused_and_not_kept(
+    tmp_path: Path, mirror_folder: Path, damage: Callable[[Path], object], words: list[str]
+) -> None:
+    damage(mirror_folder / FIRST_FILE)
+    cache = tmp_path / "cache"
+    with serve(mirror_folder) as mirror:
+        data_error(
+            lambda: download_dataset(MNIST, cache, (mirror.url,), timeout=TIMEOUT),
+            FIRST_FILE, str(cache), mirror.url, *words,
+        )
+    assert cache_listing(cache) == []
+
+
+def test_a_connection_dropped_mid_file_is_reported_and_not_kept(
+    tmp_path: Path, mirror_folder: Path
+) -> None:
+    size = (mirror_folder / FIRST_FILE).stat().st_size
+    cache = tmp_path / "cache"
+    with serve(mirror_folder, CutShortFiles) as mirror:
+        data_error(
+            lambda: download_dataset(MNIST, cache, (mirror.url,), timeout=TIMEOUT),
+            f"{mirror.url}{FIRST_FILE}", f"closed after {size // 2} of {size} bytes",
+        )
+    assert cache_listing(cache) == []
+
+
+@pytest.mark.parametrize("failing", ["not found", "cut short"])
+def test_falls_back_to_the_second_mirror(
+    tmp_path: Path, mirror_folder: Path, mnist_dir: Path, failing: str
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad_server = serve(empty) if failing == "not found" else serve(mirror_folder, CutShortFiles)
+    cache = cache_without(tmp_path / "cache", mnist_dir, SMALL_FILE)
+    with bad_server as bad, serve(mirror_folder) as good:
+        download_dataset(MNIST, cache, (bad.url, good.url), timeout=TIMEOUT)
+    assert bad.requested == good.requested == [f"/{SMALL_FILE}"]
+    assert cache_listing(cache) == FILES
+    assert (cache / SMALL_FILE).read_bytes() == (mnist_dir / SMALL_FILE).read_bytes()
+
+
+def test_no_network_says_where_it_looked_and_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = closed_port_url()
+    monkeypatch.setenv(MIRRORS_ENV, url)
+    source = resolve_data_source(env={}, cache_dir=tmp_path / "cache")
+    data_error(
+        lambda: load_data(source),
+        str(source.path), url, "refused", "--data-dir", "MNIST_DATA_DIR",
+    )
+    assert cache_listing(source.path) == []
+
+
+def test_a_silent_server_times_out(tmp_path: Path) -> None:
+    """A server that accepts connections and never answers: the timeout ends the wait."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)  # the kernel completes the handshake; nobody ever reads or replies
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/"
+        data_error(lambda: download_dataset(MNIST, tmp_path / "cache", (url,), timeout=0.5), url, "timed out")
+    assert cache_listing(tmp_path / "cache") == []
+
+
+def test_a_cache_folder_that_cannot_be_created(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    cache = tmp_path / "a-file" / "mnist"
+    data_error(
+        lambda: download_dataset(MNIST, cache, (closed_port_url(),), timeout=TIMEOUT), str(cache), "cannot create"
+    )

@@ -1,0 +1,142 @@
+"""Storage faults on real file systems and a real database server: read-only, full, restarted.
+
+The read-only and full disks are small tmpfs mounts (root can mount here and in CI); the
+PostgreSQL test stops and restarts the local server.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.storage import build_storage
+
+pytestmark = pytest.mark.slow
+
+CONFIG = """
+study: {heartbeat_seconds: 1, stale_after_seconds: 3, target_accuracy: null}
+data: {val_size: 300, train_size: 600}
+training: {max_epochs: 2, snapshot_steps: [5]}
+pruner: {name: none}
+"""
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def run(python: str, env: dict[str, str], config: Path, url: str, *extra: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [python, "-m", "search.run", "--config", str(config), "--storage", url, "--no-export", *extra],
+        env=env, capture_output=True, text=True, timeout=timeout, check=False,
+    )
+
+
+def assert_one_line_exit_2(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+def finished_trials(url: str) -> list[tuple[int, float | None]]:
+    """Read the finished trials and close the connection (an open file keeps a mount busy)."""
+    storage = build_storage(url, heartbeat=False)
+    try:
+        study = optuna.load_study(study_name="mnist", storage=storage)
+        return [(t.number, t.value) for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    finally:
+        storage.engine.dispose()
+
+
+def test_read_only_database_is_a_clear_error_and_keeps_the_trials(python: str, run_env: dict[str, str], tmp_path: Path, small_disk: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG)
+    url = f"sqlite:///{small_disk / 's.db'}"
+    assert run(python, run_env, config, url, "--trials", "2").returncode == 0
+    before = finished_trials(url)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    result = run(python, run_env, config, url, "--trials", "4")
+    assert_one_line_exit_2(result, str(small_disk / "s.db"))
+    assert "read-only" in result.stderr
+    subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    assert finished_trials(url) == before
+
+
+def test_full_disk_mid_run_is_a_clear_error_and_keeps_the_trials(python: str, run_env: dict[str, str], tmp_path: Path, small_disk: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG)
+    env = dict(run_env, MNIST_SEARCH_HOME=str(small_disk / "home"))  # checkpoints and artifacts fill it too
+    url = f"sqlite:///{small_disk / 's.db'}"
+    assert run(python, env, config, url, "--trials", "2").returncode == 0
+    before = finished_trials(url)
+    filler = small_disk / "filler"
+    with filler.open("wb") as out:  # leave a few kB: enough to open the study, not to run trials
+        free = shutil.disk_usage(small_disk).free
+        out.write(b"\0" * max(0, free - 48 * 1024))
+    result = run(python, env, config, url, "--trials", "30")
+    assert_one_line_exit_2(result, "resume with")
+    assert "full" in result.stderr or "No space" in result.stderr
+    filler.unlink()
+    after = finished_trials(url)
+    assert after[: len(before)] == before  # nothing finished was lost
+    resumed = run(python, env, config, url, "--trials", str(len(after) + 1))
+    assert resumed.returncode == 0, resumed.stderr
+
+
+@pytest.mark.postgres
+def test_postgres_restart_mid_run(python: str, run_env: dict[str, str], tmp_path: Path, postgres_url: str, unique_name: str) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG.replace("max_epochs: 2", "max_epochs: 3"))
+    cluster = subprocess.run(["bash", "-c", "ls /etc/postgresql"], capture_output=True, text=True).stdout.split()[0]
+    args = [python, "-m", "search.run", "--config", str(config), "--storage", postgres_url, "--study-name", unique_name, "--no-export", "--trials", "6"]
+    process = subprocess.Popen(args, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        storage = build_storage(postgres_url, heartbeat=False)
+        while time.monotonic() < deadline:  # wait until two trials are finished
+            try:
+                done = optuna.load_study(study_name=unique_name, storage=storage).get_trials(states=(TrialState.COMPLETE,))
+                if len(done) >= 2:
+                    break
+            except KeyError:
+                pass
+            time.sleep(0.1)
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "stop", "-m", "fast"], check=True)
+        out, err = process.communicate(timeout=120)
+    finally:
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "start"], check=False)
+        process.kill()
+    for _ in range(60):
+        if subprocess.run(["pg_isready", "-h", "127.0.0.1", "-q"]).returncode == 0:
+            break
+        time.sleep(0.5)
+    assert process.returncode == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "storage failed mid-run" in lines[0] and "Traceback" not in err
+    study = optuna.load_study(study_name=unique_name, storage=build_storage(postgres_url, heartbeat=False))
+    complete_before = {t.number: t.value for t in study.trials if t.state == TrialState.COMPLETE}
+    assert len(complete_before) >= 2
+    resumed = subprocess.run(args, env=run_env, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr
+    study = optuna.load_study(study_name=unique_name, storage=build_storage(postgres_url, heartbeat=False))
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 6
+    assert {t.number: t.value for t in study.trials if t.number in complete_before} == complete_before
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
