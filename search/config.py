@@ -73,7 +73,7 @@ class SpaceConfig(_Strict):
     units: IntRange = IntRange(low=64, high=1024, log=True)
     dropout: FloatRange = FloatRange(low=0.0, high=0.5)
     learning_rate: FloatRange = FloatRange(low=3e-4, high=1e-2, log=True)
-    optimizer: list[Optimizer] = Field(default=["adam", "sgd"], min_length=1)
+    optimizer: list[Optimizer] = Field(default=["adam", "adamw"], min_length=1)
     weight_decay: FloatRange = FloatRange(low=1e-7, high=1e-4, log=True)
     batch_size: list[int] = Field(default=[64, 128, 256], min_length=1)
 
@@ -121,6 +121,7 @@ class BaselineConfig(_Strict):
     optimizer: Optimizer = "adam"
     weight_decay: float = Field(default=1e-6, ge=0)
     batch_size: int = Field(default=128, gt=0)
+    max_epochs: int = Field(default=3, gt=0)  # the tutorial's baseline is a short run
 
 
 class StudyConfig(_Strict):

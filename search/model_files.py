@@ -1,7 +1,8 @@
 """Model weights as safetensors files that rebuild the model without unpickling anything.
 
-One file holds the network's state dict, the first-layer snapshots taken during training,
-and the hyperparameters as JSON metadata, so `load_model_file` needs nothing else.
+One file holds the network's state dict, optionally the first-layer snapshots taken during
+training, and the hyperparameters as JSON metadata, so `load_model_file` needs nothing else.
+The objective stores one per new best trial; the export writes one without snapshots.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from lightning_modules.classifiers import Classifier, HyperParams, build_classifier
 from lightning_modules.errors import UserInputError
 
 SNAPSHOT_PREFIX = "snapshot.step_"
+NET_PREFIX = "net."
+FORMAT = "mnist-search/1"
 
 
 class ModelFileError(UserInputError):
@@ -35,30 +38,43 @@ class ModelFile:
 def save_model_file(
     model: Classifier, path: Path, snapshots: dict[int, torch.Tensor] | None = None, extra: dict[str, str] | None = None
 ) -> Path:
-    tensors = {f"net.{k}": v.detach().contiguous() for k, v in model.net.state_dict().items()}
+    """Weights (+ snapshots) and the hyperparameters that rebuild the network, in one file."""
+    tensors = {f"{NET_PREFIX}{k}": v.detach().contiguous() for k, v in model.net.state_dict().items()}
     for step, weight in (snapshots or {}).items():
-        tensors[f"{SNAPSHOT_PREFIX}{step}"] = weight.contiguous()
-    metadata = {"hyperparams": json.dumps(model.hp.to_dict()), "format": "mnist-search/1", **(extra or {})}
+        tensors[f"{SNAPSHOT_PREFIX}{step}"] = weight.detach().contiguous()
+    metadata = {**(extra or {}), "hyperparams": json.dumps(model.hp.to_dict()), "format": FORMAT}
     save_file(tensors, str(path), metadata=metadata)
     return path
 
 
-def load_model_file(path: Path) -> ModelFile:
+def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata in one pass; any unreadable file becomes a one-line ModelFileError."""
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
-        tensors = load_file(str(path))
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict
     except FileNotFoundError:
         raise ModelFileError(f"{path}: model file not found") from None
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelFileError(f"{path}: not a readable safetensors model file ({error})") from None
+    return tensors, metadata
+
+
+def _hyperparams(metadata: dict[str, str], path: Path) -> HyperParams:
     if "hyperparams" not in metadata:
         raise ModelFileError(f"{path}: no hyperparameters in the file's metadata; not an mnist-search model")
-    hp = HyperParams.from_dict(json.loads(metadata["hyperparams"]))
+    try:
+        return HyperParams.from_dict(json.loads(metadata["hyperparams"]))
+    except (ValueError, TypeError) as error:
+        raise ModelFileError(f"{path}: unusable hyperparameters in the metadata ({error})") from None
+
+
+def load_model_file(path: Path) -> ModelFile:
+    """Rebuild the model (in eval mode) from a file written by `save_model_file`."""
+    tensors, metadata = _read_tensors(path)
+    hp = _hyperparams(metadata, path)
     model = build_classifier(hp)
-    state = {k.removeprefix("net."): v for k, v in tensors.items() if k.startswith("net.")}
+    state = {k.removeprefix(NET_PREFIX): v for k, v in tensors.items() if k.startswith(NET_PREFIX)}
     try:
         model.net.load_state_dict(state)
     except RuntimeError as error:

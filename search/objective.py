@@ -30,6 +30,7 @@ from search.space import suggest_params
 
 MODEL_ARTIFACT_ATTR = "model_artifact_id"
 SURPLUS_ATTR = "surplus"
+MAX_EPOCHS_ATTR = "max_epochs"  # set on an enqueued trial (the baseline) to train it for fewer epochs
 
 
 class SurplusTrial(Exception):
@@ -153,7 +154,7 @@ def make_objective(
                 hp,
                 split,
                 seed=seeds.training,
-                max_epochs=settings.training.max_epochs,
+                max_epochs=int(trial.user_attrs.get(MAX_EPOCHS_ATTR, settings.training.max_epochs)),
                 callbacks=callbacks,
                 snapshot_steps=settings.training.snapshot_steps,
                 target_accuracy=target,

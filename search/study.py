@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lightning_modules.callbacks import TrainingInterrupted
 from search.config import PrunerConfig, SamplerConfig, Settings
-from search.objective import SurplusTrial
+from search.objective import MAX_EPOCHS_ATTR, SurplusTrial
 from search.rules import finished_trials, remaining_budget, trial_at_target
 from search.space import baseline_params
 
@@ -68,7 +68,11 @@ def open_study(settings: Settings, storage: optuna.storages.BaseStorage, worker_
         except optuna.exceptions.DuplicatedStudyError:
             study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
     if created and settings.baseline.enabled:
-        study.enqueue_trial(baseline_params(settings.baseline), skip_if_exists=True)
+        study.enqueue_trial(
+            baseline_params(settings.baseline),
+            user_attrs={MAX_EPOCHS_ATTR: min(settings.baseline.max_epochs, settings.training.max_epochs)},
+            skip_if_exists=True,
+        )
     seed = sampler_seed(settings.study.seed, worker_index, 0 if created else len(study.get_trials(deepcopy=False)))
     study.sampler = build_sampler(settings.sampler, seed)
     return OpenedStudy(study, created, seed)

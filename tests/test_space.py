@@ -22,11 +22,11 @@ def test_linear_trial_suggests_no_dnn_parameter() -> None:
 
 def test_two_layer_dnn_suggests_no_third_layer() -> None:
     params = {
-        "classifier": "dnn", "learning_rate": 1e-3, "optimizer": "sgd", "weight_decay": 1e-6, "batch_size": 128,
+        "classifier": "dnn", "learning_rate": 1e-3, "optimizer": "adamw", "weight_decay": 1e-6, "batch_size": 128,
         "hidden_layers": 2, "units_l1": 300, "units_l2": 100, "dropout": 0.25,
     }
     hp = suggest_params(FixedTrial(params), SPACE)
-    assert hp.hidden_units == (300, 100) and hp.dropout == 0.25 and hp.optimizer == "sgd"
+    assert hp.hidden_units == (300, 100) and hp.dropout == 0.25 and hp.optimizer == "adamw"
     with pytest.raises(ValueError):
         suggest_params(FixedTrial({**params, "hidden_layers": 3}), SPACE)  # units_l3 would be needed
 

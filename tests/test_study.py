@@ -51,6 +51,7 @@ def test_new_study_starts_with_the_linear_baseline(storage_url: str, name: str) 
     run_worker(opened.study, quick_objective, settings)
     first = opened.study.trials[0]
     assert first.params["classifier"] == "linear"
+    assert first.user_attrs["max_epochs"] == min(settings.baseline.max_epochs, settings.training.max_epochs)
     assert first.params["learning_rate"] == settings.baseline.learning_rate
 
 

@@ -1,0 +1,239 @@
+"""python -m search.predict: classify handwritten digits with an exported model.
+
+    python -m search.predict --model storage/exports/mnist digit.png [more.png ...]
+    python -m search.predict --model storage/exports/mnist --csv rows.csv
+
+Images: any format Pillow reads, grayscale or colour, 28x28 or larger. Dark digits on a light
+background are inverted (MNIST is white on black). A larger image is framed the way MNIST was
+made: the digit's bounding box is scaled to fit 20x20 and centred by its centre of mass in a
+28x28 image. CSV: the tutorial's rows (label in column 0, then 784 pixels 0-255).
+
+Runs the export's model.onnx in ONNX Runtime, without importing PyTorch, so it starts fast.
+Bad input (a missing model, a corrupt or too small image, a bad CSV) prints one line on stderr
+and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lightning_modules.errors import UserInputError
+
+IMAGE_SIDE = 28
+N_PIXELS = IMAGE_SIDE * IMAGE_SIDE
+DIGIT_BOX = 20  # MNIST fits each digit into 20x20 before centring it in 28x28
+INK_THRESHOLD = 0.2  # share of the brightest pixel that counts as part of the digit
+LIGHT_BACKGROUND = 127.5  # a border brighter than this means dark ink on light paper
+MODEL_FILE = "model.onnx"
+
+
+class PredictError(UserInputError):
+    """An input the predictor cannot use; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    source: str
+    digit: int
+    probability: float
+    label: int | None = None  # the true label, when the input carries one (CSV)
+
+    def line(self) -> str:
+        text = f"{self.source}: {self.digit} ({self.probability:.1%})"
+        if self.label is not None:
+            text += f", label {self.label}" + ("" if self.label == self.digit else " WRONG")
+        return text
+
+
+# ---------------------------------------------------------------- model
+
+
+@dataclass
+class Model:
+    """An ONNX Runtime session on an exported model: float32 (N, 784) in [0, 1] -> probabilities."""
+
+    session: Any
+    path: Path
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        outputs = [o.name for o in self.session.get_outputs()]
+        wanted = "probabilities" if "probabilities" in outputs else outputs[0]
+        (result,) = self.session.run([wanted], {self.session.get_inputs()[0].name: pixels.astype(np.float32)})
+        if wanted != "probabilities":  # a bare-logits model: softmax here
+            shifted = np.exp(result - result.max(axis=1, keepdims=True))
+            result = shifted / shifted.sum(axis=1, keepdims=True)
+        return result
+
+
+def load_model(path: Path) -> Model:
+    """The export folder's model.onnx (or an .onnx file given directly), checked for its input shape."""
+    file = path / MODEL_FILE if path.is_dir() else path
+    if not file.is_file():
+        where = f"no {MODEL_FILE} in {path}" if path.is_dir() else f"{path} does not exist"
+        raise PredictError(f"{where}; pass --model an export folder written by python -m search.export")
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: ONNX Runtime's warnings are not the user's problem
+    try:
+        session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # noqa: BLE001 - ORT raises its own untyped errors for bad files
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise PredictError(f"{file}: not a loadable ONNX model ({reason})") from None
+    shape = session.get_inputs()[0].shape
+    if len(shape) != 2 or shape[1] != N_PIXELS:
+        raise PredictError(f"{file}: the model takes input of shape {shape}, not (N, 784); not an mnist-search model")
+    return Model(session, file)
+
+
+# ---------------------------------------------------------------- images
+
+
+def _flatten_alpha(image: Any) -> Any:
+    """Transparent images: put the strokes on the background that contrasts with them."""
+    from PIL import Image
+
+    rgba = image.convert("RGBA")
+    alpha = np.asarray(rgba.getchannel("A"), dtype=np.float64)
+    if alpha.min() == 255:
+        return rgba.convert("L")
+    gray = np.asarray(rgba.convert("L"), dtype=np.float64)
+    visible = alpha > 0
+    strokes_light = visible.any() and gray[visible].mean() > LIGHT_BACKGROUND
+    background = Image.new("RGBA", rgba.size, (0, 0, 0, 255) if strokes_light else (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("L")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """A grayscale uint8 array of any image file Pillow reads; PredictError if it cannot."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            image = ImageOps.exif_transpose(opened)  # a phone photo is stored on its side
+            has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+            gray = _flatten_alpha(image) if has_alpha else image.convert("L")
+    except FileNotFoundError:
+        raise PredictError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise PredictError(f"{path}: is a folder, not an image") from None
+    except UnidentifiedImageError:
+        raise PredictError(f"{path}: not an image file Pillow can read (corrupt or unknown format)") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise PredictError(f"{path}: corrupt or truncated image ({str(error).splitlines()[0]})") from None
+    return np.asarray(gray, dtype=np.uint8)
+
+
+def is_light_background(image: np.ndarray) -> bool:
+    """Dark ink on light paper: judged by the image's border, where a digit rarely reaches."""
+    width = max(1, min(image.shape) // 14)
+    border = np.concatenate([image[:width].ravel(), image[-width:].ravel(), image[:, :width].ravel(), image[:, -width:].ravel()])
+    return float(border.mean()) > LIGHT_BACKGROUND
+
+
+def to_white_on_black(image: np.ndarray) -> np.ndarray:
+    return 255 - image if is_light_background(image) else image
+
+
+def frame_digit(image: np.ndarray) -> np.ndarray:
+    """A white-on-black image larger than 28x28 -> MNIST framing: digit fitted to 20x20, centred by mass."""
+    from PIL import Image
+
+    ink = image >= max(1.0, INK_THRESHOLD * float(image.max()))
+    if not ink.any():  # blank: nothing to frame, just shrink it
+        return np.asarray(Image.fromarray(image).resize((IMAGE_SIDE, IMAGE_SIDE), Image.Resampling.BOX), dtype=np.uint8)
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    crop = image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    scale = DIGIT_BOX / max(crop.shape)
+    size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+    digit = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.LANCZOS), dtype=np.float64)
+    mass = digit.sum()
+    cy, cx = ((np.indices(digit.shape) * digit).sum(axis=(1, 2)) / mass) if mass > 0 else (digit.shape[0] / 2, digit.shape[1] / 2)
+    top = int(np.clip(round(IMAGE_SIDE / 2 - cy), 0, IMAGE_SIDE - digit.shape[0]))
+    left = int(np.clip(round(IMAGE_SIDE / 2 - cx), 0, IMAGE_SIDE - digit.shape[1]))
+    canvas = np.zeros((IMAGE_SIDE, IMAGE_SIDE), dtype=np.float64)
+    canvas[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+
+
+def to_model_input(image: np.ndarray, source: str) -> np.ndarray:
+    """uint8 grayscale (28x28 or larger) -> 784 float32 pixels in [0, 1], white digit on black."""
+    if image.ndim != 2:
+        raise PredictError(f"{source}: expected a 2-D grayscale image, got an array of shape {image.shape}")
+    height, width = image.shape
+    if height < IMAGE_SIDE or width < IMAGE_SIDE:
+        raise PredictError(f"{source}: the image is {width}x{height} pixels; it must be at least 28x28")
+    image = to_white_on_black(image)
+    if image.shape != (IMAGE_SIDE, IMAGE_SIDE):
+        image = frame_digit(image)
+    return (image.reshape(N_PIXELS).astype(np.float32) / 255.0)
+
+
+# ---------------------------------------------------------------- predicting
+
+
+def predict_pixels(model: Model, pixels: np.ndarray, sources: Sequence[str], labels: Sequence[int] | None = None) -> list[Prediction]:
+    probabilities = model.probabilities(pixels)
+    digits = probabilities.argmax(axis=1)
+    return [
+        Prediction(source, int(digit), float(probabilities[i, digit]), None if labels is None else int(labels[i]))
+        for i, (source, digit) in enumerate(zip(sources, digits, strict=True))
+    ]
+
+
+def predict_images(model: Model, paths: Sequence[Path]) -> list[Prediction]:
+    """Read every image first (one bad file fails before anything is printed), then one batch."""
+    pixels = np.stack([to_model_input(read_image(path), str(path)) for path in paths])
+    return predict_pixels(model, pixels, [str(path) for path in paths])
+
+
+def predict_csv(model: Model, path: Path) -> list[Prediction]:
+    """Rows of the tutorial's CSV (label, 784 pixels); each prediction carries the row's label."""
+    from lightning_modules.data import read_csv  # imports PyTorch: only CSV users pay for it
+
+    images, labels = read_csv(path)
+    pixels = np.stack([to_model_input(image, f"{path} row {i + 1}") for i, image in enumerate(images)])
+    return predict_pixels(model, pixels, [f"{path} row {i + 1}" for i in range(len(images))], labels.tolist())
+
+
+# ---------------------------------------------------------------- command line
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m search.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="export folder (or its model.onnx)")
+    parser.add_argument("--csv", type=Path, default=None, help="CSV file of rows: label, then 784 pixels 0-255")
+    parser.add_argument("images", nargs="*", type=Path, help="image files (PNG, JPEG, ...), 28x28 or larger")
+    args = parser.parse_args(argv)
+    if not args.images and args.csv is None:
+        parser.error("give image files, --csv FILE, or both")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        model = load_model(args.model)
+        predictions = predict_images(model, args.images) if args.images else []
+        csv_predictions = predict_csv(model, args.csv) if args.csv is not None else []
+    except UserInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for prediction in [*predictions, *csv_predictions]:
+        print(prediction.line())
+    if csv_predictions:
+        right = sum(p.digit == p.label for p in csv_predictions)
+        print(f"{args.csv}: {right} of {len(csv_predictions)} rows right ({right / len(csv_predictions):.2%})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

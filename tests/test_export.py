@@ -1,0 +1,337 @@
+"""search/export.py: a tiny real study (SQLite in a temp folder, 600 training rows) exported.
+
+One module-scoped study and export serve most tests: every file exists and parses, PNGs decode
+at their sizes, the confusion matrix matches the accuracy, ONNX agrees with the Lightning model,
+and the artifacts are listed on the best trial through Optuna's own API. The command line is
+run once for success (on the full 10k test set) and once for bad input.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from PIL import Image
+
+from lightning_modules.classifiers import Classifier
+from lightning_modules.data import DataSplit
+from search import export, figures
+from search.config import load_settings, settings_as_dict
+from search.export import FIGURES, FILES, ExportError, SETTINGS_ATTR, export_study
+from search.model_files import load_model_file
+from search.objective import make_objective
+from search.storage import build_artifact_store, build_storage
+from search.study import best_trials, open_study, run_worker
+
+STUDY = "tiny"
+DNN_TRIAL = {
+    "classifier": "dnn", "learning_rate": 3e-3, "optimizer": "adam", "weight_decay": 1e-6, "batch_size": 64,
+    "hidden_layers": 1, "units_l1": 64, "dropout": 0.1,
+}
+
+
+@dataclass(frozen=True)
+class TinyStudy:
+    home: Path  # MNIST_SEARCH_HOME for subprocesses: holds artifacts/ and the database
+    url: str
+
+    def load(self) -> optuna.Study:
+        """A fresh storage object, as another process (the dashboard) would see the study."""
+        return optuna.load_study(study_name=STUDY, storage=build_storage(self.url, heartbeat=False))
+
+    @property
+    def store(self) -> optuna.artifacts.FileSystemArtifactStore:
+        return build_artifact_store(self.home / "artifacts")
+
+
+@pytest.fixture(scope="module")
+def module_env(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Iterator[Path]:
+    """The runtime folder and data for the module's study: the environment every test here sees
+    (the same MNIST_DATA_DIR as conftest's, so an export's reproduce command does not change)."""
+    home = tmp_path_factory.mktemp("export-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MNIST_SEARCH_HOME", str(home))
+        patch.setenv("MNIST_DATA_DIR", str(mnist_dir))
+        yield home
+
+
+@pytest.fixture(scope="module")
+def tiny_study(module_env: Path, tiny_split: DataSplit) -> TinyStudy:
+    """Three trials on 600 rows: the linear baseline, a 64-unit DNN, and one the sampler picks."""
+    url = f"sqlite:///{module_env / 'study.db'}"
+    settings = load_settings(None, {
+        "study": {"name": STUDY, "storage": url, "trials": 3, "target_accuracy": None},
+        "data": {"val_size": 200, "train_size": 600},  # what the CLI export reloads from MNIST
+        "training": {"max_epochs": 2, "snapshot_steps": [2, 5]},
+        "pruner": {"name": "none"},
+        "space": {"hidden_layers": {"low": 1, "high": 2}, "units": {"low": 16, "high": 128, "log": True}},
+    })
+    study = open_study(settings, build_storage(url, heartbeat=False)).study
+    study.set_user_attr(SETTINGS_ATTR, settings_as_dict(settings))
+    study.enqueue_trial(DNN_TRIAL)
+    tiny = TinyStudy(module_env, url)
+    run_worker(study, make_objective(settings, tiny_split, tiny.store), settings)
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 3
+    return tiny
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_study: TinyStudy, tiny_split: DataSplit) -> dict:
+    return export_study(tiny_study.load(), tiny_study.home / "export", artifact_store=tiny_study.store, split=tiny_split)
+
+
+@pytest.fixture(scope="module")
+def folder(exported: dict) -> Path:
+    return Path(exported["export_dir"])
+
+
+def read_confusion_csv(path: Path) -> np.ndarray:
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0][1:] == [str(d) for d in range(10)]
+    assert [row[0] for row in rows[1:]] == [str(d) for d in range(10)]
+    return np.array([[int(v) for v in row[1:]] for row in rows[1:]])
+
+
+# ---------------------------------------------------------------- the export folder
+
+
+def test_every_file_exists_and_parses(folder: Path, exported: dict, tiny_study: TinyStudy) -> None:
+    assert sorted(p.name for p in folder.iterdir()) == sorted(FILES)
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")], "staging folder left behind"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    best = best_trials(tiny_study.load())
+    for key in ("study", "best_trial", "classifier", "params", "val_accuracy", "test_accuracy", "test_log_loss"):
+        assert metrics[key] == exported[key]
+    assert metrics["study"] == STUDY and metrics["best_trial"] == best["best"].number
+    assert metrics["val_accuracy"] == pytest.approx(best["best"].value)
+    for key, kind in (("best_linear", "linear"), ("best_dnn", "dnn")):
+        entry = metrics[key]
+        assert entry["trial"] == best[kind].number and entry["classifier"] == kind
+        assert {"params", "val_accuracy", "test_accuracy", "test_log_loss"} <= entry.keys()
+    assert metrics["weights"] == "stored" and metrics["note"] == ""
+
+    model_json = json.loads((folder / "model.json").read_text())
+    assert model_json["hyperparams"] == metrics["hyperparams"]
+    assert model_json["preprocessing"]["input_shape"] == [None, 784]
+    assert model_json["preprocessing"]["range"] == [0.0, 1.0]
+
+    import onnx
+
+    onnx.checker.check_model(onnx.load(str(folder / "model.onnx")))
+    checkpoint = torch.load(folder / "model.ckpt", map_location="cpu", weights_only=True)  # no pickled code
+    assert checkpoint["hyper_parameters"]["classifier"] == metrics["classifier"]
+    weights = load_model_file(folder / "model.safetensors")
+    assert weights.hp.to_dict() == metrics["hyperparams"]
+
+    page = (folder / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(FIGURES)
+    assert not re.search(r'src="(?!data:)', page), "the report must not load anything from outside"
+    assert "python -c" in page and "seed=" in page  # the reproduce command
+
+
+def test_pngs_decode_at_their_sizes(folder: Path, exported: dict) -> None:
+    units = exported["hyperparams"]["hidden_units"][:1] or [10]  # the linear model: ten class templates
+    assert len(exported["snapshot_steps"]) == 3  # steps 2 and 5, and the end of training
+    expected = {
+        "confusion_matrix.png": figures.CONFUSION_PX,
+        "weight_tiles.png": figures.tile_grid_pixels(units[0]),
+        "weight_snapshots.png": figures.snapshot_grid_pixels(len(exported["snapshot_steps"])),
+        "learning_curves.png": figures.CURVES_PX,
+        "comparison.png": figures.COMPARISON_PX,
+        "samples.png": figures.SAMPLES_PX,
+        **{name: figures.STUDY_PLOT_PX for name in export.STUDY_PLOTS},
+    }
+    assert set(expected) == set(FIGURES)
+    for name, size in expected.items():
+        with Image.open(folder / name) as image:
+            image.verify()
+        with Image.open(folder / name) as image:
+            assert (image.format, image.size) == ("PNG", size), name
+
+
+def test_confusion_matrix_counts_match_the_test_accuracy(folder: Path, exported: dict, tiny_split: DataSplit) -> None:
+    counts = read_confusion_csv(folder / "confusion_matrix.csv")
+    assert counts.sum() == len(tiny_split.y_test) == exported["test_size"]
+    assert counts.trace() / counts.sum() == exported["test_accuracy"]
+    model = load_model_file(folder / "model.safetensors").model
+    with torch.inference_mode():
+        predicted = model(tiny_split.x_test).argmax(dim=1)
+    assert (predicted == tiny_split.y_test).float().mean().item() == pytest.approx(exported["test_accuracy"], abs=1e-6)
+    for true, guess in zip(tiny_split.y_test[:50].tolist(), predicted[:50].tolist(), strict=True):
+        assert counts[true, guess] > 0
+
+
+def test_onnx_and_lightning_checkpoint_agree(folder: Path, tiny_split: DataSplit) -> None:
+    import onnxruntime as ort
+
+    lightning_model = Classifier.load_from_checkpoint(folder / "model.ckpt", map_location="cpu", weights_only=True).eval()
+    with torch.inference_mode():
+        expected = torch.softmax(lightning_model(tiny_split.x_test), dim=1).numpy()
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits, probabilities = session.run(None, {"pixels": tiny_split.x_test.numpy()})
+    assert logits.shape == probabilities.shape == (len(tiny_split.y_test), 10)
+    assert (probabilities.argmax(axis=1) == expected.argmax(axis=1)).all()
+    assert np.abs(probabilities - expected).max() < 1e-4
+
+
+def test_artifacts_are_listed_on_the_best_trial(tiny_study: TinyStudy, exported: dict, folder: Path, tmp_path: Path) -> None:
+    study = tiny_study.load()
+    best = study.trials[exported["best_trial"]]
+    metas = optuna.artifacts.get_all_artifact_meta(best, storage=study._storage)
+    by_id = {meta.artifact_id: meta for meta in metas}
+    assert exported["artifacts_linked_to"] == f"trial {best.number}"
+    for name in (*FIGURES, "model.onnx", "model.safetensors"):
+        meta = by_id[exported["artifacts"][name]]
+        assert meta.filename == name
+        assert meta.mimetype == ("image/png" if name.endswith(".png") else "application/octet-stream")
+    downloaded = tmp_path / "downloaded.png"
+    optuna.artifacts.download_artifact(
+        artifact_store=tiny_study.store, file_path=str(downloaded), artifact_id=exported["artifacts"]["confusion_matrix.png"]
+    )
+    assert downloaded.read_bytes() == (folder / "confusion_matrix.png").read_bytes()
+
+
+def test_existing_folder_is_refused_and_force_replaces_it_without_duplicate_artifacts(
+    tiny_study: TinyStudy, exported: dict, folder: Path, tiny_split: DataSplit
+) -> None:
+    with pytest.raises(ExportError, match="already exists; pass --force"):
+        export_study(tiny_study.load(), folder, artifact_store=tiny_study.store, split=tiny_split)
+    study = tiny_study.load()
+    best = study.trials[exported["best_trial"]]
+    before = optuna.artifacts.get_all_artifact_meta(best, storage=study._storage)
+    again = export_study(study, folder, force=True, artifact_store=tiny_study.store, split=tiny_split)
+    assert again["test_accuracy"] == exported["test_accuracy"]
+    assert again["artifacts"]["confusion_matrix.png"] == exported["artifacts"]["confusion_matrix.png"]
+    after = optuna.artifacts.get_all_artifact_meta(best, storage=tiny_study.load()._storage)
+    assert len(after) == len(before)  # the same content is linked once, not once per export
+    assert sorted(p.name for p in folder.iterdir()) == sorted(FILES)
+
+
+def test_a_failed_export_leaves_the_previous_one_untouched(
+    tiny_study: TinyStudy, folder: Path, tiny_split: DataSplit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def fail(*args: object) -> None:
+        raise RuntimeError("disk full, say")
+
+    monkeypatch.setattr(export, "draw_model_figures", fail)  # after the model files are written
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_study(tiny_study.load(), folder, force=True, artifact_store=tiny_study.store, split=tiny_split)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")], "staging folder left behind"
+
+
+# ---------------------------------------------------------------- retraining and study plots
+
+
+def test_missing_weights_are_retrained_checked_and_reported(tiny_study: TinyStudy, tiny_split: DataSplit, tmp_path: Path) -> None:
+    best = best_trials(tiny_study.load())["best"]
+    store_copy = tmp_path / "artifacts"
+    shutil.copytree(tiny_study.home / "artifacts", store_copy)
+    (store_copy / best.user_attrs["model_artifact_id"]).unlink()  # as if the best model's file were lost
+    metrics = export_study(tiny_study.load(), tmp_path / "export", artifact_store=build_artifact_store(store_copy), split=tiny_split)
+    assert metrics["weights"] == "retrained" and metrics["reproduced"] is True
+    assert metrics["retrained_val_accuracy"] == pytest.approx(best.value, abs=1e-6)
+    assert metrics["note"].startswith(f"Trial {best.number} was retrained: its stored weights")
+    assert "reproduces the recorded validation accuracy" in metrics["note"]
+    assert html.escape(metrics["note"]) in (tmp_path / "export" / "report.html").read_text()
+
+
+def test_retrain_note_says_when_the_result_differs() -> None:
+    assert "DIFFERS from the recorded 0.9000" in export.retrain_note(3, "no weights", 0.9, 0.85)
+    assert export.retrain_note(3, "no weights", 0.9, 0.9).startswith("Trial 3 was retrained: no weights.")
+    assert "reproduces" in export.retrain_note(3, "no weights", 0.9, 0.9)
+
+
+def test_study_plots_with_too_few_trials_become_notes(tmp_path: Path) -> None:
+    study = optuna.create_study(direction="maximize")
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+    notes = export.draw_study_plots(study, tmp_path)
+    assert set(notes) == {"param_importances.png"} and "at least 2 completed trials" in notes["param_importances.png"]
+    for name in export.STUDY_PLOTS:
+        with Image.open(tmp_path / name) as image:
+            assert image.size == figures.STUDY_PLOT_PX
+
+
+def test_study_plots_with_constant_params_become_notes(tmp_path: Path) -> None:
+    study = optuna.create_study(direction="maximize")
+    for value in (0.2, 0.4):
+        study.add_trial(optuna.trial.create_trial(params={"x": 1.0}, distributions={"x": optuna.distributions.FloatDistribution(0, 2)}, value=value))
+    assert "vary" in export.draw_study_plots(study, tmp_path)["param_importances.png"]
+
+
+def test_a_study_without_completed_trials_is_refused(tmp_path: Path) -> None:
+    storage = build_storage(f"sqlite:///{tmp_path / 'empty.db'}", heartbeat=False)
+    study = optuna.create_study(study_name="empty", storage=storage)
+    with pytest.raises(ExportError, match="no completed trial"):
+        export_study(study, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_default_folder_name_is_safe() -> None:
+    assert export.default_export_dir("a/../b c").name == "a_.._b_c"
+    assert export.default_export_dir("..").name == "study"
+
+
+# ---------------------------------------------------------------- command line
+
+
+def run_cli(python: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [python, "-m", "search.export", *args], capture_output=True, text=True, env=env, timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+
+
+@pytest.mark.slow
+def test_cli_exports_on_the_full_test_set(tiny_study: TinyStudy, python: str, run_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**run_env, "MNIST_SEARCH_HOME": str(tiny_study.home)}
+    out = tmp_path / "cli-export"
+    result = run_cli(python, env, "--study-name", STUDY, "--storage", tiny_study.url, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert f"-> {out}" in result.stdout and "Traceback" not in result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    counts = read_confusion_csv(out / "confusion_matrix.csv")
+    assert counts.sum() == metrics["test_size"] == 10_000
+    assert counts.trace() / 10_000 == metrics["test_accuracy"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+
+
+@pytest.mark.slow
+def test_cli_bad_input_is_one_line_and_exit_code_2(tiny_study: TinyStudy, python: str, run_env: dict[str, str]) -> None:
+    result = run_cli(python, run_env, "--study-name", "nope", "--storage", tiny_study.url)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no study named 'nope'" in lines[0] and STUDY in lines[0], result.stderr
+
+
+def test_main_refuses_an_existing_folder_with_one_line(
+    tiny_study: TinyStudy, folder: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MNIST_SEARCH_HOME", str(tiny_study.home))
+    code = export.main(["--study-name", STUDY, "--storage", tiny_study.url, "--out", str(folder)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--force" in err
+
+
+def test_main_refuses_a_study_with_no_completed_trial(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    optuna.create_study(study_name="empty", storage=url)
+    code = export.main(["--study-name", "empty", "--storage", url, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no completed trial" in err
+    assert not os.path.exists(tmp_path / "out")
