@@ -68,9 +68,10 @@ def test_target_stop_reaches_every_worker(python: str, run_env: dict[str, str], 
     (out1, _), (out2, _) = finish(first), finish(second)
     assert "target reached" in out1 and "target reached" in out2
     study = optuna.load_study(study_name=unique_name, storage=build_storage(postgres_url, heartbeat=False))
-    hit = min(t.number for t in study.trials if t.state == TrialState.COMPLETE and t.value >= 0.6)
-    started_after = [t for t in study.trials if t.number > hit + 1 and not t.user_attrs.get("surplus")]
-    assert len(started_after) == 0
+    hit = min((t for t in study.trials if t.state == TrialState.COMPLETE and t.value >= 0.6), key=lambda t: t.datetime_complete)
+    # no worker starts a trial after the target was reached (a trial already running finishes)
+    late = [t for t in study.trials if t.datetime_start > hit.datetime_complete and not t.user_attrs.get("surplus")]
+    assert late == []
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
 
 
