@@ -20,8 +20,14 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 
 from lightning_modules.errors import UserInputError
+from search.cli import OneLineParser
 from search.storage import (
-    artifact_dir, build_artifact_store, build_storage, default_storage_url, redact, study_names,
+    artifact_dir,
+    build_artifact_store,
+    build_storage,
+    default_storage_url,
+    redact,
+    study_names,
 )
 
 DEFAULT_HOST = "127.0.0.1"
@@ -47,7 +53,7 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m search.dashboard", description=__doc__,
+    parser = OneLineParser(prog="python -m search.dashboard", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--storage", default=None, help="storage URL (default: the SQLite file under storage/, or $MNIST_SEARCH_HOME)")
     parser.add_argument("--artifact-dir", type=Path, default=None, help="artifact folder (default: artifacts/ next to the default database)")

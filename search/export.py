@@ -47,13 +47,22 @@ from lightning_modules.data import DataSplit, load_data, resolve_data_source, sp
 from lightning_modules.errors import UserInputError
 from lightning_modules.training import Evaluation, evaluate, fit
 from search import figures
+from search.cli import OneLineParser
 from search.config import Settings
 from search.model_export import ExportError, write_model_files
-from search.model_export import export_onnx as export_onnx  # re-exported: tests/test_predict.py imports it from here
+from search.model_export import (
+    export_onnx as export_onnx,  # re-exported: tests/test_predict.py imports it from here
+)
 from search.model_files import ModelFile, ModelFileError, load_model_file
 from search.objective import MODEL_ARTIFACT_ATTR
 from search.report import render_report, reproduce_command
-from search.storage import build_artifact_store, build_storage, exports_dir, load_existing_study, redact
+from search.storage import (
+    build_artifact_store,
+    build_storage,
+    exports_dir,
+    load_existing_study,
+    redact,
+)
 from search.study import best_trials
 from search.trial_artifacts import ARTIFACT_MIMETYPES, attach_artifacts
 
@@ -415,7 +424,7 @@ def export_study(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m search.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m search.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study-name", default="mnist", help="study to export (default: mnist)")
     parser.add_argument("--storage", default=None, help="storage URL (default: the SQLite file under storage/)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: storage/exports/<study>)")

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from lightning_modules.errors import UserInputError
+from search.cli import OneLineParser
 
 IMAGE_SIDE = 28
 N_PIXELS = IMAGE_SIDE * IMAGE_SIDE
@@ -197,7 +198,9 @@ def predict_images(model: Model, paths: Sequence[Path]) -> list[Prediction]:
 
 def predict_csv(model: Model, path: Path) -> list[Prediction]:
     """Rows of the tutorial's CSV (label, 784 pixels); each prediction carries the row's label."""
-    from lightning_modules.data import read_csv  # imports PyTorch: only CSV users pay for it
+    from lightning_modules.data import (
+        read_csv,  # imports PyTorch: only CSV users pay for it
+    )
 
     images, labels = read_csv(path)
     pixels = np.stack([to_model_input(image, f"{path} row {i + 1}") for i, image in enumerate(images)])
@@ -208,7 +211,7 @@ def predict_csv(model: Model, path: Path) -> list[Prediction]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m search.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m search.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="export folder (or its model.onnx)")
     parser.add_argument("--csv", type=Path, default=None, help="CSV file of rows: label, then 784 pixels 0-255")
     parser.add_argument("images", nargs="*", type=Path, help="image files (PNG, JPEG, ...), 28x28 or larger")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_modules.errors import UserInputError
+from search.cli import OneLineParser
 
 _OPTION_KEYS = {
     "trials": ("study", "trials"),
@@ -44,7 +45,7 @@ def _target(value: str) -> float | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m search.run",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -178,7 +179,13 @@ def run(argv: list[str], stop: StopRequest) -> int:
     from search.export import SETTINGS_ATTR, export_study, load_split
     from search.progress import TrialReporter
     from search.storage import artifact_dir, default_storage_url, redact
-    from search.study import WorkerInterrupted, best_trials, open_study, stop_reason, study_status
+    from search.study import (
+        WorkerInterrupted,
+        best_trials,
+        open_study,
+        stop_reason,
+        study_status,
+    )
 
     storage_url = settings.study.storage or default_storage_url()
     storage = _storage_for(settings, storage_url)

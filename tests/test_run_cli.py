@@ -56,6 +56,8 @@ def test_bad_config_is_one_line_and_exit_2(python: str, run_env: dict[str, str],
     bad.write_text("space: {learning_rate: {low: -1, high: 0.1}}\n")
     assert_one_line_error(run_cli(python, run_env, "--config", str(bad)), "space.learning_rate", "positive")
     assert_one_line_error(run_cli(python, run_env, "--trials", "0"), "study.trials")
+    assert_one_line_error(run_cli(python, run_env, "--trials", "many"), "--trials", "invalid int value")
+    assert_one_line_error(run_cli(python, run_env, "--target-accuracy", "high"), "--target-accuracy", "'none'")
 
 
 def test_unreachable_storage_never_prints_the_password(python: str, run_env: dict[str, str]) -> None:
