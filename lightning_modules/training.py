@@ -29,11 +29,16 @@ _QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning_fabric", "
 def configure_torch(workers: int = 1, cores: int | None = None) -> int:
     """Give each of `workers` processes an equal share of the cores; returns the thread count.
 
-    On 2 cores one worker uses both threads (the MLP's matmuls scale to 2); two workers use one
-    each, since oversubscribed BLAS threads spin against each other and lose throughput.
+    OMP_NUM_THREADS, when set, wins: on a machine shared with other jobs one thread per process
+    is several times faster than two that spin against the other load (docs/BENCHMARKS.md).
+    On an idle 2-core machine one worker gains about 1.2x from its second thread.
     """
-    cores = cores or len(os.sched_getaffinity(0))
-    threads = max(1, cores // max(1, workers))
+    explicit = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if explicit.isdigit() and int(explicit) > 0:
+        threads = int(explicit)
+    else:
+        cores = cores or len(os.sched_getaffinity(0))
+        threads = max(1, cores // max(1, workers))
     torch.set_num_threads(threads)
     return threads
 

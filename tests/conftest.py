@@ -63,7 +63,9 @@ def tiny_split(mnist_arrays: MnistArrays) -> DataSplit:
 def run_env(isolated_home: Path) -> dict[str, str]:
     """Environment for CLI subprocesses: isolated home, shared data, quiet and single-threaded."""
     env = dict(os.environ)
-    env.update(MNIST_SEARCH_HOME=str(isolated_home), MNIST_DATA_DIR=str(MNIST_DIR), PYTHONUNBUFFERED="1")
+    # one thread per process: tests run several processes at once on 2 cores, and two spinning
+    # OpenMP threads per process would slow every one of them several-fold
+    env.update(MNIST_SEARCH_HOME=str(isolated_home), MNIST_DATA_DIR=str(MNIST_DIR), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     return env
 
 

@@ -156,7 +156,7 @@ def live_run(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Itera
     root = tmp_path_factory.mktemp("live")
     home, logs, db = root / "home", root / "logs", root / "s.db"
     (root / "tiny.yaml").write_text(TINY_CONFIG)
-    env = {**os.environ, "MNIST_SEARCH_HOME": str(home), "MNIST_DATA_DIR": str(mnist_dir), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "MNIST_SEARCH_HOME": str(home), "MNIST_DATA_DIR": str(mnist_dir), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     storage = f"sqlite:///{db}"
     search = start([
         sys.executable, "-m", "search.run", "--config", str(root / "tiny.yaml"), "--storage", storage,

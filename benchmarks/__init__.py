@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print ratio tables; results and commands in docs/BENCHMARKS.md."""

@@ -1,0 +1,147 @@
+"""The reference search for time_to_target: written the way optuna-examples'
+pytorch_lightning_simple.py does it, on our MNIST split and with our stop at the target.
+
+What it keeps from the example: a `torch.utils.data.DataLoader` (per-sample indexing and
+default collation) over the data, batch 128, 10 epochs per trial, an MLP of 1-3 layers of
+4-128 units (log) with dropout 0.2-0.5, log-softmax + NLL loss, Adam at its default learning
+rate, validation accuracy logged with `self.log`, `PyTorchLightningPruningCallback` and a
+`MedianPruner`, an in-memory study. What it changes, all in its favour or for a fair
+comparison: the data is read from the same IDX files into a `TensorDataset` of float pixels
+(no torchvision, no PIL `ToTensor` per sample), the full 10,000-row validation split
+(the example scores 10% of it) so "0.95" means the same as for us, no progress bar, no logger,
+a seeded TPE sampler, and a study callback that stops at the first completed trial >= target.
+
+Prints one JSON line per finished trial and one when the target is reached (wall-clock
+`time.time()` stamps), so the caller can compare with its own process-start time.
+
+    python -m benchmarks.reference_search [--target 0.95] [--train-size N] [--epochs 10]
+"""
+
+from __future__ import annotations
+
+import time
+
+PROCESS_START = time.time()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import lightning.pytorch as pl  # noqa: E402
+import optuna  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from optuna_integration import PyTorchLightningPruningCallback  # noqa: E402
+from torch import nn, optim  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+BATCHSIZE = 128
+CLASSES = 10
+
+
+class Net(nn.Module):
+    def __init__(self, dropout: float, output_dims: list[int]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        input_dim = 28 * 28
+        for output_dim in output_dims:
+            layers += [nn.Linear(input_dim, output_dim), nn.ReLU(), nn.Dropout(dropout)]
+            input_dim = output_dim
+        layers.append(nn.Linear(input_dim, CLASSES))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, data: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.layers(data), dim=1)
+
+
+class LightningNet(pl.LightningModule):
+    def __init__(self, dropout: float, output_dims: list[int]) -> None:
+        super().__init__()
+        self.model = Net(dropout, output_dims)
+
+    def forward(self, data: torch.Tensor) -> torch.Tensor:
+        return self.model(data.view(-1, 28 * 28))
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        data, target = batch
+        return F.nll_loss(self(data), target)
+
+    def validation_step(self, batch, batch_idx) -> None:  # noqa: ANN001
+        data, target = batch
+        pred = self(data).argmax(dim=1, keepdim=True)
+        accuracy = pred.eq(target.view_as(pred)).float().mean()
+        self.log("val_acc", accuracy)
+
+    def configure_optimizers(self) -> optim.Optimizer:
+        return optim.Adam(self.model.parameters())
+
+
+class MNISTDataModule(pl.LightningDataModule):
+    def __init__(self, split, batch_size: int) -> None:  # noqa: ANN001
+        super().__init__()
+        self.train = TensorDataset(split.x_train, split.y_train)
+        self.val = TensorDataset(split.x_val, split.y_val)
+        self.batch_size = batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val, batch_size=self.batch_size, shuffle=False)
+
+
+def load_split(data_dir: str, train_size: int | None, val_size: int):  # noqa: ANN201
+    from lightning_modules.data import MNIST, load_idx_dir, split_data
+
+    return split_data(load_idx_dir(Path(data_dir), MNIST), val_size=val_size, train_size=train_size, seed=0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--target", type=float, default=0.95)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--trials", type=int, default=100)
+    parser.add_argument("--train-size", type=int, default=None)
+    parser.add_argument("--val-size", type=int, default=10_000)
+    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR", "../shared/data/mnist"))
+    args = parser.parse_args()
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    split = load_split(args.data_dir, args.train_size, args.val_size)
+    print(json.dumps({"event": "data", "t": time.time(), "process_start": PROCESS_START}), flush=True)
+
+    def objective(trial: optuna.Trial) -> float:
+        n_layers = trial.suggest_int("n_layers", 1, 3)
+        dropout = trial.suggest_float("dropout", 0.2, 0.5)
+        output_dims = [trial.suggest_int(f"n_units_l{i}", 4, 128, log=True) for i in range(n_layers)]
+        model = LightningNet(dropout, output_dims)
+        datamodule = MNISTDataModule(split, BATCHSIZE)
+        trainer = pl.Trainer(
+            logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            max_epochs=args.epochs, accelerator="cpu", devices=1,
+            callbacks=[PyTorchLightningPruningCallback(trial, monitor="val_acc")],
+        )
+        trainer.fit(model, datamodule=datamodule)
+        return trainer.callback_metrics["val_acc"].item()
+
+    def stop_at_target(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        print(json.dumps({"event": "trial", "number": trial.number, "state": trial.state.name, "value": trial.value,
+                          "t": time.time(), "seconds": (trial.datetime_complete - trial.datetime_start).total_seconds()}), flush=True)
+        if trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None and trial.value >= args.target:
+            print(json.dumps({"event": "target", "number": trial.number, "value": trial.value, "t": time.time()}), flush=True)
+            study.stop()
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0), pruner=optuna.pruners.MedianPruner())
+    study.optimize(objective, n_trials=args.trials, timeout=args.timeout, callbacks=[stop_at_target])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""Search quality under a budget: our search (TPE + median pruning) vs random search without
+pruning and TPE without pruning, same budget of trials, no target (the whole budget is spent).
+
+Per search: best validation and test accuracy, best linear and best DNN test accuracy (from
+the export's metrics.json), epochs trained (sum of the trials' `epochs_run`), the search's wall
+time (first trial start to last completion, from the storage) and the process's wall time
+(including the export). Each search runs in a fresh MNIST_SEARCH_HOME.
+
+    python -m benchmarks.search_quality --trials 100 --seeds 0        # full (about 3 x 15+ min)
+    python -m benchmarks.search_quality --quick                       # 10 trials, 5,000 train rows
+    python -m benchmarks.search_quality --trials 100 --searches ours  # only our search
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks._common import PYTHON, ROOT, bench_env, load_average, machine_line, median, table
+
+HEADER = "| search | seed"
+SEARCHES = {
+    "ours (TPE + median pruning)": "",
+    "random, no pruning": "sampler: {name: random}\npruner: {name: none}\n",
+    "TPE, no pruning": "pruner: {name: none}\n",
+}
+SHORT = {"ours": "ours (TPE + median pruning)", "random": "random, no pruning", "tpe": "TPE, no pruning"}
+
+
+def run(search: str, trials: int, seed: int, train_size: int | None) -> dict:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    with tempfile.TemporaryDirectory(prefix="bench-quality-") as home:
+        config = Path(home) / "search.yaml"
+        config.write_text(SEARCHES[search])
+        cmd = [PYTHON, "-m", "search.run", "--config", str(config), "--trials", str(trials), "--seed", str(seed),
+               "--target-accuracy", "none"]
+        if train_size:
+            cmd += ["--train-size", str(train_size)]
+        start = time.time()
+        done = subprocess.run(cmd, cwd=ROOT, env=bench_env(Path(home)), capture_output=True, text=True)
+        wall = time.time() - start
+        if done.returncode:
+            print(f"warning: {search} exited {done.returncode}: {done.stderr.strip()[-500:]}")
+        metrics = json.loads((Path(home) / "exports" / "mnist" / "metrics.json").read_text())
+        study = optuna.load_study(study_name="mnist", storage=f"sqlite:///{home}/mnist-search.db")
+        trials_ = [t for t in study.get_trials(deepcopy=False) if t.datetime_complete]
+    span = (max(t.datetime_complete for t in trials_) - min(t.datetime_start for t in trials_)).total_seconds()
+    best = lambda key: (metrics.get(key) or {}).get("test_accuracy", float("nan"))  # noqa: E731
+    return {
+        "val": metrics["val_accuracy"], "test": metrics["test_accuracy"], "linear": best("best_linear"), "dnn": best("best_dnn"),
+        "epochs": sum(int(t.user_attrs.get("epochs_run", 0)) for t in trials_),
+        "pruned": sum(t.state.name == "PRUNED" for t in trials_), "span": span, "wall": wall,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="10 trials on 5,000 training rows, seed 0")
+    parser.add_argument("--trials", type=int, default=100)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--train-size", type=int, default=None)
+    parser.add_argument("--searches", nargs="+", choices=list(SHORT), default=list(SHORT))
+    args = parser.parse_args(argv)
+    trials, seeds, train_size = (10, [0], 5000) if args.quick else (args.trials, args.seeds, args.train_size)
+    names = [SHORT[s] for s in args.searches]
+    print(f"# search quality: {trials} trials, no target, seeds {seeds}, train rows {train_size or 'all (50,000)'}")
+    print(machine_line() + " (before)")
+    results: dict[str, list[dict]] = {}
+    rows = []
+    for seed in seeds:
+        for name in (names if seed % 2 == 0 else names[::-1]):  # interleaved
+            r = run(name, trials, seed, train_size)
+            results.setdefault(name, []).append(r)
+            rows.append((name, seed, r["val"], r["test"], r["linear"], r["dnn"], r["epochs"], r["pruned"], r["span"] / 60, r["wall"] / 60, load_average().split()[0]))
+    print(table(["search", "seed", "best val", "best test", "best linear test", "best DNN test", "epochs trained",
+                 "pruned", "search min", "process min", "load 1-min"], rows))
+    ours, tpe = results.get(SHORT["ours"]), results.get(SHORT["tpe"])
+    if ours and tpe:
+        saved = 1 - median([r["epochs"] for r in ours]) / median([r["epochs"] for r in tpe])
+        delta = 100 * (median([r["test"] for r in ours]) - median([r["test"] for r in tpe]))
+        print(f"pruning vs TPE without pruning (medians): {100 * saved:.0f}% fewer epochs, best test accuracy {delta:+.2f} points")
+    print(machine_line() + " (after)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
