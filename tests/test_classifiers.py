@@ -119,7 +119,7 @@ def test_checkpoint_rebuilds_the_model_without_arguments(tiny_split: DataSplit, 
 
 @pytest.mark.slow
 def test_dnn_learns_mnist_from_5000_rows_in_two_epochs(small_split: DataSplit) -> None:
-    hp = HyperParams("dnn", (256, 128), 0.2, 1e-3, "adam", 0.0, 64)
+    hp = HyperParams("dnn", (256,), 0.1, 2e-3, "adam", 0.0, 32)
     result = fit(hp, small_split, seed=0, max_epochs=2)
     assert len(small_split.y_train) == 5000
     assert result.metrics[MONITOR] >= 0.90

@@ -39,7 +39,7 @@ def setup(tmp_path: Path, python: str, run_env: dict[str, str]) -> Callable[...,
     config.write_text(CONFIG)
     url = f"sqlite:///{tmp_path / 'crash.db'}"
 
-    def start(*extra: str, trials: int = 4) -> subprocess.Popen[str]:
+    def start(*extra: str, trials: int = 3) -> subprocess.Popen[str]:
         args = [python, "-m", "search.run", "--config", str(config), "--storage", url, "--trials", str(trials), "--no-export", *extra]
         return subprocess.Popen(args, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -114,7 +114,7 @@ def test_stop_signal_requeues_the_trial_and_resume_continues_from_its_epoch(setu
     code, out, err = finish(setup())
     assert code == 0, err
     study = load(setup.url)
-    assert_accounted(study, 4)
+    assert_accounted(study, 3)
     retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == 1)
     assert retry.user_attrs["resumed_from_epoch"] >= 2
     assert retry.user_attrs["seed_training"] == trials[1].user_attrs["seed_training"]
@@ -153,7 +153,7 @@ def test_kill_9_then_resume_retries_from_the_last_epoch(setup: Callable[..., sub
     assert code == 0, err
     study = load(setup.url)
     assert study.trials[1].state == TrialState.FAIL
-    assert_accounted(study, 4)
+    assert_accounted(study, 3)
     retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == 1)
     assert retry.params == killed.params
     resumed = retry.user_attrs.get("resumed_from_epoch")
