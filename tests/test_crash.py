@@ -155,7 +155,8 @@ def test_kill_9_then_resume_retries_from_the_last_epoch(setup: Callable[..., sub
     assert study.trials[1].state == TrialState.FAIL
     assert_accounted(study, 3)
     retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == 1)
-    assert retry.params == killed.params
+    # every parameter the killed attempt had drawn is kept (a kill during sampling leaves only some)
+    assert killed.params.items() <= retry.params.items()
     resumed = retry.user_attrs.get("resumed_from_epoch")
     if min_resumed_epoch is None:
         assert resumed in (None, 0, 1)
