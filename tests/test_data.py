@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import data_error
 
 from lightning_modules.data import (
     DATASETS,
@@ -45,17 +46,6 @@ TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def data_error(call: Callable[[], object], *words: str) -> str:
-    """Run call, expect a one-line DataError containing every word; return its message."""
-    with pytest.raises(DataError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message, message
-    for word in words:
-        assert word in message, f"{word!r} not in {message!r}"
-    return message
 
 
 def idx_content(mnist_dir: Path, name: str) -> bytes:

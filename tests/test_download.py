@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import data_error
 
 from lightning_modules.data import (
     MIRRORS_ENV,
     MNIST,
-    DataError,
     MnistArrays,
     download_dataset,
     load_data,
@@ -35,17 +35,6 @@ TIMEOUT = 5.0
 FILES = sorted(f"{name}.gz" for name in MNIST.files.values())
 FIRST_FILE = "train-images-idx3-ubyte.gz"  # the downloader fetches it first
 SMALL_FILE = "t10k-labels-idx1-ubyte.gz"
-
-
-def data_error(call: Callable[[], object], *words: str) -> str:
-    """Run call, expect a one-line DataError containing every word; return its message."""
-    with pytest.raises(DataError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message, message
-    for word in words:
-        assert word in message, f"{word!r} not in {message!r}"
-    return message
 
 
 class QuietFiles(http.server.SimpleHTTPRequestHandler):
