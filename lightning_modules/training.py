@@ -17,8 +17,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lightning_modules.callbacks import DEFAULT_SNAPSHOT_STEPS, WeightSnapshots
+from lightning_modules.callbacks import DEFAULT_SNAPSHOT_STEPS, TrainingInterrupted, WeightSnapshots
 from lightning_modules.classifiers import MONITOR, Classifier, HyperParams, build_classifier
 from lightning_modules.data import DataSplit, TensorBatches
 from lightning_modules.datamodule import MNISTDataModule
@@ -118,7 +119,12 @@ def fit(
         )
     trainer = build_trainer(max_epochs, all_callbacks, **trainer_overrides)
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    except SIGTERMException:
+        # Lightning turns a SIGTERM that lands between two batches into SystemExit(0), which
+        # would end the process as if the search had succeeded; it is a stop request like ours.
+        raise TrainingInterrupted("SIGTERM received") from None
     seconds = time.perf_counter() - start
     metrics = dict(model.history[-1]) if model.history else {}
     return FitResult(model, list(model.history), dict(snapshots.snapshots), seconds, metrics)

@@ -290,6 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted before the search started. Run again with: {resume_command(argv)}", file=sys.stderr)
         return 130
+    except SystemExit as exit_request:
+        # Lightning answers SIGTERM inside its loops (here: the export's evaluation) with
+        # SystemExit(0); a stopped run must not look like a finished one.
+        if not stop.event.is_set() or exit_request.code not in (None, 0):
+            raise
+        print(f"stopped on request; finished trials are saved. Resume with: {resume_command(argv)}", file=sys.stderr)
+        return stop.exit_code
     except Exception as error:  # noqa: BLE001 - only storage and disk failures are handled here
         cause = storage_failure(error)
         if cause is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,6 +24,7 @@ DB_NAME = "mnist-search.db"
 HEARTBEAT_SECONDS = 5
 GRACE_SECONDS = 20
 SQLITE_BUSY_TIMEOUT_SECONDS = 60
+SQLITE_WAL_ATTEMPTS = 10
 MAX_RETRY = 3
 
 
@@ -81,11 +83,20 @@ def _prepare_sqlite(path: Path) -> None:
             f"SQLite database {path} is on a read-only file system or not writable; a study writes to it: "
             "make it writable, or copy it somewhere writable and pass that with --storage"
         )
-    try:
-        with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_SECONDS) as connection:
-            connection.execute("PRAGMA journal_mode=WAL")
-    except sqlite3.Error as error:
-        raise StorageError(f"SQLite database {path} cannot be opened ({error}); check the path and its permissions") from None
+    for attempt in range(SQLITE_WAL_ATTEMPTS):
+        try:
+            with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_SECONDS) as connection:
+                if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            # Workers starting together on a new file race to switch it to WAL; the switch
+            # does not wait on the busy timeout, so the losers retry and then find it done.
+            if "locked" not in str(error) or attempt == SQLITE_WAL_ATTEMPTS - 1:
+                raise StorageError(f"SQLite database {path} cannot be opened ({error}); check the path and its permissions") from None
+            time.sleep(0.1 * (attempt + 1))
+        except sqlite3.Error as error:
+            raise StorageError(f"SQLite database {path} cannot be opened ({error}); check the path and its permissions") from None
 
 
 class StudyStorage(RDBStorage):
@@ -139,7 +150,7 @@ def build_storage(
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
         )
     try:
-        return StudyStorage(url, engine_kwargs=engine_kwargs, **options)
+        return _open_with_schema_retry(url, engine_kwargs, options)
     except ImportError:
         raise StorageError(f"no database driver for {redact(url)}; for PostgreSQL install the extra: pip install -e '.[postgres]'") from None
     except SQLAlchemyError as error:
@@ -147,6 +158,30 @@ def build_storage(
         for secret in _secrets(url):
             reason = reason.replace(secret, "***")
         raise StorageError(f"cannot open storage {redact(url)} ({reason}); check that the server is running and the URL is right") from None
+
+
+# What a database says when another process created the same table, or stamped the same
+# schema version, a moment earlier (SQLite's and PostgreSQL's wording).
+_SCHEMA_RACE_MARKERS = ("already exists", "UNIQUE constraint failed", "duplicate key value")
+
+
+def _open_with_schema_retry(url: str, engine_kwargs: dict[str, object], options: dict[str, object], attempts: int = 5) -> RDBStorage:
+    """Open the storage; retry when several workers create a fresh database's tables at once.
+
+    Optuna's "create the tables if missing" is not atomic across processes, so the loser of
+    that race sees "table ... already exists" although the schema is now complete. Opening
+    writes nothing but the schema, so a retry cannot duplicate anything.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(attempts):
+        try:
+            return StudyStorage(url, engine_kwargs=engine_kwargs, **options)
+        except SQLAlchemyError as error:
+            if attempt == attempts - 1 or not any(marker in str(error) for marker in _SCHEMA_RACE_MARKERS):
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _secrets(url: str) -> list[str]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,7 @@ from lightning_modules.classifiers import (
     build_classifier,
     build_network,
 )
+from lightning_modules.callbacks import TrainingInterrupted
 from lightning_modules.data import DataSplit
 from lightning_modules.training import build_trainer, evaluate, fit
 
@@ -130,3 +133,20 @@ def test_target_accuracy_ends_training_early(small_split: DataSplit) -> None:
     result = fit(hp, small_split, seed=0, max_epochs=6, target_accuracy=0.8)
     assert result.epochs < 6
     assert result.metrics[MONITOR] >= 0.8
+
+
+class SigtermAfterBatch(pl.Callback):
+    """Delivers SIGTERM right after a batch ends: the moment Lightning itself acts on it."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == 2:
+            signal.raise_signal(signal.SIGTERM)
+
+
+def test_sigterm_between_batches_is_a_stop_request_not_a_clean_exit(tiny_split: DataSplit) -> None:
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)  # the runner's handler stands here
+    try:
+        with pytest.raises(TrainingInterrupted):
+            fit(DNN, tiny_split, seed=0, max_epochs=2, callbacks=[SigtermAfterBatch()])
+    finally:
+        signal.signal(signal.SIGTERM, previous)

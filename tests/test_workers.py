@@ -96,3 +96,39 @@ def test_eight_workers_on_one_postgres_study(python: str, run_env: dict[str, str
     first, second = start(python, run_env, *args), start(python, run_env, *args)  # two machines' worth: 2 x 4
     finish(first), finish(second)
     assert_budget_exact(optuna.load_study(study_name=unique_name, storage=build_storage(postgres_url, heartbeat=False)), 12)
+
+
+# Each process opens every URL it is sent, as soon as it reads it: the processes are released
+# together on each fresh file, so they race to create its tables and switch it to WAL.
+OPEN_EACH_URL = """
+import sys
+from search.storage import build_storage
+print("ready", flush=True)
+for line in sys.stdin:
+    build_storage(line.strip(), heartbeat=False)
+    print("opened", flush=True)
+"""
+
+
+def test_workers_starting_together_on_a_new_sqlite_file_all_open_it(python: str, run_env: dict[str, str], tmp_path: Path) -> None:
+    processes = [
+        subprocess.Popen([python, "-c", OPEN_EACH_URL], env=run_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    try:
+        for process in processes:
+            assert process.stdout is not None and process.stdout.readline() == "ready\n"
+        for round_ in range(10):  # without the retries about one round in three failed
+            url = f"sqlite:///{tmp_path / f'fresh-{round_}.db'}\n"
+            for process in processes:
+                assert process.stdin is not None
+                process.stdin.write(url)
+                process.stdin.flush()
+            for process in processes:
+                assert process.stdout is not None
+                assert process.stdout.readline() == "opened\n", process.communicate()[1]
+            study = optuna.create_study(storage=build_storage(url.strip(), heartbeat=False))
+            assert study.trials == []  # the schema is complete and usable
+    finally:
+        for process in processes:
+            process.kill()
