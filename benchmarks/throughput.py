@@ -6,7 +6,8 @@ callbacks a search trial adds (history recorder, Optuna pruning, study-target st
 checkpoint, stop-on-signal; in-memory study). The reference is a plain loop over pre-loaded
 tensors (a shuffled index sliced per batch, no DataLoader) training the same network from
 `build_network` with the same batch size, Adam and torch threads, and the same per-epoch
-validation pass. Epoch 1 (warm-up) is excluded. Runs are interleaved and repeated; the table
+validation pass. A third loop, the smallest LightningModule on the same batches and trainer
+settings, shows how much of the gap is Lightning's own per-step cost. Epoch 1 (warm-up) is excluded. Runs are interleaved and repeated; the table
 gives medians.
 
     python -m benchmarks.throughput            # full: 2 repeats x 1 and 2 threads, 2 epochs each
@@ -135,8 +136,41 @@ def our_loop(split, epochs: int, with_trial_callbacks: bool) -> list[tuple[float
     return timer.times
 
 
+def bare_lightning_loop(split, epochs: int) -> list[tuple[float, float]]:  # noqa: ANN001
+    """Lightning's own floor: the same network in the smallest LightningModule (no metrics, no
+    history, no callbacks of ours) on the same batches and trainer settings as fit()."""
+    import lightning.pytorch as pl
+
+    from lightning_modules.classifiers import build_network
+    from lightning_modules.datamodule import MNISTDataModule
+    from lightning_modules.training import build_trainer
+
+    class Bare(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = build_network(HIDDEN, DROPOUT)
+
+        def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN202
+            x, y = batch
+            return F.cross_entropy(self.net(x), y)
+
+        def validation_step(self, batch, batch_idx) -> None:  # noqa: ANN001
+            x, y = batch
+            self.val_correct = int((self.net(x).argmax(1) == y).sum())  # the raw loop's validation work
+
+        def configure_optimizers(self):  # noqa: ANN202
+            return torch.optim.Adam(self.parameters(), lr=LR)
+
+    pl.seed_everything(SEED, verbose=False)
+    timer = _epoch_timer()
+    trainer = build_trainer(epochs, [timer])
+    trainer.fit(Bare(), datamodule=MNISTDataModule(split, BATCH, shuffle_seed=SEED))
+    return timer.times
+
+
 LOOPS = {
     "raw PyTorch (reference)": lambda split, epochs: raw_loop(split, epochs),
+    "bare LightningModule (Lightning's floor)": lambda split, epochs: bare_lightning_loop(split, epochs),
     "fit()": lambda split, epochs: our_loop(split, epochs, False),
     "fit() + trial callbacks": lambda split, epochs: our_loop(split, epochs, True),
 }

@@ -76,6 +76,14 @@ def build_network(hidden_units: tuple[int, ...], dropout: float) -> nn.Sequentia
     return nn.Sequential(*layers)
 
 
+def build_optimizer(hp: HyperParams, parameters: Any) -> torch.optim.Optimizer:
+    """The searched optimizer; SGD gets momentum 0.9, without which it needs far more epochs."""
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=hp.learning_rate, momentum=0.9, weight_decay=hp.weight_decay)
+    optimizer_cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
+    return optimizer_cls(parameters, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+
+
 class Classifier(pl.LightningModule):
     """Shared steps, metrics, history and optimizers for both classifiers."""
 
@@ -163,12 +171,14 @@ class Classifier(pl.LightningModule):
         if "torch_rng_state" in checkpoint:
             torch.set_rng_state(checkpoint["torch_rng_state"])
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        hp = self.hp
-        if hp.optimizer == "sgd":
-            return torch.optim.SGD(self.parameters(), lr=hp.learning_rate, momentum=0.9, weight_decay=hp.weight_decay)
-        optimizer_cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
-        return optimizer_cls(self.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = build_optimizer(self.hp, self.parameters())
+        # The learning rate falls along a cosine to zero over the fit's epochs: at the same
+        # epoch budget the final model is better (docs/BENCHMARKS.md, search quality), and every
+        # trial with the same epoch budget follows the same schedule, so the pruner compares
+        # like with like. Checkpoints carry the schedule's position, so a resumed fit goes on.
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(self.trainer.max_epochs or 1)))
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.net.parameters())

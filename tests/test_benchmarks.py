@@ -27,4 +27,5 @@ def test_throughput_quick_prints_its_table(isolated_home: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert HEADER in done.stdout
-    assert "raw PyTorch (reference)" in done.stdout and "fit() + trial callbacks" in done.stdout
+    for loop in ("raw PyTorch (reference)", "bare LightningModule (Lightning's floor)", "fit() + trial callbacks"):
+        assert f"| {loop}" in done.stdout

@@ -150,3 +150,18 @@ def test_sigterm_between_batches_is_a_stop_request_not_a_clean_exit(tiny_split: 
             fit(DNN, tiny_split, seed=0, max_epochs=2, callbacks=[SigtermAfterBatch()])
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class LearningRates(pl.Callback):
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_learning_rate_falls_along_a_cosine_over_the_fits_epochs(tiny_split: DataSplit) -> None:
+    seen = LearningRates()
+    fit(DNN, tiny_split, seed=0, max_epochs=4, callbacks=[seen])
+    # epoch e of E trains at lr * (1 + cos(pi * e / E)) / 2
+    assert seen.rates == pytest.approx([DNN.learning_rate * f for f in (1.0, 0.8535534, 0.5, 0.1464466)], rel=1e-5)
