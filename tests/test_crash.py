@@ -152,16 +152,17 @@ def test_kill_9_then_resume_retries_from_the_last_epoch(setup: Callable[..., sub
     code, out, err = finish(setup())  # waits for the heartbeat to call trial 1 stale, then retries it
     assert code == 0, err
     study = load(setup.url)
-    assert study.trials[1].state == TrialState.FAIL
+    story = [(t.number, t.state.name, len(t.intermediate_values), t.system_attrs.get("failed_trial"), t.user_attrs.get("resumed_from_epoch")) for t in study.trials]
+    assert study.trials[1].state == TrialState.FAIL, story
     assert_accounted(study, 3)
     retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == 1)
     # every parameter the killed attempt had drawn is kept (a kill during sampling leaves only some)
     assert killed.params.items() <= retry.params.items()
     resumed = retry.user_attrs.get("resumed_from_epoch")
     if min_resumed_epoch is None:
-        assert resumed in (None, 0, 1)
+        assert resumed in (None, 0, 1), story
     else:
-        assert resumed is not None and resumed >= min_resumed_epoch
+        assert resumed is not None and resumed >= min_resumed_epoch, (story, len(killed.intermediate_values), out)
 
 
 def test_a_study_at_its_target_starts_nothing_after_a_crash(setup: Callable[..., subprocess.Popen[str]]) -> None:
