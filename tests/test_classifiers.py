@@ -165,3 +165,26 @@ def test_learning_rate_falls_along_a_cosine_over_the_fits_epochs(tiny_split: Dat
     fit(DNN, tiny_split, seed=0, max_epochs=4, callbacks=[seen])
     # epoch e of E trains at lr * (1 + cos(pi * e / E)) / 2
     assert seen.rates == pytest.approx([DNN.learning_rate * f for f in (1.0, 0.8535534, 0.5, 0.1464466)], rel=1e-5)
+
+
+class InterruptAtEpoch(pl.Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise TrainingInterrupted("test stop")
+
+
+def test_a_fit_resumed_from_its_epoch_checkpoint_ends_as_the_uninterrupted_one(tiny_split: DataSplit, tmp_path: Path) -> None:
+    from lightning_modules.callbacks import EpochCheckpoint
+
+    checkpoint = tmp_path / "trial.ckpt"
+    whole = fit(DNN, tiny_split, seed=5, max_epochs=4)
+    with pytest.raises(TrainingInterrupted):
+        fit(DNN, tiny_split, seed=5, max_epochs=4, callbacks=[EpochCheckpoint(checkpoint), InterruptAtEpoch(2)])
+    resumed = fit(DNN, tiny_split, seed=5, max_epochs=4, resume_from=checkpoint)
+    assert len(resumed.history) == 4
+    for a, b in zip(whole.history, resumed.history):  # same data order, dropout and learning rates
+        assert a == pytest.approx(b, abs=1e-6)
+    assert torch.equal(whole.model.first_layer.weight, resumed.model.first_layer.weight)
