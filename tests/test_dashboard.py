@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -91,14 +90,11 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def study_exists(db: Path) -> bool:
-    """The run has created its tables and study, so the dashboard opens a ready database."""
-    if not db.exists():
-        return False
+def study_listed(base: str, name: str = "mnist") -> bool:
+    """The dashboard already running has seen the study the search just created."""
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
-            return connection.execute("SELECT count(*) FROM studies").fetchone()[0] > 0
-    except sqlite3.Error:
+        return any(s["study_name"] == name for s in get_json(f"{base}/api/studies")["study_summaries"])
+    except (OSError, ValueError):
         return False
 
 
@@ -158,17 +154,20 @@ def live_run(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Itera
     (root / "tiny.yaml").write_text(TINY_CONFIG)
     env = {**os.environ, "MNIST_SEARCH_HOME": str(home), "MNIST_DATA_DIR": str(mnist_dir), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     storage = f"sqlite:///{db}"
-    search = start([
-        sys.executable, "-m", "search.run", "--config", str(root / "tiny.yaml"), "--storage", storage,
-        "--trials", str(TRIALS), "--train-size", "1000", "--max-epochs", str(MAX_EPOCHS), "--target-accuracy", "none",
-    ], env, logs, "search")
+    build_storage(storage, heartbeat=False)  # an empty database, as a user has before the first run
     port = free_port()
-    board: subprocess.Popen[bytes] | None = None
+    base = f"http://127.0.0.1:{port}"
+    # The dashboard is up before the search starts: tiny trials finish within the seconds the
+    # dashboard takes to start, and the point is to watch trials finish.
+    board = start([sys.executable, "-m", "search.dashboard", "--storage", storage, "--port", str(port)], env, logs, "dashboard")
+    search: subprocess.Popen[bytes] | None = None
     try:
-        wait_until(lambda: study_exists(db), RUN_SECONDS, "the search to create its study", search)
-        board = start([sys.executable, "-m", "search.dashboard", "--storage", storage, "--port", str(port)], env, logs, "dashboard")
         wait_until(lambda: port_open(port), START_SECONDS, f"the dashboard on port {port}", board)
-        base = f"http://127.0.0.1:{port}"
+        search = start([
+            sys.executable, "-m", "search.run", "--config", str(root / "tiny.yaml"), "--storage", storage,
+            "--trials", str(TRIALS), "--train-size", "1000", "--max-epochs", str(MAX_EPOCHS), "--target-accuracy", "none",
+        ], env, logs, "search")
+        wait_until(lambda: study_listed(base), RUN_SECONDS, "the dashboard to list the new study", search)
         run = LiveRun(base, study_id(base), home, logs)
         poll_during(run, search)
         run.search_returncode = search.wait(timeout=RUN_SECONDS)
@@ -176,9 +175,9 @@ def live_run(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Itera
             note_like_the_runner(db, home)
         yield run
     finally:
-        stop(search)
-        if board is not None:
-            stop(board)
+        if search is not None:
+            stop(search)
+        stop(board)
 
 
 @pytest.mark.slow
@@ -236,6 +235,22 @@ def check_images_rendered(page: Any) -> int:
     return images.count()
 
 
+def detail_after_export(base: str, sid: int, timeout: float = 30) -> dict[str, Any]:
+    """The study as the dashboard serves it once it has re-read the trials after the export.
+
+    The dashboard caches a study's trials for 2 s; it watched the run, so its cache may still hold
+    the best trial as it was before the export attached the pictures.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        detail = get_json(f"{base}/api/studies/{sid}")
+        best_number = detail["best_trials"][0]["number"]
+        best = next(t for t in detail["trials"] if t["number"] == best_number)
+        if any(a["mimetype"] == "image/png" for a in best["artifacts"]) or time.monotonic() > deadline:
+            return detail
+        time.sleep(0.5)
+
+
 def launch_chromium(playwright: Any) -> Any:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"no Chromium at {CHROMIUM}; install it with: apt-get install -y chromium (.ci/run does)")
@@ -248,7 +263,7 @@ def test_browser_shows_trials_note_and_the_best_trials_artifacts(live_run: LiveR
 
     assert live_run.search_returncode == 0, read_log(live_run.logs, "search")
     base, sid = live_run.base, live_run.study_id
-    best = check_trials(get_json(f"{base}/api/studies/{sid}"))
+    best = check_trials(detail_after_export(base, sid))
     png_artifacts = [a for a in best["artifacts"] if a["mimetype"] == "image/png"]
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright)
