@@ -70,9 +70,9 @@ def bench_env(home: Path, threads: int | None = None) -> dict[str, str]:
     return env
 
 
-def load_mnist_split(train_size: int | None = None, val_size: int = 10_000):  # noqa: ANN201
+def load_mnist_split(train_size: int | None = None, val_size: int = 10_000, directory: str | None = None):  # noqa: ANN201
     """The split every trial of a default run uses (seed 0, 10,000 validation rows)."""
     from lightning_modules.data import MNIST, load_idx_dir, split_data
 
-    arrays = load_idx_dir(Path(data_dir()), MNIST)
+    arrays = load_idx_dir(Path(directory or data_dir()), MNIST)
     return split_data(arrays, val_size=val_size, train_size=train_size, seed=0)

@@ -21,7 +21,6 @@ from pathlib import Path
 
 from benchmarks._common import PYTHON, ROOT, bench_env, machine_line, table
 
-HEADER = "| after trial | RSS MB"
 TINY_CONFIG = """\
 study: {{trials: {trials}, target_accuracy: null}}
 pruner: {{name: none}}

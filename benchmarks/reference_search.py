@@ -25,8 +25,7 @@ PROCESS_START = time.time()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
-from pathlib import Path  # noqa: E402
+from benchmarks._common import data_dir, load_mnist_split  # noqa: E402
 
 import lightning.pytorch as pl  # noqa: E402
 import optuna  # noqa: E402
@@ -91,12 +90,6 @@ class MNISTDataModule(pl.LightningDataModule):
         return DataLoader(self.val, batch_size=self.batch_size, shuffle=False)
 
 
-def load_split(data_dir: str, train_size: int | None, val_size: int):  # noqa: ANN201
-    from lightning_modules.data import MNIST, load_idx_dir, split_data
-
-    return split_data(load_idx_dir(Path(data_dir), MNIST), val_size=val_size, train_size=train_size, seed=0)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--target", type=float, default=0.95)
@@ -105,7 +98,7 @@ def main() -> int:
     parser.add_argument("--train-size", type=int, default=None)
     parser.add_argument("--val-size", type=int, default=10_000)
     parser.add_argument("--timeout", type=float, default=600)
-    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR", "../shared/data/mnist"))
+    parser.add_argument("--data-dir", default=data_dir())
     args = parser.parse_args()
     import logging
     import warnings
@@ -114,7 +107,7 @@ def main() -> int:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    split = load_split(args.data_dir, args.train_size, args.val_size)
+    split = load_mnist_split(args.train_size, args.val_size, args.data_dir)
     print(json.dumps({"event": "data", "t": time.time(), "process_start": PROCESS_START}), flush=True)
 
     def objective(trial: optuna.Trial) -> float:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 from benchmarks._common import PYTHON, ROOT, bench_env, load_average, machine_line, median, table
 
-HEADER = "| search | seed"
 SEARCHES = {
     "ours (TPE + median pruning)": "",
     "random, no pruning": "sampler: {name: random}\npruner: {name: none}\n",

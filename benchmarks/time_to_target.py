@@ -26,7 +26,6 @@ from pathlib import Path
 
 from benchmarks._common import PYTHON, ROOT, bench_env, load_average, machine_line, median, table
 
-HEADER = "(a) first trial >= target, s"
 QUICK_CONFIG = """\
 study: {trials: 3, target_accuracy: 0.9}
 data: {train_size: 3000, val_size: 1000}

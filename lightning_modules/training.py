@@ -10,7 +10,8 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +87,16 @@ def build_trainer(max_epochs: int, callbacks: Sequence[pl.Callback] = (), **over
     return pl.Trainer(**settings)
 
 
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Lightning turns a SIGTERM that lands between two batches into SystemExit(0), which would
+    end the process as if the search had succeeded; it is a stop request like Ctrl-C."""
+    try:
+        yield
+    except SIGTERMException:
+        raise TrainingInterrupted("SIGTERM received") from None
+
+
 def fit(
     hp: HyperParams,
     split: DataSplit,
@@ -119,12 +130,8 @@ def fit(
         )
     trainer = build_trainer(max_epochs, all_callbacks, **trainer_overrides)
     start = time.perf_counter()
-    try:
+    with sigterm_as_interrupt():
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-    except SIGTERMException:
-        # Lightning turns a SIGTERM that lands between two batches into SystemExit(0), which
-        # would end the process as if the search had succeeded; it is a stop request like ours.
-        raise TrainingInterrupted("SIGTERM received") from None
     seconds = time.perf_counter() - start
     metrics = dict(model.history[-1]) if model.history else {}
     return FitResult(model, list(model.history), dict(snapshots.snapshots), seconds, metrics)
@@ -155,6 +162,7 @@ def evaluate(model: Classifier, x: torch.Tensor, y: torch.Tensor, batch_size: in
     model.test_loss.reset()
     model.test_acc.reset()
     model.test_confusion.reset()
-    trainer.test(model, dataloaders=TensorBatches(x, y, batch_size), verbose=False)
+    with sigterm_as_interrupt():
+        trainer.test(model, dataloaders=TensorBatches(x, y, batch_size), verbose=False)
     confusion = model.test_confusion.compute().clone()
     return Evaluation(float(model.test_acc.compute()), float(model.test_loss.compute()), confusion)

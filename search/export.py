@@ -54,7 +54,7 @@ from search.model_export import (
     export_onnx as export_onnx,  # re-exported: tests/test_predict.py imports it from here
 )
 from search.model_files import ModelFile, ModelFileError, load_model_file
-from search.objective import MODEL_ARTIFACT_ATTR
+from search.objective import MODEL_ARTIFACT_ATTR, trial_seeds
 from search.report import render_report, reproduce_command
 from search.storage import (
     build_artifact_store,
@@ -63,7 +63,7 @@ from search.storage import (
     load_existing_study,
     redact,
 )
-from search.study import best_trials
+from search.study import best_trials, study_status
 from search.trial_artifacts import ARTIFACT_MIMETYPES, attach_artifacts
 
 SETTINGS_ATTR = "settings"
@@ -132,7 +132,7 @@ def default_export_dir(study_name: str) -> Path:
 
 
 def _training_seed(trial: FrozenTrial, settings: Settings) -> int:
-    return int(trial.user_attrs.get("seed_training", settings.study.seed + trial.number))
+    return trial_seeds(trial, settings, sampler_seed=0).training  # type: ignore[arg-type]  # reads only number and user_attrs
 
 
 def _trial_epochs(trial: FrozenTrial, settings: Settings) -> int:
@@ -306,11 +306,8 @@ def draw_study_plots(study: optuna.Study, folder: Path) -> dict[str, str]:
 
 
 def _trial_counts(study: optuna.Study) -> dict[str, int]:
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    return {
-        "complete": states.count(TrialState.COMPLETE), "pruned": states.count(TrialState.PRUNED),
-        "failed": states.count(TrialState.FAIL), "total": len(states),
-    }
+    status = study_status(study)
+    return {"complete": status.complete, "pruned": status.pruned, "failed": status.failed, "total": len(study.get_trials(deepcopy=False))}
 
 
 def _share(folder: Path) -> None:
@@ -397,7 +394,7 @@ def export_study(
             "study_plot_notes": notes,
             "storage": redact(str(getattr(getattr(study._storage, "_backend", study._storage), "url", "in-memory storage"))),
             "reproduce_command": reproduce_command(
-                _trial_hyperparams(top.trial), settings, seed=_training_seed(top.trial, settings),
+                top.model_file.hp, settings, seed=_training_seed(top.trial, settings),
                 epochs=_trial_epochs(top.trial, settings), recorded=top.trial.value,
             ),
             "predict_command": f"python -m search.predict --model {shlex.quote(str(out_dir))} digit.png",

@@ -175,6 +175,7 @@ def run(argv: list[str], stop: StopRequest) -> int:
     settings = load_settings(args.config, overrides_from_args(args))
     quiet_optuna()
 
+    from lightning_modules.callbacks import TrainingInterrupted
     from lightning_modules.training import configure_torch
     from search.export import SETTINGS_ATTR, export_study, load_split
     from search.progress import TrialReporter
@@ -234,7 +235,11 @@ def run(argv: list[str], stop: StopRequest) -> int:
         "best_trial": best.number, "classifier": best.params.get("classifier"), "val_accuracy": best.value,
     }
     if settings.export:
-        metrics = export_study(study, force=True, split=split)
+        try:
+            metrics = export_study(study, force=True, split=split)
+        except TrainingInterrupted:  # SIGTERM during the export's evaluation
+            print(f"stopped on request; finished trials are saved. Resume with: {resume_command(argv)}", file=sys.stderr)
+            return stop.exit_code
         summary.update(test_accuracy=metrics["test_accuracy"], export_dir=metrics["export_dir"])
         line += f" test_acc={metrics['test_accuracy']:.4f}; exported to {metrics['export_dir']}"
     print(line)
@@ -290,13 +295,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted before the search started. Run again with: {resume_command(argv)}", file=sys.stderr)
         return 130
-    except SystemExit as exit_request:
-        # Lightning answers SIGTERM inside its loops (here: the export's evaluation) with
-        # SystemExit(0); a stopped run must not look like a finished one.
-        if not stop.event.is_set() or exit_request.code not in (None, 0):
-            raise
-        print(f"stopped on request; finished trials are saved. Resume with: {resume_command(argv)}", file=sys.stderr)
-        return stop.exit_code
     except Exception as error:  # noqa: BLE001 - only storage and disk failures are handled here
         cause = storage_failure(error)
         if cause is None:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
@@ -26,6 +27,8 @@ GRACE_SECONDS = 20
 SQLITE_BUSY_TIMEOUT_SECONDS = 60
 SQLITE_WAL_ATTEMPTS = 10
 MAX_RETRY = 3
+
+T = TypeVar("T")
 
 
 class StorageError(UserInputError):
@@ -83,20 +86,31 @@ def _prepare_sqlite(path: Path) -> None:
             f"SQLite database {path} is on a read-only file system or not writable; a study writes to it: "
             "make it writable, or copy it somewhere writable and pass that with --storage"
         )
-    for attempt in range(SQLITE_WAL_ATTEMPTS):
+    try:
+        # Workers starting together on a new file race to switch it to WAL; the switch does not
+        # wait on the busy timeout, so the losers retry and then find it done.
+        _retry_lost_race(lambda: _switch_to_wal(path), lambda e: isinstance(e, sqlite3.OperationalError) and "locked" in str(e), SQLITE_WAL_ATTEMPTS)
+    except sqlite3.Error as error:
+        raise StorageError(f"SQLite database {path} cannot be opened ({error}); check the path and its permissions") from None
+
+
+def _switch_to_wal(path: Path) -> None:
+    with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_SECONDS) as connection:
+        if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            connection.execute("PRAGMA journal_mode=WAL")
+
+
+def _retry_lost_race(action: Callable[[], T], lost_race: Callable[[Exception], bool], attempts: int) -> T:
+    """Run `action`, again after a short wait each time it fails because another worker opening
+    the same new database got there first; any other failure, or the last one, propagates."""
+    for attempt in range(attempts - 1):
         try:
-            with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_SECONDS) as connection:
-                if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    connection.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as error:
-            # Workers starting together on a new file race to switch it to WAL; the switch
-            # does not wait on the busy timeout, so the losers retry and then find it done.
-            if "locked" not in str(error) or attempt == SQLITE_WAL_ATTEMPTS - 1:
-                raise StorageError(f"SQLite database {path} cannot be opened ({error}); check the path and its permissions") from None
-            time.sleep(0.1 * (attempt + 1))
-        except sqlite3.Error as error:
-            raise StorageError(f"SQLite database {path} cannot be opened ({error}); check the path and its permissions") from None
+            return action()
+        except Exception as error:  # noqa: BLE001 - re-raised unless `lost_race` says otherwise
+            if not lost_race(error):
+                raise
+        time.sleep(0.1 * (attempt + 1))
+    return action()
 
 
 class StudyStorage(RDBStorage):
@@ -150,7 +164,7 @@ def build_storage(
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
         )
     try:
-        return _open_with_schema_retry(url, engine_kwargs, options)
+        return _retry_lost_race(lambda: StudyStorage(url, engine_kwargs=engine_kwargs, **options), _lost_schema_race, SCHEMA_ATTEMPTS)
     except ImportError:
         raise StorageError(f"no database driver for {redact(url)}; for PostgreSQL install the extra: pip install -e '.[postgres]'") from None
     except SQLAlchemyError as error:
@@ -163,25 +177,16 @@ def build_storage(
 # What a database says when another process created the same table, or stamped the same
 # schema version, a moment earlier (SQLite's and PostgreSQL's wording).
 _SCHEMA_RACE_MARKERS = ("already exists", "UNIQUE constraint failed", "duplicate key value")
+SCHEMA_ATTEMPTS = 5
 
 
-def _open_with_schema_retry(url: str, engine_kwargs: dict[str, object], options: dict[str, object], attempts: int = 5) -> RDBStorage:
-    """Open the storage; retry when several workers create a fresh database's tables at once.
-
-    Optuna's "create the tables if missing" is not atomic across processes, so the loser of
-    that race sees "table ... already exists" although the schema is now complete. Opening
-    writes nothing but the schema, so a retry cannot duplicate anything.
-    """
+def _lost_schema_race(error: Exception) -> bool:
+    """Optuna's "create the tables if missing" is not atomic across processes: the loser sees
+    "table ... already exists" although the schema is now complete. Opening writes nothing but
+    the schema, so a retry cannot duplicate anything."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    for attempt in range(attempts):
-        try:
-            return StudyStorage(url, engine_kwargs=engine_kwargs, **options)
-        except SQLAlchemyError as error:
-            if attempt == attempts - 1 or not any(marker in str(error) for marker in _SCHEMA_RACE_MARKERS):
-                raise
-            time.sleep(0.1 * (attempt + 1))
-    raise AssertionError("unreachable")
+    return isinstance(error, SQLAlchemyError) and any(marker in str(error) for marker in _SCHEMA_RACE_MARKERS)
 
 
 def _secrets(url: str) -> list[str]:
