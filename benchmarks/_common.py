@@ -1,4 +1,4 @@
-"""Shared helpers: machine description, medians, tables, the data split and subprocess runs.
+"""Shared helpers: machine description, medians, tables, the data split, subprocess runs and their studies.
 
 Every figure is a ratio against a reference measured in the same process run, interleaved,
 because the benchmark machine is shared: absolute seconds move with other people's load.
@@ -68,6 +68,30 @@ def bench_env(home: Path, threads: int | None = None) -> dict[str, str]:
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     return env
+
+
+def home_storage_url(home: Path) -> str:
+    """The SQLite URL a product process run with MNIST_SEARCH_HOME=home writes by default."""
+    from search.storage import DB_NAME
+
+    return f"sqlite:///{home}/{DB_NAME}"
+
+
+def study_trials(storage: str, study_name: str = "mnist") -> list:  # list[FrozenTrial]
+    """All trials of a finished benchmark run's study, by number, read back from its storage."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    return sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+
+
+def search_seconds(trials: Sequence) -> float:  # Sequence[FrozenTrial]
+    """First trial start to last completion: the search itself, without process start-up or export."""
+    ended = [t for t in trials if t.datetime_complete and t.datetime_start]
+    if not ended:
+        return float("nan")
+    return (max(t.datetime_complete for t in ended) - min(t.datetime_start for t in ended)).total_seconds()
 
 
 def load_mnist_split(train_size: int | None = None, val_size: int = 10_000, directory: str | None = None):  # noqa: ANN201

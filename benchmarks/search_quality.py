@@ -20,7 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._common import PYTHON, ROOT, bench_env, load_average, machine_line, median, table
+from benchmarks._common import (
+    PYTHON, ROOT, bench_env, home_storage_url, load_average, machine_line, median, search_seconds, study_trials, table,
+)
 
 SEARCHES = {
     "ours (TPE + median pruning)": "",
@@ -31,9 +33,6 @@ SHORT = {"ours": "ours (TPE + median pruning)", "random": "random, no pruning", 
 
 
 def run(search: str, trials: int, seed: int, train_size: int | None) -> dict:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as home:
         config = Path(home) / "search.yaml"
         config.write_text(SEARCHES[search])
@@ -47,15 +46,13 @@ def run(search: str, trials: int, seed: int, train_size: int | None) -> dict:
         if done.returncode:
             print(f"warning: {search} exited {done.returncode}: {done.stderr.strip()[-500:]}")
         metrics = json.loads((Path(home) / "exports" / "mnist" / "metrics.json").read_text())
-        study = optuna.load_study(study_name="mnist", storage=f"sqlite:///{home}/mnist-search.db")
-        trials_ = [t for t in study.get_trials(deepcopy=False) if t.datetime_complete]
-    span = (max(t.datetime_complete for t in trials_) - min(t.datetime_start for t in trials_)).total_seconds()
+        trials_ = [t for t in study_trials(home_storage_url(Path(home))) if t.datetime_complete]
     best = lambda key: (metrics.get(key) or {}).get("test_accuracy", float("nan"))  # noqa: E731
     dnn_params = (metrics.get("best_dnn") or {}).get("params", {})
     return {
         "val": metrics["val_accuracy"], "test": metrics["test_accuracy"], "linear": best("best_linear"), "dnn": best("best_dnn"),
         "epochs": sum(int(t.user_attrs.get("epochs_run", 0)) for t in trials_),
-        "pruned": sum(t.state.name == "PRUNED" for t in trials_), "span": span, "wall": wall, "dnn_params": dnn_params,
+        "pruned": sum(t.state.name == "PRUNED" for t in trials_), "span": search_seconds(trials_), "wall": wall, "dnn_params": dnn_params,
     }
 
 

@@ -10,7 +10,7 @@ validation pass. A third loop, the smallest LightningModule on the same batches 
 settings, shows how much of the gap is Lightning's own per-step cost. Epoch 1 (warm-up) is excluded. Runs are interleaved and repeated; the table
 gives medians.
 
-    python -m benchmarks.throughput            # full: 2 repeats x 1 and 2 threads, 2 epochs each
+    python -m benchmarks.throughput            # full: 3 repeats x 1 and 2 threads, 2 epochs each
     python -m benchmarks.throughput --quick    # smoke run: 3,000 train / 1,000 val rows
     python -m benchmarks.throughput --profile  # + cProfile of our loop: where the time goes
 """
@@ -204,9 +204,11 @@ def report(results: dict, thread_counts: list[int]) -> str:
             values = results[(threads, name)]
             train, whole = median([v[0] for v in values]), median([v[1] for v in values])
             ratios = [v[0] / r[0] for v, r in zip(values, ref)]  # paired with the same repeat
-            rows.append((threads, name, train, whole, train / ref_train, median(ratios), whole / ref_whole, len(values)))
+            spread = f"{min(ratios):.3f}-{max(ratios):.3f}"  # how far one repeat can be trusted
+            rows.append((threads, name, train, whole, train / ref_train, median(ratios), spread, whole / ref_whole, len(values)))
     return table(
-        ["threads", "loop", "train samples/s", "epoch samples/s (incl. val)", "train ratio", "paired train ratio", "epoch ratio", "runs"],
+        ["threads", "loop", "train samples/s", "epoch samples/s (incl. val)", "train ratio", "paired train ratio",
+         "paired range", "epoch ratio", "runs"],
         rows,
     )
 
@@ -273,7 +275,7 @@ def profile(split, epochs: int) -> str:  # noqa: ANN001
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: 3,000 train / 1,000 val rows, 2 epochs, 1 repeat")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2, help="epochs per run (the first is excluded)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--profile", action="store_true", help="also cProfile our loop for 2 epochs")

@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks._common import PYTHON, ROOT, bench_env, load_average, machine_line, median, table
+from benchmarks._common import PYTHON, ROOT, bench_env, home_storage_url, load_average, machine_line, median, study_trials, table
 
 QUICK_CONFIG = """\
 study: {trials: 3, target_accuracy: 0.9}
@@ -60,8 +60,6 @@ def _run(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[float, fl
 
 
 def run_ours(quick: bool, timeout: float) -> dict:
-    import optuna
-
     with tempfile.TemporaryDirectory(prefix="ttt-ours-") as home:
         args = []
         if quick:
@@ -70,9 +68,7 @@ def run_ours(quick: bool, timeout: float) -> dict:
             args = ["--config", str(config)]
         start, end, lines, code = _run([PYTHON, "-m", "search.run", *args], bench_env(Path(home)), timeout)
         target = 0.9 if quick else 0.95
-        optuna.logging.set_verbosity(optuna.logging.ERROR)
-        study = optuna.load_study(study_name="mnist", storage=f"sqlite:///{home}/mnist-search.db")
-        trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+        trials = study_trials(home_storage_url(Path(home)))
     if not trials:
         return {"a": float("nan"), "b": end - start, "code": code, "hit_trial": None, "trials_to_hit": 0, "per_trial": [],
                 **{k: float("nan") for k in ("epochs_to_hit", "to_created_line", "to_first_trial", "trial_overhead", "between_trials", "train", "export")}}

@@ -21,7 +21,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from benchmarks._common import PYTHON, ROOT, bench_env, load_average, machine_line, median, table
+from benchmarks._common import PYTHON, ROOT, bench_env, load_average, machine_line, median, search_seconds, study_trials, table
 
 POSTGRES_URL = os.environ.get("MNIST_SEARCH_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 CONFIGS = {
@@ -50,14 +50,12 @@ def run(kind: str, storage: str, workers: int, trials: int) -> tuple[float, int]
         done = subprocess.run(cmd, cwd=ROOT, env=bench_env(Path(home)), capture_output=True, text=True)
         if done.returncode:
             print(f"warning: {storage} x{workers} exited {done.returncode}: {done.stderr.strip()[-500:]}")
-        study = optuna.load_study(study_name=name, storage=url)
-        finished = [t for t in study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED")]
+        finished = [t for t in study_trials(url, name) if t.state.name in ("COMPLETE", "PRUNED")]
         if storage != "sqlite":
             optuna.delete_study(study_name=name, storage=url)
     if not finished:
         return float("nan"), 0
-    span = (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds()
-    return 60 * len(finished) / span, len(finished)
+    return 60 * len(finished) / search_seconds(finished), len(finished)
 
 
 def main(argv: list[str] | None = None) -> int:

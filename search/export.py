@@ -173,18 +173,26 @@ def retrain_note(trial_number: int, reason: str, recorded: float | None, retrain
     return f"Trial {trial_number} was retrained: {reason}. The retrained model {outcome}."
 
 
+def _with_recorded_history(model_file: ModelFile, trial: FrozenTrial) -> ModelFile:
+    """The trial's own per-epoch record goes with its model (stored weights carry none, and a
+    retrained run's history is a second run): the curves and model.ckpt show what the search saw."""
+    model_file.model.history = list(trial.user_attrs.get("history") or model_file.model.history)
+    return model_file
+
+
 def load_trial_model(trial: FrozenTrial, artifact_store: ArtifactStore, split: DataSplit, settings: Settings) -> TrainedTrial:
     """Stored weights when they are readable, else retrain and check against the recorded value."""
     artifact_id = trial.user_attrs.get(MODEL_ARTIFACT_ATTR)
     reason = "no weights were stored for this trial"
     if artifact_id:
         try:
-            model_file = _download_model(artifact_store, str(artifact_id))
+            model_file = _with_recorded_history(_download_model(artifact_store, str(artifact_id)), trial)
         except (ArtifactNotFound, ModelFileError, OSError) as error:
             reason = f"its stored weights ({artifact_id}) could not be read: {str(error).splitlines()[0]}"
         else:
             return TrainedTrial(trial, model_file, False, evaluate(model_file.model, split.x_test, split.y_test))
     model_file, val_accuracy = retrain_trial(trial, split, settings)
+    model_file = _with_recorded_history(model_file, trial)
     model_file.model.eval()
     return TrainedTrial(
         trial, model_file, True, evaluate(model_file.model, split.x_test, split.y_test),
@@ -257,8 +265,7 @@ def draw_model_figures(best: TrainedTrial, trained: dict[str, TrainedTrial], spl
     figures.weight_tiles_png(weights, folder / "weight_tiles.png", f"Best model ({who}): {kind}", class_templates=linear)
     snapshots = {step: w.numpy() for step, w in best.model_file.snapshots.items()}
     figures.weight_snapshots_png(snapshots, folder / "weight_snapshots.png", f"First-layer weights during training ({who})", class_templates=linear)
-    history = best.trial.user_attrs.get("history") or best.model_file.model.history
-    figures.learning_curves_png(history, folder / "learning_curves.png", f"Learning curves of the best model ({who})")
+    figures.learning_curves_png(best.model_file.model.history, folder / "learning_curves.png", f"Learning curves of the best model ({who})")
     figures.comparison_png(model_summary(trained.get("linear"), "linear"), model_summary(trained.get("dnn"), "DNN"), folder / "comparison.png")
     figures.samples_png(split.x_train[:9].numpy(), split.y_train[:9].tolist(), folder / "samples.png", "The first nine training images and their labels")
 

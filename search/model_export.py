@@ -164,7 +164,6 @@ def write_model_files(
     model = model_file.model
     extra = {"study": study_name, "trial": str(trial.number), "preprocessing": json.dumps(preprocessing())}
     save_model_file(model, folder / "model.safetensors", extra=extra)
-    model.history = list(trial.user_attrs.get("history") or model.history)
     save_checkpoint(model, folder / "model.ckpt")
     export_onnx(model, folder / "model.onnx", {"study": study_name, "trial": str(trial.number)})
     check = check_onnx(folder / "model.onnx", x_test, probabilities)

@@ -133,6 +133,8 @@ def test_every_file_exists_and_parses(folder: Path, exported: dict, tiny_study: 
     onnx.checker.check_model(onnx.load(str(folder / "model.onnx")))
     checkpoint = torch.load(folder / "model.ckpt", map_location="cpu", weights_only=True)  # no pickled code
     assert checkpoint["hyper_parameters"]["classifier"] == metrics["classifier"]
+    recorded = best["best"].user_attrs["history"]  # the search's own record, not a second run's
+    assert recorded and checkpoint["history"] == recorded
     weights = load_model_file(folder / "model.safetensors")
     assert weights.hp.to_dict() == metrics["hyperparams"]
 
