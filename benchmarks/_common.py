@@ -7,6 +7,7 @@ because the benchmark machine is shared: absolute seconds move with other people
 from __future__ import annotations
 
 import os
+import platform
 import statistics
 import sys
 from collections.abc import Sequence
@@ -22,13 +23,24 @@ def load_average() -> str:
     return f"{one:.2f} {five:.2f} {fifteen:.2f}"
 
 
+def cpu_model() -> str:
+    """The CPU's name: results (and, through float rounding, a search's path) differ between CPUs."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def machine_line() -> str:
-    """Cores, torch threads and load average: printed above every table."""
+    """CPU, cores, torch threads and load average: printed above every table."""
     import torch
 
     cores = len(os.sched_getaffinity(0))
     return (
-        f"machine: {cores} cores (affinity), torch {torch.__version__}, "
+        f"machine: {cpu_model()}, {cores} cores (affinity), torch {torch.__version__}, "
         f"torch threads {torch.get_num_threads()}, load average {load_average()}"
     )
 
