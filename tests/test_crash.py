@@ -47,8 +47,11 @@ def setup(tmp_path: Path, python: str, run_env: dict[str, str]) -> Callable[...,
     return start
 
 
-def load(url: str) -> optuna.Study:
-    return optuna.load_study(study_name="mnist", storage=build_storage(url, heartbeat=False))
+def load(storage: str | optuna.storages.BaseStorage) -> optuna.Study:
+    """The run's study, from its URL or from a storage object already open on it."""
+    if isinstance(storage, str):
+        storage = build_storage(storage, heartbeat=False)
+    return optuna.load_study(study_name="mnist", storage=storage)
 
 
 def wait_for(url: str, condition: Callable[[list[FrozenTrial]], bool], process: subprocess.Popen[str], timeout: float = 120) -> None:
@@ -64,7 +67,7 @@ def wait_for(url: str, condition: Callable[[list[FrozenTrial]], bool], process: 
             storage = build_storage(url, heartbeat=False)
         if storage is not None:
             try:
-                if condition(optuna.load_study(study_name="mnist", storage=storage).trials):
+                if condition(load(storage).trials):
                     return
             except KeyError:
                 pass  # the study is not created yet
