@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from lightning_modules.callbacks import TrainingInterrupted
 from search.config import PrunerConfig, SamplerConfig, Settings
 from search.objective import MAX_EPOCHS_ATTR, SurplusTrial
+from search.pruning import SameClassifierPruner
 from search.rules import finished_trials, remaining_budget, trial_at_target
 from search.space import baseline_params
 
@@ -32,14 +33,15 @@ def build_sampler(config: SamplerConfig, seed: int) -> optuna.samplers.BaseSampl
 
 
 def build_pruner(config: PrunerConfig, max_epochs: int) -> optuna.pruners.BasePruner:
+    """Hyperband's brackets are its own split of the trials; the median is per classifier."""
     if config.name == "none":
         return optuna.pruners.NopPruner()
     if config.name == "hyperband":
         return optuna.pruners.HyperbandPruner(
             min_resource=config.min_resource, max_resource=max_epochs, reduction_factor=config.reduction_factor
         )
-    return optuna.pruners.MedianPruner(
-        n_startup_trials=config.n_startup_trials, n_warmup_steps=config.n_warmup_steps
+    return SameClassifierPruner(
+        optuna.pruners.MedianPruner(n_startup_trials=config.n_startup_trials, n_warmup_steps=config.n_warmup_steps)
     )
 
 

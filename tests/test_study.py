@@ -147,3 +147,28 @@ def test_timeout_stops_starting_trials(storage_url: str, name: str) -> None:
     study = open_study(settings, build_storage(storage_url)).study
     reason = run_worker(study, quick_objective, settings)
     assert "timeout" in reason and 0 < len(study.trials) < 1000
+
+
+def test_median_pruner_compares_a_trial_only_with_its_own_classifier(storage_url: str, name: str) -> None:
+    """Linear trials are pruned against linear trials: a DNN median would stop them all."""
+    settings = load_settings(None, {"pruner": {"name": "median", "n_startup_trials": 2}})
+    study = optuna.create_study(
+        storage=build_storage(storage_url), study_name=name, direction="maximize",
+        pruner=build_pruner(settings.pruner, max_epochs=5),
+    )
+    for classifier, value in (("dnn", 0.97), ("dnn", 0.98), ("linear", 0.90), ("linear", 0.92)):
+        study.enqueue_trial({"classifier": classifier})
+        trial = study.ask({"classifier": optuna.distributions.CategoricalDistribution(["linear", "dnn"])})
+        trial.report(value, 0)
+        study.tell(trial, value)
+
+    def should_prune(classifier: str, value: float) -> bool:
+        study.enqueue_trial({"classifier": classifier})
+        trial = study.ask({"classifier": optuna.distributions.CategoricalDistribution(["linear", "dnn"])})
+        trial.report(value, 0)
+        return trial.should_prune()
+
+    assert not should_prune("linear", 0.915)  # above the linear median, far below the DNN one
+    assert should_prune("linear", 0.905)
+    assert should_prune("dnn", 0.95)  # would survive a median over all four (0.945)
+    assert not should_prune("dnn", 0.976)
