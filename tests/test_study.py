@@ -156,17 +156,19 @@ def test_median_pruner_compares_a_trial_only_with_its_own_classifier(storage_url
         storage=build_storage(storage_url), study_name=name, direction="maximize",
         pruner=build_pruner(settings.pruner, max_epochs=5),
     )
-    for classifier, value in (("dnn", 0.97), ("dnn", 0.98), ("linear", 0.90), ("linear", 0.92)):
+
+    def start(classifier: str, value: float) -> optuna.Trial:
+        """A trial of that classifier that has reported `value` after its first epoch."""
         study.enqueue_trial({"classifier": classifier})
         trial = study.ask({"classifier": optuna.distributions.CategoricalDistribution(["linear", "dnn"])})
         trial.report(value, 0)
-        study.tell(trial, value)
+        return trial
+
+    for classifier, value in (("dnn", 0.97), ("dnn", 0.98), ("linear", 0.90), ("linear", 0.92)):
+        study.tell(start(classifier, value), value)
 
     def should_prune(classifier: str, value: float) -> bool:
-        study.enqueue_trial({"classifier": classifier})
-        trial = study.ask({"classifier": optuna.distributions.CategoricalDistribution(["linear", "dnn"])})
-        trial.report(value, 0)
-        return trial.should_prune()
+        return start(classifier, value).should_prune()
 
     assert not should_prune("linear", 0.915)  # above the linear median, far below the DNN one
     assert should_prune("linear", 0.905)
