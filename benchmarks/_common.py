@@ -84,7 +84,7 @@ def bench_env(home: Path, threads: int | None = None) -> dict[str, str]:
 
 def home_storage_url(home: Path) -> str:
     """The SQLite URL a product process run with MNIST_SEARCH_HOME=home writes by default."""
-    from search.storage import DB_NAME
+    from search.paths import DB_NAME
 
     return f"sqlite:///{home}/{DB_NAME}"
 
@@ -108,7 +108,9 @@ def search_seconds(trials: Sequence) -> float:  # Sequence[FrozenTrial]
 
 def load_mnist_split(train_size: int | None = None, val_size: int = 10_000, directory: str | None = None):  # noqa: ANN201
     """The split every trial of a default run uses (seed 0, 10,000 validation rows)."""
-    from lightning_modules.data import MNIST, load_idx_dir, split_data
+    from lightning_modules.data.arrays import load_idx_dir
+    from lightning_modules.data.datasets import MNIST
+    from lightning_modules.data.split import split_data
 
     arrays = load_idx_dir(Path(directory or data_dir()), MNIST)
     return split_data(arrays, val_size=val_size, train_size=train_size, seed=0)

@@ -25,7 +25,6 @@ PROCESS_START = time.time()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-from benchmarks._common import data_dir, load_mnist_split  # noqa: E402
 
 import lightning.pytorch as pl  # noqa: E402
 import optuna  # noqa: E402
@@ -34,6 +33,8 @@ import torch.nn.functional as F  # noqa: E402
 from optuna_integration import PyTorchLightningPruningCallback  # noqa: E402
 from torch import nn, optim  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from benchmarks._common import data_dir, load_mnist_split  # noqa: E402
 
 BATCHSIZE = 128
 CLASSES = 10

@@ -14,15 +14,25 @@ time (first trial start to last completion, from the storage) and the process's 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks._common import (
-    PYTHON, ROOT, bench_env, home_storage_url, load_average, machine_line, median, search_seconds, study_trials, table,
+    PYTHON,
+    ROOT,
+    bench_env,
+    home_storage_url,
+    load_average,
+    machine_line,
+    median,
+    search_seconds,
+    study_trials,
+    table,
 )
+from search import record
+from search.export.metrics import read_metrics
 
 SEARCHES = {
     "ours (TPE + median pruning)": "",
@@ -45,14 +55,14 @@ def run(search: str, trials: int, seed: int, train_size: int | None) -> dict:
         wall = time.time() - start
         if done.returncode:
             print(f"warning: {search} exited {done.returncode}: {done.stderr.strip()[-500:]}")
-        metrics = json.loads((Path(home) / "exports" / "mnist" / "metrics.json").read_text())
+        metrics = read_metrics(Path(home) / "exports" / "mnist")
         trials_ = [t for t in study_trials(home_storage_url(Path(home))) if t.datetime_complete]
-    best = lambda key: (metrics.get(key) or {}).get("test_accuracy", float("nan"))  # noqa: E731
-    dnn_params = (metrics.get("best_dnn") or {}).get("params", {})
+    best = lambda m: m.test_accuracy if m is not None else float("nan")  # noqa: E731
+    dnn_params = metrics.best_dnn.params if metrics.best_dnn is not None else {}
     linear = [t for t in trials_ if t.params.get("classifier") == "linear"]  # the pruner judges them against DNNs
     return {
-        "val": metrics["val_accuracy"], "test": metrics["test_accuracy"], "linear": best("best_linear"), "dnn": best("best_dnn"),
-        "epochs": sum(int(t.user_attrs.get("epochs_run", 0)) for t in trials_),
+        "val": metrics.val_accuracy, "test": metrics.test_accuracy, "linear": best(metrics.best_linear), "dnn": best(metrics.best_dnn),
+        "epochs": sum(record.epochs_run(t) for t in trials_),
         "pruned": sum(t.state.name == "PRUNED" for t in trials_), "span": search_seconds(trials_),
         "linear_trials": f"{len(linear)} ({sum(t.state.name == 'PRUNED' for t in linear)})", "wall": wall, "dnn_params": dnn_params,
     }

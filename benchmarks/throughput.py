@@ -30,7 +30,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import load_average, load_mnist_split, machine_line, median, table
+from benchmarks._common import (
+    load_average,
+    load_mnist_split,
+    machine_line,
+    median,
+    table,
+)
 
 HEADER = "| threads | loop"
 HIDDEN = (512, 256)
@@ -42,7 +48,7 @@ SEED = 0
 
 
 def hyperparams():  # noqa: ANN201
-    from lightning_modules.classifiers import HyperParams
+    from lightning_modules.hyperparams import HyperParams
 
     return HyperParams("dnn", HIDDEN, DROPOUT, LR, "adam", 0.0, BATCH)
 
@@ -52,10 +58,11 @@ def hyperparams():  # noqa: ANN201
 
 def raw_loop(split, epochs: int) -> list[tuple[float, float]]:  # noqa: ANN001
     """(train seconds, train + validation seconds) per epoch of a plain PyTorch loop."""
-    from lightning_modules.classifiers import build_network
+    from lightning_modules.data.format import N_CLASSES, N_PIXELS
+    from lightning_modules.network import build_network
 
     torch.manual_seed(SEED)
-    net = build_network(HIDDEN, DROPOUT)
+    net = build_network(N_PIXELS, HIDDEN, N_CLASSES, DROPOUT)
     optimizer = torch.optim.Adam(net.parameters(), lr=LR)
     x, y, n = split.x_train, split.y_train, len(split.y_train)
     generator = torch.Generator().manual_seed(SEED)
@@ -111,8 +118,8 @@ def trial_callbacks(tmp: Path) -> list:
     from optuna_integration import PyTorchLightningPruningCallback
 
     from lightning_modules.callbacks import EpochCheckpoint, StopOnRequest
-    from lightning_modules.classifiers import MONITOR
-    from search.objective import EpochRecorder, StopAtStudyTarget
+    from lightning_modules.metric_names import MONITOR
+    from search.trial_callbacks import EpochRecorder, StopAtStudyTarget
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(direction="maximize")
@@ -141,14 +148,15 @@ def bare_lightning_loop(split, epochs: int) -> list[tuple[float, float]]:  # noq
     history, no callbacks of ours) on the same batches and trainer settings as fit()."""
     import lightning.pytorch as pl
 
-    from lightning_modules.classifiers import build_network
-    from lightning_modules.datamodule import MNISTDataModule
+    from lightning_modules.data.datamodule import MNISTDataModule
+    from lightning_modules.data.format import N_CLASSES, N_PIXELS
+    from lightning_modules.network import build_network
     from lightning_modules.training import build_trainer
 
     class Bare(pl.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            self.net = build_network(HIDDEN, DROPOUT)
+            self.net = build_network(N_PIXELS, HIDDEN, N_CLASSES, DROPOUT)
 
         def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN202
             x, y = batch

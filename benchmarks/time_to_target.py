@@ -24,7 +24,18 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks._common import PYTHON, ROOT, bench_env, home_storage_url, load_average, machine_line, median, study_trials, table
+from benchmarks._common import (
+    PYTHON,
+    ROOT,
+    bench_env,
+    home_storage_url,
+    load_average,
+    machine_line,
+    median,
+    study_trials,
+    table,
+)
+from search import record
 
 QUICK_CONFIG = """\
 study: {trials: 3, target_accuracy: 0.9}
@@ -75,9 +86,9 @@ def run_ours(quick: bool, timeout: float) -> dict:
     hit = next((t for t in trials if t.state.name == "COMPLETE" and t.value is not None and t.value >= target), None)
     created = next((stamp for stamp, line in lines if line.startswith(("created study", "resumed study"))), float("nan"))
     until_hit = [t for t in trials if hit is not None and t.number <= hit.number and t.datetime_complete]
-    train = sum(float(t.user_attrs.get("train_seconds", 0.0)) for t in until_hit)
+    train = sum(float(record.read(t, record.TRAIN_SECONDS) or 0.0) for t in until_hit)
     # pruned trials have no train_seconds: their whole duration counts as training
-    train += sum((t.datetime_complete - t.datetime_start).total_seconds() for t in until_hit if "train_seconds" not in t.user_attrs)
+    train += sum((t.datetime_complete - t.datetime_start).total_seconds() for t in until_hit if record.read(t, record.TRAIN_SECONDS) is None)
     in_trials = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in until_hit)
     first_start = trials[0].datetime_start.timestamp() if trials and trials[0].datetime_start else float("nan")
     return {
@@ -86,16 +97,16 @@ def run_ours(quick: bool, timeout: float) -> dict:
         "code": code,
         "hit_trial": hit.number if hit else None,
         "trials_to_hit": len(until_hit),
-        "epochs_to_hit": sum(int(t.user_attrs.get("epochs_run", 0)) for t in until_hit),
+        "epochs_to_hit": sum(record.epochs_run(t) for t in until_hit),
         "to_created_line": created - start,
         "to_first_trial": first_start - start,
         "trial_overhead": in_trials - train,
         "between_trials": (hit.datetime_complete.timestamp() - first_start - in_trials) if hit else float("nan"),
         "train": train,
         "export": end - max(t.datetime_complete.timestamp() for t in trials if t.datetime_complete),
-        "per_trial": [(t.number, t.state.name, t.params.get("classifier"), t.user_attrs.get("epochs_run"),
+        "per_trial": [(t.number, t.state.name, t.params.get("classifier"), record.epochs_run(t),
                        round((t.datetime_complete - t.datetime_start).total_seconds(), 2) if t.datetime_complete else None,
-                       t.user_attrs.get("train_seconds"), round(t.value, 4) if t.value is not None else None) for t in trials],
+                       record.read(t, record.TRAIN_SECONDS), round(t.value, 4) if t.value is not None else None) for t in trials],
     }
 
 
@@ -125,10 +136,11 @@ import lightning.pytorch
 t2 = time.time()
 import search.objective, search.study, search.progress, search.storage
 t3 = time.time()
-import search.export
+import search.export.exporter
 t4 = time.time()
-from search.config import load_settings
-split = search.export.load_split(load_settings())
+from search.data import load_split
+from search.settings import Settings
+split = load_split(Settings().data)
 t5 = time.time()
 print(json.dumps({"t0": t0, "optuna": t1 - t0, "lightning": t2 - t1, "objective": t3 - t2, "export (matplotlib, onnx...)": t4 - t3, "data": t5 - t4}))
 """

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from benchmarks._common import PYTHON, ROOT, bench_env, load_average, machine_line, median, search_seconds, study_trials, table
 
-POSTGRES_URL = os.environ.get("MNIST_SEARCH_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get("MNIST_SEARCH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 CONFIGS = {
     "tiny": "data: {train_size: 1000, val_size: 500}\n",
     "real": "",

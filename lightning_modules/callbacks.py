@@ -11,8 +11,6 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-DEFAULT_SNAPSHOT_STEPS = (10, 100, 1000)
-
 
 class WeightSnapshots(pl.Callback):
     """Copies the first layer's weights (units x 784) after chosen optimizer steps and at the end.
@@ -21,7 +19,7 @@ class WeightSnapshots(pl.Callback):
     Snapshots travel in checkpoints, so a resumed trial keeps the ones taken before the crash.
     """
 
-    def __init__(self, steps: Iterable[int] = DEFAULT_SNAPSHOT_STEPS) -> None:
+    def __init__(self, steps: Iterable[int]) -> None:
         self.steps = frozenset(int(s) for s in steps)
         self.snapshots: dict[int, torch.Tensor] = {}
 

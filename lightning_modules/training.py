@@ -20,10 +20,13 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lightning_modules.callbacks import DEFAULT_SNAPSHOT_STEPS, TrainingInterrupted, WeightSnapshots
-from lightning_modules.classifiers import MONITOR, Classifier, HyperParams, build_classifier
-from lightning_modules.data import DataSplit, TensorBatches
-from lightning_modules.datamodule import MNISTDataModule
+from lightning_modules.callbacks import TrainingInterrupted, WeightSnapshots
+from lightning_modules.classifier import Classifier
+from lightning_modules.data.batches import TensorBatches
+from lightning_modules.data.datamodule import MNISTDataModule
+from lightning_modules.data.split import DataSplit
+from lightning_modules.hyperparams import HyperParams
+from lightning_modules.metric_names import MONITOR
 
 _QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning_fabric", "lightning.pytorch.utilities.rank_zero")
 
@@ -104,7 +107,7 @@ def fit(
     seed: int,
     max_epochs: int,
     callbacks: Iterable[pl.Callback] = (),
-    snapshot_steps: Iterable[int] = DEFAULT_SNAPSHOT_STEPS,
+    snapshot_steps: Iterable[int] = (),
     target_accuracy: float | None = None,
     resume_from: Path | None = None,
     **trainer_overrides: object,
@@ -117,7 +120,7 @@ def fit(
     the checkpoint's last epoch and ends with the metrics the uninterrupted run would have.
     """
     pl.seed_everything(seed, workers=True, verbose=False)
-    model = build_classifier(hp)
+    model = Classifier(hp)
     datamodule = MNISTDataModule(split, hp.batch_size, shuffle_seed=seed)
     snapshots = WeightSnapshots(snapshot_steps)
     all_callbacks: list[pl.Callback] = [snapshots, *callbacks]
@@ -137,10 +140,19 @@ def fit(
     return FitResult(model, list(model.history), dict(snapshots.snapshots), seconds, metrics)
 
 
-def read_checkpoint_history(path: Path) -> list[dict[str, float]]:
-    """The per-epoch history stored in one of our checkpoints (loaded without unpickling code)."""
+@dataclass(frozen=True)
+class CheckpointSummary:
+    """What a per-epoch checkpoint says about its run: the history so far and the hyperparameters."""
+
+    history: list[dict[str, float]]
+    hyperparams: dict[str, object]
+
+
+def read_checkpoint_summary(path: Path) -> CheckpointSummary:
+    """The history and hyperparameters stored in one of our checkpoints (loaded without unpickling code)."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    return list(checkpoint.get("history", []))
+    hyper = checkpoint.get("hyper_parameters", {})
+    return CheckpointSummary(list(checkpoint.get("history", [])), dict(hyper.get("hp", hyper)))
 
 
 @dataclass(frozen=True)

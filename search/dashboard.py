@@ -1,9 +1,10 @@
 """python -m search.dashboard: watch the study live in optuna-dashboard, artifacts included.
 
-One command instead of remembering the storage URL and the artifact folder. It only reads the
-storage unless you edit a note or upload a file in the page, and SQLite in WAL mode lets it
-read while workers write, so opening it never blocks a running search. It imports no torch,
-so it starts in a second or two.
+One command instead of remembering the storage URL and the artifact folder. It opens the study
+database read-only (pass --allow-writes to edit notes or upload files in the page), and SQLite
+in WAL mode lets it read while workers write, so opening it never blocks a running search. It
+answers only requests addressed to the host it listens on (no DNS rebinding), listens on this
+machine only unless told otherwise, and imports no torch, so it starts in a second or two.
 """
 
 from __future__ import annotations
@@ -11,27 +12,20 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-import optuna
-
 from lightning_modules.errors import UserInputError
-from search.cli import OneLineParser
-from search.storage import (
-    artifact_dir,
-    build_artifact_store,
-    build_storage,
-    default_storage_url,
-    redact,
-    study_names,
-)
+from search.options import OneLineParser
+from search.paths import artifact_dir
+from search.redaction import mask_known, redact
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class DashboardError(UserInputError):
@@ -53,31 +47,41 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = OneLineParser(prog="python -m search.dashboard", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m search.dashboard", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--storage", default=None, help="storage URL (default: the SQLite file under storage/, or $MNIST_SEARCH_HOME)")
     parser.add_argument("--artifact-dir", type=Path, default=None, help="artifact folder (default: artifacts/ next to the default database)")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}: this machine only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT}; 0 picks a free one)")
-    return parser.parse_args(argv)
+    parser.add_argument("--allow-writes", action="store_true", help="let the page save notes and upload files (default: read-only)")
+    parser.add_argument("--allow-remote", action="store_true", help="required with a --host other than this machine's loopback")
+    args = parser.parse_args(argv)
+    if args.host not in LOOPBACK and not args.allow_remote:
+        parser.error(
+            f"--host {args.host[:60]} makes the dashboard reachable from other machines, without a password; "
+            "add --allow-remote if that is what you want, or use an SSH tunnel to 127.0.0.1"
+        )
+    return args
 
 
-def open_storage(url: str | None) -> optuna.storages.RDBStorage:
-    """The study's storage, read-only in practice; a missing SQLite file is an error, not a new empty database."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+def allowed_hosts(host: str, port: int) -> set[str]:
+    """Host headers this server answers: its own address and port, by name or number."""
+    names = {host, *LOOPBACK} if host in LOOPBACK else {host}
+    if host in ("0.0.0.0", "::"):
+        names |= {socket.gethostname(), *LOOPBACK}
+    return {f"{name}:{port}" for name in names} | {f"[{name}]:{port}" for name in names if ":" in name}
 
-    url = url or default_storage_url()
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        parsed = None  # build_storage reports the malformed URL
-    if parsed is not None and parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        if not Path(parsed.database).is_file():
-            raise DashboardError(
-                f"no study database at {parsed.database}; start a search first (python -m search.run) or pass --storage"
-            )
-    return build_storage(url, heartbeat=False)
+
+def host_guard(app: Callable[..., Iterable[bytes]], allowed: Callable[[], set[str]]) -> Callable[..., Iterable[bytes]]:
+    """WSGI middleware that refuses any request whose Host header names another host: a page on
+    another site that re-points its own name at 127.0.0.1 (DNS rebinding) cannot reach the study."""
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("HTTP_HOST", "") not in allowed():
+            start_response("421 Misdirected Request", [("Content-Type", "text/plain")])
+            return [b"this dashboard answers only requests addressed to its own host and port\n"]
+        return app(environ, start_response)
+
+    return guarded
 
 
 def bind_server(app: Any, host: str, port: int) -> WSGIServer:
@@ -92,25 +96,40 @@ def bind_server(app: Any, host: str, port: int) -> WSGIServer:
 
 
 def server_url(server: WSGIServer, host: str) -> str:
-    return f"http://{host}:{server.server_address[1]}"
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://{'[' + shown + ']' if ':' in shown else shown}:{server.server_address[1]}"
 
 
-def study_urls(storage: optuna.storages.BaseStorage, base_url: str) -> dict[str, str]:
+def study_urls(storage: Any, base_url: str) -> dict[str, str]:
     """Each study's page, so the user can open the one they care about directly."""
+    from search.storage import study_names
+
     return {name: f"{base_url}/dashboard/studies/{storage.get_study_id_from_name(name)}" for name in study_names(storage)}
 
 
-def serve(storage_url: str | None, artifacts: Path | None, host: str, port: int) -> int:
+def serve(args: argparse.Namespace) -> int:
     from optuna_dashboard import wsgi
 
-    storage = open_storage(storage_url)
-    store = build_artifact_store(artifacts)
-    server = bind_server(wsgi(storage, artifact_store=store), host, port)
-    base = server_url(server, host)
-    print(f"optuna-dashboard on {redact(storage_url or default_storage_url())}, artifacts in {artifacts or artifact_dir()}")
+    from search.storage import (
+        build_artifact_store,
+        check_storage_url,
+        open_existing_storage,
+    )
+
+    url = check_storage_url(args.storage)
+    storage = open_existing_storage(url, read_only=not args.allow_writes)
+    store = build_artifact_store(args.artifact_dir, create=False)
+    bound: dict[str, set[str]] = {"hosts": set()}
+    server = bind_server(host_guard(wsgi(storage, artifact_store=store), lambda: bound["hosts"]), args.host, args.port)
+    bound["hosts"] = allowed_hosts(args.host, server.server_address[1])
+    base = server_url(server, args.host)
+    mode = "read-write" if args.allow_writes else "read-only"
+    print(f"optuna-dashboard ({mode}) on {redact(url)}, artifacts in {args.artifact_dir or artifact_dir()}")
+    if args.host not in LOOPBACK:
+        print(f"warning: listening on {args.host}: anyone who can reach this machine's port {server.server_address[1]} can read the studies", file=sys.stderr)
     urls = study_urls(storage, base)
-    for name, url in urls.items():
-        print(f"  study {name!r}: {url}")
+    for name, page in urls.items():
+        print(f"  study {name!r}: {page}")
     if not urls:
         print("  no study yet: it is listed once python -m search.run has started")
     print(f"open {base}/dashboard   (Ctrl-C to stop)", flush=True)
@@ -121,58 +140,17 @@ def serve(storage_url: str | None, artifacts: Path | None, host: str, port: int)
     return 0
 
 
-def _fmt(value: Any, spec: str = ".4f") -> str:
-    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "n/a"
-
-
-def study_note(study_name: str, summary: Mapping[str, Any]) -> str:
-    """The Markdown note of a run: what it aimed at, what it found, where the export is.
-
-    Keys (missing ones read "n/a"): target_accuracy (None = whole budget), budget, stopped,
-    best_trial, classifier, val_accuracy, test_accuracy, export_dir. The names match
-    export_study's metrics, so the runner can pass `{**metrics, "target_accuracy": ..., ...}`.
-    """
-    target = summary.get("target_accuracy")
-    classifier = summary.get("classifier")
-    best = f"trial {summary['best_trial']}" if summary.get("best_trial") is not None else "n/a"
-    export_dir = summary.get("export_dir")
-    lines = [
-        f"## Run summary: study `{study_name}`",
-        "",
-        f"- **Target** validation accuracy: {_fmt(target) if target is not None else 'none (spend the whole budget)'}",
-        f"- **Budget**: {summary.get('budget', 'n/a')} finished trials",
-        f"- **Stopped**: {summary.get('stopped') or 'n/a'}",
-        f"- **Best**: {best}{f' ({classifier})' if classifier else ''}",
-        f"- **Best validation accuracy**: {_fmt(summary.get('val_accuracy'))}",
-        f"- **Test accuracy** of the best trial: {_fmt(summary.get('test_accuracy'))}",
-        f"- **Export folder**: {f'`{export_dir}`' if export_dir else 'none (export off)'}",
-        "",
-        "The best trial's Artifacts show its model file and the exported pictures; "
-        "the Intermediate Values chart shows validation accuracy per epoch, where pruned trials stop early.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def write_study_note(study: optuna.Study, summary: Mapping[str, Any]) -> None:
-    """Replace the study's dashboard note with the summary of the run that just ended."""
-    from optuna_dashboard import save_note
-
-    save_note(study, study_note(study.study_name, summary))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        return serve(args.storage, args.artifact_dir, args.host, args.port)
+        return serve(args)
     except UserInputError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {mask_known(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C is how a user stops it, even while it starts
         print("\ndashboard stopped", file=sys.stderr)
         return 0
 
-
-__all__ = ["DashboardError", "main", "study_note", "write_study_note"]
 
 if __name__ == "__main__":
     sys.exit(main())

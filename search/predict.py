@@ -24,11 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from lightning_modules.data.format import IMAGE_SIDE, N_PIXELS
 from lightning_modules.errors import UserInputError
-from search.cli import OneLineParser
+from search.options import OneLineParser
 
-IMAGE_SIDE = 28
-N_PIXELS = IMAGE_SIDE * IMAGE_SIDE
+MAX_IMAGE_BYTES = 64 * 1024 * 1024  # a phone photo is a few MB; anything this big is not a digit
+MAX_IMAGES = 10_000  # files on one command line (a CSV has its own row bound)
+MAX_MODEL_BYTES = 1024 * 1024 * 1024  # the largest searchable MLP is ~850 MB of float32 weights
 DIGIT_BOX = 20  # MNIST fits each digit into 20x20 before centring it in 28x28
 INK_THRESHOLD = 0.2  # share of the brightest pixel that counts as part of the digit
 LIGHT_BACKGROUND = 127.5  # a border brighter than this means dark ink on light paper
@@ -76,9 +78,10 @@ class Model:
 def load_model(path: Path) -> Model:
     """The export folder's model.onnx (or an .onnx file given directly), checked for its input shape."""
     file = path / MODEL_FILE if path.is_dir() else path
-    if not file.is_file():
+    if not file.exists():
         where = f"no {MODEL_FILE} in {path}" if path.is_dir() else f"{path} does not exist"
         raise PredictError(f"{where}; pass --model an export folder written by python -m search.export")
+    _regular_file(file, MAX_MODEL_BYTES, "a model file")
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -112,10 +115,29 @@ def _flatten_alpha(image: Any) -> Any:
     return Image.alpha_composite(background, rgba).convert("L")
 
 
+def _regular_file(path: Path, limit: int, what: str) -> None:
+    """`path` must be a regular file of at most `limit` bytes (not a device, pipe or folder)."""
+    import stat
+
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise PredictError(f"{path}: file not found") from None
+    except OSError as error:
+        raise PredictError(f"{path}: cannot read ({error.strerror})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise PredictError(f"{path}: is a folder, not {what}")
+    if not stat.S_ISREG(info.st_mode):
+        raise PredictError(f"{path}: not a regular file (a device, pipe or socket); pass {what}")
+    if info.st_size > limit:
+        raise PredictError(f"{path}: {info.st_size:,} bytes is more than the {limit:,} {what} may have")
+
+
 def read_image(path: Path) -> np.ndarray:
     """A grayscale uint8 array of any image file Pillow reads; PredictError if it cannot."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    _regular_file(path, MAX_IMAGE_BYTES, "an image file")
     try:
         with Image.open(path) as opened:
             opened.load()
@@ -198,11 +220,14 @@ def predict_images(model: Model, paths: Sequence[Path]) -> list[Prediction]:
 
 def predict_csv(model: Model, path: Path) -> list[Prediction]:
     """Rows of the tutorial's CSV (label, 784 pixels); each prediction carries the row's label."""
-    from lightning_modules.data import (
-        read_csv,  # imports PyTorch: only CSV users pay for it
+    from lightning_modules.data.readers import (
+        read_csv,  # bounded: a regular file, at most MAX_CSV_BYTES
     )
 
-    images, labels = read_csv(path)
+    try:
+        images, labels = read_csv(path)
+    except UserInputError as error:
+        raise PredictError(str(error)) from None
     pixels = np.stack([to_model_input(image, f"{path} row {i + 1}") for i, image in enumerate(images)])
     return predict_pixels(model, pixels, [f"{path} row {i + 1}" for i in range(len(images))], labels.tolist())
 
@@ -218,6 +243,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.images and args.csv is None:
         parser.error("give image files, --csv FILE, or both")
+    if len(args.images) > MAX_IMAGES:
+        parser.error(f"{len(args.images):,} image files; at most {MAX_IMAGES:,} at a time")
     return args
 
 

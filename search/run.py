@@ -8,40 +8,20 @@ from __future__ import annotations
 
 import argparse
 import errno
-import multiprocessing
-import os
 import shlex
-import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from lightning_modules.errors import UserInputError
-from search.cli import OneLineParser
+from search.options import RUN_FLAGS, OneLineParser, add_flags, overrides_from_args
+from search.redaction import mask, mask_known, redact, redact_words, secrets_in
+from search.settings import Settings
+from search.workers import StopRequest, cores, describe_exit_codes
 
-_OPTION_KEYS = {
-    "trials": ("study", "trials"),
-    "study_name": ("study", "name"),
-    "storage": ("study", "storage"),
-    "target_accuracy": ("study", "target_accuracy"),
-    "timeout": ("study", "timeout"),
-    "workers": ("study", "workers"),
-    "seed": ("study", "seed"),
-    "data": ("data", "source"),
-    "data_dir": ("data", "data_dir"),
-    "train_size": ("data", "train_size"),
-    "max_epochs": ("training", "max_epochs"),
-}
-
-
-def _target(value: str) -> float | None:
-    if value.lower() in ("none", "off", "null"):
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] or 'none', got {value!r}") from None
+MAX_WORKERS_PER_CORE = 4  # beyond this each worker's share of a core makes every trial crawl
+EXIT_WORKERS_DIED = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,235 +32,111 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Command-line values override the config file; the config file overrides the built-in "
         "defaults (configs/default.yaml spells them out).",
     )
-    add = parser.add_argument
-    add("--config", type=Path, default=None, help="YAML settings file (default: built-in defaults = configs/default.yaml)")
-    add("--trials", type=int, help="total budget of finished trials in the study, counting earlier runs (default 100)")
-    add("--study-name", help="study to create or resume (default: mnist)")
-    add("--storage", help="storage URL: sqlite:///file.db or postgresql://user@host/db (default: sqlite:///storage/mnist-search.db)")
-    add("--target-accuracy", type=_target, default=argparse.SUPPRESS, help="stop once a completed trial reaches this validation accuracy; 'none' spends the whole budget (default 0.95)")
-    add("--timeout", type=float, help="start no new trial after this many seconds of this run")
-    add("--workers", type=int, help="worker processes on this machine sharing the study (default 1)")
-    add("--seed", type=int, help="seed of the sampler; trial n trains with seed + n (default 0)")
-    add("--data", help="mnist, fashion-mnist, a directory of IDX files, or a CSV file (label, 784 pixels)")
-    add("--data-dir", help="directory holding the IDX files (default: $MNIST_DATA_DIR, then the user cache)")
-    add("--train-size", type=int, help="train on a stratified subsample of this many rows")
-    add("--max-epochs", type=int, help="epochs per trial (default 8)")
-    add("--no-export", action="store_true", help="do not export the best model when the study ends")
+    parser.add_argument("--config", type=Path, default=None, help="YAML settings file (default: the built-in defaults, as in configs/default.yaml)")
+    add_flags(parser, RUN_FLAGS)
+    parser.add_argument("--no-export", action="store_true", help="do not export the best model when the study ends")
     return parser
 
 
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    for option, (section, key) in _OPTION_KEYS.items():
-        if option not in vars(args):
-            continue
-        value = getattr(args, option)
-        if value is None and option != "target_accuracy":
-            continue
-        overrides.setdefault(section, {})[key] = value
+def parse_settings(argv: list[str]) -> Settings:
+    """Flags and config file -> validated settings; every mistake is a one-line UserInputError."""
+    from search.settings_file import load_settings
+
+    args = build_parser().parse_args(argv)
+    overrides = overrides_from_args(args, RUN_FLAGS)
     if args.no_export:
         overrides["export"] = False
-    return overrides
+    return load_settings(args.config, overrides)
 
 
-def quiet_optuna() -> None:
-    """Our one line per trial replaces Optuna's INFO lines; experimental-API notes are ours to track."""
-    import warnings
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+def check_workers(settings: Settings) -> None:
+    limit = MAX_WORKERS_PER_CORE * cores()
+    if settings.study.workers > limit:
+        raise UserInputError(
+            f"--workers {settings.study.workers} on {cores()} cores: at most {limit} ({MAX_WORKERS_PER_CORE} per core); "
+            "to scale further, run search.run on more machines against one PostgreSQL study"
+        )
 
 
 def resume_command(argv: list[str]) -> str:
     """The command that resumes this run, with any storage password masked."""
-    from search.storage import redact
-
-    shown = [redact(a) if "://" in a else a for a in argv]
-    return "python -m search.run " + " ".join(shlex.quote(a) for a in shown)
-
-
-class StopRequest:
-    """Signal handling shared by the runner and its workers: the first SIGINT/SIGTERM asks for a
-    clean stop at the next batch boundary; a second one exits at once."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.event = threading.Event()
-        self.signum: int | None = None
-        self.on_first: list[Any] = []
-
-    def install(self) -> StopRequest:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.event.is_set():
-            os._exit(128 + signum)
-        self.signum = signum
-        self.event.set()
-        for hook in self.on_first:
-            hook(signum)
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + (self.signum or signal.SIGINT)
-
-
-def _storage_for(settings: Any, storage_url: str) -> Any:
-    from search.storage import build_storage
-
-    return build_storage(storage_url, heartbeat_seconds=settings.study.heartbeat_seconds, grace_seconds=settings.study.stale_after_seconds)
-
-
-def _worker_process(settings_json: dict[str, Any], storage_url: str, worker_index: int, threads: int) -> None:
-    """Entry point of a spawned worker: its own storage connection, data and sampler seed."""
-    os.setpgid(0, 0)  # Ctrl-C reaches the runner only; it forwards exactly one stop request
-    stop = StopRequest().install()
-    import torch
-
-    from search.config import Settings
-    from search.study import WorkerInterrupted
-
-    torch.set_num_threads(threads)
-    quiet_optuna()
-    settings = Settings.model_validate(settings_json)
-    try:
-        _run_one_worker(settings, storage_url, worker_index, callbacks=(), stop=stop)
-    except WorkerInterrupted:
-        sys.exit(stop.exit_code)
-
-
-def _run_one_worker(settings: Any, storage_url: str, worker_index: int, callbacks: Any, stop: StopRequest, split: Any = None) -> str:
-    from search.export import load_split
-    from search.objective import make_objective
-    from search.storage import build_artifact_store, checkpoints_dir, storage_guard
-    from search.study import open_study, run_worker
-
-    opened = open_study(settings, _storage_for(settings, storage_url), worker_index)
-    split = split if split is not None else load_split(settings)
-    objective = make_objective(settings, split, build_artifact_store(), opened.sampler_seed, checkpoints_dir(), stop.event)
-    return run_worker(
-        opened.study, objective, settings, callbacks, stop_event=stop.event, storage_check=storage_guard(storage_url)
-    )
+    return "python -m search.run " + " ".join(shlex.quote(a) for a in redact_words(argv))
 
 
 def run(argv: list[str], stop: StopRequest) -> int:
-    args = build_parser().parse_args(argv)
-    from search.config import load_settings, settings_as_dict
+    settings = parse_settings(argv)
+    from search.data import check_data
+    from search.storage import check_storage_url
 
-    settings = load_settings(args.config, overrides_from_args(args))
+    url = check_storage_url(settings.study.storage)
+    source = check_data(settings.data)
+    check_workers(settings)
+
+    from search.trial_loop import quiet_optuna, start_run
+
     quiet_optuna()
 
-    from lightning_modules.callbacks import TrainingInterrupted
-    from lightning_modules.training import configure_torch
-    from search.export import SETTINGS_ATTR, export_study, load_split
-    from search.progress import TrialReporter
-    from search.storage import artifact_dir, default_storage_url, redact
-    from search.study import (
-        WorkerInterrupted,
-        best_trials,
-        open_study,
-        stop_reason,
-        study_status,
-    )
-
-    storage_url = settings.study.storage or default_storage_url()
-    storage = _storage_for(settings, storage_url)
-    split = load_split(settings)  # before the study exists: bad data creates nothing
-    opened = open_study(settings, storage)
-    study = opened.study
-    study.set_user_attr(SETTINGS_ATTR, settings_as_dict(settings))
-    status = study_status(study)
-    budget = settings.study.trials
-    print(
-        f"{'created' if opened.created else 'resumed'} study {study.study_name!r} in {redact(storage_url)}: "
-        f"{status.finished} finished trials ({status.complete} complete, {status.pruned} pruned), "
-        f"budget {budget}, target {settings.study.target_accuracy or 'none'}; "
-        f"data {split.x_train.shape[0]} train / {split.x_val.shape[0]} val rows"
-    )
+    started = start_run(settings, url, source)  # data first: bad data creates no database
+    print(started.first_line)
+    if started.nothing_to_do:
+        print(started.nothing_to_do)
     sys.stdout.flush()
-    reporter = TrialReporter(study, budget)
-    workers = settings.study.workers
+    return finish_run(settings, url, started, argv, stop)
+
+
+def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop: StopRequest) -> int:
+    from lightning_modules.callbacks import TrainingInterrupted
+    from search.export.exporter import export_study
+    from search.export.note import RunSummary, write_study_note
+    from search.paths import artifact_dir
+    from search.progress import TrialReporter
+    from search.stopping import stop_reason
+    from search.study import WorkerInterrupted, best_trials
+    from search.trial_loop import run_trials, run_worker_pool
+
+    study = started.study
+    reporter = TrialReporter(study, settings.study.trials)
     start = time.monotonic()
+    codes: list[int] = []
     try:
-        if workers == 1:
-            configure_torch(1)
-            reason = _run_one_worker(settings, storage_url, 0, [reporter], stop, split=split)
+        if settings.study.workers == 1:
+            reason = run_trials(settings, url, stop, callbacks=[reporter], split=started.split)
         else:
-            reason = _run_workers(settings, storage_url, study, reporter, workers, stop)
+            codes = run_worker_pool(settings, url, stop, study, lambda: reporter.update(study))
+            reason = stop_reason(study, settings.study)
     except WorkerInterrupted:
-        reporter.update(study)
-        reporter.close()
-        print(
-            f"stopped on request; finished trials are saved and the interrupted one resumes from its last epoch. "
-            f"Resume with: {resume_command(argv)}",
-            file=sys.stderr,
-        )
+        reporter.close(study)
+        print(f"stopped on request; finished trials are saved and the interrupted one resumes from its last epoch. "
+              f"Resume with: {resume_command(argv)}", file=sys.stderr)
         return stop.exit_code
-    reporter.update(study)
-    reporter.close()
-    reason = reason or stop_reason(study, settings, None) or "all workers finished"
+    reporter.close(study)
+    if any(codes):
+        print(f"warning: {describe_exit_codes(codes)}", file=sys.stderr)
+    if reason is None:
+        print(f"error: the search ended before its budget or target ({describe_exit_codes(codes)}); finished trials "
+              f"are saved. Resume with: {resume_command(argv)}", file=sys.stderr)
+        return EXIT_WORKERS_DIED
     print(f"stopped: {reason} after {time.monotonic() - start:.1f} s")
     best = best_trials(study).get("best")
     if best is None:
         print("no completed trial yet; nothing to export")
         return 0
     line = f"best trial {best.number}: val_acc={best.value:.4f}"
-    summary: dict[str, Any] = {
-        "target_accuracy": settings.study.target_accuracy, "budget": budget, "stopped": reason,
-        "best_trial": best.number, "classifier": best.params.get("classifier"), "val_accuracy": best.value,
-    }
+    summary = RunSummary(settings.study.target_accuracy, settings.study.trials, reason, best.number, best.params.get("classifier"), best.value)
     if settings.export:
         try:
-            metrics = export_study(study, force=True, split=split)
+            metrics = export_study(study, split=started.split, identity=started.identity)
         except TrainingInterrupted:  # SIGTERM during the export's evaluation
             print(f"stopped on request; finished trials are saved. Resume with: {resume_command(argv)}", file=sys.stderr)
             return stop.exit_code
-        summary.update(test_accuracy=metrics["test_accuracy"], export_dir=metrics["export_dir"])
-        line += f" test_acc={metrics['test_accuracy']:.4f}; exported to {metrics['export_dir']}"
+        summary = summary.with_export(metrics.test_accuracy, metrics.export_dir)
+        line += f" test_acc={metrics.test_accuracy:.4f}; exported to {metrics.export_dir}"
     print(line)
-    from search.dashboard import write_study_note
-
     write_study_note(study, summary)
-    shown_url = shlex.quote(redact(storage_url))
+    shown_url = shlex.quote(redact(url))
     print(f"watch it: python -m search.dashboard --storage {shown_url}")
     print(f"      or: optuna-dashboard {shown_url} --artifact-dir {shlex.quote(str(artifact_dir()))}")
     return 0
-
-
-def _run_workers(settings: Any, storage_url: str, study: Any, reporter: Any, workers: int, stop: StopRequest) -> str | None:
-    """K spawned workers share the study; this process reports what they finish and relays signals."""
-    from lightning_modules.training import configure_torch
-    from search.study import WorkerInterrupted
-
-    threads = configure_torch(workers)
-    context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=_worker_process, args=(settings.model_dump(mode="json"), storage_url, i, threads))
-        for i in range(workers)
-    ]
-    for process in processes:
-        process.start()
-
-    def relay(signum: int) -> None:
-        for process in processes:
-            if process.pid is not None and process.is_alive():
-                os.kill(process.pid, signum)
-
-    stop.on_first.append(relay)
-    while any(p.is_alive() for p in processes):
-        reporter.update(study)
-        time.sleep(0.5)
-    if stop.event.is_set():
-        raise WorkerInterrupted
-    failed = [p.exitcode for p in processes if p.exitcode != 0]
-    if failed:
-        print(f"warning: {len(failed)} worker(s) exited with codes {failed}", file=sys.stderr)
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -290,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(argv, stop)
     except UserInputError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {mask_known(mask(str(error), secrets_in(argv)))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\ninterrupted before the search started. Run again with: {resume_command(argv)}", file=sys.stderr)
@@ -327,13 +183,16 @@ def quiet_storage_failures_in_threads() -> None:
 def storage_failure(error: BaseException) -> BaseException | None:
     """The database or disk failure behind `error`, if any: Optuna may re-raise such a failure
     as another exception while handling it, so the whole chain is searched."""
-    from sqlalchemy.exc import SQLAlchemyError
+    database_errors: tuple[type[BaseException], ...] = ()
+    if "sqlalchemy" in sys.modules:  # not imported yet: no database failure can be behind it
+        from sqlalchemy.exc import SQLAlchemyError
 
+        database_errors = (SQLAlchemyError,)
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, SQLAlchemyError) or (isinstance(current, OSError) and current.errno in _DISK_ERRORS):
+        if isinstance(current, database_errors) or (isinstance(current, OSError) and current.errno in _DISK_ERRORS):
             return current
         current = current.__cause__ or current.__context__
     return None
@@ -342,17 +201,8 @@ def storage_failure(error: BaseException) -> BaseException | None:
 def describe_storage_failure(cause: BaseException, argv: list[str]) -> str:
     if isinstance(cause, OSError):
         return f"cannot write {cause.filename or 'run state'} ({cause.strerror})"
-    reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
-    return f"the study's storage failed mid-run ({redact_secrets(reason, argv)})"
-
-
-def redact_secrets(text: str, argv: list[str]) -> str:
-    """Strip any password that appears in a storage URL on the command line from `text`."""
-    from search.storage import storage_passwords
-
-    for secret in storage_passwords(argv):
-        text = text.replace(secret, "***")
-    return text
+    reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0][:200]
+    return f"the study's storage failed mid-run ({mask_known(mask(reason, secrets_in(argv)))})"
 
 
 if __name__ == "__main__":

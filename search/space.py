@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import optuna
 
-from lightning_modules.classifiers import HyperParams
-from search.config import BaselineConfig, FloatRange, SpaceConfig
+from lightning_modules.hyperparams import HyperParams
+from search.settings import BaselineConfig, FloatRange, SpaceConfig
 
 
 def _suggest_float(trial: optuna.trial.BaseTrial, name: str, span: FloatRange) -> float:

@@ -1,7 +1,11 @@
-"""Storage URLs -> Optuna storages and the artifact store; where run state lives on disk.
+"""Storage URLs -> Optuna storages and the artifact store.
 
-SQLite is the embedded default. Each storage gets heartbeats, so a trial whose process died
-is failed and re-queued with the same parameters by the next worker that looks.
+SQLite is the embedded default; PostgreSQL (psycopg 3, the driver SQLAlchemy 2.1 picks for
+`postgresql://`) scales out. A URL is checked (`check_storage_url`) before anything is imported
+or opened. The runner opens a storage to write (`open_study_storage`: creates the SQLite file,
+switches it to WAL, adds heartbeats); export, dashboard and benchmarks open an existing one
+(`open_existing_storage`): they never create a file, a folder or a table, and the dashboard's
+connection is read-only.
 """
 
 from __future__ import annotations
@@ -10,23 +14,21 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
-import optuna
-from optuna.artifacts import FileSystemArtifactStore
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
 from lightning_modules.errors import UserInputError
+from search.paths import artifact_dir, default_storage_url
+from search.redaction import mask, normalise_url, redact, remember_secrets, url_secrets
 
-HOME_ENV = "MNIST_SEARCH_HOME"
-DB_NAME = "mnist-search.db"
-HEARTBEAT_SECONDS = 5
-GRACE_SECONDS = 20
 SQLITE_BUSY_TIMEOUT_SECONDS = 60
 SQLITE_WAL_ATTEMPTS = 10
-MAX_RETRY = 3
+SCHEMA_ATTEMPTS = 5
+MAX_RETRY = 3  # times a dead worker's trial is retried before it stays failed
+BACKENDS = ("sqlite", "postgresql", "mysql")
+# What a database says when another process created the same table, or stamped the same
+# schema version, a moment earlier (SQLite's and PostgreSQL's wording).
+_SCHEMA_RACE_MARKERS = ("already exists", "UNIQUE constraint failed", "duplicate key value")
 
 T = TypeVar("T")
 
@@ -35,46 +37,62 @@ class StorageError(UserInputError):
     """A storage URL that is malformed, unreachable, or names a study that is not there."""
 
 
-def runtime_dir() -> Path:
-    """The folder for the default database, artifacts and exports (git-ignored `storage/`)."""
-    return Path(os.environ.get(HOME_ENV, "storage")).expanduser().resolve()
-
-
-def default_storage_url() -> str:
-    return f"sqlite:///{runtime_dir() / DB_NAME}"
-
-
-def artifact_dir() -> Path:
-    return runtime_dir() / "artifacts"
-
-
-def exports_dir() -> Path:
-    return runtime_dir() / "exports"
-
-
-def checkpoints_dir() -> Path:
-    """Per-epoch checkpoints of running trials, kept until the trial finishes (for resume)."""
-    return runtime_dir() / "checkpoints"
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced by ***, safe to print and to log."""
+def check_storage_url(url: str | None) -> str:
+    """The URL to use (the default when None), with its password escaped; StorageError if it
+    cannot name a persistent study database. Imports SQLAlchemy only."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    url = normalise_url(url or default_storage_url())
+    remember_secrets(url)
+    example = "e.g. sqlite:///path.db or postgresql://user@host/db"
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except ArgumentError:
-        return "<unparseable storage URL>"
+        raise StorageError(f"storage URL {redact(url)} is not a valid SQLAlchemy URL ({example})") from None
+    except ValueError:
+        raise StorageError(f"storage URL {redact(url)} has a port that is not a number ({example})") from None
+    backend = parsed.get_backend_name()
+    if backend not in BACKENDS:
+        raise StorageError(f"storage URL {redact(url)}: {backend!r} is not a database Optuna stores studies in ({example})")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise StorageError(f"storage URL {redact(url)}: port {parsed.port} is outside 1-65535")
+    if backend == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:") or parsed.query.get("mode") == "memory":
+            raise StorageError("an in-memory SQLite database loses every trial when the process ends; use sqlite:///path/to/file.db")
+        if "\x00" in database:
+            raise StorageError("the SQLite path contains a NUL byte; pass a real file path")
+    return url
 
 
-def _sqlite_path(url: str) -> Path | None:
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL, or None for any other database."""
     from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         return None
     return Path(parsed.database)
+
+
+def _retry_lost_race(action: Callable[[], T], lost_race: Callable[[Exception], bool], attempts: int) -> T:
+    """Run `action`, again after a short wait each time it fails because another worker opening
+    the same new database got there first; any other failure, or the last one, propagates."""
+    for attempt in range(attempts - 1):
+        try:
+            return action()
+        except Exception as error:  # noqa: BLE001 - re-raised unless `lost_race` says otherwise
+            if not lost_race(error):
+                raise
+        time.sleep(0.1 * (attempt + 1))
+    return action()
+
+
+def _switch_to_wal(path: Path) -> None:
+    with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_SECONDS) as connection:
+        if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            connection.execute("PRAGMA journal_mode=WAL")
 
 
 def _prepare_sqlite(path: Path) -> None:
@@ -94,92 +112,6 @@ def _prepare_sqlite(path: Path) -> None:
         raise StorageError(f"SQLite database {path} cannot be opened ({error}); check the path and its permissions") from None
 
 
-def _switch_to_wal(path: Path) -> None:
-    with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_SECONDS) as connection:
-        if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            connection.execute("PRAGMA journal_mode=WAL")
-
-
-def _retry_lost_race(action: Callable[[], T], lost_race: Callable[[Exception], bool], attempts: int) -> T:
-    """Run `action`, again after a short wait each time it fails because another worker opening
-    the same new database got there first; any other failure, or the last one, propagates."""
-    for attempt in range(attempts - 1):
-        try:
-            return action()
-        except Exception as error:  # noqa: BLE001 - re-raised unless `lost_race` says otherwise
-            if not lost_race(error):
-                raise
-        time.sleep(0.1 * (attempt + 1))
-    return action()
-
-
-class StudyStorage(RDBStorage):
-    """RDBStorage whose stale check also catches RUNNING trials that never wrote a heartbeat.
-
-    Optuna only fails trials whose last heartbeat is old; a worker that died (or whose disk
-    filled) before its first heartbeat would leave its trial RUNNING forever, and a resumed
-    study would wait for it.
-    """
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        from optuna.storages._rdb import models
-        from optuna.trial import TrialState
-
-        stale = super()._get_stale_trial_ids(study_id)
-        grace = timedelta(seconds=self.grace_period or 2 * (self.heartbeat_interval or 1))
-        now = datetime.now()
-        with self.scoped_session() as session:
-            running = session.query(models.TrialModel).filter(
-                models.TrialModel.study_id == study_id, models.TrialModel.state == TrialState.RUNNING
-            )
-            for trial in running:
-                silent = not trial.heartbeats
-                if silent and trial.datetime_start is not None and now - trial.datetime_start > grace:
-                    stale.append(trial.trial_id)
-        return sorted(set(stale))
-
-
-def build_storage(
-    url: str | None = None, heartbeat: bool = True, heartbeat_seconds: int = HEARTBEAT_SECONDS, grace_seconds: int = GRACE_SECONDS
-) -> RDBStorage:
-    """An RDB storage for `url` (default: the SQLite file), with heartbeats and retry of dead trials."""
-    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-
-    url = url or default_storage_url()
-    engine_kwargs: dict[str, object] = {}
-    try:
-        sqlite_path = _sqlite_path(url)
-    except ArgumentError:
-        raise StorageError(f"storage URL {redact(url)!s} is not a valid SQLAlchemy URL (e.g. sqlite:///path.db or postgresql://user@host/db)") from None
-    if sqlite_path is not None:
-        _prepare_sqlite(sqlite_path)
-        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}
-    else:
-        engine_kwargs["pool_pre_ping"] = True
-    options: dict[str, object] = {}
-    if heartbeat:
-        options = dict(
-            heartbeat_interval=heartbeat_seconds,
-            grace_period=grace_seconds,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
-        )
-    try:
-        return _retry_lost_race(lambda: StudyStorage(url, engine_kwargs=engine_kwargs, **options), _lost_schema_race, SCHEMA_ATTEMPTS)
-    except ImportError:
-        raise StorageError(f"no database driver for {redact(url)}; for PostgreSQL install the extra: pip install -e '.[postgres]'") from None
-    except SQLAlchemyError as error:
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        for secret in _secrets(url):
-            reason = reason.replace(secret, "***")
-        raise StorageError(f"cannot open storage {redact(url)} ({reason}); check that the server is running and the URL is right") from None
-
-
-# What a database says when another process created the same table, or stamped the same
-# schema version, a moment earlier (SQLite's and PostgreSQL's wording).
-_SCHEMA_RACE_MARKERS = ("already exists", "UNIQUE constraint failed", "duplicate key value")
-SCHEMA_ATTEMPTS = 5
-
-
 def _lost_schema_race(error: Exception) -> bool:
     """Optuna's "create the tables if missing" is not atomic across processes: the loser sees
     "table ... already exists" although the schema is now complete. Opening writes nothing but
@@ -189,26 +121,78 @@ def _lost_schema_race(error: Exception) -> bool:
     return isinstance(error, SQLAlchemyError) and any(marker in str(error) for marker in _SCHEMA_RACE_MARKERS)
 
 
-def _secrets(url: str) -> list[str]:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+def _open(url: str, build: Callable[[], T]) -> T:
+    """Run `build` (an RDBStorage constructor), turning driver and connection failures into one line."""
+    from sqlalchemy.exc import SQLAlchemyError
 
     try:
-        password = make_url(url).password
-    except ArgumentError:
-        return []
-    return [str(password)] if password else []
+        return _retry_lost_race(build, _lost_schema_race, SCHEMA_ATTEMPTS)
+    except ImportError:
+        raise StorageError(f"no database driver for {redact(url)}; for PostgreSQL install the extra: pip install -e '.[postgres]'") from None
+    except SQLAlchemyError as error:
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0][:200]
+        raise StorageError(
+            f"cannot open storage {redact(url)} ({mask(reason, url_secrets(url))}); check that the server is running and the URL is right"
+        ) from None
 
 
-def storage_passwords(words: list[str]) -> list[str]:
-    """Passwords inside any URL among `words` (e.g. argv), to mask them in messages."""
-    return [secret for word in words if "://" in word for secret in _secrets(word)]
+def open_study_storage(url: str | None, *, heartbeat_seconds: int, grace_seconds: int):  # noqa: ANN201 - RDBStorage
+    """The storage a search writes to, with heartbeats and retry of dead trials; creates a SQLite
+    file (and its folder) if missing."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    from search.optuna_compat import SilentTrialAwareStorage
+
+    url = check_storage_url(url)
+    engine_kwargs: dict[str, object] = {"pool_pre_ping": True}
+    path = sqlite_path(url)
+    if path is not None:
+        _prepare_sqlite(path)
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}}
+    return _open(url, lambda: SilentTrialAwareStorage(
+        url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds, grace_period=grace_seconds,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+    ))
+
+
+def open_existing_storage(url: str | None, *, read_only: bool = False):  # noqa: ANN201 - RDBStorage
+    """A storage that must already hold Optuna's tables: never creates a file, folder or table,
+    never changes the journal mode; `read_only` refuses every write at the database."""
+    from optuna.storages import RDBStorage
+
+    url = check_storage_url(url)
+    path = sqlite_path(url)
+    engine_kwargs: dict[str, object] = {"pool_pre_ping": True}
+    open_url = url
+    if path is not None:
+        if not path.is_file():
+            raise StorageError(f"no study database at {path}; start a search first (python -m search.run) or pass --storage")
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}}
+        if read_only:
+            open_url = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
+    elif read_only and url.startswith("postgresql"):
+        engine_kwargs["connect_args"] = {"options": "-c default_transaction_read_only=on"}
+    _open(url, lambda: _require_optuna_tables(open_url, engine_kwargs, url))
+    return _open(url, lambda: RDBStorage(open_url, engine_kwargs=engine_kwargs, skip_table_creation=True))
+
+
+def _require_optuna_tables(open_url: str, engine_kwargs: dict[str, object], url: str) -> None:
+    """Refuse a database without Optuna's tables before Optuna reads (or writes) it."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(open_url, **engine_kwargs)
+    try:
+        tables = set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    if not {"studies", "trials", "version_info"} <= tables:
+        raise StorageError(f"{redact(url)} is not an Optuna study database (no studies table); pass the --storage a search wrote")
 
 
 def storage_guard(url: str) -> Callable[[], None]:
     """A check to run between trials: a SQLite file deleted or replaced under a running study
     would otherwise swallow every later trial into an unlinked inode, silently."""
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     if path is None:
         return lambda: None
     inode = path.stat().st_ino
@@ -227,22 +211,29 @@ def storage_guard(url: str) -> Callable[[], None]:
     return check
 
 
-def build_artifact_store(directory: Path | None = None) -> FileSystemArtifactStore:
+def build_artifact_store(directory: Path | None = None, create: bool = True):  # noqa: ANN201 - FileSystemArtifactStore
     """The artifact store shared by the study's trials and optuna-dashboard."""
+    from optuna.artifacts import FileSystemArtifactStore
+
     directory = directory or artifact_dir()
-    directory.mkdir(parents=True, exist_ok=True)
+    if create:
+        directory.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(str(directory))
 
 
-def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
-    return [summary.study_name for summary in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+def study_names(storage: object) -> list[str]:
+    import optuna
+
+    return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]  # type: ignore[arg-type]
 
 
-def load_existing_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
+def load_existing_study(name: str, storage: object):  # noqa: ANN201 - optuna.Study
     """Load a study that must exist; the error lists the ones that do."""
+    import optuna
+
     try:
-        return optuna.load_study(study_name=name, storage=storage)
+        return optuna.load_study(study_name=name, storage=storage)  # type: ignore[arg-type]
     except KeyError:
         names = study_names(storage)
-        listing = ", ".join(names) if names else "none"
+        listing = ", ".join(repr(n) for n in names[:20]) if names else "none"
         raise StorageError(f"no study named {name!r} in this storage (studies there: {listing}); pass --study-name") from None

@@ -1,4 +1,4 @@
-"""Open or resume a study, build its sampler and pruner, and run one worker until a stop rule.
+"""Open or resume a study with its sampler and pruner, and run one worker until a stop rule holds.
 
 A worker runs one trial per `optimize` call and re-reads the stop rules from the storage
 between trials, so the budget and the target hold across processes and across restarts.
@@ -16,20 +16,17 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lightning_modules.callbacks import TrainingInterrupted
-from search.config import PrunerConfig, SamplerConfig, Settings
-from search.objective import MAX_EPOCHS_ATTR, SurplusTrial
+from search import record
 from search.pruning import SameClassifierPruner
-from search.rules import finished_trials, remaining_budget, trial_at_target
+from search.resume import new_study_uid
+from search.sampling import build_sampler
+from search.settings import PrunerConfig, Settings
 from search.space import baseline_params
+from search.stopping import SurplusTrial, stop_reason
 
 GC_EVERY_TRIALS = 10  # a full collection costs ~0.3 s; every trial would double tiny trials' time
+UID_WAIT_SECONDS = 5.0  # a study created a moment ago by another process gets its uid this soon
 TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
-
-
-def build_sampler(config: SamplerConfig, seed: int) -> optuna.samplers.BaseSampler:
-    if config.name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=config.n_startup_trials)
 
 
 def build_pruner(config: PrunerConfig, max_epochs: int) -> optuna.pruners.BasePruner:
@@ -49,37 +46,50 @@ def build_pruner(config: PrunerConfig, max_epochs: int) -> optuna.pruners.BasePr
 class OpenedStudy:
     study: optuna.Study
     created: bool
-    sampler_seed: int
 
 
-def sampler_seed(seed: int, worker_index: int, n_existing_trials: int) -> int:
-    """Seed for this process's sampler: reproducible for a fresh run, and different for each
-    worker and for each resume, so neither replays the random startup trials already tried."""
-    return seed + 1_000_003 * worker_index + n_existing_trials
+def _wait_for_uid(study: optuna.Study) -> None:
+    """A study created by another process a moment ago gets its uid right after; a study from
+    before uids existed gets one now."""
+    deadline = time.monotonic() + UID_WAIT_SECONDS
+    while record.UID not in study.user_attrs and not study.get_trials(deepcopy=False) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if record.UID not in study.user_attrs:
+        study.set_user_attr(record.UID, new_study_uid())
 
 
-def open_study(settings: Settings, storage: optuna.storages.BaseStorage, worker_index: int = 0) -> OpenedStudy:
-    """Create the study (with the baseline enqueued) or resume it; never a duplicate."""
+def open_study(
+    settings: Settings, storage: optuna.storages.BaseStorage, on_existing: Callable[[optuna.Study], None] = lambda study: None,
+) -> OpenedStudy:
+    """Create the study (with its uid and the baseline enqueued) or resume it; never a duplicate.
+
+    `on_existing` checks a study that already exists before anything is written to it.
+    """
     pruner = build_pruner(settings.pruner, settings.training.max_epochs)
+    sampler = build_sampler(settings.sampler, settings.study.seed)
     name = settings.study.name
     created = False
     try:
-        study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
+        study = optuna.load_study(study_name=name, storage=storage, pruner=pruner, sampler=sampler)
     except KeyError:
         try:  # only the process whose create succeeds enqueues the baseline, even when workers race
-            study = optuna.create_study(study_name=name, storage=storage, pruner=pruner, direction="maximize")
+            study = optuna.create_study(study_name=name, storage=storage, pruner=pruner, sampler=sampler, direction="maximize")
             created = True
         except optuna.exceptions.DuplicatedStudyError:
-            study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
-    if created and settings.baseline.enabled:
-        study.enqueue_trial(
-            baseline_params(settings.baseline),
-            user_attrs={MAX_EPOCHS_ATTR: min(settings.baseline.max_epochs, settings.training.max_epochs)},
-            skip_if_exists=True,
-        )
-    seed = sampler_seed(settings.study.seed, worker_index, 0 if created else len(study.get_trials(deepcopy=False)))
-    study.sampler = build_sampler(settings.sampler, seed)
-    return OpenedStudy(study, created, seed)
+            study = optuna.load_study(study_name=name, storage=storage, pruner=pruner, sampler=sampler)
+    if created:
+        study.set_user_attr(record.UID, new_study_uid())
+        study.set_metric_names([record.OBJECTIVE_NAME])
+        if settings.baseline.enabled:
+            study.enqueue_trial(
+                baseline_params(settings.baseline),
+                user_attrs={record.MAX_EPOCHS: min(settings.baseline.max_epochs, settings.training.max_epochs)},
+                skip_if_exists=True,
+            )
+    else:
+        on_existing(study)
+        _wait_for_uid(study)
+    return OpenedStudy(study, created)
 
 
 @dataclass(frozen=True)
@@ -100,17 +110,6 @@ def study_status(study: optuna.Study) -> StudyStatus:
         states.count(TrialState.COMPLETE), states.count(TrialState.PRUNED),
         states.count(TrialState.FAIL), states.count(TrialState.RUNNING),
     )
-
-
-def stop_reason(study: optuna.Study, settings: Settings, deadline: float | None) -> str | None:
-    """Why no further trial should start, or None to go on."""
-    if (hit := trial_at_target(study, settings.study.target_accuracy)) is not None:
-        return f"target reached by trial {hit.number} ({hit.value:.4f} >= {settings.study.target_accuracy})"
-    if remaining_budget(study, settings.study.trials) <= 0:
-        return f"budget of {settings.study.trials} finished trials spent"
-    if deadline is not None and time.monotonic() >= deadline:
-        return f"timeout of {settings.study.timeout:g} s reached"
-    return None
 
 
 class WorkerInterrupted(Exception):
@@ -138,7 +137,7 @@ def run_worker(
             raise WorkerInterrupted
         storage_check()
         optuna.storages.fail_stale_trials(study)
-        reason = stop_reason(study, settings, deadline)
+        reason = stop_reason(study, settings.study, deadline)
         if reason is None:
             try:
                 study.optimize(objective, n_trials=1, callbacks=list(callbacks), catch=(SurplusTrial,))
@@ -163,9 +162,3 @@ def best_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
             if key and (key not in found or trial.value > found[key].value):  # type: ignore[operator]
                 found[key] = trial
     return found
-
-
-__all__ = [
-    "OpenedStudy", "StudyStatus", "best_trials", "build_pruner", "build_sampler", "finished_trials",
-    "open_study", "run_worker", "stop_reason", "study_status",
-]

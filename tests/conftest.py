@@ -13,11 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_modules.data import MnistArrays, load_idx_dir, MNIST, DataSplit, split_data
+from lightning_modules.data.arrays import MnistArrays, load_idx_dir
+from lightning_modules.data.datasets import MNIST
+from lightning_modules.data.split import DataSplit, split_data
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = Path(os.environ.get("MNIST_DATA_DIR") or ROOT.parent / "shared" / "data" / "mnist").resolve()
-POSTGRES_URL = os.environ.get("MNIST_SEARCH_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+# The bare scheme, as the README shows it: SQLAlchemy 2.1 maps it to psycopg 3, which the extras install.
+POSTGRES_URL = os.environ.get("MNIST_SEARCH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture(autouse=True)

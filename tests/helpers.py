@@ -18,3 +18,23 @@ def data_error(call: Callable[[], object], *words: str) -> str:
     for word in words:
         assert word in message, f"{word!r} not in {message!r}"
     return message
+
+
+def writer_storage(url: str):  # noqa: ANN201 - RDBStorage
+    """A storage as the runner opens it (heartbeats every 5 s, stale after 20 s)."""
+    from search.storage import open_study_storage
+
+    return open_study_storage(url, heartbeat_seconds=5, grace_seconds=20)
+
+
+def reader_storage(url: str):  # noqa: ANN201 - RDBStorage
+    """A storage as export and the dashboard open it: it must exist already."""
+    from search.storage import open_existing_storage
+
+    return open_existing_storage(url)
+
+
+def load(url: str, name: str = "mnist"):  # noqa: ANN201 - optuna.Study
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=reader_storage(url))

@@ -1,4 +1,4 @@
-"""The two classifiers: shapes, metrics against manual computation, checkpoints, snapshots, learning."""
+"""The network and its Lightning module: shapes, metrics against manual computation, checkpoints, snapshots, learning."""
 
 from __future__ import annotations
 
@@ -10,17 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.classifiers import (
-    MONITOR,
-    Classifier,
-    DNNClassifier,
-    HyperParams,
-    LinearClassifier,
-    build_classifier,
-    build_network,
-)
 from lightning_modules.callbacks import TrainingInterrupted
-from lightning_modules.data import DataSplit
+from lightning_modules.classifier import Classifier
+from lightning_modules.data.split import DataSplit
+from lightning_modules.hyperparams import CLASSIFIERS, OPTIMIZERS, HyperParams
+from lightning_modules.metric_names import MONITOR
+from lightning_modules.network import build_network
 from lightning_modules.training import build_trainer, evaluate, fit
 
 LINEAR = HyperParams("linear", (), 0.0, 3e-3, "adam", 0.0, 128)
@@ -28,21 +23,30 @@ DNN = HyperParams("dnn", (64, 32), 0.1, 2e-3, "adam", 0.0, 64)
 
 
 def test_network_shapes_follow_the_hyperparameters() -> None:
-    net = build_network((300, 100, 50), dropout=0.3)
+    net = build_network(784, (300, 100, 50), 10, dropout=0.3)
     linears = [m for m in net if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(784, 300), (300, 100), (100, 50), (50, 10)]
     assert sum(isinstance(m, torch.nn.Dropout) for m in net) == 3
-    assert build_network((), 0.0)[0].out_features == 10
-    assert build_classifier(DNN)(torch.rand(5, 784)).shape == (5, 10)
-    assert build_classifier(LINEAR).first_layer.weight.shape == (10, 784)
-    assert build_classifier(DNN).first_layer.weight.shape == (64, 784)
+    assert build_network(784, (), 10, 0.0)[0].out_features == 10  # the linear model: no hidden layer
+    assert Classifier(DNN)(torch.rand(5, 784)).shape == (5, 10)
+    assert Classifier(LINEAR).first_layer.weight.shape == (10, 784)
+    assert Classifier(DNN).first_layer.weight.shape == (64, 784)
+
+
+def test_the_settings_name_the_same_classifiers_and_optimizers_as_the_model() -> None:
+    from typing import get_args
+
+    from search.settings import Classifier as ClassifierName
+    from search.settings import Optimizer
+
+    assert set(get_args(ClassifierName)) == set(CLASSIFIERS) and set(get_args(Optimizer)) == set(OPTIMIZERS)
 
 
 def test_linear_params_drop_dnn_only_settings() -> None:
     hp = HyperParams("linear", (128,), 0.4, 1e-3, "sgd", 0.0, 32)
     assert hp.hidden_units == () and hp.dropout == 0.0
     with pytest.raises(ValueError, match="optimizer"):
-        HyperParams(optimizer="rmsprop")
+        HyperParams("dnn", (64,), 0.0, 1e-3, "rmsprop", 0.0, 32)
 
 
 def test_logged_metrics_match_a_manual_computation(tiny_split: DataSplit) -> None:
@@ -109,15 +113,28 @@ def test_checkpoint_rebuilds_the_model_without_arguments(tiny_split: DataSplit, 
     trainer.strategy.connect(result.model)
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
-    for cls in (Classifier, DNNClassifier):
-        restored = cls.load_from_checkpoint(path, weights_only=True).eval()
-        assert restored.hp == DNN
-        assert torch.allclose(restored(tiny_split.x_val), result.model.eval()(tiny_split.x_val))
+    restored = Classifier.load_from_checkpoint(path, weights_only=True).eval()
+    assert restored.hp == DNN
+    assert torch.allclose(restored(tiny_split.x_val), result.model.eval()(tiny_split.x_val))
     linear = fit(LINEAR, tiny_split, seed=0, max_epochs=1).model
     trainer = build_trainer(1)
     trainer.strategy.connect(linear)
     trainer.save_checkpoint(tmp_path / "linear.ckpt")
-    assert LinearClassifier.load_from_checkpoint(tmp_path / "linear.ckpt", weights_only=True).hp == LINEAR
+    assert Classifier.load_from_checkpoint(tmp_path / "linear.ckpt", weights_only=True).hp == LINEAR
+
+
+def test_a_checkpoint_with_the_hyperparameters_stored_flat_still_loads(tiny_split: DataSplit, tmp_path: Path) -> None:
+    """Exports written before `Classifier(hp)` stored the seven values at the top level."""
+    model = fit(DNN, tiny_split, seed=0, max_epochs=1).model
+    trainer = build_trainer(1)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "new.ckpt", weights_only=True)
+    checkpoint = torch.load(tmp_path / "new.ckpt", weights_only=True)
+    checkpoint["hyper_parameters"] = dict(checkpoint["hyper_parameters"]["hp"])
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    restored = Classifier.load_from_checkpoint(tmp_path / "old.ckpt", weights_only=True).eval()
+    assert restored.hp == DNN
+    assert torch.equal(restored.net[0].weight, model.net[0].weight)
 
 
 @pytest.mark.slow

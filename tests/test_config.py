@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.config import DEFAULT_CONFIG, ConfigError, Settings, load_settings, settings_as_dict
+from search.settings import Settings, settings_as_dict
+from search.settings_file import DEFAULT_CONFIG, ConfigError, load_settings
 
 
 def test_default_yaml_spells_out_the_built_in_defaults() -> None:
@@ -50,6 +51,17 @@ def test_settings_round_trip_through_their_dict_form() -> None:
         ("study: [1, 2]\n", ["study", "valid dictionary"]),
         ("study: {trials: 3\n", ["not valid YAML", "line"]),
         ("- just\n- a list\n", ["mapping"]),
+        ("study: {heartbeat_seconds: 10, stale_after_seconds: 5}\n", ["stale_after_seconds (5)", "twice heartbeat_seconds"]),
+        ("training: {snapshot_steps: [-1]}\n", ["training.snapshot_steps", "at least 1"]),
+        ("study: {storage: ''}\n", ["study.storage", "at least 1 character"]),
+        ("study: {workers: 1000}\n", ["study.workers", "less than or equal to 64"]),
+        ("study: {seed: 4294967295}\n", ["study.seed", "less than or equal to 2147483647"]),
+        ("study: {name: \"a\\0b\"}\n", ["study.name", "control characters"]),
+        ("study: {name: " + "x" * 300 + "}\n", ["study.name", "at most 100 characters"]),
+        ("study: {trials: 3}\nstudy: {trials: 4}\n", ["repeats the key 'study'", "line 2"]),
+        ("a: &x [1, 2]\nb: *x\n", ["alias", "line 2"]),
+        ("x: " + "[" * 50 + "]" * 50 + "\n", ["nests deeper than"]),
+        ("study: 5\n", ["study", "valid dictionary"]),
     ],
 )
 def test_invalid_config_is_one_line_naming_the_key(tmp_path: Path, content: str, words: list[str]) -> None:
@@ -74,6 +86,53 @@ def test_empty_file_means_defaults(tmp_path: Path) -> None:
     assert load_settings(path) == Settings()
 
 
-def test_the_default_yaml_is_plain_yaml() -> None:
+def test_the_default_yaml_is_plain_yaml_and_names_every_key() -> None:
     raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
     assert set(raw) == set(Settings.model_fields)
+    for section, model in Settings.model_fields.items():
+        annotation = model.annotation
+        if hasattr(annotation, "model_fields"):
+            assert set(raw[section]) == set(annotation.model_fields), section  # every default spelled out
+
+
+def test_every_settings_field_has_a_description() -> None:
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        fields = model.model_fields.items() if hasattr(model, "model_fields") else [(section, field)]
+        for name, sub in fields:
+            assert sub.description, f"{section}.{name} has no description (the --help text and the docs read it)"
+
+
+def test_a_bad_section_is_reported_even_when_a_flag_sets_a_key_in_it(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("study: 5\n")
+    with pytest.raises(ConfigError, match="study"):
+        load_settings(path, {"study": {"trials": 3}})
+
+
+def test_a_billion_laughs_config_is_refused_at_once(tmp_path: Path) -> None:
+    """562 bytes of nested aliases once ran for minutes and took gigabytes."""
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i, name in enumerate("bcdefghi"):
+        prev = "abcdefghi"[i]
+        lines.append(f"{name}: &{name} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]")
+    path = tmp_path / "laughs.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="alias") as caught:
+        load_settings(path)
+    assert len(str(caught.value)) < 300
+
+
+def test_an_oversized_config_file_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text("# padding\n" * 10_000)
+    with pytest.raises(ConfigError, match="at most"):
+        load_settings(path)
+
+
+def test_a_long_bad_value_is_quoted_short(tmp_path: Path) -> None:
+    path = tmp_path / "long.yaml"
+    path.write_text("study: {trials: " + "9" * 5000 + "x}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert len(str(caught.value)) < 400 and "\n" not in str(caught.value)

@@ -17,7 +17,7 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from search.storage import build_storage
+from helpers import reader_storage
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def setup(tmp_path: Path, python: str, run_env: dict[str, str]) -> Callable[...,
 def load(storage: str | optuna.storages.BaseStorage) -> optuna.Study:
     """The run's study, from its URL or from a storage object already open on it."""
     if isinstance(storage, str):
-        storage = build_storage(storage, heartbeat=False)
+        storage = reader_storage(storage)
     return optuna.load_study(study_name="mnist", storage=storage)
 
 
@@ -64,7 +64,7 @@ def wait_for(url: str, condition: Callable[[list[FrozenTrial]], bool], process: 
     storage = None
     while time.monotonic() < deadline:
         if storage is None and Path(url.removeprefix("sqlite:///")).exists():
-            storage = build_storage(url, heartbeat=False)
+            storage = reader_storage(url)
         if storage is not None:
             try:
                 if condition(load(storage).trials):

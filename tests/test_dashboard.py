@@ -23,8 +23,9 @@ from typing import Any
 
 import pytest
 
+from helpers import reader_storage, writer_storage
 from search.dashboard import main, study_note, write_study_note
-from search.storage import build_storage, load_existing_study
+from search.storage import load_existing_study
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -140,7 +141,7 @@ def poll_during(run: LiveRun, search: subprocess.Popen[bytes]) -> None:
 def note_like_the_runner(db: Path, home: Path) -> None:
     """The study note search.run is to write when a run ends (until it does, the test writes it)."""
     metrics = json.loads((home / "exports" / "mnist" / "metrics.json").read_text())
-    study = load_existing_study("mnist", build_storage(f"sqlite:///{db}", heartbeat=False))
+    study = load_existing_study("mnist", reader_storage(f"sqlite:///{db}"))
     write_study_note(study, {
         **metrics, "export_dir": str(home / "exports" / "mnist"), "target_accuracy": None,
         "budget": TRIALS, "stopped": f"budget of {TRIALS} finished trials spent",
@@ -154,7 +155,7 @@ def live_run(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Itera
     (root / "tiny.yaml").write_text(TINY_CONFIG)
     env = {**os.environ, "MNIST_SEARCH_HOME": str(home), "MNIST_DATA_DIR": str(mnist_dir), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     storage = f"sqlite:///{db}"
-    build_storage(storage, heartbeat=False)  # an empty database, as a user has before the first run
+    writer_storage(storage)  # an empty database, as a user has before the first run
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     # The dashboard is up before the search starts: tiny trials finish within the seconds the
@@ -330,7 +331,7 @@ def test_write_study_note_replaces_the_previous_note(tmp_path: Path) -> None:
     import optuna
     from optuna_dashboard import get_note
 
-    storage = build_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat=False)
+    storage = writer_storage(f"sqlite:///{tmp_path / 's.db'}")
     study = optuna.create_study(study_name="mnist", storage=storage, direction="maximize")
     write_study_note(study, {**SUMMARY, "export_dir": "first"})
     write_study_note(study, SUMMARY)
@@ -366,7 +367,7 @@ def test_port_in_use_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Captu
     import optuna
 
     db = tmp_path / "s.db"
-    optuna.create_study(study_name="mnist", storage=build_storage(f"sqlite:///{db}", heartbeat=False))
+    optuna.create_study(study_name="mnist", storage=writer_storage(f"sqlite:///{db}"))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

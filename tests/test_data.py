@@ -15,29 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import data_error
 
-from lightning_modules.data import (
-    DATASETS,
-    MNIST,
-    N_CLASSES,
-    N_PIXELS,
-    DataError,
-    MnistArrays,
-    TensorBatches,
-    load_data,
-    load_idx_dir,
-    read_csv,
-    read_idx_images,
-    read_idx_labels,
-    resolve_data_source,
-    split_data,
-    stratified_split,
-    to_features,
-    write_csv,
-)
-from lightning_modules.datamodule import MNISTDataModule
-from lightning_modules.errors import UserInputError
+from helpers import data_error
+from lightning_modules.data.arrays import MnistArrays, load_data, load_idx_dir
+from lightning_modules.data.batches import TensorBatches
+from lightning_modules.data.datamodule import MNISTDataModule
+from lightning_modules.data.datasets import DATASETS, MNIST
+from lightning_modules.data.format import N_CLASSES, N_PIXELS
+from lightning_modules.data.readers import read_csv, read_idx_images, read_idx_labels, write_csv
+from lightning_modules.data.sources import resolve_data_source
+from lightning_modules.data.split import split_data, stratified_split, to_features
+from lightning_modules.errors import DataError, UserInputError
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]  # published
@@ -580,3 +568,39 @@ def test_data_module_serves_the_split(tiny_split) -> None:
     assert not val.shuffle and not test.shuffle
     assert torch.equal(torch.cat([bx for bx, _ in val]), tiny_split.x_val)
     assert [len(by) for _, by in test] == [300, 200]
+
+
+# ---------------------------------------------------------------- bounds before work
+
+
+def _idx_header(n: int) -> bytes:
+    return (0x00000803).to_bytes(4, "big") + n.to_bytes(4, "big") + (28).to_bytes(4, "big") + (28).to_bytes(4, "big")
+
+
+def test_an_idx_header_that_promises_more_than_the_cap_is_refused_before_reading_on(tmp_path: Path) -> None:
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(_idx_header(2_000_000) + bytes(784)))
+    data_error(lambda: read_idx_images(path), "promises shape (2000000, 28, 28)", "more than")
+
+
+def test_a_gzip_bomb_is_inflated_only_as_far_as_its_header_says(tmp_path: Path) -> None:
+    """A small gzip that inflates to 128 MB: reading stops one byte past the 10 images its header announces."""
+    path = tmp_path / "bomb.gz"
+    with gzip.open(path, "wb", compresslevel=1) as out:
+        out.write(_idx_header(10) + bytes(10 * 784))
+        zeros = bytes(1 << 24)
+        for _ in range(8):  # 128 MB of padding: enough to be absurd, quick to write
+            out.write(zeros)
+    data_error(lambda: read_idx_images(path), "the file has more than that", "truncated or corrupt")
+
+
+def test_a_data_file_over_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_text("0," + ",".join(["0"] * 784) + "\n")
+    data_error(lambda: read_csv(path, limit=100), "more than the 100")
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/null"])
+def test_a_device_is_not_read_as_data(device: str) -> None:
+    data_error(lambda: read_csv(Path(device)), device, "not a regular file")
+    data_error(lambda: read_idx_images(Path(device)), device, "not a regular file")

@@ -19,17 +19,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import data_error
 
-from lightning_modules.data import (
-    MIRRORS_ENV,
-    MNIST,
-    MnistArrays,
-    download_dataset,
-    load_data,
-    mirrors_for,
-    resolve_data_source,
-)
+from helpers import data_error
+from lightning_modules.data.arrays import MnistArrays, load_data
+from lightning_modules.data.datasets import MIRRORS_ENV, MNIST
+from lightning_modules.data.download import download_dataset, mirrors_for
+from lightning_modules.data.sources import resolve_data_source
 
 TIMEOUT = 5.0
 FILES = sorted(f"{name}.gz" for name in MNIST.files.values())

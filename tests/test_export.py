@@ -25,14 +25,16 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import reader_storage, writer_storage
 from lightning_modules.classifiers import Classifier
-from lightning_modules.data import DataSplit
+from lightning_modules.data.split import DataSplit
 from search import export, figures
-from search.config import load_settings, settings_as_dict
-from search.export import FIGURES, FILES, ExportError, SETTINGS_ATTR, export_study
+from search.settings import settings_as_dict
+from search.settings_file import load_settings
+from search.export import FIGURES, FILES, SETTINGS_ATTR, ExportError, export_study
 from search.model_files import load_model_file
 from search.objective import make_objective
-from search.storage import build_artifact_store, build_storage
+from search.storage import build_artifact_store
 from search.study import best_trials, open_study, run_worker
 
 STUDY = "tiny"
@@ -49,7 +51,7 @@ class TinyStudy:
 
     def load(self) -> optuna.Study:
         """A fresh storage object, as another process (the dashboard) would see the study."""
-        return optuna.load_study(study_name=STUDY, storage=build_storage(self.url, heartbeat=False))
+        return optuna.load_study(study_name=STUDY, storage=reader_storage(self.url))
 
     @property
     def store(self) -> optuna.artifacts.FileSystemArtifactStore:
@@ -78,7 +80,7 @@ def tiny_study(module_env: Path, tiny_split: DataSplit) -> TinyStudy:
         "pruner": {"name": "none"},
         "space": {"hidden_layers": {"low": 1, "high": 2}, "units": {"low": 16, "high": 128, "log": True}},
     })
-    study = open_study(settings, build_storage(url, heartbeat=False)).study
+    study = open_study(settings, writer_storage(url)).study
     study.set_user_attr(SETTINGS_ATTR, settings_as_dict(settings))
     study.enqueue_trial(DNN_TRIAL)
     tiny = TinyStudy(module_env, url)
@@ -277,7 +279,7 @@ def test_study_plots_with_constant_params_become_notes(tmp_path: Path) -> None:
 
 
 def test_a_study_without_completed_trials_is_refused(tmp_path: Path) -> None:
-    storage = build_storage(f"sqlite:///{tmp_path / 'empty.db'}", heartbeat=False)
+    storage = writer_storage(f"sqlite:///{tmp_path / 'empty.db'}")
     study = optuna.create_study(study_name="empty", storage=storage)
     with pytest.raises(ExportError, match="no completed trial"):
         export_study(study, tmp_path / "out")

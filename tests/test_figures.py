@@ -1,4 +1,4 @@
-"""search/figures.py: each drawing function writes a PNG that decodes, at its documented size.
+"""search/export/figures.py and plots.py: each drawing function writes a PNG that decodes, at its documented size.
 
 Numbers in, pictures out: no model, no study (except Optuna's plot of a tiny ask/tell study).
 """
@@ -12,7 +12,7 @@ import optuna
 import pytest
 from PIL import Image
 
-from search import figures
+from search.export import figures, plots
 
 
 def decoded_size(path: Path) -> tuple[int, int]:
@@ -89,31 +89,68 @@ def test_weight_snapshots_png_without_snapshots_still_writes_a_picture(tmp_path:
     assert decoded_size(path) == figures.snapshot_grid_pixels(1)
 
 
-@pytest.mark.parametrize("epochs", [0, 1, 3])
-def test_learning_curves_png(tmp_path: Path, epochs: int) -> None:
-    history = [
+def _history(epochs: int) -> list[dict[str, float]]:
+    return [
         {"epoch": e, "step": 10 * e, "train/loss": 1.0 / (e + 1), "val/loss": 1.2 / (e + 1), "train/acc": 0.8, "val/acc": 0.7}
         for e in range(epochs)
     ]
-    path = figures.learning_curves_png(history, tmp_path / "curves.png", "learning curves")
-    assert decoded_size(path) == figures.CURVES_PX
 
 
-def _summary(name: str, confusion: np.ndarray) -> figures.ModelSummary:
-    return figures.ModelSummary(name, 3, 0.91, 0.9, 0.3, 7850, 12.5, 2, confusion)
+@pytest.mark.parametrize("epochs", [0, 1, 3])
+def test_learning_curves_png(tmp_path: Path, epochs: int) -> None:
+    path = plots.learning_curves_png([("best DNN", _history(epochs))], tmp_path / "curves.png")
+    assert decoded_size(path) == plots.curves_pixels(1)
+
+
+def test_learning_curves_show_one_row_per_classifier(tmp_path: Path) -> None:
+    """The tutorial draws the linear model's log-loss curves too, whichever model is best."""
+    path = plots.learning_curves_png([("best linear", _history(3)), ("best DNN", _history(5))], tmp_path / "curves.png")
+    assert decoded_size(path) == plots.curves_pixels(2)
+    assert plots.curves_pixels(2)[1] == 2 * plots.curves_pixels(1)[1]
+
+
+def test_weight_tiles_have_a_colour_scale(tmp_path: Path) -> None:
+    """The scale bar sits in the right margin: pixels there are no longer all white."""
+    weights = np.random.default_rng(0).normal(size=(10, 784))
+    path = figures.weight_tiles_png(weights, tmp_path / "tiles.png", "first layer", class_templates=True)
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    margin = pixels[:, pixels.shape[1] - figures.GRID_RIGHT :]
+    assert (np.abs(margin[..., 0] - margin[..., 2]) > 80).any()  # the bar's red or blue
+
+
+def test_importing_the_figures_leaves_the_matplotlib_backend_alone() -> None:
+    import importlib
+
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    try:
+        matplotlib.use("svg")
+        importlib.reload(figures)
+        importlib.reload(plots)
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+        importlib.reload(figures)
+        importlib.reload(plots)
+
+
+def _summary(name: str, confusion: np.ndarray) -> plots.ModelSummary:
+    return plots.ModelSummary(name, 3, 0.91, 0.9, 0.3, 7850, 12.5, 2, confusion)
 
 
 @pytest.mark.parametrize("present", ["both", "dnn only"])
 def test_comparison_png(tmp_path: Path, confusion: np.ndarray, present: str) -> None:
     linear = _summary("linear", confusion) if present == "both" else None
-    path = figures.comparison_png(linear, _summary("DNN", confusion), tmp_path / "cmp.png")
-    assert decoded_size(path) == figures.COMPARISON_PX
+    path = plots.comparison_png(linear, _summary("DNN", confusion), tmp_path / "cmp.png")
+    assert decoded_size(path) == plots.COMPARISON_PX
 
 
 def test_samples_png(tmp_path: Path) -> None:
     images = np.random.default_rng(2).random((9, 784)).astype(np.float32)
-    path = figures.samples_png(images, list(range(9)), tmp_path / "samples.png", "first nine")
-    assert decoded_size(path) == figures.SAMPLES_PX
+    path = plots.samples_png(images, list(range(9)), tmp_path / "samples.png", "first nine")
+    assert decoded_size(path) == plots.SAMPLES_PX
 
 
 def test_optuna_plot_png_saves_at_the_fixed_size_and_closes_the_figure(tmp_path: Path) -> None:
@@ -126,8 +163,8 @@ def test_optuna_plot_png_saves_at_the_fixed_size_and_closes_the_figure(tmp_path:
     study.optimize(lambda trial: trial.suggest_float("x", 0, 1) ** 2, n_trials=3)
     open_before = len(plt.get_fignums())
     style_before = dict(plt.rcParams)
-    path = figures.optuna_plot_png(lambda: optuna_plots.plot_optimization_history(study), tmp_path / "history.png")
-    assert decoded_size(path) == figures.STUDY_PLOT_PX
+    path = plots.optuna_plot_png(lambda: optuna_plots.plot_optimization_history(study), tmp_path / "history.png")
+    assert decoded_size(path) == plots.STUDY_PLOT_PX
     assert len(plt.get_fignums()) == open_before
     assert dict(plt.rcParams) == style_before  # Optuna's ggplot style did not leak out
 

@@ -16,11 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
-from lightning_modules.classifiers import HyperParams
-from lightning_modules.data import DataSplit, write_csv
+from lightning_modules.hyperparams import HyperParams
+from lightning_modules.data.readers import write_csv
+from lightning_modules.data.split import DataSplit
 from lightning_modules.training import fit
 from search import predict
-from search.export import export_onnx
+from search.export.model_formats import export_onnx
 from search.predict import PredictError
 
 
@@ -148,6 +149,8 @@ def test_bad_inputs_raise_one_clear_error(known: Known, tmp_path: Path) -> None:
         tmp_path / "cut.png": "corrupt or truncated image",
         tmp_path / "small.png": "20x20 pixels; it must be at least 28x28",
         tmp_path / "missing.png": "file not found",
+        tmp_path: "is a folder, not an image file",
+        Path("/dev/zero"): "not a regular file",
     }
     for path, message in cases.items():
         with pytest.raises(PredictError, match=message):
@@ -168,6 +171,20 @@ def test_main_prints_predictions_and_exits_2_on_bad_input(known: Known, tmp_path
     assert predict.main(["--model", str(known.folder), "--csv", str(tmp_path / "bad.csv")]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and len(captured.err.strip().splitlines()) == 1 and "columns" in captured.err
+
+
+@pytest.mark.parametrize("csv", ["/dev/zero", "/dev/stdin"])
+def test_predict_never_reads_a_device_or_pipe_as_a_csv(known: Known, csv: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`predict --csv /dev/zero` once read without limit."""
+    assert predict.main(["--model", str(known.folder), "--csv", csv]) == 2
+    err = capsys.readouterr().err
+    assert "not a regular file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_too_many_images_on_one_command_line_is_one_line(known: Known, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        predict.main(["--model", str(known.folder), *["x.png"] * (predict.MAX_IMAGES + 1)])
+    assert caught.value.code == 2 and "at most" in capsys.readouterr().err
 
 
 def run_cli(python: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -16,8 +16,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lightning_modules.data import DataError, read_csv
-from search.config import DEFAULT_CONFIG, ConfigError, Settings, load_settings
+from lightning_modules.data.readers import read_csv
+from lightning_modules.errors import DataError
+from search.settings import Settings
+from search.settings_file import ConfigError, DEFAULT_CONFIG, load_settings
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

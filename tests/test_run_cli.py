@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.storage import build_storage
+from helpers import reader_storage
 
 TINY = """
 data: {val_size: 500, train_size: 1000}
@@ -71,7 +71,7 @@ def test_bad_data_creates_no_study(python: str, run_env: dict[str, str], tmp_pat
     url = f"sqlite:///{tmp_path / 's.db'}"
     result = run_cli(python, run_env, "--storage", url, "--data-dir", str(tmp_path / "nowhere"))
     assert_one_line_error(result, "nowhere", "does not exist")
-    assert optuna.get_all_study_summaries(build_storage(url, heartbeat=False)) == []
+    assert optuna.get_all_study_summaries(reader_storage(url)) == []
 
 
 @pytest.mark.slow
@@ -94,7 +94,7 @@ def test_tiny_run_then_resume_to_a_larger_budget(python: str, run_env: dict[str,
     assert second.returncode == 0, second.stderr
     assert "resumed study 'mnist'" in second.stdout and "3 finished trials" in second.stdout
     assert len([line for line in second.stdout.splitlines() if line.startswith("trial ")]) == 2
-    study = optuna.load_study(study_name="mnist", storage=build_storage(url, heartbeat=False))
+    study = optuna.load_study(study_name="mnist", storage=reader_storage(url))
     assert [t.number for t in study.trials] == list(range(5))
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
     for trial in study.trials:  # what any trial needs to be re-run and plotted
@@ -111,14 +111,14 @@ def test_target_stop_ends_the_run(python: str, run_env: dict[str, str], tiny_con
                      "--target-accuracy", "0.5", "--no-export", "--study-name", "target")
     assert result.returncode == 0, result.stderr
     assert "target reached by trial 0" in result.stdout
-    study = optuna.load_study(study_name="target", storage=build_storage(url, heartbeat=False))
+    study = optuna.load_study(study_name="target", storage=reader_storage(url))
     assert len(study.trials) == 1 and study.trials[0].value >= 0.5
     assert study.trials[0].user_attrs["epochs_run"] == 1  # training itself stopped at the target
 
 
 def trial_record(url: str) -> list[tuple[object, ...]]:
     """What a run decided and measured, trial by trial: the part a seed must pin down."""
-    study = optuna.load_study(study_name="mnist", storage=build_storage(url, heartbeat=False))
+    study = optuna.load_study(study_name="mnist", storage=reader_storage(url))
     return [(t.number, t.state, t.params, t.value, t.intermediate_values) for t in study.trials]
 
 

@@ -6,7 +6,8 @@ import optuna
 import pytest
 from optuna.trial import FixedTrial
 
-from search.config import Settings, load_settings
+from search.settings import Settings
+from search.settings_file import load_settings
 from search.space import baseline_params, suggest_params
 
 SPACE = Settings().space

@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.storage import build_storage
+from helpers import reader_storage
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,7 @@ def assert_one_line_exit_2(result: subprocess.CompletedProcess[str], *words: str
 
 def finished_trials(url: str) -> list[tuple[int, float | None]]:
     """Read the finished trials and close the connection (an open file keeps a mount busy)."""
-    storage = build_storage(url, heartbeat=False)
+    storage = reader_storage(url)
     try:
         study = optuna.load_study(study_name="mnist", storage=storage)
         return [(t.number, t.value) for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -109,7 +109,7 @@ def test_postgres_restart_mid_run(python: str, run_env: dict[str, str], tmp_path
     process = subprocess.Popen(args, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        storage = build_storage(postgres_url, heartbeat=False)
+        storage = reader_storage(postgres_url)
         while time.monotonic() < deadline:  # wait until two trials are finished
             try:
                 done = optuna.load_study(study_name=unique_name, storage=storage).get_trials(states=(TrialState.COMPLETE,))
@@ -130,12 +130,12 @@ def test_postgres_restart_mid_run(python: str, run_env: dict[str, str], tmp_path
     assert process.returncode == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "storage failed mid-run" in lines[0] and "Traceback" not in err
-    study = optuna.load_study(study_name=unique_name, storage=build_storage(postgres_url, heartbeat=False))
+    study = optuna.load_study(study_name=unique_name, storage=reader_storage(postgres_url))
     complete_before = {t.number: t.value for t in study.trials if t.state == TrialState.COMPLETE}
     assert len(complete_before) >= 2
     resumed = subprocess.run(args, env=run_env, capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr
-    study = optuna.load_study(study_name=unique_name, storage=build_storage(postgres_url, heartbeat=False))
+    study = optuna.load_study(study_name=unique_name, storage=reader_storage(postgres_url))
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 6
     assert {t.number: t.value for t in study.trials if t.number in complete_before} == complete_before

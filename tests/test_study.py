@@ -8,10 +8,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.config import Settings, load_settings
-from search.rules import remaining_budget, trial_at_target
+from helpers import writer_storage
+from search.settings import Settings
+from search.settings_file import load_settings
+from search.stopping import remaining_budget, trial_at_target
 from search.space import suggest_params
-from search.storage import build_storage
 from search.study import best_trials, build_pruner, open_study, run_worker, study_status
 
 
@@ -46,7 +47,7 @@ def name(unique_name: str) -> str:
 
 def test_new_study_starts_with_the_linear_baseline(storage_url: str, name: str) -> None:
     settings = settings_for(name, trials=2, target_accuracy=None)
-    opened = open_study(settings, build_storage(storage_url))
+    opened = open_study(settings, writer_storage(storage_url))
     assert opened.created
     run_worker(opened.study, quick_objective, settings)
     first = opened.study.trials[0]
@@ -56,17 +57,17 @@ def test_new_study_starts_with_the_linear_baseline(storage_url: str, name: str) 
 
 
 def test_resume_runs_only_the_remaining_budget_and_never_duplicates(storage_url: str, name: str) -> None:
-    storage = build_storage(storage_url)
+    storage = writer_storage(storage_url)
     settings = settings_for(name, trials=4, target_accuracy=None)
     run_worker(open_study(settings, storage).study, quick_objective, settings)
-    reopened = open_study(settings_for(name, trials=10, target_accuracy=None), build_storage(storage_url))
+    reopened = open_study(settings_for(name, trials=10, target_accuracy=None), writer_storage(storage_url))
     assert not reopened.created
     assert study_status(reopened.study).finished == 4
     assert remaining_budget(reopened.study, 10) == 6
     reason = run_worker(reopened.study, quick_objective, settings_for(name, trials=10, target_accuracy=None))
     assert "budget" in reason
     assert study_status(reopened.study).finished == 10
-    assert [s.study_name for s in optuna.get_all_study_summaries(build_storage(storage_url))].count(name) == 1
+    assert [s.study_name for s in optuna.get_all_study_summaries(writer_storage(storage_url))].count(name) == 1
     # the baseline is enqueued once, at creation, not on resume
     assert sum(t.params == reopened.study.trials[0].params for t in reopened.study.trials) == 1
     # the resumed sampler does not replay the random startup trials of the first run
@@ -79,7 +80,7 @@ def test_resume_runs_only_the_remaining_budget_and_never_duplicates(storage_url:
 
 def test_target_stop_needs_a_completed_trial(storage_url: str, name: str) -> None:
     settings = settings_for(name, trials=50, target_accuracy=0.85)
-    study = open_study(settings, build_storage(storage_url)).study
+    study = open_study(settings, writer_storage(storage_url)).study
     reason = run_worker(study, quick_objective, settings)
     hit = trial_at_target(study, 0.85)
     assert hit is not None and hit.state == TrialState.COMPLETE
@@ -91,7 +92,7 @@ def test_target_stop_needs_a_completed_trial(storage_url: str, name: str) -> Non
 
 
 def test_pruned_values_do_not_count_for_the_target(storage_url: str, name: str) -> None:
-    study = optuna.create_study(storage=build_storage(storage_url), study_name=name, direction="maximize")
+    study = optuna.create_study(storage=writer_storage(storage_url), study_name=name, direction="maximize")
     trial = study.ask()
     trial.report(0.99, 0)
     study.tell(trial, state=TrialState.PRUNED)
@@ -103,7 +104,7 @@ def test_pruned_values_do_not_count_for_the_target(storage_url: str, name: str) 
 def test_median_pruner_prunes_below_median_trials(storage_url: str, name: str) -> None:
     settings = load_settings(None, {"pruner": {"name": "median", "n_startup_trials": 2}})
     study = optuna.create_study(
-        storage=build_storage(storage_url), study_name=name, direction="maximize",
+        storage=writer_storage(storage_url), study_name=name, direction="maximize",
         pruner=build_pruner(settings.pruner, max_epochs=5),
     )
     for curve in ([0.5, 0.6, 0.7], [0.6, 0.7, 0.8], [0.55, 0.65, 0.75]):
@@ -122,7 +123,7 @@ def test_median_pruner_prunes_below_median_trials(storage_url: str, name: str) -
 @pytest.mark.parametrize("name", ["median", "hyperband", "none"])
 def test_every_configured_pruner_runs_a_study(storage_url: str, name: str) -> None:
     settings = load_settings(None, {"study": {"name": name, "trials": 12, "target_accuracy": None}, "pruner": {"name": name, "n_startup_trials": 2}})
-    study = open_study(settings, build_storage(storage_url)).study
+    study = open_study(settings, writer_storage(storage_url)).study
     run_worker(study, quick_objective, settings)
     states = [t.state for t in study.trials]
     assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == 12
@@ -132,7 +133,7 @@ def test_every_configured_pruner_runs_a_study(storage_url: str, name: str) -> No
 
 def test_best_trials_per_classifier(storage_url: str, name: str) -> None:
     settings = settings_for(name, trials=12, target_accuracy=None)
-    study = open_study(settings, build_storage(storage_url)).study
+    study = open_study(settings, writer_storage(storage_url)).study
     run_worker(study, quick_objective, settings)
     best = best_trials(study)
     assert best["best"].value == study.best_value
@@ -144,7 +145,7 @@ def test_best_trials_per_classifier(storage_url: str, name: str) -> None:
 
 def test_timeout_stops_starting_trials(storage_url: str, name: str) -> None:
     settings = load_settings(None, {"study": {"name": name, "trials": 1000, "target_accuracy": None, "timeout": 0.5}})
-    study = open_study(settings, build_storage(storage_url)).study
+    study = open_study(settings, writer_storage(storage_url)).study
     reason = run_worker(study, quick_objective, settings)
     assert "timeout" in reason and 0 < len(study.trials) < 1000
 
@@ -153,7 +154,7 @@ def test_median_pruner_compares_a_trial_only_with_its_own_classifier(storage_url
     """Linear trials are pruned against linear trials: a DNN median would stop them all."""
     settings = load_settings(None, {"pruner": {"name": "median", "n_startup_trials": 2}})
     study = optuna.create_study(
-        storage=build_storage(storage_url), study_name=name, direction="maximize",
+        storage=writer_storage(storage_url), study_name=name, direction="maximize",
         pruner=build_pruner(settings.pruner, max_epochs=5),
     )
 
@@ -174,3 +175,46 @@ def test_median_pruner_compares_a_trial_only_with_its_own_classifier(storage_url
     assert should_prune("linear", 0.905)
     assert should_prune("dnn", 0.95)  # would survive a median over all four (0.945)
     assert not should_prune("dnn", 0.976)
+
+
+def test_two_processes_opening_one_new_study_never_sample_the_same_trial(storage_url: str, name: str) -> None:
+    """Two runs started together (or two machines) once drew identical parameters (trials 1
+    and 2, 3 and 4): each process seeded its sampler the same way. Trial n samples with seed + n."""
+    settings = settings_for(name, trials=8, target_accuracy=None)
+    creator = open_study(settings, writer_storage(storage_url)).study
+    creator.tell(creator.ask(), 0.5)  # the baseline: both processes below open a study with one trial
+    first = open_study(settings, writer_storage(storage_url)).study
+    second = open_study(settings, writer_storage(storage_url)).study  # another process's view
+    for _ in range(4):
+        for study in (first, second):  # interleaved, as two processes would ask
+            trial = study.ask()
+            suggest_params(trial, settings.space)
+            study.tell(trial, 0.5)
+    sampled = [tuple(sorted(t.params.items())) for t in first.trials[1:]]
+    assert len(set(sampled)) == len(sampled)
+
+
+def test_a_trial_samples_the_same_parameters_whoever_asks(storage_url: str, name: str, tmp_path: Path) -> None:
+    """Trial n's parameters depend on the seed, n and the history: not on the process or on resumes."""
+    def sampled(url: str, study_name: str) -> list[dict[str, object]]:
+        settings = settings_for(study_name, trials=6, target_accuracy=None)
+        for _ in range(3):  # three "runs" of two trials each, every one a fresh process's view
+            study = open_study(settings, writer_storage(url)).study
+            for _ in range(2):
+                trial = study.ask()
+                suggest_params(trial, settings.space)
+                study.tell(trial, 0.5 + 0.01 * trial.number)
+        return [t.params for t in study.trials]
+
+    other_url = f"sqlite:///{tmp_path / 'other.db'}"
+    assert sampled(storage_url, name) == sampled(other_url, name + "-again")
+
+
+def test_a_new_study_gets_a_uid_and_names_its_objective(storage_url: str, name: str) -> None:
+    from search import record
+
+    study = open_study(settings_for(name), writer_storage(storage_url)).study
+    assert len(study.user_attrs[record.UID]) == 12
+    assert study.metric_names == [record.OBJECTIVE_NAME]
+    again = open_study(settings_for(name), writer_storage(storage_url)).study
+    assert again.user_attrs[record.UID] == study.user_attrs[record.UID]

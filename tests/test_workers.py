@@ -9,7 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.storage import build_storage
+from helpers import reader_storage, writer_storage
 
 TINY = """
 data: {val_size: 300, train_size: 600}
@@ -52,7 +52,7 @@ def test_two_processes_share_one_postgres_study(python: str, run_env: dict[str, 
     args = ("--config", str(config), "--storage", postgres_url, "--study-name", unique_name, "--trials", "8", "--target-accuracy", "none")
     first, second = start(python, run_env, *args), start(python, run_env, *args)
     (out1, _), (out2, _) = finish(first), finish(second)
-    study = optuna.load_study(study_name=unique_name, storage=build_storage(postgres_url, heartbeat=False))
+    study = optuna.load_study(study_name=unique_name, storage=reader_storage(postgres_url))
     assert_budget_exact(study, 8)
     ran = [line for line in (out1 + out2).splitlines() if line.startswith("trial ")]
     assert len(ran) >= 8  # each process reports every finished trial it sees, its own and the other's
@@ -67,7 +67,7 @@ def test_target_stop_reaches_every_worker(python: str, run_env: dict[str, str], 
     first, second = start(python, run_env, *args), start(python, run_env, *args)
     (out1, _), (out2, _) = finish(first), finish(second)
     assert "target reached" in out1 and "target reached" in out2
-    study = optuna.load_study(study_name=unique_name, storage=build_storage(postgres_url, heartbeat=False))
+    study = optuna.load_study(study_name=unique_name, storage=reader_storage(postgres_url))
     hit = min((t for t in study.trials if t.state == TrialState.COMPLETE and t.value >= 0.6), key=lambda t: t.datetime_complete)
     # no worker starts a trial after the target was reached (a trial already running finishes)
     late = [t for t in study.trials if t.datetime_start > hit.datetime_complete and not t.user_attrs.get("surplus")]
@@ -81,7 +81,7 @@ def test_four_local_workers_on_one_sqlite_file(python: str, run_env: dict[str, s
     url = f"sqlite:///{tmp_path / 'w4.db'}"
     out, err = finish(start(python, run_env, "--config", str(config), "--storage", url, "--trials", "10", "--workers", "4", "--target-accuracy", "none"))
     assert "database is locked" not in err
-    study = optuna.load_study(study_name="mnist", storage=build_storage(url, heartbeat=False))
+    study = optuna.load_study(study_name="mnist", storage=reader_storage(url))
     assert_budget_exact(study, 10)
     assert study.trials[0].params["classifier"] == "linear"  # the baseline was enqueued before workers started
     # the runner prints every trial its workers finish, once
@@ -95,17 +95,17 @@ def test_eight_workers_on_one_postgres_study(python: str, run_env: dict[str, str
     args = ("--config", str(config), "--storage", postgres_url, "--study-name", unique_name, "--trials", "12", "--workers", "4", "--target-accuracy", "none")
     first, second = start(python, run_env, *args), start(python, run_env, *args)  # two machines' worth: 2 x 4
     finish(first), finish(second)
-    assert_budget_exact(optuna.load_study(study_name=unique_name, storage=build_storage(postgres_url, heartbeat=False)), 12)
+    assert_budget_exact(optuna.load_study(study_name=unique_name, storage=reader_storage(postgres_url)), 12)
 
 
 # Each process opens every URL it is sent, as soon as it reads it: the processes are released
 # together on each fresh file, so they race to create its tables and switch it to WAL.
 OPEN_EACH_URL = """
 import sys
-from search.storage import build_storage
+from search.storage import open_study_storage
 print("ready", flush=True)
 for line in sys.stdin:
-    build_storage(line.strip(), heartbeat=False)
+    open_study_storage(line.strip(), heartbeat_seconds=5, grace_seconds=20)
     print("opened", flush=True)
 """
 
@@ -127,7 +127,7 @@ def test_workers_starting_together_on_a_new_sqlite_file_all_open_it(python: str,
             for process in processes:
                 assert process.stdout is not None
                 assert process.stdout.readline() == "opened\n", process.communicate()[1]
-            study = optuna.create_study(storage=build_storage(url.strip(), heartbeat=False))
+            study = optuna.create_study(storage=writer_storage(url.strip()))
             assert study.trials == []  # the schema is complete and usable
     finally:
         for process in processes:

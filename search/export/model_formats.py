@@ -1,8 +1,7 @@
 """The exported model's files: model.safetensors, model.ckpt, model.onnx (checked) and model.json.
 
 The ONNX graph is run in ONNX Runtime against the PyTorch model before it is kept; one that
-disagrees raises ExportError, which this module defines because it is the lowest one to raise it
-(search.export re-exports it).
+disagrees raises ExportError and nothing is exported.
 """
 
 from __future__ import annotations
@@ -21,11 +20,11 @@ import torch
 from optuna.trial import FrozenTrial
 from torch import nn
 
-from lightning_modules.classifiers import Classifier
-from lightning_modules.data import IMAGE_SIDE, N_CLASSES, N_PIXELS
-from lightning_modules.errors import UserInputError
+from lightning_modules.classifier import Classifier
+from lightning_modules.data.format import IMAGE_SIDE, N_CLASSES, N_PIXELS
+from lightning_modules.model_file import FORMAT, ModelFile, save_model_file
 from lightning_modules.training import build_trainer
-from search.model_files import FORMAT, ModelFile, save_model_file
+from search.export.errors import ExportError
 
 ONNX_INPUT = "pixels"
 ONNX_OUTPUTS = ("logits", "probabilities")
@@ -34,10 +33,6 @@ ONNX_OPSET = 17
 # are closer than this (float rounding on a near tie); anywhere else it is a broken export.
 ONNX_TIE = 1e-4
 ONNX_PROB_TOLERANCE = 1e-4
-
-
-class ExportError(UserInputError):
-    """A study that cannot be exported as asked."""
 
 
 class _OnnxHead(nn.Module):

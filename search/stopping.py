@@ -1,14 +1,25 @@
-"""Stop rules as queries on a study: the budget of finished trials and the target accuracy.
+"""Stop rules as queries on a study: the budget of finished trials, the target accuracy, the timeout.
 
-They read the storage, not process state, so every worker of a study sees the same answer.
+They read the storage, not process state, so every worker of a study (on any machine) sees the
+same answer. Training's own early stop at the target is `fit(target_accuracy=...)`; the
+callback that ends a trial when another worker reached the target is `StopAtStudyTarget`
+(search/trial_callbacks.py); both use `trial_at_target` and the value it compares.
 """
 
 from __future__ import annotations
 
+import time
+
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.settings import StudyConfig
+
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class SurplusTrial(Exception):
+    """A trial that started after the budget was spent or the target reached: it steps aside."""
 
 
 def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -38,4 +49,15 @@ def trial_at_target(study: optuna.Study, target: float | None) -> FrozenTrial | 
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if trial.value is not None and trial.value >= target:
             return trial
+    return None
+
+
+def stop_reason(study: optuna.Study, config: StudyConfig, deadline: float | None = None) -> str | None:
+    """Why no further trial should start, or None to go on."""
+    if (hit := trial_at_target(study, config.target_accuracy)) is not None:
+        return f"target reached by trial {hit.number} ({hit.value:.4f} >= {config.target_accuracy})"
+    if remaining_budget(study, config.trials) <= 0:
+        return f"budget of {config.trials} finished trials spent"
+    if deadline is not None and time.monotonic() >= deadline:
+        return f"timeout of {config.timeout:g} s reached"
     return None

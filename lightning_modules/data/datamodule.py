@@ -1,6 +1,6 @@
 """The Lightning data module: a prebuilt DataSplit served as sliced tensor batches.
 
-Kept apart from data.py so reading and checking data never pays Lightning's import time.
+Kept apart from the readers so reading and checking data never pays Lightning's import time.
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from lightning_modules.data import DataSplit, TensorBatches
+from lightning_modules.data.batches import TensorBatches
+from lightning_modules.data.split import DataSplit
 
 
 class MNISTDataModule(pl.LightningDataModule):

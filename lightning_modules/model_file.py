@@ -2,7 +2,7 @@
 
 One file holds the network's state dict, optionally the first-layer snapshots taken during
 training, and the hyperparameters as JSON metadata, so `load_model_file` needs nothing else.
-The objective stores one per new best trial; the export writes one without snapshots.
+The trial objective stores one per new best trial; the export writes one without snapshots.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from lightning_modules.classifiers import Classifier, HyperParams, build_classifier
+from lightning_modules.classifier import Classifier
 from lightning_modules.errors import UserInputError
+from lightning_modules.hyperparams import HyperParams
 
 SNAPSHOT_PREFIX = "snapshot.step_"
 NET_PREFIX = "net."
@@ -73,7 +74,7 @@ def load_model_file(path: Path) -> ModelFile:
     """Rebuild the model (in eval mode) from a file written by `save_model_file`."""
     tensors, metadata = _read_tensors(path)
     hp = _hyperparams(metadata, path)
-    model = build_classifier(hp)
+    model = Classifier(hp)
     state = {k.removeprefix(NET_PREFIX): v for k, v in tensors.items() if k.startswith(NET_PREFIX)}
     try:
         model.net.load_state_dict(state)

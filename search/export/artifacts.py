@@ -1,19 +1,25 @@
-"""Link an export's files to a finished trial in the artifact store, once per distinct content."""
+"""Link an export's files to the best trial in the artifact store: one link per file name.
+
+A re-export writes each file's new content into the artifact it linked before, so after any
+number of re-runs the dashboard shows each picture once; only a file that was never linked is
+uploaded as a new artifact.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import optuna
 from optuna.artifacts import get_all_artifact_meta, upload_artifact
-from optuna.artifacts._protocol import ArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
+
+from search.optuna_compat import ArtifactStore, finished_trial_writable, study_storage
 
 # What optuna-dashboard shows on the best trial: the pictures and the model in usable forms.
 # Not the .ckpt: it duplicates the safetensors weights in a format that can carry pickles.
@@ -44,44 +50,27 @@ def _stored_digest(store: ArtifactStore, artifact_id: str, suffix: str) -> str |
         return None
 
 
-@contextmanager
-def _finished_trial_writable(storage: RDBStorage) -> Iterator[None]:
-    """Let this storage object add system attributes to a finished trial, for this block only.
-
-    Optuna refuses any attribute on a finished trial, yet the best trial is only known once
-    the study ends; an artifact link is metadata about the trial, not a change to its result.
-    """
-    storage.check_trial_is_updatable = lambda trial_id, trial_state: None  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        del storage.check_trial_is_updatable
-
-
 def attach_artifacts(study: optuna.Study, trial: FrozenTrial, paths: Sequence[Path], store: ArtifactStore) -> tuple[str, dict[str, str]]:
-    """Upload files to the artifact store and link them to `trial` (else to the study).
-
-    A file whose identical content is already linked under the same name is not uploaded again,
-    so re-exporting an unchanged study adds nothing to the dashboard. Returns (what the files are
-    linked to, {file name: artifact id}).
-    """
-    backend = getattr(study._storage, "_backend", study._storage)  # the cache may hold a stale trial
+    """Link files to `trial` (else to the study): replace the content of a file name linked before,
+    upload a new one otherwise. Returns (what the files are linked to, {file name: artifact id})."""
+    backend = study_storage(study)  # the cache may hold a stale copy of the finished trial
     if not isinstance(backend, RDBStorage):  # other storages replay the log and drop such links
         target: optuna.Study | FrozenTrial = study
-        linked_to = f"study {study.study_name!r}"
-        storage = study._storage
+        linked_to, storage = f"study {study.study_name!r}", backend
     else:
         target, linked_to, storage = trial, f"trial {trial.number}", backend
-    existing = {}
+    linked: dict[str, str] = {}
     for meta in get_all_artifact_meta(target, storage=storage):
-        existing.setdefault(meta.filename, []).append(meta.artifact_id)
+        linked.setdefault(meta.filename, meta.artifact_id)
     ids: dict[str, str] = {}
-    with _finished_trial_writable(backend) if target is trial else nullcontext():
+    with finished_trial_writable(backend) if target is trial else nullcontext():
         for path in paths:
-            digest = content_digest(path.read_bytes(), path.suffix)
-            same = [a for a in existing.get(path.name, []) if _stored_digest(store, a, path.suffix) == digest]
-            if same:
-                ids[path.name] = same[0]
+            artifact_id = linked.get(path.name)
+            if artifact_id is not None:
+                if _stored_digest(store, artifact_id, path.suffix) != content_digest(path.read_bytes(), path.suffix):
+                    with path.open("rb") as content:
+                        store.write(artifact_id, content)
+                ids[path.name] = artifact_id
                 continue
             ids[path.name] = upload_artifact(
                 artifact_store=store, file_path=str(path), study_or_trial=target, storage=storage,

@@ -1,0 +1,143 @@
+"""The Lightning module: one `Classifier(hp)` wraps the plain network with steps, metrics and optimizer.
+
+Metrics are updated in the steps and logged once per epoch: per-step `self.log` calls would cost
+more than the matrix multiplies of a small MLP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from lightning_modules.data.format import N_CLASSES, N_PIXELS
+from lightning_modules.hyperparams import HyperParams
+from lightning_modules.metric_names import (
+    EPOCH,
+    MONITOR,
+    STEP,
+    TEST_ACC,
+    TEST_LOSS,
+    TRAIN_ACC,
+    TRAIN_LOSS,
+    VAL_LOSS,
+)
+from lightning_modules.network import build_network
+
+SGD_MOMENTUM = 0.9  # without it SGD needs far more epochs than the search gives a trial
+
+
+def _compute_and_reset(metric: MeanMetric | MulticlassAccuracy) -> float:
+    """The epoch's value (NaN if the stage saw no batch), then a clean slate for the next."""
+    value = float(metric.compute()) if metric.update_count else float("nan")
+    metric.reset()
+    return value
+
+
+def build_optimizer(hp: HyperParams, parameters: Any) -> torch.optim.Optimizer:
+    """The searched optimizer with the searched learning rate and weight decay."""
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=hp.learning_rate, momentum=SGD_MOMENTUM, weight_decay=hp.weight_decay)
+    optimizer_cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
+    return optimizer_cls(parameters, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+
+
+class Classifier(pl.LightningModule):
+    """Steps, metrics, per-epoch history and optimizer around `build_network(hp)`.
+
+    `Classifier(hp)`; checkpoints store `hp` as a plain dict, so `load_from_checkpoint` rebuilds
+    the model with `weights_only=True`. Checkpoints written before `hp` existed stored the seven
+    values flat; they still load.
+    """
+
+    def __init__(self, hp: HyperParams | Mapping[str, Any] | None = None, **flat: Any) -> None:
+        super().__init__()
+        values = hp if hp is not None else flat
+        self.hp = values if isinstance(values, HyperParams) else HyperParams.from_dict(values)
+        self.save_hyperparameters({"hp": self.hp.to_dict()})
+        self.net = build_network(N_PIXELS, self.hp.hidden_units, N_CLASSES, self.hp.dropout)
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.train_acc, self.val_acc, self.test_acc = (
+            MulticlassAccuracy(N_CLASSES, average="micro", validate_args=False) for _ in range(3)
+        )
+        self.test_confusion = MulticlassConfusionMatrix(N_CLASSES, validate_args=False)
+        self.history: list[dict[str, float]] = []  # one row per epoch, filled during fit
+
+    @property
+    def first_layer(self) -> nn.Linear:
+        """The layer drawn as 28x28 tiles: first hidden layer, or the class templates."""
+        return self.net[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], loss_metric: MeanMetric, acc: MulticlassAccuracy) -> torch.Tensor:
+        x, y = batch
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y)  # mean log loss of the softmax probabilities
+        loss_metric.update(loss.detach(), weight=len(y))
+        acc.update(logits.detach(), y)
+        return loss
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, self.train_loss, self.train_acc)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, self.val_loss, self.val_acc)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self.net(x)
+        self.test_loss.update(F.cross_entropy(logits, y), weight=len(y))
+        self.test_acc.update(logits, y)
+        self.test_confusion.update(logits, y)
+
+    def on_validation_epoch_end(self) -> None:
+        # One history row per epoch, built here rather than at train-epoch end: a pruning
+        # callback stops training right after validation, and its epoch must still be recorded.
+        if self.trainer.sanity_checking:
+            self.val_loss.reset()
+            self.val_acc.reset()
+            return
+        row = {
+            EPOCH: self.current_epoch,
+            STEP: self.global_step,
+            TRAIN_LOSS: _compute_and_reset(self.train_loss),  # the epoch's mean over its batches
+            TRAIN_ACC: _compute_and_reset(self.train_acc),
+            VAL_LOSS: _compute_and_reset(self.val_loss),  # after the epoch's last step
+            MONITOR: _compute_and_reset(self.val_acc),
+        }
+        self.history.append(row)
+        self.log_dict({k: v for k, v in row.items() if "/" in k})
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict({TEST_LOSS: float(self.test_loss.compute()), TEST_ACC: float(self.test_acc.compute())})
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # History and the RNG (dropout) travel with the weights: a resumed run then continues
+        # exactly as the uninterrupted one would have.
+        checkpoint["history"] = list(self.history)
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.history = list(checkpoint.get("history", []))
+        if "torch_rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["torch_rng_state"])
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = build_optimizer(self.hp, self.parameters())
+        # The learning rate falls along a cosine to zero over the fit's epochs: at the same
+        # epoch budget the final model is better (docs/BENCHMARKS.md, search quality), and every
+        # trial with the same epoch budget follows the same schedule, so the pruner compares
+        # like with like. Checkpoints carry the schedule's position, so a resumed fit goes on.
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(self.trainer.max_epochs or 1)))
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())

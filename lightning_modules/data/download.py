@@ -1,0 +1,107 @@
+"""Fetch a dataset's missing IDX files from its mirrors into a folder, verified and atomic.
+
+Download code is tested against a local HTTP server (MNIST_SEARCH_MIRRORS), never the internet.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+
+from lightning_modules.data.datasets import DATA_DIR_ENV, MIRRORS_ENV, DatasetSpec
+from lightning_modules.data.format import MAX_IDX_BYTES
+from lightning_modules.data.readers import gunzip_bounded, md5_mismatch
+from lightning_modules.data.sources import idx_file
+from lightning_modules.errors import DataError
+
+CHUNK_BYTES = 1 << 20
+
+
+def mirrors_for(spec: DatasetSpec, env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The base URLs to download `spec` from: MNIST_SEARCH_MIRRORS if set, else the public ones."""
+    env = os.environ if env is None else env
+    override = [url.strip() for url in env.get(MIRRORS_ENV, "").split(",") if url.strip()]
+    if override:
+        return tuple(url if url.endswith("/") else url + "/" for url in override)
+    return spec.mirrors
+
+
+def _fetch_verified(url: str, target: Path, md5: str, timeout: float, limit: int = MAX_IDX_BYTES) -> None:
+    """Download url into target atomically: a temp file, checked, then renamed into place.
+
+    Raises DataError with a short reason (no path) when the transfer is cut short, grows past
+    `limit` or the content is not the published one; nothing is left behind but a complete,
+    verified file.
+    """
+    handle, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            announced = response.headers.get("Content-Length")
+            if announced and announced.isdigit() and int(announced) > limit:
+                raise DataError(f"the server announces {int(announced):,} bytes, more than the {limit:,} a data file may have")
+            received = 0
+            while chunk := response.read(CHUNK_BYTES):
+                out.write(chunk)
+                received += len(chunk)
+                if received > limit:
+                    raise DataError(f"the server sent more than the {limit:,} bytes a data file may have")
+        # http.client ends a body cut short as if it were complete: compare with the header.
+        if announced and announced.isdigit() and received < int(announced):
+            raise DataError(f"the connection closed after {received} of {announced} bytes")
+        try:
+            content = gunzip_bounded(tmp.read_bytes(), limit)
+        except ValueError as error:
+            raise DataError(str(error)) from None
+        problem = md5_mismatch(content, md5)
+        if problem:
+            raise DataError(problem)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _download_problem(error: Exception) -> str:
+    if isinstance(error, urllib.error.HTTPError):
+        return f"HTTP {error.code} {error.reason}"
+    if isinstance(error, urllib.error.URLError):
+        return str(error.reason)
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    return str(error) or type(error).__name__
+
+
+def download_dataset(spec: DatasetSpec, directory: Path, mirrors: tuple[str, ...], timeout: float = 30.0) -> None:
+    """Fetch the missing files of `spec` into `directory`, trying each mirror in turn.
+
+    `timeout` bounds each connection attempt and each read, so a silent server cannot hang us.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(
+            f"cannot create the data folder {directory} ({error.strerror}); point --data-dir or "
+            f"{DATA_DIR_ENV} at a folder holding the four IDX files"
+        ) from None
+    for name in spec.files.values():
+        if idx_file(directory, name):
+            continue
+        problems: list[str] = []
+        for base in mirrors:
+            url = f"{base}{name}.gz"
+            try:
+                _fetch_verified(url, directory / f"{name}.gz", spec.md5[name], timeout)
+                break
+            except (OSError, http.client.HTTPException, DataError, ValueError) as error:
+                problems.append(f"{url}: {_download_problem(error)}")
+        else:
+            raise DataError(
+                f"{spec.name}: {name}.gz is not in {directory} and could not be downloaded "
+                f"({'; '.join(problems) or 'no mirrors given'}); without network access, point "
+                f"--data-dir or {DATA_DIR_ENV} at a folder holding the four IDX files"
+            )

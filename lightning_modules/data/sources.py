@@ -1,0 +1,107 @@
+"""Where the data comes from: a dataset name, an IDX directory, a CSV file, or the user cache.
+
+Torch-free: the runner resolves and checks the source before it imports torch, so a missing
+data folder is one line in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from lightning_modules.data.datasets import DATA_DIR_ENV, DATASETS, MNIST, DatasetSpec
+from lightning_modules.errors import DataError
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where the data comes from: an IDX directory (with its dataset's checksums) or a CSV file."""
+
+    kind: str  # "idx" or "csv"
+    path: Path
+    spec: DatasetSpec | None  # checksums to verify; None for CSV
+    download: bool = False  # fetch missing IDX files into `path` (the cache) first
+
+    def describe(self) -> str:
+        return f"{self.spec.name if self.spec else 'csv'} at {self.path}"
+
+
+def default_cache_dir() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("mnist-search"))
+
+
+def idx_file(directory: Path, name: str) -> Path | None:
+    """The gzip or raw copy of one IDX file in `directory`, if there is one."""
+    for candidate in (directory / f"{name}.gz", directory / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def has_all_files(directory: Path, spec: DatasetSpec) -> bool:
+    return all(idx_file(directory, name) for name in spec.files.values())
+
+
+def resolve_data_source(
+    data: str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    cache_dir: Path | None = None,
+) -> DataSource:
+    """Pick the data: --data (dir, CSV or name), then --data-dir, MNIST_DATA_DIR, the cache."""
+    env = os.environ if env is None else env
+    spec = MNIST
+    if data:
+        if data.lower() in DATASETS:
+            spec = DATASETS[data.lower()]
+        else:
+            path = Path(data).expanduser()
+            if path.suffix.lower() == ".csv" or path.is_file():
+                if not path.is_file():
+                    raise DataError(f"{path}: file not found")
+                return DataSource("csv", path, None)
+            if path.is_dir():
+                return DataSource("idx", path, MNIST)
+            raise DataError(
+                f"--data {data!r}: no such file or directory, and not a dataset name "
+                f"({', '.join(DATASETS)})"
+            )
+    if data_dir:
+        return DataSource("idx", Path(data_dir).expanduser(), spec)
+    if env.get(DATA_DIR_ENV) and spec is MNIST:
+        return DataSource("idx", Path(env[DATA_DIR_ENV]).expanduser(), spec)
+    for directory in spec.system_dirs:
+        if has_all_files(directory, spec):
+            return DataSource("idx", directory, spec)
+    cache = (cache_dir or default_cache_dir()) / spec.name
+    return DataSource("idx", cache, spec, download=not has_all_files(cache, spec))
+
+
+def idx_files(directory: Path, spec: DatasetSpec) -> dict[str, Path]:
+    """The four IDX files of `spec` in `directory` by role; a DataError names what is missing."""
+    if not directory.is_dir():
+        problem = "is a file, not a directory" if directory.exists() else "does not exist"
+        raise DataError(
+            f"data directory {directory} {problem}; point --data-dir or {DATA_DIR_ENV} "
+            "at a folder holding the four MNIST IDX files"
+        )
+    files = {}
+    for role, name in spec.files.items():
+        path = idx_file(directory, name)
+        if path is None:
+            raise DataError(
+                f"{directory}: missing {name}.gz (or {name}); a data directory needs the four "
+                "files train-images, train-labels, t10k-images and t10k-labels"
+            )
+        files[role] = path
+    return files
+
+
+def check_source(source: DataSource) -> None:
+    """Fail now, cheaply, if the source's files are not there (a download fetches them later)."""
+    if source.kind == "idx" and not source.download:
+        idx_files(source.path, source.spec or MNIST)

@@ -1,0 +1,23 @@
+"""The network as plain torch, built from plain numbers: no Lightning, no Optuna, no settings.
+
+The linear (softmax) model is the network with no hidden layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+
+def build_network(n_inputs: int, hidden_units: Sequence[int], n_classes: int, dropout: float) -> nn.Sequential:
+    """n_inputs -> hidden... -> n_classes logits; ReLU, then dropout if > 0, after each hidden layer."""
+    layers: list[nn.Module] = []
+    width = n_inputs
+    for units in hidden_units:
+        layers += [nn.Linear(width, units), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = units
+    layers.append(nn.Linear(width, n_classes))
+    return nn.Sequential(*layers)

@@ -1,0 +1,141 @@
+"""python -m search.export: export the best model of a study again, or reproduce one trial.
+
+    python -m search.export                      # the default study, right after a run
+    python -m search.export --study-name a --storage postgresql://user@host/db
+    python -m search.export --reproduce 12       # train trial 12 again, compare every epoch
+
+The export folder (default: storage/exports/<study>) holds the model (safetensors, Lightning
+checkpoint, ONNX, model.json), the figures, metrics.json and report.html; a previous export
+there is replaced, anything else is never touched. The data is the study's own, read the way
+the run read it; the data options override that (for a moved data folder), and data that is
+not the study's is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lightning_modules.errors import UserInputError
+from search.options import (
+    DATA_FLAGS,
+    STORAGE,
+    STUDY_NAME,
+    OneLineParser,
+    add_flags,
+    overrides_from_args,
+)
+from search.redaction import mask_known
+
+if TYPE_CHECKING:
+    import optuna
+
+    from search.settings import Settings
+
+MAX_TRIAL_NUMBER = 10**7
+
+
+def _trial_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a trial number, got {text[:40]!r}") from None
+    if not 0 <= value <= MAX_TRIAL_NUMBER:
+        raise argparse.ArgumentTypeError(f"trial numbers run from 0, got {value}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = OneLineParser(prog="python -m search.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_flags(parser, (STUDY_NAME, STORAGE, *DATA_FLAGS))
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: storage/exports/<study>)")
+    parser.add_argument("--artifact-dir", type=Path, default=None, help="artifact folder (default: artifacts/ next to the default database)")
+    parser.add_argument("--reproduce", type=_trial_number, metavar="TRIAL", default=None,
+                        help="train this trial again from its record and print recorded vs reproduced validation accuracy")
+    parser.add_argument("--force", action="store_true", help="accepted for old scripts: a previous export is always replaced")
+    return parser.parse_args(argv)
+
+
+def _settings(study: optuna.Study, args: argparse.Namespace) -> Settings:
+    """The study's recorded settings, with the data options given here on top."""
+    from search.record import study_settings
+    from search.settings import Settings
+    from search.settings_file import ConfigError, merge_settings
+
+    recorded = study_settings(study)
+    overrides = overrides_from_args(args, DATA_FLAGS)
+    if not overrides:
+        return recorded
+    try:
+        return Settings.model_validate(merge_settings(recorded.model_dump(mode="json"), overrides))
+    except Exception as error:  # noqa: BLE001 - pydantic's error, one line
+        raise ConfigError(f"invalid data option: {str(error).splitlines()[-1][:200]}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from search.storage import check_storage_url
+
+    url = check_storage_url(getattr(args, "study_storage", None))
+    name = getattr(args, "study_name", "mnist")
+    from search.storage import (
+        build_artifact_store,
+        load_existing_study,
+        open_existing_storage,
+    )
+    from search.trial_loop import quiet_optuna
+
+    quiet_optuna()
+    study = load_existing_study(name, open_existing_storage(url))
+    settings = _settings(study, args)
+    if args.reproduce is not None:
+        return reproduce_trial(study, settings, args.reproduce)
+    from search.export.exporter import export_study
+
+    result = export_study(study, args.out, settings=settings, artifact_store=build_artifact_store(args.artifact_dir) if args.artifact_dir else None)
+    metrics = result.metrics
+    if metrics.note:
+        print(f"note: {metrics.note}")
+    print(
+        f"exported trial {metrics.best_trial} of study {metrics.study!r} ({metrics.classifier}): "
+        f"val_acc={metrics.val_accuracy:.4f} test_acc={metrics.test_accuracy:.4f} -> {result.export_dir} "
+        f"in {result.seconds:.1f} s; {len(result.artifacts)} files linked to {result.linked_to} in the artifact store"
+    )
+    return 0
+
+
+def reproduce_trial(study: optuna.Study, settings: Settings, number: int) -> int:
+    """Refit one trial and print recorded vs reproduced values; exit 0 only when they match."""
+    from optuna.trial import TrialState
+
+    from search.data import check_data, data_identity, load_split, require_same_data
+    from search.export.errors import ExportError
+    from search.export.reproduce import reproduce
+
+    trials = study.get_trials(deepcopy=False)
+    if number >= len(trials):
+        raise ExportError(f"study {study.study_name!r} has trials 0-{len(trials) - 1}; there is no trial {number}")
+    trial = trials[number]
+    if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+        raise ExportError(f"trial {number} is {trial.state.name.lower()}, not finished; reproduce a complete or pruned trial")
+    source = check_data(settings.data)
+    split = load_split(settings.data, source)
+    require_same_data(study, data_identity(split, source))
+    result = reproduce(trial, split, settings)
+    for line in result.lines():
+        print(line)
+    return 0 if result.matches else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except UserInputError as error:
+        print(f"error: {mask_known(str(error))}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

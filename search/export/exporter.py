@@ -1,0 +1,259 @@
+"""The export of a study: the best model and what a person needs to judge it, in one folder.
+
+One folder per study (default: exports/<study folder> under the runtime folder); the file names
+(`FILES`) are a contract. The folder is built in a temporary sibling and swapped into place
+(search/export/folder.py), so a failed export never leaves half a folder behind and an export
+only ever replaces an earlier export. The pictures and the model are also linked to the best
+trial in the artifact store for optuna-dashboard. The export loads the data the study recorded
+(or the data options given), and refuses data other than the study's own.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+
+from lightning_modules.data.split import DataSplit
+from search import record
+from search.data import (
+    DataIdentity,
+    check_data,
+    data_identity,
+    load_split,
+    require_same_data,
+)
+from search.export import figures, plots
+from search.export.artifacts import ARTIFACT_MIMETYPES, attach_artifacts
+from search.export.errors import ExportError
+from search.export.folder import check_target, replace_dir, share, staging_dir
+from search.export.metrics import (
+    DataRecord,
+    ExportMetrics,
+    ModelMetrics,
+    OnnxCheckRecord,
+    Seeds,
+    TrialCounts,
+)
+from search.export.model_formats import write_model_files
+from search.export.report import render_report
+from search.export.reproduce import reproduce_command
+from search.export.study_plots import STUDY_PLOTS, draw_study_plots
+from search.export.trained import TrainedTrial, load_trial_model
+from search.optuna_compat import ArtifactStore, storage_url
+from search.paths import exports_dir, study_dir_name
+from search.redaction import redact
+from search.settings import Settings
+from search.storage import build_artifact_store
+from search.study import best_trials, study_status
+
+FIGURES = (
+    "confusion_matrix.png", "weight_tiles.png", "weight_snapshots.png", "learning_curves.png",
+    "comparison.png", "samples.png", *STUDY_PLOTS,
+)
+FILES = (
+    "model.safetensors", "model.ckpt", "model.json", "model.onnx", "confusion_matrix.csv",
+    *FIGURES, "metrics.json", "report.html",
+)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    metrics: ExportMetrics
+    export_dir: str
+    seconds: float
+    artifacts: dict[str, str]  # file name -> artifact id
+    linked_to: str
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.metrics.test_accuracy
+
+
+def default_export_dir(study_name: str) -> Path:
+    """exports/<study folder>: the study's name made safe and unique (search/paths.py)."""
+    return exports_dir() / study_dir_name(study_name)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: missing numbers become null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _model_fields(trained: TrainedTrial) -> dict[str, Any]:
+    """One model's entry in metrics.json."""
+    trial = trained.trial
+    seeds = record.read_seeds(trial)
+    return {
+        "classifier": trained.model_file.hp.classifier,
+        "params": trial.params,
+        "hyperparams": trained.model_file.hp.to_dict(),
+        "val_accuracy": trial.value,
+        "test_accuracy": trained.test_accuracy,
+        "test_log_loss": _finite(trained.evaluation.log_loss),
+        "test_size": trained.evaluation.n_samples,
+        "param_count": trained.model_file.model.parameter_count(),
+        "train_seconds": record.read(trial, record.TRAIN_SECONDS),
+        "epochs": record.epochs_run(trial),
+        "seeds": Seeds(training=seeds.training if seeds else None, split=seeds.split if seeds else None, sampler=seeds.sampler if seeds else None),
+        "weights": "retrained" if trained.retrained else "stored",
+        "retrained_val_accuracy": _finite(trained.retrained_val_accuracy),
+        "reproduced": trained.reproduced,
+        "note": trained.note,
+    }
+
+
+def model_metrics(trained: TrainedTrial | None) -> ModelMetrics | None:
+    return None if trained is None else ModelMetrics(trial=trained.trial.number, **_model_fields(trained))
+
+
+def _summary(trained: TrainedTrial | None, name: str) -> plots.ModelSummary | None:
+    if trained is None:
+        return None
+    m = model_metrics(trained)
+    assert m is not None
+    return plots.ModelSummary(
+        f"{name} (trial {m.trial})", m.trial, float(trained.trial.value or 0.0), m.test_accuracy,
+        float(trained.evaluation.log_loss), m.param_count, m.train_seconds, m.epochs, trained.evaluation.confusion.numpy(),
+    )
+
+
+def write_confusion_csv(counts: np.ndarray, path: Path) -> Path:
+    """Counts with a header row of predicted digits and a first column of true digits."""
+    lines = ["true\\predicted," + ",".join(str(d) for d in range(len(counts)))]
+    lines += [f"{row}," + ",".join(str(int(v)) for v in counts[row]) for row in range(len(counts))]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def snapshot_note(requested: list[int], taken: list[int]) -> str:
+    """Which requested snapshot steps lay beyond the run (the last row is always the end)."""
+    beyond = [step for step in requested if step not in taken]
+    if not beyond:
+        return ""
+    last = max(taken) if taken else 0
+    return f"steps {', '.join(map(str, beyond))} were asked for, but the run ended at step {last}"
+
+
+def _who(trained: TrainedTrial) -> str:
+    hp = trained.model_file.hp
+    return f"trial {trained.trial.number}, {'linear' if hp.classifier == 'linear' else 'DNN ' + '-'.join(map(str, hp.hidden_units))}"
+
+
+def draw_model_figures(best: TrainedTrial, trained: dict[str, TrainedTrial], split: DataSplit, folder: Path, note: str) -> None:
+    """Every figure about the models: confusion, tiles, snapshots, curves, comparison, samples."""
+    linear = best.model_file.hp.classifier == "linear"
+    who = _who(best)
+    counts = best.evaluation.confusion.numpy()
+    figures.confusion_png(counts, folder / "confusion_matrix.png", f"Best model ({who}): test accuracy {best.test_accuracy:.4f} on {int(counts.sum()):,} images")
+    weights = best.model_file.model.first_layer.weight.detach().numpy()
+    kind = "class templates (784 -> 10 weights)" if linear else f"first hidden layer, {len(weights)} units"
+    figures.weight_tiles_png(weights, folder / "weight_tiles.png", f"Best model ({who}): {kind}", class_templates=linear)
+    snapshots = {step: w.numpy() for step, w in best.model_file.snapshots.items()}
+    figures.weight_snapshots_png(snapshots, folder / "weight_snapshots.png", f"First-layer weights during training ({who})", class_templates=linear, note=note)
+    curves = [(f"best {name} ({_who(t)})", t.model_file.model.history) for name, t in (("linear", trained.get("linear")), ("DNN", trained.get("dnn"))) if t]
+    plots.learning_curves_png(curves, folder / "learning_curves.png")
+    plots.comparison_png(_summary(trained.get("linear"), "linear"), _summary(trained.get("dnn"), "DNN"), folder / "comparison.png")
+    images = split.sample_images if split.sample_images is not None else split.x_train[:9]
+    labels = split.sample_labels if split.sample_labels is not None else split.y_train[:9]
+    plots.samples_png(images.numpy(), labels.tolist(), folder / "samples.png", "The first nine images of the data as given, and their labels")
+
+
+def _trial_counts(study: optuna.Study) -> TrialCounts:
+    status = study_status(study)
+    return TrialCounts(complete=status.complete, pruned=status.pruned, failed=status.failed, total=len(study.get_trials(deepcopy=False)))
+
+
+def _load_models(study: optuna.Study, store: ArtifactStore, split: DataSplit, settings: Settings) -> dict[str, TrainedTrial]:
+    best = best_trials(study)
+    if "best" not in best:
+        raise ExportError(f"study {study.study_name!r} has no completed trial yet; run python -m search.run first")
+    by_number: dict[int, TrainedTrial] = {}
+    for trial in best.values():
+        if trial.number not in by_number:
+            by_number[trial.number] = load_trial_model(trial, store, split, settings)
+    return {key: by_number[trial.number] for key, trial in best.items()}
+
+
+def export_study(
+    study: optuna.Study,
+    out_dir: Path | None = None,
+    *,
+    artifact_store: ArtifactStore | None = None,
+    split: DataSplit | None = None,
+    identity: DataIdentity | None = None,
+    settings: Settings | None = None,
+) -> ExportResult:
+    """Write the export folder atomically and link its files to the best trial.
+
+    `split` and `identity` come from the runner (the data it trained on); without them the
+    export loads the data `settings` (default: the study's recorded settings) describe, and
+    checks it is the study's own.
+    """
+    start = time.perf_counter()
+    out_dir = Path(out_dir) if out_dir is not None else default_export_dir(study.study_name)
+    check_target(out_dir, FILES)
+    settings = settings or record.study_settings(study)
+    source = check_data(settings.data)
+    if split is None:
+        split = load_split(settings.data, source)
+        identity = data_identity(split, source)
+    if identity is not None:
+        require_same_data(study, identity)
+    store = artifact_store if artifact_store is not None else build_artifact_store()
+    trained = _load_models(study, store, split, settings)
+    top = trained["best"]
+    with torch.inference_mode():
+        probabilities = torch.softmax(top.model_file.model(split.x_test), dim=1)
+    staging = staging_dir(out_dir)
+    try:
+        onnx_check = write_model_files(top.model_file, top.trial, top.test_accuracy, study.study_name, staging, split.x_test, probabilities)
+        write_confusion_csv(top.evaluation.confusion.numpy(), staging / "confusion_matrix.csv")
+        requested = list(settings.training.snapshot_steps)
+        note = snapshot_note(requested, sorted(top.model_file.snapshots))
+        draw_model_figures(top, trained, split, staging, note)
+        notes = draw_study_plots(study, staging)
+        url = storage_url(study)
+        metrics = ExportMetrics(
+            study=study.study_name,
+            best_trial=top.trial.number,
+            **_model_fields(top),
+            best_linear=model_metrics(trained.get("linear")),
+            best_dnn=model_metrics(trained.get("dnn")),
+            snapshot_steps=sorted(top.model_file.snapshots),
+            snapshot_note=note,
+            trials=_trial_counts(study),
+            onnx_check=OnnxCheckRecord(**onnx_check.as_dict()),
+            data=DataRecord(
+                description=identity.source if identity else (settings.data.source or "MNIST"),
+                train_rows=len(split.y_train), val_rows=len(split.y_val), test_rows=len(split.y_test),
+                split_seed=split.split_seed, sha256=identity.sha256 if identity else None,
+            ),
+            study_plot_notes=notes,
+            storage=redact(url) if url else "in-memory storage",
+            reproduce_command=reproduce_command(study, top.trial.number, url, source.path if settings.data.source is None else None),
+            predict_command=f"python -m search.predict --model {shlex.quote(str(out_dir))} digit.png",
+            files=list(FILES),
+        )
+        (staging / "metrics.json").write_text(metrics.to_json())
+        (staging / "report.html").write_text(render_report(metrics, staging), encoding="utf-8")
+        missing = [name for name in FILES if not (staging / name).is_file()]
+        if missing:  # a bug, not bad input: fail loudly rather than ship an incomplete export
+            raise RuntimeError(f"export is missing {missing}")
+        uploads = [staging / name for name in FILES if (staging / name).suffix in ARTIFACT_MIMETYPES]
+        linked_to, artifact_ids = attach_artifacts(study, top.trial, uploads, store)
+        share(staging, study.study_name)
+        replace_dir(staging, out_dir, FILES)
+    except OSError as error:
+        raise ExportError(f"cannot write the export to {out_dir} ({error})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(metrics, str(out_dir), time.perf_counter() - start, artifact_ids, linked_to)

@@ -1,0 +1,74 @@
+"""The study's note on optuna-dashboard: what a run aimed at, what it found, where the export is.
+
+The runner writes it when a run ends; the dashboard only shows it. The objective's name is set
+again here (studies created before it was set at creation), so the dashboard says "val_accuracy"
+rather than "Objective 0".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import optuna
+
+from search.export.study_plots import MIN_IMPORTANCE_TRIALS
+from search.record import OBJECTIVE_NAME
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    target_accuracy: float | None  # None: the whole budget
+    budget: int
+    stopped: str | None
+    best_trial: int | None
+    classifier: str | None
+    val_accuracy: float | None
+    test_accuracy: float | None = None
+    export_dir: str | None = None  # None: export off
+    completed_dnn_trials: int | None = None
+
+    def with_export(self, test_accuracy: float, export_dir: str) -> RunSummary:
+        return replace(self, test_accuracy=test_accuracy, export_dir=export_dir)
+
+
+def _fmt(value: float | None) -> str:
+    return f"{value:.4f}" if value is not None else "n/a"
+
+
+def study_note(study_name: str, summary: RunSummary) -> str:
+    """The Markdown note of a run."""
+    target = summary.target_accuracy
+    best = f"trial {summary.best_trial}" if summary.best_trial is not None else "n/a"
+    n = summary.completed_dnn_trials
+    importance = (
+        f"Parameter importances on the dashboard rest on {n} completed DNN trials"
+        + (f"; below {MIN_IMPORTANCE_TRIALS} their ranking is noise." if n < MIN_IMPORTANCE_TRIALS else ".")
+        if n is not None else ""
+    )
+    lines = [
+        f"## Run summary: study `{study_name}`",
+        "",
+        f"- **Target** validation accuracy: {_fmt(target) if target is not None else 'none (spend the whole budget)'}",
+        f"- **Budget**: {summary.budget} finished trials",
+        f"- **Stopped**: {summary.stopped or 'n/a'}",
+        f"- **Best**: {best}{f' ({summary.classifier})' if summary.classifier else ''}",
+        f"- **Best validation accuracy**: {_fmt(summary.val_accuracy)}",
+        f"- **Test accuracy** of the best trial: {_fmt(summary.test_accuracy)}",
+        f"- **Export folder**: {f'`{summary.export_dir}`' if summary.export_dir else 'none (export off)'}",
+        "",
+        "The best trial's Artifacts show its model file and the exported pictures; "
+        "the Intermediate Values chart shows validation accuracy per epoch, where pruned trials stop early. "
+        "Importances mix both classifiers there, and a linear trial has no DNN parameters: the export's "
+        "param_importances.png ranks the DNN parameters over DNN trials only. " + importance,
+    ]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_study_note(study: optuna.Study, summary: RunSummary) -> None:
+    """Replace the study's dashboard note with the summary of the run that just ended."""
+    from optuna.trial import TrialState
+    from optuna_dashboard import save_note
+
+    dnn = sum(t.params.get("classifier") == "dnn" for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    study.set_metric_names([OBJECTIVE_NAME])
+    save_note(study, study_note(study.study_name, replace(summary, completed_dnn_trials=dnn)))

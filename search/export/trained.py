@@ -1,0 +1,93 @@
+"""The finished trials an export shows, as models: loaded from their stored weights, or retrained
+exactly (search/export/reproduce.py) when the weights are gone, with a note on whether the
+retrained model reproduces the trial."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from optuna.artifacts import download_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.trial import FrozenTrial
+
+from lightning_modules.data.split import DataSplit
+from lightning_modules.metric_names import MONITOR
+from lightning_modules.model_file import ModelFile, ModelFileError, load_model_file
+from lightning_modules.training import Evaluation, evaluate
+from search import record
+from search.export.reproduce import refit
+from search.optuna_compat import ArtifactStore
+from search.settings import Settings
+
+
+@dataclass
+class TrainedTrial:
+    """A finished trial's model, loaded from its stored weights or retrained from its seeds."""
+
+    trial: FrozenTrial
+    model_file: ModelFile
+    retrained: bool
+    evaluation: Evaluation
+    note: str = ""  # why it was retrained, and whether that reproduced the trial
+    retrained_val_accuracy: float | None = None
+
+    @property
+    def reproduced(self) -> bool | None:
+        """None when the stored weights were used; else whether retraining matched the trial."""
+        if not self.retrained or self.retrained_val_accuracy is None or self.trial.value is None:
+            return None
+        return math.isclose(self.retrained_val_accuracy, self.trial.value, abs_tol=1e-6)
+
+    @property
+    def test_accuracy(self) -> float:
+        """Exactly the confusion matrix's diagonal over its total, so the two always agree."""
+        counts = self.evaluation.confusion
+        return float(counts.trace()) / max(1, int(counts.sum()))
+
+
+def _download_model(store: ArtifactStore, artifact_id: str) -> ModelFile:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.safetensors"
+        download_artifact(artifact_store=store, file_path=str(path), artifact_id=artifact_id)
+        return load_model_file(path)
+
+
+def retrain_note(trial_number: int, reason: str, recorded: float | None, retrained: float) -> str:
+    """The report's sentence on a retrained model: why, and whether it matched the trial."""
+    if recorded is not None and math.isclose(retrained, recorded, abs_tol=1e-6):
+        outcome = f"reproduces the recorded validation accuracy {recorded:.4f}"
+    else:
+        shown = "nothing" if recorded is None else f"{recorded:.4f}"
+        outcome = f"reaches validation accuracy {retrained:.4f}, which DIFFERS from the recorded {shown}"
+    return f"Trial {trial_number} was retrained: {reason}. The retrained model {outcome}."
+
+
+def _with_recorded_history(model_file: ModelFile, trial: FrozenTrial) -> ModelFile:
+    """The trial's own per-epoch record goes with its model (stored weights carry none, and a
+    retrained run's history is a second run): the curves and model.ckpt show what the search saw."""
+    model_file.model.history = record.history(trial) or list(model_file.model.history)
+    return model_file
+
+
+def load_trial_model(trial: FrozenTrial, artifact_store: ArtifactStore, split: DataSplit, settings: Settings) -> TrainedTrial:
+    """Stored weights when they are readable, else retrain and check against the recorded value."""
+    artifact_id = record.read(trial, record.MODEL_ARTIFACT)
+    reason = "no weights were stored for this trial"
+    if artifact_id:
+        try:
+            model_file = _with_recorded_history(_download_model(artifact_store, str(artifact_id)), trial)
+        except (ArtifactNotFound, ModelFileError, OSError) as error:
+            reason = f"its stored weights ({artifact_id}) could not be read: {str(error).splitlines()[0]}"
+        else:
+            return TrainedTrial(trial, model_file, False, evaluate(model_file.model, split.x_test, split.y_test))
+    result = refit(trial, split, settings)
+    val_accuracy = float(result.metrics.get(MONITOR, float("nan")))
+    model_file = _with_recorded_history(ModelFile(result.model, result.model.hp, result.snapshots, {}), trial)
+    model_file.model.eval()
+    return TrainedTrial(
+        trial, model_file, True, evaluate(model_file.model, split.x_test, split.y_test),
+        note=retrain_note(trial.number, reason, trial.value, val_accuracy), retrained_val_accuracy=val_accuracy,
+    )

@@ -1,0 +1,111 @@
+"""Command-line flags generated from the settings model: one table maps each flag to its key.
+
+The help text of a flag is the settings field's description and default, so neither is
+restated here; `overrides_from_args` turns parsed flags into the nested overrides that
+`load_settings` merges over the config file. Imports nothing heavy: `--help` and every argument
+error answer before torch is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from search.settings import field_info
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints its usage block before an error; a user needs the one line that says what is wrong."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message[:300]} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def optional_float(value: str) -> float | None:
+    """A number, or none/off/null for "no limit"."""
+    if value.lower() in ("none", "off", "null"):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {value[:40]!r}") from None
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One settings field on the command line: `--trials` sets study.trials."""
+
+    key: tuple[str, ...]
+    flag: str = ""  # default: the field's name with dashes
+    parse: Callable[[str], Any] | None = None  # default: from the default's type
+
+    @property
+    def name(self) -> str:
+        return self.flag or "--" + self.key[-1].replace("_", "-")
+
+    @property
+    def dest(self) -> str:
+        return "_".join(self.key)
+
+
+def _parser_for(kind: type) -> Callable[[str], Any]:
+    if kind is bool:
+        raise TypeError("booleans are store_true flags; give them a parse function")
+    return kind if kind in (int, float) else str
+
+
+def _help(flag: Flag) -> str:
+    default, description, _ = field_info(flag.key)
+    plain = default is not None and not isinstance(default, (bool, list, dict))
+    shown = f" (default {default})" if plain else ""
+    return f"{description}{shown}".replace("%", "%%")
+
+
+def add_flags(parser: argparse.ArgumentParser, flags: Sequence[Flag]) -> None:
+    """Add each flag with its type and its help taken from the settings field."""
+    for flag in flags:
+        _, _, kind = field_info(flag.key)
+        parse = flag.parse or _parser_for(kind)
+        parser.add_argument(
+            flag.name, dest=flag.dest, metavar=flag.key[-1].upper(), type=parse, default=argparse.SUPPRESS, help=_help(flag)
+        )
+
+
+def overrides_from_args(args: argparse.Namespace, flags: Sequence[Flag]) -> dict[str, Any]:
+    """The nested settings overrides of the flags given on this command line (and only those)."""
+    overrides: dict[str, Any] = {}
+    for flag in flags:
+        if flag.dest not in vars(args):
+            continue
+        value = getattr(args, flag.dest)
+        section = overrides
+        for part in flag.key[:-1]:
+            section = section.setdefault(part, {})
+        section[flag.key[-1]] = value
+    return overrides
+
+
+STUDY_NAME = Flag(("study", "name"), "--study-name")
+STORAGE = Flag(("study", "storage"))
+DATA_FLAGS = (
+    Flag(("data", "source"), "--data"),
+    Flag(("data", "data_dir")),
+    Flag(("data", "train_size")),
+    Flag(("data", "val_fraction")),
+    Flag(("data", "val_size")),
+)
+RUN_FLAGS = (
+    Flag(("study", "trials")),
+    STUDY_NAME,
+    STORAGE,
+    Flag(("study", "target_accuracy"), parse=optional_float),
+    Flag(("study", "timeout"), parse=optional_float),
+    Flag(("study", "workers")),
+    Flag(("study", "seed")),
+    *DATA_FLAGS,
+    Flag(("training", "max_epochs")),
+)

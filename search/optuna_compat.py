@@ -1,0 +1,104 @@
+"""Every use of Optuna's private API, in one place; tests/test_optuna_compat.py pins each one.
+
+Each helper says why the public API is not enough. When an Optuna upgrade breaks one, its
+test fails by name, and this file is the only one to change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+if TYPE_CHECKING:
+    # 1. The artifact store's type: Optuna exports the stores but not the Protocol they share.
+    from optuna.artifacts._protocol import ArtifactStore as ArtifactStore  # noqa: PLC0414
+else:
+    from optuna.artifacts._protocol import ArtifactStore  # noqa: F401 - re-exported
+
+
+def study_storage(study: optuna.Study) -> BaseStorage:
+    """2. The storage a study object writes through (`Study._storage`; Study exposes no getter).
+
+    For an RDB storage, Optuna wraps it in a cache; this unwraps it, because the cache can hold
+    a stale copy of a finished trial and the artifact links must go to the database itself.
+    """
+    storage = study._storage
+    return getattr(storage, "_backend", storage)
+
+
+def storage_url(study: optuna.Study) -> str | None:
+    """The URL of the study's RDB storage, if it has one (for the export's record, redacted there)."""
+    backend = study_storage(study)
+    return str(backend.url) if isinstance(backend, RDBStorage) else None
+
+
+@contextmanager
+def finished_trial_writable(storage: RDBStorage) -> Iterator[None]:
+    """3. Let this storage object add system attributes to a finished trial, for this block only.
+
+    Optuna refuses any attribute on a finished trial (`check_trial_is_updatable`), yet the best
+    trial is only known once the study ends; an artifact link is metadata about the trial, not a
+    change to its result. The patch is on this one object and undone on exit.
+    """
+    storage.check_trial_is_updatable = lambda trial_id, trial_state: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del storage.check_trial_is_updatable
+
+
+def trial_system_attrs(trial: optuna.Trial | FrozenTrial) -> dict[str, Any]:
+    """5. A trial's system attributes; a running `Trial` exposes none (read via `Trial._trial_id`).
+
+    The trial record keeps machine-only values (the per-epoch history, the hyperparameters as a
+    dict, the checkpoint key) there: optuna-dashboard shows every user attribute in the trial
+    table, and a one-line history made that page thousands of pixels wide.
+    """
+    if isinstance(trial, FrozenTrial):
+        return trial.system_attrs
+    return trial.storage.get_trial(trial._trial_id).system_attrs
+
+
+def set_trial_system_attr(trial: optuna.Trial, key: str, value: Any) -> None:
+    """6. Write a system attribute of a running trial (`Trial.set_system_attr` was removed in
+    Optuna 5; the storage method is public, the trial's id is not)."""
+    trial.storage.set_trial_system_attr(trial._trial_id, key, value)
+
+
+class SilentTrialAwareStorage(RDBStorage):
+    """4. RDBStorage whose stale check (the private `_get_stale_trial_ids`, which
+    `optuna.storages.fail_stale_trials` calls) also catches RUNNING trials that never wrote a
+    heartbeat, read through the private `optuna.storages._rdb.models`.
+
+    Optuna only fails trials whose last heartbeat is old; a worker that died (or whose disk
+    filled) before its first heartbeat would leave its trial RUNNING forever, and a resumed
+    study would wait for it.
+    """
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        from optuna.storages._rdb import models
+
+        stale = super()._get_stale_trial_ids(study_id)
+        grace = timedelta(seconds=self.grace_period or 2 * (self.heartbeat_interval or 1))
+        now = datetime.now()
+        with self.scoped_session() as session:
+            running = session.query(models.TrialModel).filter(
+                models.TrialModel.study_id == study_id, models.TrialModel.state == TrialState.RUNNING
+            )
+            for trial in running:
+                silent = not trial.heartbeats
+                if silent and trial.datetime_start is not None and now - trial.datetime_start > grace:
+                    stale.append(trial.trial_id)
+        return sorted(set(stale))
+
+
+__all__ = [
+    "ArtifactStore", "SilentTrialAwareStorage", "finished_trial_writable", "set_trial_system_attr", "storage_url",
+    "study_storage", "trial_system_attrs",
+]

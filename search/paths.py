@@ -1,0 +1,60 @@
+"""Where run state lives on disk, and how a study name becomes a folder name.
+
+Everything sits under the runtime folder (`storage/`, or $MNIST_SEARCH_HOME): the default
+SQLite database, the artifact store, per-trial checkpoints and exports. A study name reaches
+the disk only through `study_dir_name`, which makes it safe and unique.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import unicodedata
+from pathlib import Path
+
+HOME_ENV = "MNIST_SEARCH_HOME"
+DB_NAME = "mnist-search.db"
+_UNSAFE = re.compile(r"[^\w.-]+")  # \w is Unicode-aware: letters of any script are kept
+MAX_DIR_NAME = 80
+
+
+def runtime_dir() -> Path:
+    """The folder for the default database, artifacts, checkpoints and exports (git-ignored `storage/`)."""
+    return Path(os.environ.get(HOME_ENV, "storage")).expanduser().resolve()
+
+
+def default_storage_url() -> str:
+    return f"sqlite:///{runtime_dir() / DB_NAME}"
+
+
+def artifact_dir() -> Path:
+    return runtime_dir() / "artifacts"
+
+
+def exports_dir() -> Path:
+    return runtime_dir() / "exports"
+
+
+def checkpoints_dir() -> Path:
+    """Per-epoch checkpoints of running trials, kept until the trial finishes (for resume)."""
+    return runtime_dir() / "checkpoints"
+
+
+def study_dir_name(study_name: str) -> str:
+    """A folder name for a study: safe (no separators, no leading dot, bounded length) and unique.
+
+    A name that is already safe is used as it is; any other gets a short hash of the full name,
+    so "a b" and "a_b" never share a folder and "../x" stays inside its parent.
+    """
+    normal = unicodedata.normalize("NFC", study_name)
+    safe = _UNSAFE.sub("_", normal).strip("._")[:MAX_DIR_NAME] or "study"
+    if safe == study_name:
+        return safe
+    return f"{safe}-{hashlib.sha256(study_name.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether `path` (resolved) lies in or is `folder` (resolved)."""
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents

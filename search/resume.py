@@ -1,0 +1,88 @@
+"""Resume bookkeeping in one place: where a trial's checkpoint lives, how a retry finds it, and
+how an interrupted trial is queued again.
+
+A trial's checkpoint is keyed by its first attempt's number (`record.CHECKPOINT_KEY`) inside a
+folder named by the study's name and uid, so every retry of it (after Ctrl-C, a kill, or a
+dead machine's heartbeat going stale) resumes the same file, and a new study that reuses the
+name of a deleted one never picks up the old one's files.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from lightning_modules.metric_names import EPOCH, MONITOR
+from search import record
+from search.paths import study_dir_name
+
+
+def new_study_uid() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def checkpoint_path(checkpoint_dir: Path, study: optuna.Study, key: int) -> Path:
+    """The per-epoch checkpoint of trial `key` (its first attempt) of `study`."""
+    uid = study.user_attrs.get(record.UID, "")
+    folder = study_dir_name(study.study_name) + (f"-{uid}" if uid else "")
+    return checkpoint_dir / folder / f"trial-{key}.ckpt"
+
+
+def checkpoint_key(trial: optuna.Trial) -> int:
+    """The first attempt's number, carried by every retry (copied attributes)."""
+    return int(record.read(trial, record.CHECKPOINT_KEY, trial.number))
+
+
+def resume_point(trial: optuna.Trial, checkpoint: Path, hyperparams: dict[str, object]) -> Path | None:
+    """The checkpoint of an earlier attempt of this trial, replayed into the trial's reports.
+
+    A checkpoint that cannot be read, or that was written for other hyperparameters, is not
+    resumed (and not deleted: it may not be ours); the trial starts from epoch 0.
+    """
+    from lightning_modules.training import read_checkpoint_summary
+
+    if not checkpoint.is_file():
+        return None
+    try:
+        summary = read_checkpoint_summary(checkpoint)
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint only costs the epochs it held
+        return None
+    if summary.hyperparams != hyperparams:
+        return None
+    for row in summary.history:
+        trial.report(row[MONITOR], step=int(row[EPOCH]))
+    record.record_epochs(trial, summary.history)
+    record.write(trial, record.RESUMED_FROM_EPOCH, len(summary.history))
+    return checkpoint
+
+
+def requeue(trial: optuna.Trial) -> None:
+    """Queue a copy of an interrupted trial (same params, seeds and checkpoint key) for the next worker.
+
+    The copy carries Optuna's retry link, as `RetryFailedTrialCallback` writes it for a dead
+    worker's trial, so both kinds of retry read the same way.
+    """
+    system = {k: v for k, v in record.read_all_system(trial).items() if k != record.HISTORY}
+    chain = [*(system.get(record.RETRY_HISTORY) or []), trial.number]
+    system.update({record.FAILED_TRIAL: system.get(record.FAILED_TRIAL, trial.number), record.RETRY_HISTORY: chain})
+    trial.study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs={k: v for k, v in trial.user_attrs.items() if k not in (record.HISTORY, record.RESUMED_FROM_EPOCH)},
+            system_attrs=system,
+        )
+    )
+    record.write(trial, record.DIED, "interrupted")
+
+
+def retry_of(trials: list[FrozenTrial], failed: FrozenTrial) -> FrozenTrial | None:
+    """The trial that retries `failed`, if one was queued."""
+    for trial in trials:
+        if record.retried_from(trial) == failed.number:
+            return trial
+    return None

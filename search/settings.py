@@ -1,0 +1,276 @@
+"""Run settings: every default and its description, in one typed, strict model.
+
+`configs/default.yaml` spells out the same defaults (a test keeps the two equal); the
+command-line flags and their help are generated from these fields (search/options.py).
+Validation is strict: unknown keys, wrong types, inverted ranges and out-of-bound values are
+errors, so a typo never silently falls back to a default. Every count, size and length has an
+upper bound, checked before any work it would cost.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_SEED = 2**31 - 1  # the sampler adds worker and trial offsets; numpy seeds stop at 2**32
+MAX_NAME_LENGTH = 100
+MAX_WORKERS = 64
+MAX_SNAPSHOTS = 20
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _float(value: Any) -> Any:
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class FloatRange(_Strict):
+    """A float searched between low and high (log scale when `log`)."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    _ints_are_floats = field_validator("low", "high", mode="before")(_float)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is greater than high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scale range needs low > 0 (got {self.low})")
+        return self
+
+
+class IntRange(_Strict):
+    """An integer searched between low and high inclusive."""
+
+    low: int
+    high: int
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is greater than high ({self.high})")
+        if self.low < 1:
+            raise ValueError(f"low must be at least 1 (got {self.low})")
+        return self
+
+
+Classifier = Literal["linear", "dnn"]  # lightning_modules.hyperparams.CLASSIFIERS (a test keeps them equal)
+Optimizer = Literal["adam", "adamw", "sgd"]  # lightning_modules.hyperparams.OPTIMIZERS
+
+
+class SpaceConfig(_Strict):
+    """What the sampler searches. Conditional: hidden layers, units and dropout are DNN-only."""
+
+    classifier: list[Classifier] = Field(default=["linear", "dnn"], min_length=1, max_length=2, description="classifiers to search")
+    hidden_layers: IntRange = Field(default=IntRange(low=1, high=3), description="hidden layers of a DNN, at most 4")
+    units: IntRange = Field(default=IntRange(low=64, high=1024, log=True), description="units per hidden layer, at most 8192")
+    dropout: FloatRange = Field(default=FloatRange(low=0.0, high=0.5), description="dropout after each hidden layer, in [0, 1)")
+    learning_rate: FloatRange = Field(default=FloatRange(low=3e-4, high=1e-2, log=True), description="learning rate")
+    optimizer: list[Optimizer] = Field(default=["adam", "adamw"], min_length=1, max_length=3, description="adam | adamw | sgd")
+    weight_decay: FloatRange = Field(default=FloatRange(low=1e-7, high=1e-4, log=True), description="weight decay")
+    batch_size: list[int] = Field(default=[64, 128, 256], min_length=1, max_length=16, description="batch sizes")
+
+    @field_validator("hidden_layers")
+    @classmethod
+    def _at_most_four_layers(cls, value: IntRange) -> IntRange:
+        if value.high > 4:
+            raise ValueError(f"high must be at most 4 (got {value.high})")
+        return value
+
+    @field_validator("units")
+    @classmethod
+    def _bounded_units(cls, value: IntRange) -> IntRange:
+        if value.high > 8192:
+            raise ValueError(f"high must be at most 8192 (got {value.high})")
+        return value
+
+    @field_validator("dropout")
+    @classmethod
+    def _dropout_probability(cls, value: FloatRange) -> FloatRange:
+        if value.low < 0 or value.high >= 1:
+            raise ValueError("dropout must lie in [0, 1)")
+        return value
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _positive_learning_rate(cls, value: FloatRange) -> FloatRange:
+        if value.low <= 0 or value.high > 10:
+            raise ValueError(f"learning rate must be positive and at most 10 (got [{value.low}, {value.high}])")
+        return value
+
+    @field_validator("weight_decay")
+    @classmethod
+    def _non_negative_decay(cls, value: FloatRange) -> FloatRange:
+        if value.low < 0 or value.high > 1:
+            raise ValueError(f"weight decay must lie in [0, 1] (got [{value.low}, {value.high}])")
+        return value
+
+    @field_validator("batch_size")
+    @classmethod
+    def _positive_batches(cls, value: list[int]) -> list[int]:
+        if any(not 1 <= b <= 65536 for b in value):
+            raise ValueError(f"batch sizes must lie in 1-65536 (got {value})")
+        return value
+
+
+class BaselineConfig(_Strict):
+    """The first, enqueued trial: the tutorial's linear classifier, so linear vs DNN always exists."""
+
+    enabled: bool = Field(default=True, description="enqueue the linear baseline as trial 0")
+    learning_rate: float = Field(default=3e-3, gt=0, description="the baseline's learning rate")
+    optimizer: Optimizer = Field(default="adam", description="the baseline's optimizer")
+    weight_decay: float = Field(default=1e-6, ge=0, description="the baseline's weight decay")
+    batch_size: int = Field(default=128, gt=0, description="the baseline's batch size")
+    max_epochs: int = Field(default=3, gt=0, le=1000, description="the baseline is a short run, as in the tutorial")
+
+
+def _name_problem(name: str) -> str | None:
+    if any(unicodedata.category(c).startswith("C") for c in name):
+        return "must not contain control characters (newlines, NUL, ...)"
+    if name != name.strip():
+        return "must not start or end with white space"
+    return None
+
+
+class StudyConfig(_Strict):
+    name: str = Field(default="mnist", min_length=1, max_length=MAX_NAME_LENGTH, description="study to create or resume")
+    storage: str | None = Field(
+        default=None, min_length=1, max_length=2000,
+        description="storage URL: sqlite:///file.db or postgresql://user@host/db (null: sqlite:///storage/mnist-search.db)",
+    )
+    trials: int = Field(default=100, gt=0, le=100_000, description="total budget of finished trials in the study, counting earlier runs")
+    timeout: float | None = Field(default=None, gt=0, le=365 * 86400, description="start no new trial after this many seconds of this run")
+    target_accuracy: float | None = Field(
+        default=0.95, gt=0, le=1, description="stop once a completed trial reaches this validation accuracy; 'none' spends the whole budget",
+    )
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="trial n samples and trains with seed + n")
+    workers: int = Field(default=1, gt=0, le=MAX_WORKERS, description="worker processes on this machine sharing the study")
+    heartbeat_seconds: int = Field(default=5, gt=0, le=3600, description="a running trial proves it is alive this often")
+    stale_after_seconds: int = Field(default=20, gt=0, le=86400, description="a trial silent this long is failed and retried")
+
+    _ints_are_floats = field_validator("timeout", "target_accuracy", mode="before")(_float)
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, value: str) -> str:
+        problem = _name_problem(value)
+        if problem:
+            raise ValueError(f"the study name {problem}")
+        return value
+
+    @model_validator(mode="after")
+    def _stale_after_heartbeats(self) -> StudyConfig:
+        if self.stale_after_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError(
+                f"stale_after_seconds ({self.stale_after_seconds}) must be at least twice heartbeat_seconds "
+                f"({self.heartbeat_seconds}), or live trials would be failed as stale"
+            )
+        return self
+
+
+class SamplerConfig(_Strict):
+    name: Literal["tpe", "random"] = Field(default="tpe", description="tpe | random")
+    n_startup_trials: int = Field(default=5, ge=0, le=10_000, description="random trials before TPE starts modelling")
+
+
+class PrunerConfig(_Strict):
+    name: Literal["median", "hyperband", "none"] = Field(default="median", description="median | hyperband | none")
+    n_startup_trials: int = Field(default=3, ge=0, le=10_000, description="median: finished trials of a classifier before pruning starts")
+    n_warmup_steps: int = Field(default=0, ge=0, le=1000, description="median: epochs a trial always runs before it can be pruned")
+    min_resource: int = Field(default=1, gt=0, le=1000, description="hyperband: epochs in the smallest bracket")
+    reduction_factor: int = Field(default=3, gt=1, le=100, description="hyperband: how many trials each rung keeps one of")
+
+
+class DataConfig(_Strict):
+    source: str | None = Field(
+        default=None, min_length=1, max_length=4096,
+        description="mnist, fashion-mnist, a directory of IDX files, or a CSV file (label, 784 pixels)",
+    )
+    data_dir: str | None = Field(
+        default=None, min_length=1, max_length=4096, description="directory holding the IDX files (else $MNIST_DATA_DIR, else the user cache)",
+    )
+    val_fraction: float = Field(default=0.2, gt=0, lt=1, description="share of the training rows held out for validation")
+    val_size: int = Field(default=10_000, gt=0, le=1_000_000, description="at most this many validation rows")
+    train_size: int | None = Field(default=None, gt=0, le=1_000_000, description="train on a stratified subsample of this many rows")
+    split_seed: int = Field(default=0, ge=0, le=MAX_SEED, description="seed of the train/validation split, the same for every trial")
+    verify_checksums: bool = Field(default=True, description="refuse IDX files whose MD5 differs from the published one")
+
+    _ints_are_floats = field_validator("val_fraction", mode="before")(_float)
+
+
+class TrainingConfig(_Strict):
+    max_epochs: int = Field(default=8, gt=0, le=1000, description="epochs per trial")
+    snapshot_steps: list[int] = Field(
+        default=[10, 100, 1000], max_length=MAX_SNAPSHOTS, description="optimizer steps at which first-layer weights are kept",
+    )
+
+    @field_validator("snapshot_steps")
+    @classmethod
+    def _positive_steps(cls, value: list[int]) -> list[int]:
+        if any(step < 1 for step in value):
+            raise ValueError(f"snapshot steps must be at least 1 (got {value})")
+        return value
+
+
+class Settings(_Strict):
+    """Everything one run needs; `configs/default.yaml` spells out the same defaults."""
+
+    study: StudyConfig = StudyConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    pruner: PrunerConfig = PrunerConfig()
+    data: DataConfig = DataConfig()
+    training: TrainingConfig = TrainingConfig()
+    space: SpaceConfig = SpaceConfig()
+    baseline: BaselineConfig = BaselineConfig()
+    export: bool = Field(default=True, description="export the best model when the study ends")
+
+    @model_validator(mode="after")
+    def _baseline_inside_space(self) -> Settings:
+        if not self.baseline.enabled:
+            return self
+        if "linear" not in self.space.classifier:
+            raise ValueError("baseline.enabled needs 'linear' in space.classifier (or set it to false)")
+        checks = [
+            ("learning_rate", self.baseline.learning_rate, self.space.learning_rate),
+            ("weight_decay", self.baseline.weight_decay, self.space.weight_decay),
+        ]
+        for key, value, span in checks:
+            if not span.low <= value <= span.high:
+                raise ValueError(f"baseline.{key} {value} lies outside space.{key} [{span.low}, {span.high}]")
+        if self.baseline.optimizer not in self.space.optimizer:
+            raise ValueError(f"baseline.optimizer {self.baseline.optimizer!r} is not in space.optimizer")
+        if self.baseline.batch_size not in self.space.batch_size:
+            raise ValueError(f"baseline.batch_size {self.baseline.batch_size} is not in space.batch_size")
+        return self
+
+
+def settings_as_dict(settings: Settings) -> dict[str, Any]:
+    return settings.model_dump(mode="json")
+
+
+def field_info(path: tuple[str, ...]) -> tuple[Any, str, type]:
+    """(default, description, value type) of the settings field at `path`, e.g. ("study", "trials").
+
+    The type is the annotation without None: `int | None` gives int.
+    """
+    import types
+    import typing
+
+    model: Any = Settings
+    for part in path[:-1]:
+        model = model.model_fields[part].annotation
+    field = model.model_fields[path[-1]]
+    kind: Any = field.annotation
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    if typing.get_origin(kind) is typing.Literal:
+        kind = str
+    return field.get_default(call_default_factory=True), field.description or "", kind

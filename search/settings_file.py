@@ -1,0 +1,131 @@
+"""Settings from a YAML file and command-line overrides: defaults <- file <- flags, validated together.
+
+The file is untrusted input: it is bounded in size and nesting depth, may not use YAML aliases
+(a few hundred bytes of nested aliases expand to gigabytes) or repeat a key, and every error
+becomes one short line that names the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from lightning_modules.errors import UserInputError
+from search.settings import Settings
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+MAX_CONFIG_BYTES = 64 * 1024
+MAX_CONFIG_DEPTH = 8  # the deepest key of the settings is three levels down
+MAX_SHOWN = 60  # characters of a bad value quoted in an error
+
+
+class ConfigError(UserInputError):
+    """An invalid config file or command-line value."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases, duplicate keys or deep nesting."""
+
+    def __init__(self, stream: str, origin: str) -> None:
+        super().__init__(stream)
+        self.origin = origin
+        self.depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            line = self.peek_event().start_mark.line + 1
+            raise ConfigError(f"config file {self.origin} uses a YAML alias at line {line}; write the value out instead")
+        self.depth += 1
+        if self.depth > MAX_CONFIG_DEPTH:
+            line = self.peek_event().start_mark.line + 1
+            raise ConfigError(f"config file {self.origin} nests deeper than {MAX_CONFIG_DEPTH} levels at line {line}")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # unhashable keys: validation names them
+            if key in seen:
+                raise ConfigError(
+                    f"config file {self.origin} repeats the key {_shown(key)} at line {key_node.start_mark.line + 1}; keep one"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+
+
+def _describe(error: ValidationError, origin: str) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])[:MAX_SHOWN]
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key (check its spelling against configs/default.yaml)"
+    elif "input" in first and first["type"] not in ("missing",) and not isinstance(first["input"], dict):
+        message += f" (got {_shown(first['input'])})"
+    return f"invalid config {origin}: {key + ': ' if key else ''}{message}"[:400]
+
+
+def merge_settings(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Overrides win key by key; a file's section that is not a mapping stays, so it is reported."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_settings(merged[key], value)
+        elif isinstance(value, dict) and key in merged:
+            continue  # e.g. `study: 5` in the file: validation names it
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The raw mapping in a YAML config file; unreadable or non-mapping files are ConfigErrors."""
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            raise ConfigError(f"config file {path} is not a regular file; pass a YAML file to --config")
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is {size:,} bytes; a config file may have at most {MAX_CONFIG_BYTES:,}")
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found; pass an existing file to --config") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"config file {path} cannot be read ({str(error)[:MAX_SHOWN]})") from None
+    loader = None
+    try:
+        loader = _BoundedLoader(text, str(path))  # the reader refuses non-printable characters here
+        raw = loader.get_single_data()
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}; fix its syntax") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(raw).__name__}")
+    return raw
+
+
+def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Defaults <- config file <- command-line overrides (nested dicts), validated together."""
+    raw = read_config_file(path) if path is not None else {}
+    origin = f"in {path}" if path is not None else "value"
+    try:
+        return Settings.model_validate(merge_settings(raw, overrides or {}))
+    except ValidationError as error:
+        raise ConfigError(_describe(error, origin)) from None

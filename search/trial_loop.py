@@ -1,0 +1,136 @@
+"""One search run's processes: open the study on its data, then run trials in this process or in
+K spawned workers until a stop rule holds.
+
+The runner (search/run.py) checks every input first and then calls `start_run`; the data split
+is read before the storage is opened, so bad data creates no database.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from lightning_modules.data.sources import DataSource
+from lightning_modules.data.split import DataSplit
+from lightning_modules.training import configure_torch
+from search import record
+from search.data import DataIdentity, data_identity, load_split, require_same_data
+from search.objective import make_objective
+from search.paths import checkpoints_dir
+from search.redaction import redact
+from search.settings import Settings
+from search.stopping import stop_reason
+from search.storage import build_artifact_store, open_study_storage, storage_guard
+from search.study import (
+    TrialCallback,
+    WorkerInterrupted,
+    open_study,
+    run_worker,
+    study_status,
+)
+from search.workers import StopRequest, WorkerPool
+
+
+def quiet_optuna() -> None:
+    """Our one line per trial replaces Optuna's INFO lines; experimental-API notes are ours to track."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def stored_settings(settings: Settings, url: str) -> dict[str, Any]:
+    """The settings as the study records them: the storage URL with its secrets masked."""
+    raw = settings.model_dump(mode="json")
+    raw["study"]["storage"] = redact(url)
+    return raw
+
+
+@dataclass(frozen=True)
+class StartedRun:
+    study: optuna.Study
+    created: bool
+    split: DataSplit
+    identity: DataIdentity
+    first_line: str
+    nothing_to_do: str | None  # why no trial will start, with what to do about it
+
+
+def _storage(settings: Settings, url: str) -> optuna.storages.RDBStorage:
+    return open_study_storage(url, heartbeat_seconds=settings.study.heartbeat_seconds, grace_seconds=settings.study.stale_after_seconds)
+
+
+def _nothing_to_do(study: optuna.Study, settings: Settings) -> str | None:
+    reason = stop_reason(study, settings.study)
+    if reason is None:
+        return None
+    if reason.startswith("target"):
+        hint = "to search on, raise --target-accuracy or pass --target-accuracy none"
+    else:
+        hint = f"to search on, pass a --trials larger than {settings.study.trials}"
+    return f"nothing to run: {reason}; {hint}"
+
+
+def start_run(settings: Settings, url: str, source: DataSource) -> StartedRun:
+    """Load the data, open (or create) the study on it, record what it runs with."""
+    split = load_split(settings.data, source)
+    identity = data_identity(split, source)
+    opened = open_study(settings, _storage(settings, url), on_existing=lambda study: require_same_data(study, identity))
+    study = opened.study
+    if record.DATA not in study.user_attrs:
+        study.set_user_attr(record.DATA, identity.as_dict())
+    study.set_user_attr(record.SETTINGS, stored_settings(settings, url))
+    status = study_status(study)
+    target = settings.study.target_accuracy
+    data = settings.data
+    first_line = (
+        f"{'created' if opened.created else 'resumed'} study {study.study_name!r} in {redact(url)}: "
+        f"{status.finished} finished trials ({status.complete} complete, {status.pruned} pruned), "
+        f"budget {settings.study.trials}, target {target if target is not None else 'none'}; "
+        f"data {identity.source}: {identity.sizes()} (validation {data.val_fraction:g} of the training rows, "
+        f"at most {data.val_size:,}); {settings.study.workers} worker(s) on the CPU"
+    )
+    return StartedRun(study, opened.created, split, identity, first_line, _nothing_to_do(study, settings))
+
+
+def configure_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_trials(
+    settings: Settings, url: str, stop: StopRequest, callbacks: Sequence[TrialCallback] = (), split: DataSplit | None = None,
+) -> str:
+    """This process's trials until a stop rule holds; returns why it stopped."""
+    if split is None:
+        split = load_split(settings.data)
+    else:
+        configure_torch(1)
+    study = open_study(settings, _storage(settings, url)).study
+    objective = make_objective(settings, split, build_artifact_store(), checkpoints_dir(), stop.event)
+    return run_worker(study, objective, settings, callbacks, stop_event=stop.event, storage_check=storage_guard(url))
+
+
+def worker_process(stop: StopRequest, settings_json: dict[str, Any], url: str, threads: int, index: int) -> None:
+    """Body of a spawned worker: its own storage connection, data split and trials."""
+    settings = Settings.model_validate(settings_json)
+    configure_worker(threads)
+    quiet_optuna()
+    try:
+        run_trials(settings, url, stop)
+    except WorkerInterrupted:
+        sys.exit(stop.exit_code)
+
+
+def run_worker_pool(settings: Settings, url: str, stop: StopRequest, study: optuna.Study, on_poll: Any) -> list[int]:
+    """K spawned workers share the study; this process reports what they finish and relays signals."""
+    threads = configure_torch(settings.study.workers)
+    pool = WorkerPool(worker_process, (settings.model_dump(mode="json"), url, threads), settings.study.workers, stop)
+    codes = pool.run(on_poll)
+    if stop.event.is_set():
+        raise WorkerInterrupted
+    return codes

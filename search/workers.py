@@ -1,0 +1,131 @@
+"""Worker processes and stop signals: K spawned workers share one study and die with their parent.
+
+The first Ctrl-C or SIGTERM asks every worker for a clean stop at the next batch (its trial is
+queued again and resumes from its last epoch); a second one ends everything at once. Workers
+sit in their own process group, so a Ctrl-C at the terminal reaches the runner only and the
+runner forwards exactly one request; each worker asks the kernel for SIGTERM when its parent
+dies, so a killed runner never leaves workers racing the next run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+POLL_SECONDS = 0.5
+
+
+class StopRequest:
+    """The first SIGINT/SIGTERM sets `event` and runs the `on_first` hooks; a second one runs the
+    `on_second` hooks and exits at once."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum: int | None = None
+        self.on_first: list[Callable[[int], None]] = []
+        self.on_second: list[Callable[[int], None]] = []
+
+    def install(self) -> StopRequest:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.event.is_set():
+            for hook in self.on_second:
+                hook(signum)
+            os._exit(128 + signum)
+        self.signum = signum
+        self.event.set()
+        for hook in self.on_first:
+            hook(signum)
+
+    def add_first(self, hook: Callable[[int], None]) -> None:
+        """Run `hook` on the first signal, or now if it already came."""
+        self.on_first.append(hook)
+        if self.event.is_set():
+            hook(self.signum or signal.SIGINT)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel for SIGTERM when the parent dies (Linux), and leave now if it already has."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the parent's exit hooks are all there is
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(128 + signal.SIGTERM)
+
+
+def worker_main(target: Callable[..., None], parent_pid: int, args: tuple[Any, ...]) -> None:
+    """Entry point of a spawned worker: its own process group, tied to its parent, then `target`."""
+    os.setpgid(0, 0)  # Ctrl-C reaches the runner only; it forwards exactly one stop request
+    stop = StopRequest().install()
+    die_with_parent(parent_pid)
+    target(stop, *args)
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class WorkerPool:
+    """K spawned processes running `target(stop, *args, index)`; signals relayed, ends reported."""
+
+    def __init__(self, target: Callable[..., None], args: tuple[Any, ...], workers: int, stop: StopRequest) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.processes = [
+            context.Process(target=worker_main, args=(target, os.getpid(), (*args, index)), daemon=False)
+            for index in range(workers)
+        ]
+        self.stop = stop
+
+    def _signal_all(self, signum: int) -> None:
+        for process in self.processes:
+            if process.pid is not None and process.is_alive():
+                try:
+                    os.kill(process.pid, signum)
+                except ProcessLookupError:
+                    pass
+
+    def run(self, on_poll: Callable[[], None]) -> list[int]:
+        """Start every worker, call `on_poll` until all have ended; returns their exit codes."""
+        self.stop.on_second.append(lambda _: self._signal_all(signal.SIGKILL))
+        try:
+            for process in self.processes:
+                process.start()
+            self.stop.add_first(self._signal_all)  # a request that came during start-up is relayed too
+            while any(p.is_alive() for p in self.processes):
+                on_poll()
+                time.sleep(POLL_SECONDS)
+        except BaseException:
+            self._signal_all(signal.SIGKILL)
+            raise
+        for process in self.processes:
+            process.join()
+        return [int(p.exitcode if p.exitcode is not None else -1) for p in self.processes]
+
+
+def describe_exit_codes(codes: list[int]) -> str:
+    """'2 of 4 workers died (killed by SIGKILL, exit code 1)'."""
+    bad = [c for c in codes if c != 0]
+    words = [f"killed by {signal.Signals(-c).name}" if c < 0 and -c in signal.valid_signals() else f"exit code {c}" for c in bad]
+    return f"{len(bad)} of {len(codes)} workers died ({', '.join(sorted(set(words)))})"
+
+
+def flush_std() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
