@@ -1,4 +1,4 @@
-"""search/export.py: a tiny real study (SQLite in a temp folder, 600 training rows) exported.
+"""search/export/: a tiny real study (SQLite in a temp folder, 600 training rows) exported.
 
 One module-scoped study and export serve most tests: every file exists and parses, PNGs decode
 at their sizes, the confusion matrix matches the accuracy, ONNX agrees with the Lightning model,
@@ -26,14 +26,19 @@ import torch
 from PIL import Image
 
 from helpers import reader_storage, writer_storage
-from lightning_modules.classifiers import Classifier
+from lightning_modules.classifier import Classifier
 from lightning_modules.data.split import DataSplit
-from search import export, figures
+from lightning_modules.model_file import load_model_file
+from search import record
+from search.export import exporter, figures, plots, study_plots
+from search.export.__main__ import main as export_main
+from search.export.errors import ExportError
+from search.export.exporter import FIGURES, FILES, ExportResult, export_study
+from search.export.folder import MARKER
+from search.export.trained import retrain_note
+from search.objective import make_objective
 from search.settings import settings_as_dict
 from search.settings_file import load_settings
-from search.export import FIGURES, FILES, SETTINGS_ATTR, ExportError, export_study
-from search.model_files import load_model_file
-from search.objective import make_objective
 from search.storage import build_artifact_store
 from search.study import best_trials, open_study, run_worker
 
@@ -81,22 +86,28 @@ def tiny_study(module_env: Path, tiny_split: DataSplit) -> TinyStudy:
         "space": {"hidden_layers": {"low": 1, "high": 2}, "units": {"low": 16, "high": 128, "log": True}},
     })
     study = open_study(settings, writer_storage(url)).study
-    study.set_user_attr(SETTINGS_ATTR, settings_as_dict(settings))
+    study.set_user_attr(record.SETTINGS, settings_as_dict(settings))
     study.enqueue_trial(DNN_TRIAL)
     tiny = TinyStudy(module_env, url)
-    run_worker(study, make_objective(settings, tiny_split, tiny.store), settings)
+    run_worker(study, make_objective(settings, tiny_split, tiny.store, module_env / "checkpoints"), settings)
     assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 3
     return tiny
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_study: TinyStudy, tiny_split: DataSplit) -> dict:
+def export_result(tiny_study: TinyStudy, tiny_split: DataSplit) -> ExportResult:
     return export_study(tiny_study.load(), tiny_study.home / "export", artifact_store=tiny_study.store, split=tiny_split)
 
 
 @pytest.fixture(scope="module")
-def folder(exported: dict) -> Path:
-    return Path(exported["export_dir"])
+def exported(export_result: ExportResult) -> dict:
+    """metrics.json's content as the export returned it."""
+    return export_result.metrics.model_dump(mode="json")
+
+
+@pytest.fixture(scope="module")
+def folder(export_result: ExportResult) -> Path:
+    return Path(export_result.export_dir)
 
 
 def read_confusion_csv(path: Path) -> np.ndarray:
@@ -111,7 +122,7 @@ def read_confusion_csv(path: Path) -> np.ndarray:
 
 
 def test_every_file_exists_and_parses(folder: Path, exported: dict, tiny_study: TinyStudy) -> None:
-    assert sorted(p.name for p in folder.iterdir()) == sorted(FILES)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*FILES, MARKER])
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")], "staging folder left behind"
     metrics = json.loads((folder / "metrics.json").read_text())
     best = best_trials(tiny_study.load())
@@ -134,8 +145,8 @@ def test_every_file_exists_and_parses(folder: Path, exported: dict, tiny_study: 
 
     onnx.checker.check_model(onnx.load(str(folder / "model.onnx")))
     checkpoint = torch.load(folder / "model.ckpt", map_location="cpu", weights_only=True)  # no pickled code
-    assert checkpoint["hyper_parameters"]["classifier"] == metrics["classifier"]
-    recorded = best["best"].user_attrs["history"]  # the search's own record, not a second run's
+    assert checkpoint["hyper_parameters"]["hp"] == metrics["hyperparams"]
+    recorded = record.history(best["best"])  # the search's own record, not a second run's
     assert recorded and checkpoint["history"] == recorded
     weights = load_model_file(folder / "model.safetensors")
     assert weights.hp.to_dict() == metrics["hyperparams"]
@@ -143,7 +154,8 @@ def test_every_file_exists_and_parses(folder: Path, exported: dict, tiny_study: 
     page = (folder / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(FIGURES)
     assert not re.search(r'src="(?!data:)', page), "the report must not load anything from outside"
-    assert "python -c" in page and "seed=" in page  # the reproduce command
+    assert html.escape(metrics["reproduce_command"]) in page
+    assert f"--reproduce {metrics['best_trial']}" in metrics["reproduce_command"]
 
 
 def test_pngs_decode_at_their_sizes(folder: Path, exported: dict) -> None:
@@ -153,10 +165,10 @@ def test_pngs_decode_at_their_sizes(folder: Path, exported: dict) -> None:
         "confusion_matrix.png": figures.CONFUSION_PX,
         "weight_tiles.png": figures.tile_grid_pixels(units[0]),
         "weight_snapshots.png": figures.snapshot_grid_pixels(len(exported["snapshot_steps"])),
-        "learning_curves.png": figures.CURVES_PX,
-        "comparison.png": figures.COMPARISON_PX,
-        "samples.png": figures.SAMPLES_PX,
-        **{name: figures.STUDY_PLOT_PX for name in export.STUDY_PLOTS},
+        "learning_curves.png": plots.curves_pixels(2),  # the best linear and the best DNN model
+        "comparison.png": plots.COMPARISON_PX,
+        "samples.png": plots.SAMPLES_PX,
+        **{name: plots.STUDY_PLOT_PX for name in study_plots.STUDY_PLOTS},
     }
     assert set(expected) == set(FIGURES)
     for name, size in expected.items():
@@ -191,37 +203,53 @@ def test_onnx_and_lightning_checkpoint_agree(folder: Path, tiny_split: DataSplit
     assert np.abs(probabilities - expected).max() < 1e-4
 
 
-def test_artifacts_are_listed_on_the_best_trial(tiny_study: TinyStudy, exported: dict, folder: Path, tmp_path: Path) -> None:
+def test_artifacts_are_listed_on_the_best_trial(tiny_study: TinyStudy, export_result: ExportResult, folder: Path, tmp_path: Path) -> None:
     study = tiny_study.load()
-    best = study.trials[exported["best_trial"]]
+    best = study.trials[export_result.metrics.best_trial]
     metas = optuna.artifacts.get_all_artifact_meta(best, storage=study._storage)
     by_id = {meta.artifact_id: meta for meta in metas}
-    assert exported["artifacts_linked_to"] == f"trial {best.number}"
+    assert export_result.linked_to == f"trial {best.number}"
     for name in (*FIGURES, "model.onnx", "model.safetensors"):
-        meta = by_id[exported["artifacts"][name]]
+        meta = by_id[export_result.artifacts[name]]
         assert meta.filename == name
         assert meta.mimetype == ("image/png" if name.endswith(".png") else "application/octet-stream")
     downloaded = tmp_path / "downloaded.png"
     optuna.artifacts.download_artifact(
-        artifact_store=tiny_study.store, file_path=str(downloaded), artifact_id=exported["artifacts"]["confusion_matrix.png"]
+        artifact_store=tiny_study.store, file_path=str(downloaded), artifact_id=export_result.artifacts["confusion_matrix.png"]
     )
     assert downloaded.read_bytes() == (folder / "confusion_matrix.png").read_bytes()
 
 
-def test_existing_folder_is_refused_and_force_replaces_it_without_duplicate_artifacts(
-    tiny_study: TinyStudy, exported: dict, folder: Path, tiny_split: DataSplit
+def test_a_re_export_replaces_the_previous_one_and_links_each_file_once(
+    tiny_study: TinyStudy, export_result: ExportResult, folder: Path, tiny_split: DataSplit
 ) -> None:
-    with pytest.raises(ExportError, match="already exists; pass --force"):
-        export_study(tiny_study.load(), folder, artifact_store=tiny_study.store, split=tiny_split)
     study = tiny_study.load()
-    best = study.trials[exported["best_trial"]]
+    best = study.trials[export_result.metrics.best_trial]
     before = optuna.artifacts.get_all_artifact_meta(best, storage=study._storage)
-    again = export_study(study, folder, force=True, artifact_store=tiny_study.store, split=tiny_split)
-    assert again["test_accuracy"] == exported["test_accuracy"]
-    assert again["artifacts"]["confusion_matrix.png"] == exported["artifacts"]["confusion_matrix.png"]
+    for _ in range(2):
+        again = export_study(tiny_study.load(), folder, artifact_store=tiny_study.store, split=tiny_split)
+    assert again.test_accuracy == export_result.test_accuracy
+    assert again.artifacts == export_result.artifacts  # each file name keeps its one artifact
     after = optuna.artifacts.get_all_artifact_meta(best, storage=tiny_study.load()._storage)
-    assert len(after) == len(before)  # the same content is linked once, not once per export
-    assert sorted(p.name for p in folder.iterdir()) == sorted(FILES)
+    assert len(after) == len(before)  # replaced, not added once per export
+    assert sorted(m.filename for m in after) == sorted(set(m.filename for m in after))
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*FILES, MARKER])
+
+
+@pytest.mark.parametrize("planted", ["mnist-search.db", "artifacts/abc", "notes.txt"])
+def test_a_folder_holding_anything_but_an_export_is_refused_untouched(
+    tiny_study: TinyStudy, export_result: ExportResult, tiny_split: DataSplit, tmp_path: Path, planted: str
+) -> None:
+    target = tmp_path / "home"
+    (target / planted).parent.mkdir(parents=True, exist_ok=True)
+    (target / planted).write_bytes(b"not an export")
+    (target / "report.html").write_text("an export's name, but with company")
+    before = sorted(str(p) for p in target.rglob("*"))
+    with pytest.raises(ExportError, match="did not write"):
+        export_study(tiny_study.load(), target, artifact_store=tiny_study.store, split=tiny_split)
+    assert sorted(str(p) for p in target.rglob("*")) == before
+    assert (target / planted).read_bytes() == b"not an export"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "staging folder left behind"
 
 
 def test_a_failed_export_leaves_the_previous_one_untouched(
@@ -232,9 +260,9 @@ def test_a_failed_export_leaves_the_previous_one_untouched(
     def fail(*args: object) -> None:
         raise RuntimeError("disk full, say")
 
-    monkeypatch.setattr(export, "draw_model_figures", fail)  # after the model files are written
+    monkeypatch.setattr(exporter, "draw_model_figures", fail)  # after the model files are written
     with pytest.raises(RuntimeError, match="disk full"):
-        export_study(tiny_study.load(), folder, force=True, artifact_store=tiny_study.store, split=tiny_split)
+        export_study(tiny_study.load(), folder, artifact_store=tiny_study.store, split=tiny_split)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")], "staging folder left behind"
 
@@ -246,8 +274,9 @@ def test_missing_weights_are_retrained_checked_and_reported(tiny_study: TinyStud
     best = best_trials(tiny_study.load())["best"]
     store_copy = tmp_path / "artifacts"
     shutil.copytree(tiny_study.home / "artifacts", store_copy)
-    (store_copy / best.user_attrs["model_artifact_id"]).unlink()  # as if the best model's file were lost
-    metrics = export_study(tiny_study.load(), tmp_path / "export", artifact_store=build_artifact_store(store_copy), split=tiny_split)
+    (store_copy / record.read(best, record.MODEL_ARTIFACT)).unlink()  # as if the best model's file were lost
+    result = export_study(tiny_study.load(), tmp_path / "export", artifact_store=build_artifact_store(store_copy), split=tiny_split)
+    metrics = result.metrics.model_dump()
     assert metrics["weights"] == "retrained" and metrics["reproduced"] is True
     assert metrics["retrained_val_accuracy"] == pytest.approx(best.value, abs=1e-6)
     assert metrics["note"].startswith(f"Trial {best.number} was retrained: its stored weights")
@@ -256,26 +285,26 @@ def test_missing_weights_are_retrained_checked_and_reported(tiny_study: TinyStud
 
 
 def test_retrain_note_says_when_the_result_differs() -> None:
-    assert "DIFFERS from the recorded 0.9000" in export.retrain_note(3, "no weights", 0.9, 0.85)
-    assert export.retrain_note(3, "no weights", 0.9, 0.9).startswith("Trial 3 was retrained: no weights.")
-    assert "reproduces" in export.retrain_note(3, "no weights", 0.9, 0.9)
+    assert "DIFFERS from the recorded 0.9000" in retrain_note(3, "no weights", 0.9, 0.85)
+    assert retrain_note(3, "no weights", 0.9, 0.9).startswith("Trial 3 was retrained: no weights.")
+    assert "reproduces" in retrain_note(3, "no weights", 0.9, 0.9)
 
 
 def test_study_plots_with_too_few_trials_become_notes(tmp_path: Path) -> None:
     study = optuna.create_study(direction="maximize")
     study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
-    notes = export.draw_study_plots(study, tmp_path)
-    assert set(notes) == {"param_importances.png"} and "at least 2 completed trials" in notes["param_importances.png"]
-    for name in export.STUDY_PLOTS:
+    notes = study_plots.draw_study_plots(study, tmp_path)
+    assert set(notes) == {"param_importances.png"} and "this study has 1, too few" in notes["param_importances.png"]
+    for name in study_plots.STUDY_PLOTS:
         with Image.open(tmp_path / name) as image:
-            assert image.size == figures.STUDY_PLOT_PX
+            assert image.size == plots.STUDY_PLOT_PX
 
 
 def test_study_plots_with_constant_params_become_notes(tmp_path: Path) -> None:
     study = optuna.create_study(direction="maximize")
-    for value in (0.2, 0.4):
+    for value in [0.1 * i for i in range(study_plots.MIN_IMPORTANCE_TRIALS)]:
         study.add_trial(optuna.trial.create_trial(params={"x": 1.0}, distributions={"x": optuna.distributions.FloatDistribution(0, 2)}, value=value))
-    assert "vary" in export.draw_study_plots(study, tmp_path)["param_importances.png"]
+    assert "vary" in study_plots.draw_study_plots(study, tmp_path)["param_importances.png"]
 
 
 def test_a_study_without_completed_trials_is_refused(tmp_path: Path) -> None:
@@ -286,9 +315,13 @@ def test_a_study_without_completed_trials_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_default_folder_name_is_safe() -> None:
-    assert export.default_export_dir("a/../b c").name == "a_.._b_c"
-    assert export.default_export_dir("..").name == "study"
+def test_default_folder_name_is_safe_and_unique() -> None:
+    exports = exporter.default_export_dir("mnist").parent
+    for name in ("a/../b c", "..", "/etc/x", "a b", "a_b", "名前"):
+        path = exporter.default_export_dir(name)
+        assert path.parent == exports and not path.name.startswith("."), name
+    assert exporter.default_export_dir("a b") != exporter.default_export_dir("a_b")
+    assert exporter.default_export_dir("mnist").name == "mnist"
 
 
 # ---------------------------------------------------------------- command line
@@ -312,7 +345,7 @@ def test_cli_exports_on_the_full_test_set(tiny_study: TinyStudy, python: str, ru
     counts = read_confusion_csv(out / "confusion_matrix.csv")
     assert counts.sum() == metrics["test_size"] == 10_000
     assert counts.trace() / 10_000 == metrics["test_accuracy"]
-    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*FILES, MARKER])
 
 
 @pytest.mark.slow
@@ -323,19 +356,22 @@ def test_cli_bad_input_is_one_line_and_exit_code_2(tiny_study: TinyStudy, python
     assert len(lines) == 1 and "no study named 'nope'" in lines[0] and STUDY in lines[0], result.stderr
 
 
-def test_main_refuses_an_existing_folder_with_one_line(
-    tiny_study: TinyStudy, folder: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def test_main_refuses_the_run_folder_even_with_force(
+    tiny_study: TinyStudy, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MNIST_SEARCH_HOME", str(tiny_study.home))
-    code = export.main(["--study-name", STUDY, "--storage", tiny_study.url, "--out", str(folder)])
+    before = sorted(p.name for p in tiny_study.home.iterdir())
+    code = export_main(["--study-name", STUDY, "--storage", tiny_study.url, "--out", str(tiny_study.home), "--force"])
     err = capsys.readouterr().err
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "--force" in err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "did not write" in err, err
+    assert sorted(p.name for p in tiny_study.home.iterdir()) == before
+    assert optuna.load_study(study_name=STUDY, storage=reader_storage(tiny_study.url)).trials
 
 
 def test_main_refuses_a_study_with_no_completed_trial(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     optuna.create_study(study_name="empty", storage=url)
-    code = export.main(["--study-name", "empty", "--storage", url, "--out", str(tmp_path / "out")])
+    code = export_main(["--study-name", "empty", "--storage", url, "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "no completed trial" in err
     assert not os.path.exists(tmp_path / "out")
