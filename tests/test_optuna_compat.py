@@ -1,0 +1,107 @@
+"""search/optuna_compat.py: one test per use of Optuna's private API, numbered as there.
+
+When an Optuna upgrade moves or changes one of these internals, the test of that use fails by
+name, and optuna_compat.py is the one file to change. Each runs on a real SQLite file.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+
+from search import optuna_compat
+from search.optuna_compat import (
+    ArtifactStore,
+    SilentTrialAwareStorage,
+    finished_trial_writable,
+    set_trial_system_attr,
+    storage_url,
+    study_storage,
+    trial_system_attrs,
+)
+
+
+@pytest.fixture()
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'compat.db'}"
+
+
+def test_1_artifact_store_protocol_is_what_the_stores_implement(tmp_path: Path) -> None:
+    from optuna.artifacts import FileSystemArtifactStore
+
+    members = {name for name in vars(ArtifactStore) if not name.startswith("_")}
+    assert {"open_reader", "write", "remove"} <= members
+    store = FileSystemArtifactStore(str(tmp_path))
+    for name in members:
+        assert callable(getattr(store, name)), name
+
+
+def test_2_study_storage_is_the_rdb_storage_behind_the_cache(url: str) -> None:
+    study = optuna.create_study(storage=url)
+    backend = study_storage(study)
+    assert isinstance(backend, RDBStorage)
+    assert study._storage is not backend  # Optuna still wraps RDB storages in its cache
+    assert storage_url(study) == url
+    assert storage_url(optuna.create_study()) is None  # in-memory: no URL
+
+
+def test_3_a_finished_trial_takes_system_attrs_only_inside_the_block(url: str) -> None:
+    study = optuna.create_study(storage=url)
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+    backend = study_storage(study)
+    trial_id = study.trials[0]._trial_id
+    with pytest.raises(UpdateFinishedTrialError):
+        backend.set_trial_system_attr(trial_id, "link", "before")
+    with finished_trial_writable(backend):
+        backend.set_trial_system_attr(trial_id, "link", "inside")
+    with pytest.raises(UpdateFinishedTrialError):  # the patch is undone on exit
+        backend.set_trial_system_attr(trial_id, "link", "after")
+    assert optuna.load_study(study_name=study.study_name, storage=url).trials[0].system_attrs["link"] == "inside"
+
+
+def test_4_a_running_trial_that_never_beat_is_failed_as_stale(url: str) -> None:
+    storage = SilentTrialAwareStorage(url, heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=storage)
+    silent = study.ask()  # RUNNING, and no heartbeat is ever written for it
+    beating = study.ask()
+    time.sleep(1.5)  # past the grace period: a wait, not a timing assertion
+    storage.record_heartbeat(beating._trial_id)
+    optuna.storages.fail_stale_trials(study)
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    assert states[silent.number] == TrialState.FAIL
+    assert states[beating.number] == TrialState.RUNNING
+
+
+def test_4_plain_rdb_storage_still_lacks_the_silent_check(url: str) -> None:
+    """The reason the subclass exists: if Optuna starts catching silent trials itself, this fails
+    and the subclass can go."""
+    storage = RDBStorage(url, heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=storage)
+    silent = study.ask()
+    time.sleep(1.5)
+    optuna.storages.fail_stale_trials(study)
+    assert study.get_trials(deepcopy=False)[silent.number].state == TrialState.RUNNING
+
+
+def test_5_and_6_a_running_trial_reads_and_writes_system_attrs(url: str) -> None:
+    study = optuna.create_study(storage=url)
+    trial = study.ask()
+    set_trial_system_attr(trial, "history", [{"epoch": 1.0}])
+    assert trial_system_attrs(trial)["history"] == [{"epoch": 1.0}]
+    study.tell(trial, 0.5)
+    frozen = optuna.load_study(study_name=study.study_name, storage=url).trials[0]
+    assert trial_system_attrs(frozen)["history"] == [{"epoch": 1.0}]
+    assert "history" not in frozen.user_attrs  # kept out of the dashboard's trial table
+
+
+def test_every_private_use_is_listed_in_the_module() -> None:
+    assert set(optuna_compat.__all__) == {
+        "ArtifactStore", "SilentTrialAwareStorage", "finished_trial_writable", "set_trial_system_attr", "storage_url",
+        "study_storage", "trial_system_attrs",
+    }
