@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_storage_failures_in_threads()
     try:
         return run(argv, stop)
+    except SystemExit as exit_:  # argparse: --help, or a bad flag already printed in one line
+        return exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 2
     except UserInputError as error:
         print(f"error: {mask_known(mask(str(error), secrets_in(argv)))}", file=sys.stderr)
         return 2
@@ -161,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    finally:
+        stop.uninstall()
 
 
 _DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT}

@@ -32,11 +32,18 @@ class StopRequest:
         self.signum: int | None = None
         self.on_first: list[Callable[[int], None]] = []
         self.on_second: list[Callable[[int], None]] = []
+        self._previous: dict[int, Any] = {}
 
     def install(self) -> StopRequest:
         for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._handle)
+            self._previous[signum] = signal.signal(signum, self._handle)
         return self
+
+    def uninstall(self) -> None:
+        """Give the signals back to whoever had them (a test calling `main` in-process)."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.event.is_set():

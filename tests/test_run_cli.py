@@ -11,6 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from helpers import reader_storage
+from search.run import main
 
 TINY = """
 data: {val_size: 500, train_size: 1000}
@@ -42,8 +43,16 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str)
         assert word in lines[0]
 
 
-def test_help_explains_every_option(python: str, run_env: dict[str, str]) -> None:
-    result = run_cli(python, run_env, "--help")
+def in_process(argv: list[str], capsys: pytest.CaptureFixture[str]) -> subprocess.CompletedProcess[str]:
+    """`search.run.main(argv)` in this process, shaped like a finished subprocess: the same
+    checks as the command line, without starting an interpreter per case."""
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["search.run", *argv], code, out, err)
+
+
+def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    result = in_process(["--help"], capsys)
     assert result.returncode == 0
     for option in ("--config", "--trials", "--study-name", "--storage", "--target-accuracy", "--timeout",
                    "--workers", "--seed", "--data", "--data-dir", "--train-size", "--max-epochs", "--no-export"):
@@ -51,27 +60,55 @@ def test_help_explains_every_option(python: str, run_env: dict[str, str]) -> Non
     assert "total budget of finished trials" in result.stdout
 
 
-def test_bad_config_is_one_line_and_exit_2(python: str, run_env: dict[str, str], tmp_path: Path) -> None:
+def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("space: {learning_rate: {low: -1, high: 0.1}}\n")
-    assert_one_line_error(run_cli(python, run_env, "--config", str(bad)), "space.learning_rate", "positive")
-    assert_one_line_error(run_cli(python, run_env, "--trials", "0"), "study.trials")
-    assert_one_line_error(run_cli(python, run_env, "--trials", "many"), "--trials", "invalid int value")
-    assert_one_line_error(run_cli(python, run_env, "--target-accuracy", "high"), "--target-accuracy", "'none'")
+    assert_one_line_error(in_process(["--config", str(bad)], capsys), "space.learning_rate", "positive")
+    assert_one_line_error(in_process(["--trials", "0"], capsys), "study.trials")
+    assert_one_line_error(in_process(["--trials", "many"], capsys), "--trials", "invalid int value")
+    assert_one_line_error(in_process(["--target-accuracy", "high"], capsys), "--target-accuracy", "'none'")
 
 
-def test_unreachable_storage_never_prints_the_password(python: str, run_env: dict[str, str]) -> None:
+def test_unreachable_storage_never_prints_the_password(capsys: pytest.CaptureFixture[str]) -> None:
     url = "postgresql+psycopg2://alice:s3cr3t-pw@127.0.0.1:1/test"
-    result = run_cli(python, run_env, "--storage", url)
+    result = in_process(["--storage", url], capsys)
     assert_one_line_error(result, "cannot open storage", "alice:***@127.0.0.1:1")
     assert "s3cr3t-pw" not in result.stdout + result.stderr
 
 
-def test_bad_data_creates_no_study(python: str, run_env: dict[str, str], tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 's.db'}"
-    result = run_cli(python, run_env, "--storage", url, "--data-dir", str(tmp_path / "nowhere"))
+def test_bad_data_creates_no_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = in_process(["--storage", f"sqlite:///{tmp_path / 's.db'}", "--data-dir", str(tmp_path / "nowhere")], capsys)
     assert_one_line_error(result, "nowhere", "does not exist")
-    assert optuna.get_all_study_summaries(reader_storage(url)) == []
+    assert not (tmp_path / "s.db").exists()
+
+
+BAD_INPUTS = (
+    ["--trials", "many"],
+    ["--bogus-flag"],
+    ["--config", "/nowhere/x.yaml"],
+    ["--data-dir", "/nowhere"],
+    ["--storage", "sqlite://relative-without-slashes"],
+    ["--storage", "postgresql://u@host:notaport/db"],
+    ["--workers", "100000"],
+)
+
+
+def test_input_errors_answer_before_torch_is_imported(python: str, run_env: dict[str, str]) -> None:
+    """One interpreter runs every case: each is a one-line error with exit 2, and neither torch
+    nor Lightning has been imported when it is printed."""
+    code = (
+        "import sys, json\n"
+        "from search.run import main\n"
+        f"cases = json.loads({json.dumps(json.dumps(BAD_INPUTS))})\n"
+        "codes = [main(argv) for argv in cases]\n"
+        "print(json.dumps({'codes': codes, 'heavy': sorted({'torch', 'lightning'} & set(sys.modules))}))\n"
+    )
+    result = subprocess.run([python, "-c", code], env=run_env, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome == {"codes": [2] * len(BAD_INPUTS), "heavy": []}, result.stderr
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == len(BAD_INPUTS) and all(line.startswith("error: ") for line in errors), result.stderr
 
 
 @pytest.mark.slow
