@@ -109,10 +109,8 @@ def assert_accounted(study: optuna.Study, budget: int) -> None:
 def test_stop_signal_requeues_the_trial_and_resume_continues_from_its_epoch(setup: Callable[..., subprocess.Popen[str]], signum: int) -> None:
     process = setup()
     wait_for(setup.url, reported(1, 2), process)  # trial 1 has finished two epochs
-    sent = time.monotonic()
     process.send_signal(signum)
     code, _, err = finish(process)
-    assert time.monotonic() - sent < 10
     assert code == 128 + signum
     assert "Resume with: python -m search.run" in err and "Traceback" not in err
     trials = load(setup.url).trials
@@ -133,15 +131,18 @@ def test_stop_signal_requeues_the_trial_and_resume_continues_from_its_epoch(setu
         assert retry.intermediate_values[epoch] == trials[1].intermediate_values[epoch]
 
 
-def test_second_ctrl_c_exits_at_once(setup: Callable[..., subprocess.Popen[str]]) -> None:
+def test_second_ctrl_c_mid_trial_exits_with_the_interrupt_code(setup: Callable[..., subprocess.Popen[str]]) -> None:
+    """The whole runner under two Ctrl-C: it ends with 130 and no traceback, and the study keeps
+    every finished trial. That the second one needs no cooperation from the trial is shown
+    without a clock by tests/test_workers.py::test_a_second_signal_ends_a_stop_that_never_finishes."""
     process = setup()
     wait_for(setup.url, reported(1, 1), process)
     process.send_signal(signal.SIGINT)
     process.send_signal(signal.SIGINT)
-    sent = time.monotonic()
-    code, _, _ = finish(process)
+    code, _, err = finish(process)
     assert code == 128 + signal.SIGINT
-    assert time.monotonic() - sent < 3
+    assert "Traceback" not in err
+    assert load(setup.url).trials[0].state == TrialState.COMPLETE
 
 
 @pytest.mark.parametrize(

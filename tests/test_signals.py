@@ -1,0 +1,37 @@
+"""search/workers.py's StopRequest in a real process: what one and two signals do, without a clock.
+
+The process below never finishes its stop by itself (as a trial stuck in a long batch would), so
+the only way it can end is the second signal's hard exit: no timing assumption is needed.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+
+STUCK = """
+import time
+from search.workers import StopRequest
+
+stop = StopRequest().install()
+stop.add_first(lambda signum: print("first", flush=True))
+print("ready", flush=True)
+while True:  # a stop that never completes
+    time.sleep(0.01)
+"""
+
+
+def test_a_second_signal_ends_a_stop_that_never_finishes(python: str, run_env: dict[str, str]) -> None:
+    process = subprocess.Popen([python, "-c", STUCK], env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+        process.send_signal(signal.SIGINT)
+        assert process.stdout.readline().strip() == "first"  # the first signal asked for a stop
+        assert process.poll() is None  # and did not end the process
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=60)  # a hang guard, not a speed check
+    finally:
+        process.kill()
+    assert code == 128 + signal.SIGINT
+    assert "Traceback" not in process.stderr.read()
