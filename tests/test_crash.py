@@ -18,6 +18,7 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 from helpers import reader_storage
+from search.storage import StorageError
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +65,10 @@ def wait_for(url: str, condition: Callable[[list[FrozenTrial]], bool], process: 
     storage = None
     while time.monotonic() < deadline:
         if storage is None and Path(url.removeprefix("sqlite:///")).exists():
-            storage = reader_storage(url)
+            try:
+                storage = reader_storage(url)
+            except StorageError:
+                pass  # the file exists, its tables not yet
         if storage is not None:
             try:
                 if condition(load(storage).trials):
