@@ -42,6 +42,7 @@ class Flag:
     key: tuple[str, ...]
     flag: str = ""  # default: the field's name with dashes
     parse: Callable[[str], Any] | None = None  # default: from the default's type
+    help: str = ""  # default: the field's description and default; set where the command's default differs
 
     @property
     def name(self) -> str:
@@ -59,6 +60,8 @@ def _parser_for(kind: type) -> Callable[[str], Any]:
 
 
 def _help(flag: Flag) -> str:
+    if flag.help:
+        return flag.help.replace("%", "%%")
     default, description, _ = field_info(flag.key)
     plain = default is not None and not isinstance(default, (bool, list, dict))
     shown = f" (default {default})" if plain else ""
@@ -91,6 +94,11 @@ def overrides_from_args(args: argparse.Namespace, flags: Sequence[Flag]) -> dict
 
 STUDY_NAME = Flag(("study", "name"), "--study-name")
 STORAGE = Flag(("study", "storage"))
+RECORDED = "(default: what the study recorded)"
+READ_FLAGS = (  # commands that read a study: its own record is the default
+    Flag(("study", "name"), "--study-name", help="the study to read (default mnist)"),
+    Flag(("study", "storage"), help="storage URL of the study (default: sqlite:///storage/mnist-search.db under $MNIST_SEARCH_HOME)"),
+)
 DATA_FLAGS = (
     Flag(("data", "source"), "--data"),
     Flag(("data", "data_dir")),
@@ -108,4 +116,7 @@ RUN_FLAGS = (
     Flag(("study", "seed")),
     *DATA_FLAGS,
     Flag(("training", "max_epochs")),
+)
+RECORDED_DATA_FLAGS = tuple(  # the export's data options: they override the study's recorded ones
+    Flag(f.key, f.flag, f.parse, help=f"{field_info(f.key)[1]} {RECORDED}") for f in DATA_FLAGS
 )

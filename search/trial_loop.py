@@ -42,10 +42,17 @@ def quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def stored_settings(settings: Settings, url: str) -> dict[str, Any]:
-    """The settings as the study records them: the storage URL with its secrets masked."""
+def stored_settings(settings: Settings, url: str, source: DataSource) -> dict[str, Any]:
+    """The settings as the study records them: the storage URL with its secrets masked, and the
+    data as an absolute path when it was found through the environment or a relative path, so
+    `python -m search.export` finds it from any folder and shell."""
     raw = settings.model_dump(mode="json")
     raw["study"]["storage"] = redact(url)
+    data = raw["data"]
+    if source.kind == "csv" or (data["source"] and source.path.is_dir()):
+        data["source"] = str(source.path.resolve())
+    elif not source.download:
+        data["data_dir"] = str(source.path.resolve())
     return raw
 
 
@@ -82,7 +89,7 @@ def start_run(settings: Settings, url: str, source: DataSource) -> StartedRun:
     study = opened.study
     if record.DATA not in study.user_attrs:
         study.set_user_attr(record.DATA, identity.as_dict())
-    study.set_user_attr(record.SETTINGS, stored_settings(settings, url))
+    study.set_user_attr(record.SETTINGS, stored_settings(settings, url, source))
     status = study_status(study)
     target = settings.study.target_accuracy
     data = settings.data

@@ -375,3 +375,32 @@ def test_main_refuses_a_study_with_no_completed_trial(tmp_path: Path, capsys: py
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "no completed trial" in err
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_export_right_after_a_run_needs_no_flag_and_no_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The run found MNIST through MNIST_DATA_DIR; a new shell in another folder has neither the
+    variable nor the relative path, and `python -m search.export` still exports the study's data."""
+    from search.run import main as run_main
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text("data: {val_size: 200, train_size: 600}\ntraining: {max_epochs: 1, snapshot_steps: [5]}\n")
+    assert run_main(["--config", str(config), "--trials", "2", "--target-accuracy", "none", "--no-export"]) == 0
+    monkeypatch.delenv("MNIST_DATA_DIR")
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert export_main([]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "exported trial" in out
+    assert export_main([]) == 0  # and again, over its own previous export
+
+
+def test_export_help_names_the_recorded_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        export_main(["--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "create or resume" not in text  # the export reads a study, it creates none
+    assert "--val-fraction" in text and "(default: what the study recorded)" in text
+    assert "default 0.2" not in text  # the study's own split is the default, not the run's built-in one

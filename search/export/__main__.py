@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING
 
 from lightning_modules.errors import UserInputError
 from search.options import (
-    DATA_FLAGS,
-    STORAGE,
-    STUDY_NAME,
+    READ_FLAGS,
+    RECORDED_DATA_FLAGS,
     OneLineParser,
     add_flags,
     overrides_from_args,
@@ -49,7 +48,7 @@ def _trial_number(text: str) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineParser(prog="python -m search.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_flags(parser, (STUDY_NAME, STORAGE, *DATA_FLAGS))
+    add_flags(parser, (*READ_FLAGS, *RECORDED_DATA_FLAGS))
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: storage/exports/<study>)")
     parser.add_argument("--artifact-dir", type=Path, default=None, help="artifact folder (default: artifacts/ next to the default database)")
     parser.add_argument("--reproduce", type=_trial_number, metavar="TRIAL", default=None,
@@ -65,7 +64,7 @@ def _settings(study: optuna.Study, args: argparse.Namespace) -> Settings:
     from search.settings_file import ConfigError, merge_settings
 
     recorded = study_settings(study)
-    overrides = overrides_from_args(args, DATA_FLAGS)
+    overrides = overrides_from_args(args, RECORDED_DATA_FLAGS)
     if not overrides:
         return recorded
     try:
