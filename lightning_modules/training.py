@@ -26,7 +26,7 @@ from lightning_modules.data.batches import TensorBatches
 from lightning_modules.data.datamodule import MNISTDataModule
 from lightning_modules.data.split import DataSplit
 from lightning_modules.hyperparams import HyperParams
-from lightning_modules.metric_names import MONITOR
+from lightning_modules.metric_names import MONITOR, TEST_ACC, TEST_LOSS
 
 _QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning_fabric", "lightning.pytorch.utilities.rank_zero")
 
@@ -177,4 +177,5 @@ def evaluate(model: Classifier, x: torch.Tensor, y: torch.Tensor, batch_size: in
     with sigterm_as_interrupt():
         trainer.test(model, dataloaders=TensorBatches(x, y, batch_size), verbose=False)
     confusion = model.test_confusion.compute().clone()
-    return Evaluation(float(model.test_acc.compute()), float(model.test_loss.compute()), confusion)
+    logged = trainer.callback_metrics  # rounded from exact counts, as every other metric (classifier.py)
+    return Evaluation(float(logged[TEST_ACC]), float(logged[TEST_LOSS]), confusion)

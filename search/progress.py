@@ -14,11 +14,18 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
+from lightning_modules.hyperparams import OPTIMIZERS
 from search import record
 from search.resume import retry_of
 from search.stopping import FINISHED
 
-PARAMS_WIDTH = 56  # "dnn 1024-1024-1024-1024 drop=0.50 adamw lr=1.0e-02 bs=256": the widest
+# The ceilings search/settings.py puts on the space (SpaceConfig refuses more; tests/test_progress.py
+# keeps the two in step): the parameter column is as wide as the widest net they allow, so
+# `val_acc=` stands in one column whether a trial has one hidden layer or four.
+MAX_HIDDEN_LAYERS = 4
+MAX_UNITS = 8192
+MAX_BATCH_SIZE = 65536
+NUMBER_WIDTH = 3  # trial numbers below 1000 align without a budget to size them by
 
 
 def describe_params(params: dict[str, object]) -> str:
@@ -36,23 +43,50 @@ def describe_params(params: dict[str, object]) -> str:
     return " ".join(parts)
 
 
+def _widest_params() -> dict[str, object]:
+    """The longest description the settings allow: a DNN at every ceiling. The rate prints as 7
+    characters from 1e-99 up to the settings' 10, dropout (below 1) as 4; a rate under 1e-99
+    would only push its own line's tail one column right."""
+    units = {f"units_l{i + 1}": MAX_UNITS for i in range(MAX_HIDDEN_LAYERS)}
+    return {
+        "classifier": "dnn", "hidden_layers": MAX_HIDDEN_LAYERS, **units, "dropout": 0.5,
+        "optimizer": max(OPTIMIZERS, key=len), "learning_rate": 1e-2, "batch_size": MAX_BATCH_SIZE,
+    }
+
+
+PARAMS_WIDTH = len(describe_params(_widest_params()))  # "dnn 8192-8192-8192-8192 drop=0.50 adamw lr=1.0e-02 bs=65536"
+
+
 def failure_note(trial: FrozenTrial, trials: list[FrozenTrial]) -> str:
-    """Why a trial failed, in words, and what became of it."""
+    """Why a trial failed, in plain words, and which trial retries it (or that none does).
+
+    Only two things retry a trial: a stop request (which marks it interrupted) and Optuna's
+    heartbeat check, which finds a dead worker's trial; a failure without a retry may also be an
+    error the objective raised, so its note does not claim the heartbeat.
+    """
     retry = retry_of(trials, trial)
     if trial.user_attrs.get(record.DIED) == "interrupted":
         cause = "interrupted by a stop request"
-    elif trial.params:
-        cause = "its worker died (no heartbeat)"
-    else:
+    elif not trial.params:
         cause = "failed before training"
+    elif retry is not None:
+        cause = "found dead (its worker stopped sending heartbeats)"
+    else:
+        cause = "ended without a result (its worker died or raised an error)"
     then = f"retried as trial {retry.number}" if retry is not None else "not retried"
     return f"{cause}; {then}"
 
 
 def trial_line(trial: FrozenTrial, trials: list[FrozenTrial] | None = None, done: int | None = None, budget: int | None = None) -> str:
-    """'trial  12 [ 13/100] dnn 512-128 ... val_acc=0.9712 epochs=3 complete 8.1s'."""
-    count = f" [{done:>{len(str(budget))}}/{budget}]" if done is not None and budget is not None else ""
-    head = f"trial {trial.number:>3}{count} {describe_params(trial.params):<{PARAMS_WIDTH}}"
+    """'trial  12 [ 13/100] dnn 512-128 ... val_acc=0.9712 epochs=3 complete 8.1s'.
+
+    The parameters are padded to `PARAMS_WIDTH` and the trial number to the budget's digits, so
+    `val_acc=` stands in one column for every line of a run. A description is never cut.
+    """
+    counted = done is not None and budget is not None
+    count = f" [{done:>{len(str(budget))}}/{budget}]" if counted else ""
+    number_width = max(NUMBER_WIDTH, len(str(budget))) if counted else NUMBER_WIDTH
+    head = f"trial {trial.number:>{number_width}}{count} {describe_params(trial.params):<{PARAMS_WIDTH}}"
     epochs = record.epochs_run(trial)
     if trial.state == TrialState.FAIL:
         return f"{head} val_acc={record.last_value(trial):.4f} epochs={epochs} failed: {failure_note(trial, trials or [])}"
@@ -69,8 +103,8 @@ class TrialReporter:
     dead worker's trial and queues its retry in two steps, and the line should name the retry.
     """
 
-    def __init__(self, study: optuna.Study, budget: int, out: TextIO = sys.stdout) -> None:
-        self.out = out
+    def __init__(self, study: optuna.Study, budget: int, out: TextIO | None = None) -> None:
+        self.out = out if out is not None else sys.stdout  # read now: a caller may have redirected it
         self.budget = budget
         trials = study.get_trials(deepcopy=False)
         self.done = sum(t.state in FINISHED for t in trials)

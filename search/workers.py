@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing
+from multiprocessing import resource_tracker
 import os
 import signal
 import sys
@@ -77,11 +78,20 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(128 + signal.SIGTERM)
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def worker_main(target: Callable[..., None], parent_pid: int, args: tuple[Any, ...]) -> None:
-    """Entry point of a spawned worker: its own process group, tied to its parent, then `target`."""
+    """Entry point of a spawned worker: its own process group, tied to its parent, then `target`.
+
+    The worker starts with the stop signals blocked (inherited from `WorkerPool.run`): a Ctrl-C
+    that reached it while the interpreter was still starting waits until the handler is in
+    place, and then is a stop request like any other rather than a KeyboardInterrupt traceback.
+    """
     os.setpgid(0, 0)  # Ctrl-C reaches the runner only; it forwards exactly one stop request
     stop = StopRequest().install()
     die_with_parent(parent_pid)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     target(stop, *args)
 
 
@@ -112,9 +122,18 @@ class WorkerPool:
         """Start every worker, call `on_poll` until all have ended; returns their exit codes."""
         self.stop.on_second.append(lambda _: self._signal_all(signal.SIGKILL))
         try:
-            for process in self.processes:
-                process.start()
-            self.stop.add_first(self._signal_all)  # a request that came during start-up is relayed too
+            # Children inherit the blocked mask across exec; here the signals stay pending, not lost.
+            # The resource tracker first: starting it unblocks SIGINT and SIGTERM again on its way out.
+            resource_tracker.ensure_running()
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            try:
+                for process in self.processes:
+                    process.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+            # Relay SIGTERM whatever came: a worker whose handler is in place stops at its next
+            # batch; one still starting holds it until its handler is.
+            self.stop.add_first(lambda _: self._signal_all(signal.SIGTERM))  # a request during start-up too
             while any(p.is_alive() for p in self.processes):
                 on_poll()
                 time.sleep(POLL_SECONDS)

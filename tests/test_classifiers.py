@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from lightning_modules.callbacks import TrainingInterrupted
-from lightning_modules.classifier import Classifier
+from lightning_modules.classifier import Classifier, _compute_and_reset
+from lightning_modules.data.format import N_CLASSES
 from lightning_modules.data.split import DataSplit
 from lightning_modules.hyperparams import CLASSIFIERS, OPTIMIZERS, HyperParams
-from lightning_modules.metric_names import MONITOR
+from lightning_modules.metric_names import METRIC_DECIMALS, MONITOR
 from lightning_modules.network import build_network
 from lightning_modules.training import build_trainer, evaluate, fit
 
@@ -205,3 +206,58 @@ def test_a_fit_resumed_from_its_epoch_checkpoint_ends_as_the_uninterrupted_one(t
     for a, b in zip(whole.history, resumed.history):  # same data order, dropout and learning rates
         assert a == pytest.approx(b, abs=1e-6)
     assert torch.equal(whole.model.first_layer.weight, resumed.model.first_layer.weight)
+
+
+def test_history_values_are_rounded_and_val_accuracy_is_correct_over_total(tiny_split: DataSplit) -> None:
+    """Issue #17: optuna-dashboard showed float32 noise (0.9519000053405762); each value is now
+    rounded where it is computed, and accuracy is the decimal correct/total, not float32's."""
+    result = fit(DNN, tiny_split, seed=4, max_epochs=2)
+    for row in result.history:
+        for key, value in row.items():
+            assert value == round(value, METRIC_DECIMALS), (key, value)
+    with torch.no_grad():
+        predicted = result.model.eval()(tiny_split.x_val).argmax(1)
+    correct, total = int((predicted == tiny_split.y_val).sum()), len(tiny_split.y_val)
+    assert 0 < correct < total  # a value float32 cannot hold exactly, so float32 noise would show
+    assert result.history[-1][MONITOR] == round(correct / total, METRIC_DECIMALS)
+    assert repr(result.history[-1][MONITOR]) == repr(correct / total)  # 200 rows: a 3-decimal number
+
+
+def test_accuracy_is_rounded_from_its_counts_not_from_float32() -> None:
+    """3287 of 3429 (the validation size of 17,143 rows at 0.2) is 0.95858851: float32's quotient,
+    0.95858848, rounds to 0.958588; the counts round to 0.958589."""
+    labels = torch.arange(3429) % N_CLASSES
+    predicted = labels.clone()
+    predicted[3287:] = (predicted[3287:] + 1) % N_CLASSES  # the last 142 rows wrong
+    accuracy = Classifier(LINEAR).val_acc
+    accuracy.update(F.one_hot(predicted, N_CLASSES).float(), labels)
+    assert float(accuracy.compute()) != 3287 / 3429  # the float32 quotient this guards against
+    assert _compute_and_reset(accuracy) == 0.958589 == round(3287 / 3429, METRIC_DECIMALS)
+    assert accuracy.update_count == 0  # reset for the next epoch
+
+
+def test_trial_value_intermediate_values_and_history_agree_exactly(tiny_split: DataSplit) -> None:
+    """Optuna's pruning callback reads the logged metric, the objective returns the history's: one
+    number in the storage, and a refit matches it within reproduce's tolerance (exactly, here)."""
+    import optuna
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    from search.export.reproduce import Reproduction
+
+    histories: list[list[dict[str, float]]] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        result = fit(DNN, tiny_split, seed=7, max_epochs=2, callbacks=[PyTorchLightningPruningCallback(trial, monitor=MONITOR)])
+        histories.append(result.history)
+        return result.metrics[MONITOR]
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+    study.optimize(objective, n_trials=1)
+    trial, history = study.trials[0], histories[0]
+    recorded = [row[MONITOR] for row in history]
+    assert [trial.intermediate_values[e] for e in sorted(trial.intermediate_values)] == recorded
+    assert trial.value == recorded[-1] == round(recorded[-1], METRIC_DECIMALS)
+    refit = fit(DNN, tiny_split, seed=7, max_epochs=2)
+    reproduction = Reproduction(trial.number, list(trial.intermediate_values.values()), [row[MONITOR] for row in refit.history])
+    assert reproduction.matches and reproduction.reproduced == reproduction.recorded

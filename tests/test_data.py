@@ -604,3 +604,41 @@ def test_a_data_file_over_the_size_limit_is_refused_unread(tmp_path: Path) -> No
 def test_a_device_is_not_read_as_data(device: str) -> None:
     data_error(lambda: read_csv(Path(device)), device, "not a regular file")
     data_error(lambda: read_idx_images(Path(device)), device, "not a regular file")
+
+
+# ---------------------------------------------------------------- validation size, sample images
+
+
+@pytest.mark.parametrize(
+    "n_rows, fraction, cap, expected",
+    [
+        (17_143, 0.2, 10_000, 3_429),  # 3,428.6 rounds to the nearest row
+        (60_000, 0.2, 10_000, 10_000),  # MNIST: 12,000 would be more than the cap
+        (60_000, 0.1, 10_000, 6_000),  # under the cap, the fraction alone
+        (2, 0.2, 10_000, 1),  # 0.4 rows: at least one row still validates
+    ],
+)
+def test_validation_rows_is_a_rounded_fraction_capped_and_never_zero(n_rows: int, fraction: float, cap: int, expected: int) -> None:
+    from lightning_modules.data.split import validation_rows
+
+    assert validation_rows(n_rows, fraction, cap) == expected
+
+
+def test_the_sample_images_of_a_csv_are_its_first_nine_rows_as_given(tmp_path: Path) -> None:
+    """The export's sample picture shows the file's first rows, not the shuffled split's."""
+    from search.data import load_split
+    from search.settings import DataConfig
+
+    n_rows = 120
+    labels = [(7 * i + 3) % N_CLASSES for i in range(n_rows)]  # not sorted, every class 12 times
+    pixels = [[(i + 2 * p) % 256 for p in range(N_PIXELS)] for i in range(n_rows)]  # each row unique
+    path = tmp_path / "digits.csv"
+    path.write_text("".join(",".join(map(str, [label, *row])) + "\n" for label, row in zip(labels, pixels)))
+
+    split = load_split(DataConfig(source=str(path)))
+    assert split.sample_images is not None and split.sample_labels is not None
+    assert split.sample_labels.tolist() == labels[:9]
+    expected = torch.tensor(pixels[:9], dtype=torch.float32) / 255.0
+    assert torch.equal(split.sample_images, expected)
+    # the split's own first rows are others: the samples cannot have come from it
+    assert not torch.equal(split.x_train[:9], expected)

@@ -181,3 +181,20 @@ def test_figures_do_not_depend_on_the_global_style(tmp_path: Path, confusion: np
 def test_message_png(tmp_path: Path) -> None:
     path = figures.message_png("needs two completed trials", tmp_path / "note.png")
     assert decoded_size(path) == figures.MESSAGE_PX
+
+
+@pytest.mark.parametrize(
+    "requested, taken, note",
+    [
+        ([10, 100], [10, 100, 312], ""),  # every requested step was reached: nothing to explain
+        ([10, 312], [10, 312], ""),  # a step that is also the run's last
+        ([], [312], ""),  # none asked for: the end alone is no shortfall
+        ([10, 1000, 5000], [10, 312], "steps 1000, 5000 were asked for, but the run ended at step 312"),
+    ],
+)
+def test_the_snapshot_note_names_the_steps_beyond_the_run_and_where_it_ended(requested: list[int], taken: list[int], note: str) -> None:
+    """The caption under weight_snapshots.png: the picture has fewer rows than the settings asked
+    for only when the run ended first, and the note says which steps and where it ended."""
+    from search.export.exporter import snapshot_note
+
+    assert snapshot_note(requested, taken) == note

@@ -174,3 +174,43 @@ def test_same_seed_same_trials_and_metrics_other_seed_other_trials(python: str, 
     assert len(runs["a"]) == 6
     assert runs["a"] == runs["b"]
     assert [params for _, _, params, *_ in runs["a"][1:]] != [params for _, _, params, *_ in runs["c"][1:]]
+
+
+def test_help_offers_the_validation_fraction(capsys: pytest.CaptureFixture[str]) -> None:
+    """The share held out for validation is a flag, with the help the settings give it."""
+    result = in_process(["--help"], capsys)
+    assert result.returncode == 0
+    assert "--val-fraction" in result.stdout
+    assert "share of the training rows held out for validation" in " ".join(result.stdout.split())  # help may wrap
+
+
+def test_a_malformed_csv_is_one_line_exit_2_and_creates_no_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The CSV is read before the storage is opened: a bad file leaves nothing behind to resume."""
+    good = ",".join(["3", *["0"] * 784])
+    bad = tmp_path / "digits.csv"
+    bad.write_text(f"{good}\n{good}\n3,{','.join(['0'] * 700)}\n{good}\n")  # row 3 is 84 pixels short
+    database = tmp_path / "s.db"
+    result = in_process(["--data", str(bad), "--storage", f"sqlite:///{database}", "--no-export"], capsys)
+    assert_one_line_error(result, str(bad), "row 3", "701 columns")
+    assert result.stdout == ""  # the error is all it says
+    assert not database.exists()
+    assert not list(tmp_path.glob("s.db*"))  # no -wal or -journal file either
+
+
+def test_export_help_imports_neither_torch_nor_lightning(python: str, run_env: dict[str, str]) -> None:
+    """`python -m search.export --help` answers without loading the model stack (seconds saved)."""
+    code = (
+        "import sys, json\n"
+        "from search.export.__main__ import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "    code = None\n"
+        "except SystemExit as exit:\n"
+        "    code = exit.code\n"
+        "print(json.dumps({'code': code, 'heavy': sorted({'torch', 'lightning', 'lightning.pytorch'} & set(sys.modules))}))\n"
+    )
+    result = subprocess.run([python, "-c", code], env=run_env, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert "--reproduce" in result.stdout  # it did print the help
+    assert json.loads(lines[-1]) == {"code": 0, "heavy": []}, result.stderr

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -132,3 +136,120 @@ def test_workers_starting_together_on_a_new_sqlite_file_all_open_it(python: str,
     finally:
         for process in processes:
             process.kill()
+
+
+# ---------------------------------------------------------------- workers and signals
+
+SLOW_TRIALS = TINY.replace("max_epochs: 2", "max_epochs: 50").replace("train_size: 600", "train_size: 3000")
+
+
+def children(pid: int) -> set[int]:
+    """The live child processes of `pid`, from /proc (no psutil needed on Linux)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.add(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    """Poll until `condition()` holds; the timeout only guards against a hang."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.1)
+
+
+def start_workers(python: str, env: dict[str, str], tmp_path: Path, workers: int = 2) -> tuple[subprocess.Popen[str], str]:
+    """A run with `workers` spawned workers and long trials, in its own session (as a terminal's job)."""
+    config = tmp_path / "slow.yaml"
+    config.write_text(SLOW_TRIALS)
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    args = [python, "-m", "search.run", "--no-export", "--config", str(config), "--storage", url, "--trials", "20",
+            "--workers", str(workers), "--target-accuracy", "none"]
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return process, url
+
+
+def running_trials(url: str) -> int:
+    if not Path(url.removeprefix("sqlite:///")).exists():
+        return 0
+    try:
+        study = optuna.load_study(study_name="mnist", storage=reader_storage(url))
+    except Exception:  # noqa: BLE001 - the study or its tables are not there yet
+        return 0
+    return sum(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
+
+
+def test_killing_the_runner_ends_its_workers(python: str, run_env: dict[str, str], tmp_path: Path) -> None:
+    process, url = start_workers(python, run_env, tmp_path)
+    try:
+        wait_until(lambda: running_trials(url) >= 2, "both workers run a trial")
+        workers = children(process.pid)
+        assert len(workers) >= 2
+        process.kill()  # kill -9: no handler of the runner's runs
+        process.wait()
+        wait_until(lambda: not any(alive(pid) for pid in workers), "every worker has ended")
+    finally:
+        process.kill()
+        for pid in children(process.pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_when_every_worker_dies_the_run_fails(python: str, run_env: dict[str, str], tmp_path: Path) -> None:
+    process, url = start_workers(python, run_env, tmp_path)
+    try:
+        wait_until(lambda: running_trials(url) >= 2, "both workers run a trial")
+        for pid in children(process.pid):
+            os.kill(pid, signal.SIGKILL)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 1, err
+    assert "workers died" in err and "Resume with: python -m search.run" in err and "Traceback" not in err
+    assert "all workers finished" not in out + err
+
+
+def test_ctrl_c_while_workers_start_is_one_clean_stop(python: str, run_env: dict[str, str], tmp_path: Path) -> None:
+    """A terminal's Ctrl-C goes to the whole process group: sent as soon as the first worker
+    process exists, it lands while the workers' interpreters are still starting."""
+    process, url = start_workers(python, run_env, tmp_path)
+    try:
+        wait_until(lambda: bool(children(process.pid)), "a worker process exists", timeout=240)
+        os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGINT, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    study = optuna.load_study(study_name="mnist", storage=reader_storage(url))
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) < 20  # it stopped, it did not run the budget
+
+
+def test_second_ctrl_c_ends_runner_and_workers(python: str, run_env: dict[str, str], tmp_path: Path) -> None:
+    process, url = start_workers(python, run_env, tmp_path)
+    try:
+        wait_until(lambda: running_trials(url) >= 2, "both workers run a trial")
+        workers = children(process.pid)
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=120)
+        wait_until(lambda: not any(alive(pid) for pid in workers), "every worker has ended")
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGINT
