@@ -1,18 +1,23 @@
 """python -m search.dashboard: watch the study live in optuna-dashboard, artifacts included.
 
-One command instead of remembering the storage URL and the artifact folder. It opens the study
-database read-only (pass --allow-writes to edit notes or upload files in the page), and SQLite
-in WAL mode lets it read while workers write, so opening it never blocks a running search. It
-answers only requests addressed to the host it listens on (no DNS rebinding), listens on this
-machine only unless told otherwise, and imports no torch, so it starts in a second or two.
+One command instead of remembering the storage URL and the artifact folder. It is read-only
+unless given --allow-writes: it opens the study database read-only and refuses every request
+other than GET and HEAD (so the page can neither edit notes nor upload or delete artifacts), and
+SQLite in WAL mode lets it read while workers write, so opening it never blocks a running
+search. It answers only requests addressed to the host it listens on (no DNS rebinding; name
+more with --allowed-host), listens on this machine only unless told otherwise, and imports no
+torch, so it starts in a second or two.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import re
 import socket
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -26,6 +31,11 @@ from search.redaction import mask_known, redact
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+UNSPECIFIED = ("0.0.0.0", "::")  # every address of this machine: no one name or number to answer to
+READ_METHODS = frozenset({"GET", "HEAD"})
+READ_ONLY_REFUSAL = b"this dashboard is read-only: restart it with --allow-writes to save notes or upload or delete artifacts\n"
+MAX_DISCARDED_BODY = 64 << 20  # bytes read and dropped before a refusal; a larger upload is cut off
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]{0,251}[a-z0-9_])?", re.IGNORECASE)
 
 
 class DashboardError(UserInputError):
@@ -46,14 +56,34 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
+def host_name(value: str) -> str:
+    """An --allowed-host value: a host name or an IP address (IPv6 with or without brackets), no port."""
+    name = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    try:
+        return str(ipaddress.ip_address(name))  # the form a browser writes in the Host header
+    except ValueError:
+        pass
+    if not _HOST_NAME.fullmatch(name):
+        raise argparse.ArgumentTypeError(f"expected a host name or IP address without a port, got {value[:60]!r}")
+    return name.lower()
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineParser(prog="python -m search.dashboard", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--storage", default=None, help="storage URL (default: the SQLite file under storage/, or $MNIST_SEARCH_HOME)")
     parser.add_argument("--artifact-dir", type=Path, default=None, help="artifact folder (default: artifacts/ next to the default database)")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}: this machine only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT}; 0 picks a free one)")
-    parser.add_argument("--allow-writes", action="store_true", help="let the page save notes and upload files (default: read-only)")
+    parser.add_argument(
+        "--allow-writes", action="store_true",
+        help="let the page save notes and upload or delete artifacts (default: read-only, only GET and HEAD answered)",
+    )
     parser.add_argument("--allow-remote", action="store_true", help="required with a --host other than this machine's loopback")
+    parser.add_argument(
+        "--allowed-host", action="append", type=host_name, default=[], metavar="NAME",
+        help="also answer requests addressed to this host name or IP address (repeatable); "
+        "e.g. the machine's IP with --host 0.0.0.0, which otherwise answers only to its host name",
+    )
     args = parser.parse_args(argv)
     if args.host not in LOOPBACK and not args.allow_remote:
         parser.error(
@@ -63,12 +93,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def allowed_hosts(host: str, port: int) -> set[str]:
-    """Host headers this server answers: its own address and port, by name or number."""
+def allowed_hosts(host: str, port: int, bound: str = "", extra: Iterable[str] = ()) -> set[str]:
+    """Host headers this server answers, in lower case: its own address and port, by name or
+    number, the address it bound when that is a concrete IP (--host gave a name), and each of
+    `extra` (--allowed-host)."""
     names = {host, *LOOPBACK} if host in LOOPBACK else {host}
-    if host in ("0.0.0.0", "::"):
+    if host in UNSPECIFIED:
         names |= {socket.gethostname(), *LOOPBACK}
-    return {f"{name}:{port}" for name in names} | {f"[{name}]:{port}" for name in names if ":" in name}
+    if bound and bound not in UNSPECIFIED:
+        names.add(bound)
+    names = {name.lower() for name in (*names, *extra) if name}
+    hosts = {f"{name}:{port}" for name in names} | {f"[{name}]:{port}" for name in names if ":" in name}
+    if port == 80:  # a browser leaves the default port out of the Host header
+        hosts |= {f"[{name}]" if ":" in name else name for name in names}
+    return hosts
 
 
 def host_guard(app: Callable[..., Iterable[bytes]], allowed: Callable[[], set[str]]) -> Callable[..., Iterable[bytes]]:
@@ -76,12 +114,47 @@ def host_guard(app: Callable[..., Iterable[bytes]], allowed: Callable[[], set[st
     another site that re-points its own name at 127.0.0.1 (DNS rebinding) cannot reach the study."""
 
     def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("HTTP_HOST", "") not in allowed():
+        if environ.get("HTTP_HOST", "").lower() not in allowed():
             start_response("421 Misdirected Request", [("Content-Type", "text/plain")])
             return [b"this dashboard answers only requests addressed to its own host and port\n"]
         return app(environ, start_response)
 
     return guarded
+
+
+def read_only_guard(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+    """WSGI middleware that answers every method but GET and HEAD with 405 before optuna-dashboard
+    sees it. The database is opened read-only, but the artifact folder is a plain folder: without
+    this, DELETE removed an artifact's file and POST wrote an orphan one before the database
+    refused the matching record (a 500 with a traceback)."""
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        # an allow-list, exact: "delete" in lower case, which bottle routes as DELETE, is refused too
+        if environ.get("REQUEST_METHOD", "GET") in READ_METHODS:
+            return app(environ, start_response)
+        _discard_body(environ)
+        start_response("405 Method Not Allowed", [
+            ("Content-Type", "text/plain; charset=utf-8"), ("Allow", "GET, HEAD"), ("Content-Length", str(len(READ_ONLY_REFUSAL))),
+        ])
+        return [READ_ONLY_REFUSAL]
+
+    return guarded
+
+
+def _discard_body(environ: dict[str, Any]) -> None:
+    """Read what the client sent before refusing it: a connection closed on unread bytes is reset,
+    and the client would see a network error instead of the refusal."""
+    try:
+        left = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return
+    if left > MAX_DISCARDED_BODY:
+        return
+    while left > 0:
+        chunk = environ["wsgi.input"].read(min(left, 1 << 16))
+        if not chunk:
+            return
+        left -= len(chunk)
 
 
 def bind_server(app: Any, host: str, port: int) -> WSGIServer:
@@ -107,7 +180,18 @@ def study_urls(storage: Any, base_url: str) -> dict[str, str]:
     return {name: f"{base_url}/dashboard/studies/{storage.get_study_id_from_name(name)}" for name in study_names(storage)}
 
 
-def serve(args: argparse.Namespace) -> int:
+@dataclass
+class Dashboard:
+    """A dashboard bound to its port and not yet serving: `serve` runs it, tests call its app."""
+
+    server: WSGIServer
+    storage: Any
+    url: str
+    base: str
+
+
+def open_dashboard(args: argparse.Namespace) -> Dashboard:
+    """Open the storage and the artifact folder and listen; read-only unless --allow-writes."""
     from optuna_dashboard import wsgi
 
     from search.storage import (
@@ -119,24 +203,35 @@ def serve(args: argparse.Namespace) -> int:
     url = check_storage_url(args.storage)
     storage = open_existing_storage(url, read_only=not args.allow_writes)
     store = build_artifact_store(args.artifact_dir, create=False)
-    bound: dict[str, set[str]] = {"hosts": set()}
-    server = bind_server(host_guard(wsgi(storage, artifact_store=store), lambda: bound["hosts"]), args.host, args.port)
-    bound["hosts"] = allowed_hosts(args.host, server.server_address[1])
-    base = server_url(server, args.host)
-    mode = "read-write" if args.allow_writes else "read-only"
-    print(f"optuna-dashboard ({mode}) on {redact(url)}, artifacts in {args.artifact_dir or artifact_dir()}")
-    if args.host not in LOOPBACK:
-        print(f"warning: listening on {args.host}: anyone who can reach this machine's port {server.server_address[1]} can read the studies", file=sys.stderr)
-    urls = study_urls(storage, base)
-    for name, page in urls.items():
-        print(f"  study {name!r}: {page}")
-    if not urls:
-        print("  no study yet: it is listed once python -m search.run has started")
-    print(f"open {base}/dashboard   (Ctrl-C to stop)", flush=True)
+    app = wsgi(storage, artifact_store=store)
+    if not args.allow_writes:
+        app = read_only_guard(app)
+    hosts: set[str] = set()  # filled once the port is known (--port 0 picks one)
+    server = bind_server(host_guard(app, lambda: hosts), args.host, args.port)
+    hosts |= allowed_hosts(args.host, server.server_address[1], str(server.server_address[0]), args.allowed_host)
+    return Dashboard(server, storage, url, server_url(server, args.host))
+
+
+def serve(args: argparse.Namespace) -> int:
+    board = open_dashboard(args)
+    port = board.server.server_address[1]
     try:
-        server.serve_forever()
+        mode = "read-write" if args.allow_writes else "read-only"
+        print(f"optuna-dashboard ({mode}) on {redact(board.url)}, artifacts in {args.artifact_dir or artifact_dir()}")
+        if args.host not in LOOPBACK:
+            print(f"warning: listening on {args.host}: anyone who can reach this machine's port {port} can read the studies", file=sys.stderr)
+        if args.host in UNSPECIFIED and not args.allowed_host:
+            hint = f"open it as http://{socket.gethostname()}:{port}; add --allowed-host to use an IP address"
+            print(f"note: from other machines {hint}", file=sys.stderr)
+        urls = study_urls(board.storage, board.base)
+        for name, page in urls.items():
+            print(f"  study {name!r}: {page}")
+        if not urls:
+            print("  no study yet: it is listed once python -m search.run has started")
+        print(f"open {board.base}/dashboard   (Ctrl-C to stop)", flush=True)
+        board.server.serve_forever()
     finally:
-        server.server_close()
+        board.server.server_close()
     return 0
 
 

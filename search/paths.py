@@ -17,6 +17,9 @@ HOME_ENV = "MNIST_SEARCH_HOME"
 DB_NAME = "mnist-search.db"
 _UNSAFE = re.compile(r"[^\w.-]+")  # \w is Unicode-aware: letters of any script are kept
 MAX_DIR_NAME = 80
+MAX_DIR_BYTES = 160  # UTF-8 bytes before the hash: with it and a resume uid, well under NAME_MAX (255)
+HASH_CHARS = 8
+_HASHED = re.compile(rf"-[0-9a-f]{{{HASH_CHARS}}}$")  # what study_dir_name appends
 
 
 def runtime_dir() -> Path:
@@ -45,13 +48,17 @@ def study_dir_name(study_name: str) -> str:
     """A folder name for a study: safe (no separators, no leading dot, bounded length) and unique.
 
     A name that is already safe is used as it is; any other gets a short hash of the full name,
-    so "a b" and "a_b" never share a folder and "../x" stays inside its parent.
+    so "a b" and "a_b" never share a folder and "../x" stays inside its parent. A safe name that
+    already ends like a hash ("a_b-c8687a08") is hashed too, or it could be another name's folder.
     """
     normal = unicodedata.normalize("NFC", study_name)
-    safe = _UNSAFE.sub("_", normal).strip("._")[:MAX_DIR_NAME] or "study"
-    if safe == study_name:
+    safe = _UNSAFE.sub("_", normal).strip("._")[:MAX_DIR_NAME]
+    while len(safe.encode("utf-8")) > MAX_DIR_BYTES:  # 80 four-byte letters would pass NAME_MAX
+        safe = safe[:-1]
+    safe = safe.rstrip("._") or "study"
+    if safe == study_name and not _HASHED.search(safe):
         return safe
-    return f"{safe}-{hashlib.sha256(study_name.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+    return f"{safe}-{hashlib.sha256(study_name.encode('utf-8', 'surrogatepass')).hexdigest()[:HASH_CHARS]}"
 
 
 def inside(path: Path, folder: Path) -> bool:

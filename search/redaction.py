@@ -1,77 +1,147 @@
 """Secrets in storage URLs: find them, and mask them in anything shown or stored.
 
-A password may sit in the user-info part (`user:PW@host`, even with an unescaped `@` in it)
-or in a query parameter (`?password=PW`); both are masked everywhere the project writes a
-URL or an error that may quote one: console, study attributes, exports, artifacts.
+A password may sit in the user-info part (`user:PW@host`, even with an unescaped `@`, `?`, `/`
+or `#` in it) or in a query parameter (`?password=PW`); both are masked everywhere the project
+writes a URL or an error that may quote one: console, study attributes, exports, artifacts.
+
+An unescaped password makes a URL ambiguous (`u:pw@h/db?x=a@b` may hold the password
+`pw@h/db?x=a`), so the project reads it the widest way: the password runs from the user name's
+`:` to the LAST `@`. That reading is the one masked and the one connected with (`normalise_url`
+escapes it), so no piece of a password can reach a driver as a host, database or query and
+come back in its error; an `@` in a query value must be written `%40` (except after a
+`user@host:port`, which holds no password and connects as typed, though it is shown masked).
+The secrets looked for in messages also include SQLAlchemy's own reading of the unescaped URL
+(`make_url`), and every form of each: raw, percent-decoded and -encoded, repr-escaped.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from urllib.parse import parse_qsl, quote, unquote, urlencode
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 MASK = "***"
 SECRET_QUERY_KEYS = re.compile(r"pass|pwd|secret|token|key|auth|cred", re.IGNORECASE)
-_URL = re.compile(r"^(?P<scheme>[A-Za-z][\w+.-]*://)(?P<rest>.*)$", re.DOTALL)
+_SCHEME = re.compile(r"[A-Za-z][\w+.-]*://")
 
 
-def _split(url: str) -> tuple[str, str, str, str] | None:
-    """(scheme://, user-info, host-and-path, query) with the user-info ending at the LAST '@'."""
-    match = _URL.match(url)
-    if not match:
-        return None
-    rest = match["rest"]
-    rest, _, query = rest.partition("?")
-    slash = rest.find("/")
-    authority, path = (rest, "") if slash < 0 else (rest[:slash], rest[slash:])
-    # The path may not hold an '@' of the user-info, but an unescaped '@' in a password can
-    # push the last '@' past the first '/': then look in the whole part before the query.
-    at = rest.rfind("@") if "@" in rest and "@" not in authority else authority.rfind("@")
-    if at < 0:
-        return match["scheme"], "", rest, query
-    return match["scheme"], rest[:at], rest[at + 1 :], query
+def _locate(text: str) -> tuple[str, str, str]:
+    """(text before the URL, scheme://, the rest); a text with no scheme is all rest."""
+    match = _SCHEME.search(text)
+    if match is None:
+        return "", "", text
+    return text[: match.start()], match.group(), text[match.end() :]
+
+
+def _user_end(rest: str) -> int:
+    """The index of the ':' that ends the user name, or -1 if `rest` has no user-info password.
+    A user name holds no '/' (SQLAlchemy's reading), so `/path:x@y` is a path, not a user."""
+    colon = rest.find(":")
+    return colon if colon >= 0 and "/" not in rest[:colon] else -1
+
+
+def _userinfo_end(rest: str) -> tuple[int, int] | None:
+    """(colon, at) of `user:password@`, the password running to the LAST '@': the widest reading,
+    so no part of a password is ever taken for the host, the database or the query."""
+    colon = _user_end(rest)
+    at = rest.rfind("@")
+    return (colon, at) if colon >= 0 and at > colon else None
+
+
+def _host_then_port(rest: str, colon: int) -> bool:
+    """Whether the ':' more likely ends a host before its port: `u@h:5432/db?x=a@b` and
+    `u@[::1]:5432/db` hold no password, and an '@' in their query stays in the query."""
+    _, at, host = rest[:colon].rpartition("@")
+    return bool(at) and (host.startswith("[") or re.match(r"\d*(?:[/?]|$)", rest[colon + 1 :]) is not None)
+
+
+def _query_secrets(rest: str) -> list[str]:
+    """Raw values of secret-named `key=value` pairs after any '?' or '&' (the query's start is
+    ambiguous when the password is not escaped, so every possible start is read)."""
+    found = []
+    for start, char in enumerate(rest):
+        if char not in "?&":
+            continue
+        end = rest.find("&", start + 1)
+        key, equals, value = rest[start + 1 : end if end >= 0 else len(rest)].partition("=")
+        if equals and SECRET_QUERY_KEYS.search(unquote_plus(key)):
+            found.append(value)
+    return found
+
+
+def _parsed_secrets(url: str) -> list[str]:
+    """The password and secret query values SQLAlchemy itself reads from `url`."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - any URL SQLAlchemy refuses has no reading of its own
+        return []
+    found = [parsed.password or ""]
+    for key, value in parsed.query.items():
+        if SECRET_QUERY_KEYS.search(key):
+            found.extend([value] if isinstance(value, str) else value)
+    return found
+
+
+def _forms(secret: str) -> set[str]:
+    """The ways a secret may be written in a message: raw, decoded, encoded, repr-escaped."""
+    forms: set[str] = set()
+    for plain in {secret, unquote(secret), unquote_plus(secret)}:
+        forms |= {plain, quote(plain, safe=""), quote_plus(plain, safe=""), repr(plain)[1:-1], repr(plain + "'\"")[1:-4]}
+    return {form for form in forms if form}
 
 
 def normalise_url(url: str) -> str:
-    """The URL with its password percent-encoded, so an '@' or ':' in it cannot move the host."""
-    parts = _split(url)
-    if parts is None or ":" not in parts[1]:
-        return url
-    scheme, userinfo, host, query = parts
-    user, _, password = userinfo.partition(":")
-    encoded = quote(unquote(password), safe="")
-    return f"{scheme}{user}:{encoded}@{host}" + (f"?{query}" if query else "")
+    """The URL with its password percent-encoded, so an '@', '/', '?' or ':' in it cannot move the host."""
+    prefix, scheme, rest = _locate(url)
+    found = _userinfo_end(rest)
+    if prefix or not scheme or found is None or _host_then_port(rest, found[0]):
+        return url  # the host-and-port reading connects; the password reading is still masked
+    colon, at = found
+    return f"{scheme}{rest[:colon]}:{quote(unquote(rest[colon + 1 : at]), safe='')}@{rest[at + 1 :]}"
 
 
 def url_secrets(url: str) -> list[str]:
-    """Every secret in `url`, in each form it may appear in a message (raw and percent-decoded)."""
-    parts = _split(url)
-    if parts is None:
-        return []
-    _, userinfo, _, query = parts
-    found: list[str] = []
-    if ":" in userinfo:
-        found.append(userinfo.partition(":")[2])
-    for key, value in parse_qsl(query, keep_blank_values=False):
-        if SECRET_QUERY_KEYS.search(key):
-            found.append(value)
-    forms = {form for secret in found if secret for form in (secret, unquote(secret), quote(unquote(secret), safe=""))}
-    return sorted(forms, key=len, reverse=True)  # longest first: no partial masks
+    """Every secret in `url` (or in a text holding one, e.g. `--storage=URL`), in every reading
+    and each form it may appear in a message; longest first, so no mask is partial."""
+    prefix, scheme, rest = _locate(url)
+    found = _query_secrets(rest) + _parsed_secrets(url[len(prefix) :])
+    userinfo = _userinfo_end(rest)
+    if userinfo is not None:
+        found.append(rest[userinfo[0] + 1 : userinfo[1]])
+    if scheme:
+        found += _parsed_secrets(normalise_url(url[len(prefix) :]))
+    forms = {form for secret in found if secret for form in _forms(secret)}
+    return sorted(forms, key=lambda form: (-len(form), form))
 
 
 def redact(url: str) -> str:
-    """The URL with every password and secret query value replaced by ***, safe to show and store."""
-    parts = _split(url)
-    if parts is None:
-        return mask(url, url_secrets(url))
-    scheme, userinfo, host, query = parts
-    if ":" in userinfo:
-        userinfo = f"{userinfo.partition(':')[0]}:{MASK}"
-    shown_query = urlencode(
-        [(k, MASK if SECRET_QUERY_KEYS.search(k) else v) for k, v in parse_qsl(query, keep_blank_values=True)], safe="*/:"
-    )
-    return f"{scheme}{userinfo + '@' if userinfo else ''}{host}" + (f"?{shown_query}" if query else "")
+    """The URL with every password and secret query value replaced by ***, safe to show and store.
+
+    The user-info password is masked up to the last '@' (the widest reading); a text that is not
+    a URL comes back as it is, unless it holds something shaped like `user:password@`."""
+    prefix, scheme, rest = _locate(url)
+    userinfo = _userinfo_end(rest)
+    head, tail = ("", rest) if userinfo is None else (f"{rest[: userinfo[0]]}:{MASK}@", rest[userinfo[1] + 1 :])
+    location, question, query = tail.partition("?")
+    if question:
+        pairs = [pair.partition("=") for pair in query.split("&")]
+        query = "&".join(
+            f"{key}{equals}{MASK if equals and SECRET_QUERY_KEYS.search(unquote_plus(key)) else value}" for key, equals, value in pairs
+        )
+    return mask(f"{prefix}{scheme}{head}{location}{question}{query}", url_secrets(url))
+
+
+def redact_value(value: object) -> object:
+    """`value` with every string in it (in lists, tuples and mappings too) redacted."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_value(item) for item in value)
+    if isinstance(value, dict):
+        return {redact_value(key): redact_value(item) for key, item in value.items()}
+    return value
 
 
 def mask(text: str, secrets: Iterable[str]) -> str:

@@ -14,6 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from lightning_modules.errors import UserInputError
+from search.redaction import redact, redact_value
 from search.settings import Settings
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -62,18 +63,20 @@ class _BoundedLoader(yaml.SafeLoader):
 
 
 def _shown(value: Any) -> str:
-    text = repr(value)
+    """A bad value as an error quotes it: URL credentials masked first, then cut short (a cut
+    made first could leave a password whose '@' was cut off unrecognised)."""
+    text = repr(redact_value(value))
     return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
 
 
 def _describe(error: ValidationError, origin: str) -> str:
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"])[:MAX_SHOWN]
-    message = first["msg"].removeprefix("Value error, ")
+    key = redact(".".join(str(part) for part in first["loc"]))[:MAX_SHOWN]  # an unknown key may be a URL
+    message = redact(first["msg"].removeprefix("Value error, "))
     if first["type"] == "extra_forbidden":
         message = "unknown key (check its spelling against configs/default.yaml)"
-    elif "input" in first and first["type"] not in ("missing",) and not isinstance(first["input"], dict):
-        message += f" (got {_shown(first['input'])})"
+    elif "input" in first and first["type"] not in ("missing",) and not isinstance(first["input"], dict) and "(got " not in message:
+        message += f" (got {_shown(first['input'])})"  # unless the validator's message quotes it already
     return f"invalid config {origin}: {key + ': ' if key else ''}{message}"[:400]
 
 

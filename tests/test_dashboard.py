@@ -1,5 +1,7 @@
 """search.dashboard: one command to watch the study, checked as a person sees it.
 
+The read-only default and the Host check are tested on the dashboard's own app over a real
+SQLite file and artifact folder, in this process and through a real server on 127.0.0.1.
 One real tiny search runs per module with the dashboard open on it from the start: the live
 test checks that polling it during the run disturbed neither process, the browser test then
 drives the system Chromium (Playwright, no browser download) over the finished study.
@@ -8,15 +10,20 @@ Every subprocess is stopped in a `finally`; every wait is bounded.
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +31,7 @@ from typing import Any
 import pytest
 
 from helpers import writer_storage
-from search.dashboard import main
+from search.dashboard import Dashboard, allowed_hosts, main, open_dashboard, parse_args
 from search.export.note import RunSummary, study_note, write_study_note
 from search.storage import load_existing_study
 
@@ -366,3 +373,229 @@ def test_port_in_use_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Captu
         port = taken.getsockname()[1]
         assert main(["--storage", f"sqlite:///{db}", "--port", str(port)]) == 2
     assert capsys.readouterr().err == f"error: cannot listen on 127.0.0.1:{port} (Address already in use); pass a free --port\n"
+
+
+# ---- read-only unless --allow-writes -----------------------------------------------------------
+
+@dataclass
+class BoardFiles:
+    """A finished study with one trial artifact and one study artifact, as a run leaves them."""
+
+    db: Path
+    artifacts: Path
+    study_id: int
+    trial_id: int
+    trial_artifact: str
+    study_artifact: str
+
+    def argv(self, *more: str) -> list[str]:
+        return ["--storage", f"sqlite:///{self.db}", "--artifact-dir", str(self.artifacts), "--port", "0", *more]
+
+
+@pytest.fixture
+def board_files(tmp_path: Path) -> BoardFiles:
+    import optuna
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+    db, artifacts = tmp_path / "s.db", tmp_path / "artifacts"
+    artifacts.mkdir()
+    (tmp_path / "weights.bin").write_bytes(b"trial weights")
+    (tmp_path / "summary.txt").write_text("study summary")
+    storage = writer_storage(f"sqlite:///{db}")
+    study = optuna.create_study(study_name="mnist", storage=storage, direction="maximize")
+    store = FileSystemArtifactStore(str(artifacts))
+    trial = study.ask()
+    trial_artifact = upload_artifact(artifact_store=store, file_path=str(tmp_path / "weights.bin"), study_or_trial=trial)
+    study.tell(trial, 0.9)
+    study_artifact = upload_artifact(artifact_store=store, file_path=str(tmp_path / "summary.txt"), study_or_trial=study)
+    sid = storage.get_study_id_from_name("mnist")
+    files = BoardFiles(db, artifacts, sid, storage.get_trial_id_from_study_id_trial_number(sid, trial.number), trial_artifact, study_artifact)
+    storage.engine.dispose()  # as after a run: no writer holds the file
+    return files
+
+
+def folder_contents(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def database_dump(db: Path) -> str:
+    """Every row of the database, read without writing."""
+    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return "\n".join(connection.iterdump())
+    finally:
+        connection.close()
+
+
+@contextmanager
+def opened(argv: list[str]) -> Iterator[Dashboard]:
+    """The dashboard exactly as the command builds it, bound to a free port on 127.0.0.1."""
+    board = open_dashboard(parse_args(argv))
+    try:
+        yield board
+    finally:
+        board.server.server_close()
+        board.storage.engine.dispose()
+
+
+@contextmanager
+def serving(argv: list[str]) -> Iterator[Dashboard]:
+    """The same, answering real HTTP in a thread until the block ends."""
+    with opened(argv) as board:
+        thread = threading.Thread(target=board.server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield board
+        finally:
+            board.server.shutdown()
+            thread.join(timeout=30)
+
+
+def send(board: Dashboard, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One real request to 127.0.0.1; http.client sends any method, lower-case ones included."""
+    connection = http.client.HTTPConnection("127.0.0.1", board.server.server_address[1], timeout=30)
+    try:
+        data = None if body is None else json.dumps(body).encode()
+        connection.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def upload_body(text: str) -> dict[str, str]:
+    return {"file": "data:text/plain;base64," + base64.b64encode(text.encode()).decode(), "filename": "orphan.txt"}
+
+
+LARGE_UPLOAD = 8 << 20  # bytes, past what the kernel buffers: unread, the connection is reset
+
+
+WRITES: dict[str, tuple[str, str, Callable[[], dict[str, Any]] | None]] = {
+    # what the page sends to change something; {s} study id, {t} trial id, {ta}/{sa} artifact ids
+    "delete-trial-artifact": ("DELETE", "/api/artifacts/{s}/{t}/{ta}", None),
+    "delete-study-artifact": ("DELETE", "/api/artifacts/{s}/{sa}", None),
+    "lower-case-delete": ("delete", "/api/artifacts/{s}/{t}/{ta}", None),  # bottle routes it as DELETE
+    "upload-study-artifact": ("POST", "/api/artifacts/{s}", lambda: upload_body("orphan")),
+    "upload-trial-artifact": ("POST", "/api/artifacts/{s}/{t}", lambda: upload_body("orphan")),
+    "large-upload": ("POST", "/api/artifacts/{s}", lambda: upload_body("x" * LARGE_UPLOAD)),  # refused, not cut off
+    "save-study-note": ("PUT", "/api/studies/{s}/note", lambda: {"version": 1, "body": "edited"}),
+    "delete-study": ("DELETE", "/api/studies/{s}", None),
+    "options": ("OPTIONS", "/api/studies", None),
+}
+
+
+@pytest.mark.parametrize("write", WRITES, ids=list(WRITES))
+def test_read_only_refuses_every_write_before_the_artifact_folder_sees_it(
+    board_files: BoardFiles, capfd: pytest.CaptureFixture[str], write: str,
+) -> None:
+    method, template, make_body = WRITES[write]
+    body = make_body() if make_body else None
+    f = board_files
+    path = template.format(s=f.study_id, t=f.trial_id, ta=f.trial_artifact, sa=f.study_artifact)
+    files, rows = folder_contents(f.artifacts), database_dump(f.db)
+    with serving(f.argv()) as board:
+        status, headers, answer = send(board, method, path, body)
+        assert (status, headers["Allow"]) == (405, "GET, HEAD"), answer
+        assert headers["Content-Type"].startswith("text/plain") and b"--allow-writes" in answer and answer.count(b"\n") == 1
+        # reading still works, the refused artifact included
+        assert send(board, "GET", f"/artifacts/{f.study_id}/{f.trial_id}/{f.trial_artifact}")[::2] == (200, b"trial weights")
+        assert send(board, "HEAD", "/api/meta")[0] == 200
+    assert folder_contents(f.artifacts) == files
+    assert database_dump(f.db) == rows
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", ""), "the refusal must print nothing, least of all a traceback"
+
+
+def test_allow_writes_lets_the_page_upload_and_delete_artifacts(board_files: BoardFiles) -> None:
+    """The guard is the read-only default, not a lock: --allow-writes reaches optuna-dashboard."""
+    f = board_files
+    with serving(f.argv("--allow-writes")) as board:
+        status, _, answer = send(board, "POST", f"/api/artifacts/{f.study_id}", upload_body("uploaded"))
+        assert status == 201, answer
+        new = json.loads(answer)["artifact_id"]
+        assert (f.artifacts / new).read_bytes() == b"uploaded"
+        assert send(board, "DELETE", f"/api/artifacts/{f.study_id}/{f.study_artifact}")[0] == 204
+    assert set(folder_contents(f.artifacts)) == {f.trial_artifact, new}
+
+
+# ---- only requests addressed to this dashboard (no DNS rebinding) ------------------------------
+
+def wsgi_call(board: Dashboard, host: str | None, path: str = "/api/meta") -> tuple[str, bytes]:
+    """One request straight into the server's WSGI app, with this Host header (None: none sent)."""
+    from wsgiref.util import setup_testing_defaults
+
+    environ: dict[str, Any] = {"REQUEST_METHOD": "GET", "PATH_INFO": path}
+    setup_testing_defaults(environ)
+    if host is None:
+        del environ["HTTP_HOST"]
+    else:
+        environ["HTTP_HOST"] = host
+    statuses: list[str] = []
+    body = b"".join(board.server.get_app()(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+    return statuses[0], body
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("127.0.0.1:{port}", "200 OK"),
+        ("localhost:{port}", "200 OK"),
+        ("LocalHost:{port}", "200 OK"),  # host names are case-insensitive
+        ("evil.example", "421 Misdirected Request"),
+        ("evil.example:{port}", "421 Misdirected Request"),
+        ("127.0.0.1:{other}", "421 Misdirected Request"),
+        ("127.0.0.1", "421 Misdirected Request"),
+        (None, "421 Misdirected Request"),
+    ],
+    ids=["loopback-ip", "localhost", "mixed-case", "other-host", "other-host-and-port", "other-port", "no-port", "no-host-header"],
+)
+def test_host_header_must_name_this_dashboard(board_files: BoardFiles, host: str | None, status: str) -> None:
+    with opened(board_files.argv()) as board:
+        port = board.server.server_address[1]
+        answer = wsgi_call(board, host and host.format(port=port, other=port + 1))
+    assert answer[0] == status, answer
+    if status.startswith("421"):
+        assert answer[1] == b"this dashboard answers only requests addressed to its own host and port\n"
+
+
+def test_allowed_host_adds_names_and_addresses(board_files: BoardFiles) -> None:
+    """127.0.0.2 stands in for a LAN address: a concrete, non-default --host (loopback, so the
+    test reaches no network)."""
+    extra = ["--allowed-host", "192.0.2.7", "--allowed-host", "Board.LAN", "--allowed-host", "[2001:DB8::1]"]
+    with opened(board_files.argv("--host", "127.0.0.2", "--allow-remote", *extra)) as board:
+        port = board.server.server_address[1]
+        for host in ("127.0.0.2", "192.0.2.7", "board.lan", "BOARD.lan", "[2001:db8::1]"):
+            assert wsgi_call(board, f"{host}:{port}")[0] == "200 OK", host
+        for host in ("192.0.2.8", "evil.example", "board.lan.evil.example", "localhost"):
+            assert wsgi_call(board, f"{host}:{port}")[0] == "421 Misdirected Request", host
+
+
+def test_allowed_hosts_include_the_bound_address_and_the_default_port() -> None:
+    """--host NAME binds to an IP: requests by that IP are answered too. Port 80: no port in Host."""
+    assert {"board.lan:8080", "192.0.2.7:8080"} <= allowed_hosts("board.lan", 8080, bound="192.0.2.7")
+    everywhere = allowed_hosts("0.0.0.0", 8080, bound="0.0.0.0", extra=["192.0.2.7"])
+    assert {"192.0.2.7:8080", f"{socket.gethostname().lower()}:8080", "localhost:8080"} <= everywhere
+    assert not {"evil.example:8080", ":8080"} & everywhere
+    assert {"localhost", "127.0.0.1", "localhost:80"} <= allowed_hosts("127.0.0.1", 80)
+    assert "localhost" not in allowed_hosts("127.0.0.1", 8080)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--host", "0.0.0.0"], "add --allow-remote"),
+        (["--host", "192.0.2.7"], "add --allow-remote"),
+        (["--allowed-host", "localhost:8080"], "argument --allowed-host: expected a host name or IP address without a port"),
+        (["--allowed-host", "*"], "argument --allowed-host: expected a host name or IP address without a port"),
+        (["--allowed-host", "a b\nc"], "argument --allowed-host: expected a host name or IP address without a port"),
+    ],
+    ids=["any-address", "lan-address", "host-with-port", "wildcard", "space-and-newline"],
+)
+def test_bad_host_options_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    """Refused before anything is opened or bound: the missing database is never reported."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--storage", f"sqlite:///{tmp_path / 'missing.db'}", "--port", "0", *argv])
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err

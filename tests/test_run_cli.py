@@ -90,6 +90,7 @@ BAD_INPUTS = (
     ["--storage", "sqlite://relative-without-slashes"],
     ["--storage", "postgresql://u@host:notaport/db"],
     ["--workers", "100000"],
+    ["--storage", "sqlite:///:memory:", "--workers", "2"],
 )
 
 

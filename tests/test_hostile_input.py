@@ -1,0 +1,227 @@
+"""Property-based hostile input: the runner's command line, study folder names, storage URLs.
+
+Whatever a user types (any study name, any storage URL with any password in it, any config
+file), the runner answers with exit code 0 or 2 and a few lines, never a traceback, never the
+password, and writes nothing anywhere. Every password generated here holds CORE, a token no
+other part of the input holds, so any piece of it that leaks is caught, not only the whole.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+import unicodedata
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import strategies as st
+from sqlalchemy.engine import make_url
+
+from search import redaction
+from search.paths import study_dir_name
+from search.redaction import mask, normalise_url, redact, redact_words, secrets_in, url_secrets
+from search.run import main
+from search.storage import StorageError, open_existing_storage
+
+FUZZ = settings(max_examples=50, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+CORE = "Zq7X"  # in every generated password; 'Z' cannot end a %-escape, so decoding keeps it whole
+PASSWORD_CHARS = string.ascii_letters + string.digits + string.punctuation + " éß€"
+NAME_CHARS = string.ascii_letters + string.digits + "_-"
+
+
+@pytest.fixture(autouse=True)
+def forget_known_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`remember_secrets` keeps a process-wide set; generated passwords left in it would mask
+    letters in every later test's messages."""
+    monkeypatch.setattr(redaction, "_KNOWN", set())
+
+
+passwords = st.builds(lambda left, right: left + CORE + right, st.text(PASSWORD_CHARS, max_size=10), st.text(PASSWORD_CHARS, max_size=10))
+
+
+@st.composite
+def storage_urls(draw: st.DrawFn) -> tuple[str, str]:
+    """(url, password): sqlite, PostgreSQL (unreachable: port 1 of this machine) and MySQL (no
+    driver) URLs with the password raw or escaped in the user-info, in a query parameter, or both;
+    some with a port SQLAlchemy refuses."""
+    password = draw(passwords)
+    scheme = draw(st.sampled_from(["postgresql", "postgresql+psycopg", "postgresql+psycopg2", "mysql", "sqlite"]))
+    user = draw(st.text(NAME_CHARS + ".", min_size=1, max_size=8))
+    database = draw(st.text(NAME_CHARS, min_size=1, max_size=8))
+    where = draw(st.sampled_from(["raw", "escaped", "query", "raw+query"]))
+    key = draw(st.sampled_from(["password", "sslpassword", "token", "secret", "api_key", "PASSWORD"]))
+    query = draw(st.lists(st.sampled_from(["sslmode=disable", "connect_timeout=2", "application_name=fuzz"]), max_size=2, unique=True))
+    if "query" in where:
+        query.insert(draw(st.integers(0, len(query))), f"{key}={quote(password, safe='')}")
+    userinfo = {"raw": f"{user}:{password}@", "escaped": f"{user}:{quote(password, safe='')}@"}.get(where.split("+")[0], f"{user}@")
+    suffix = "?" + "&".join(query) if query else ""
+    if scheme == "sqlite":
+        return f"sqlite://{userinfo}/{database}.db{suffix}", password
+    host = draw(st.sampled_from(["127.0.0.1", "[::1]", "localhost"]))
+    port = draw(st.sampled_from([":1", ":1", ":notaport", ":99999", ""]))
+    url = f"{scheme}://{userinfo}{host}{port}/{database}{suffix}"
+    assume(CORE not in url.replace(password, "").replace(quote(password, safe=""), ""))
+    return url, password
+
+
+def leaks(text: str, password: str) -> bool:
+    return CORE in text or password in text or quote(password, safe="") in text
+
+
+# ---- storage URLs: redact, url_secrets, the storage errors --------------------------------------
+
+@FUZZ
+@given(case=storage_urls())
+@example(case=("postgresql://u:Qm?k9Zq7X@127.0.0.1:1/db", "Qm?k9Zq7X"))
+@example(case=("postgresql://u:P@ss/w0rdZq7X@127.0.0.1:1/db", "P@ss/w0rdZq7X"))
+@example(case=("postgresql://u:a@b?cZq7X@127.0.0.1:notaport/db", "a@b?cZq7X"))
+def test_a_generated_password_never_shows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: tuple[str, str]) -> None:
+    url, password = case
+    monkeypatch.chdir(tmp_path)  # a relative SQLite path names a file in here
+    assert not leaks(redact(url), password), redact(url)
+    assert not leaks(" ".join(redact_words(["--storage", url, f"--storage={url}"])), password)
+    assert not leaks(mask(f"failed on {url} ({normalise_url(url)})", secrets_in(["--storage", url])), password)
+    try:
+        parsed = make_url(url)
+    except ValueError:  # a port SQLAlchemy refuses: it has no reading of its own
+        parsed = None
+    if parsed is not None and parsed.password:
+        assert parsed.password in url_secrets(url)  # what SQLAlchemy would send, however it split the URL
+    with pytest.raises(StorageError) as caught:
+        open_existing_storage(url)
+    message = str(caught.value)
+    assert message and "\n" not in message
+    assert not leaks(message, password), message
+
+
+# ---- study folder names ----------------------------------------------------------------------
+
+study_names = st.one_of(
+    st.text(max_size=40),
+    st.text(st.characters(exclude_categories=()), max_size=120),  # surrogates, controls, any plane
+    st.text(NAME_CHARS + ". /é", max_size=20),
+    st.sampled_from(["..", ".", "../x", "a/../../b", "x" * 300, "a\x00b", "étude", "名前", " x", "", "study", "-x"]),
+    st.builds(lambda name, digest: f"{name}-{digest}", st.text(NAME_CHARS + " ", max_size=10), st.text("0123456789abcdef", min_size=8, max_size=8)),
+)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(name=study_names)
+@example(name="a b")
+def test_study_folder_names_are_safe_and_never_shared(name: str) -> None:
+    folder = study_dir_name(name)
+    assert folder and "/" not in folder and os.sep not in folder and "\x00" not in folder
+    assert not folder.startswith(".") and folder not in (".", "..")
+    assert len(folder.encode("utf-8")) <= 200  # room for a resume uid under NAME_MAX (255 bytes)
+    exports = Path("/srv/exports")
+    assert (exports / folder).resolve().parent == exports.resolve()
+    # a name mapped elsewhere must not be mapped onto: the folder, used as a name, gets another
+    if folder != name:
+        assert study_dir_name(folder) != folder
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(first=study_names, data=st.data())
+def test_two_names_never_share_a_folder(first: str, data: st.DataObject) -> None:
+    """The second name is another generated one, or one made to look like the first's folder."""
+    second = data.draw(st.one_of(
+        study_names,
+        st.just(study_dir_name(first)),
+        st.just(first.replace(" ", "_").replace("/", "_")),
+        st.just(unicodedata.normalize("NFD", first)),
+        st.just(unicodedata.normalize("NFC", first)),
+    ))
+    assume(first != second)
+    assert study_dir_name(first) != study_dir_name(second)
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(name=st.text(string.ascii_letters + string.digits + "éßπ名", min_size=1, max_size=40))
+def test_a_safe_name_is_its_own_folder(name: str) -> None:
+    assume(not re.search(r"-[0-9a-f]{8}$", name))
+    assert study_dir_name(name) == name
+
+
+def test_a_safe_name_that_looks_hashed_is_not_another_names_folder() -> None:
+    assert study_dir_name("a b") == "a_b-c8687a08"
+    assert study_dir_name("a_b-c8687a08") != study_dir_name("a b")
+
+
+# ---- the runner's command line ---------------------------------------------------------------
+
+small = st.integers(1, 8).map(str)
+numbers = st.one_of(small, st.integers(-5, 2**40).map(str), st.text(string.printable, max_size=6))
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**12), st.text(max_size=12))
+
+
+@st.composite
+def run_inputs(draw: st.DrawFn) -> tuple[list[str], str | None, str | None]:
+    """(flags, config file text or None, the password in them or None)."""
+    flags: list[str] = []
+    password = None
+    config = None
+    if draw(st.booleans()):
+        flags.append("--study-name=" + draw(study_names))
+    url = None
+    if draw(st.booleans()):
+        url, password = draw(storage_urls())
+    odd_numbers = draw(st.booleans())  # else the count flags are valid, so later checks are reached
+    for flag in ("--seed", "--trials", "--workers"):
+        if draw(st.booleans()):
+            flags.append(f"{flag}={draw(numbers if odd_numbers else small)}")
+    kind = draw(st.sampled_from(["none", "yaml", "garbage"]))
+    if kind == "garbage":
+        config = draw(st.text(max_size=200))
+    elif kind == "yaml":
+        study = draw(st.dictionaries(st.sampled_from(["name", "trials", "seed", "workers", "bogus"]), scalars, max_size=3))
+        if url is not None and draw(st.booleans()):
+            study["storage"] = draw(st.sampled_from([url, [url], {"url": url}, url + "x" * 2000]))
+        elif url is not None:
+            flags.append(f"--storage={url}")
+        config = yaml.safe_dump({"study": study, **draw(st.dictionaries(st.sampled_from(["training", "data", "extra"]), scalars, max_size=2))})
+    elif url is not None:
+        flags.append(f"--storage={url}")
+    return draw(st.permutations(flags)), config, password
+
+
+def tree(root: Path) -> dict[str, tuple[bool, int, int]]:
+    """Every path under root, with whether it is a folder, its size and its modification time."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder, name)
+            info = path.lstat()
+            found[str(path.relative_to(root))] = (path.is_dir(), info.st_size, info.st_mtime_ns)
+    return found
+
+
+@FUZZ
+@given(inputs=run_inputs())
+@example(inputs=(["--storage=postgresql://u:P@ss/w0rdZq7X@127.0.0.1:1/db"], None, "P@ss/w0rdZq7X"))
+@example(inputs=([], "study: {storage: [postgresql://u:CfgZq7X@h/db]}\n", "CfgZq7X"))
+@example(inputs=(["--help", "--storage=postgresql://u:HelpZq7X@127.0.0.1:1/db"], None, "HelpZq7X"))
+def test_the_runner_answers_any_input_in_a_few_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], inputs: tuple[list[str], str | None, str | None]
+) -> None:
+    flags, config, password = inputs
+    run = tmp_path / "run"
+    (run / "cwd").mkdir(parents=True, exist_ok=True)
+    monkeypatch.chdir(run / "cwd")  # a relative path in the input would name a file in here
+    argv = [*flags, "--data-dir", str(run / "missing")]  # no data: nothing heavy runs
+    if config is not None:
+        path = run / "config.yaml"
+        path.write_text(config, encoding="utf-8", errors="surrogateescape")
+        argv += ["--config", str(path)]
+    capfd.readouterr()
+    before = tree(tmp_path.parent)
+    code = main(argv)
+    out, err = capfd.readouterr()
+    assert code in (0, 2), (argv, err)
+    assert len(err.splitlines()) <= 3 and "Traceback" not in out + err, err
+    if password is not None:
+        assert not leaks(out + err, password), (argv, out + err)
+    assert tree(tmp_path.parent) == before, "the run created or changed files"

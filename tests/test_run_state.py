@@ -1,0 +1,109 @@
+"""Run state on disk: checkpoints never cross studies, names never leave their folder, read-only
+commands change nothing, and the limits and extras the README promises hold."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import tomllib
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import search.progress  # noqa: F401 - binds the reporter before any test redirects stdout
+from helpers import writer_storage
+from lightning_modules.errors import UserInputError
+from search import record, run
+from search.dashboard import main as dashboard_main
+from search.export.__main__ import main as export_main
+from search.paths import checkpoints_dir
+from search.resume import checkpoint_path
+from search.run import main as run_main
+from search.settings_file import load_settings
+from search.study import open_study
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = "data: {val_size: 100, train_size: 300}\ntraining: {max_epochs: 2, snapshot_steps: [5]}\npruner: {name: none}\n"
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_a_checkpoint_left_by_a_deleted_study_of_the_same_name_is_never_resumed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    settings = load_settings(config, {"study": {"storage": url}})
+    study = open_study(settings, writer_storage(url)).study
+    # What a killed run of an earlier "mnist" study left: its own folder, and this study's path too.
+    planted = [checkpoints_dir() / "mnist" / "trial-1.ckpt", checkpoint_path(checkpoints_dir(), study, 1)]
+    for path in planted:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"a checkpoint of some other study's trial 1")
+    assert run_main(["--config", str(config), "--storage", url, "--trials", "2", "--target-accuracy", "none", "--no-export"]) == 0
+    trials = optuna.load_study(study_name="mnist", storage=url).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert record.RESUMED_FROM_EPOCH not in trials[1].user_attrs  # trained from epoch 0
+    assert len(trials[1].intermediate_values) == 2
+    assert planted[0].read_bytes().startswith(b"a checkpoint")  # another study's file: left alone
+
+
+@pytest.mark.parametrize("name", ["../../x", "/etc/passwd", "..", "a/b", "名前"])
+def test_a_study_name_becomes_a_checkpoint_folder_inside_the_checkpoints(name: str, tmp_path: Path) -> None:
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///{tmp_path / 'n.db'}")
+    study.set_user_attr(record.UID, "0123456789ab")
+    path = checkpoint_path(checkpoints_dir(), study, 3).resolve()
+    assert path.parent.parent == checkpoints_dir().resolve()
+    if name == "名前":
+        assert path.parent.name.startswith("名前")  # letters of any script are kept
+
+
+def test_export_and_dashboard_leave_a_foreign_sqlite_file_as_it_was(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    foreign = tmp_path / "app.db"
+    with sqlite3.connect(foreign) as connection:
+        connection.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, total REAL)")
+        connection.execute("INSERT INTO orders (total) VALUES (9.5)")
+    before = digest(foreign)
+    url = f"sqlite:///{foreign}"
+    assert export_main(["--storage", url]) == 2
+    assert "not an Optuna study database" in one_line_error(capsys)
+    assert dashboard_main(["--storage", url]) == 2
+    assert "not an Optuna study database" in one_line_error(capsys)
+    assert digest(foreign) == before
+    with sqlite3.connect(foreign) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # never switched to WAL
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]  # no -wal, -shm, journal or run folder left
+
+
+def test_export_of_a_mistyped_storage_path_creates_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert export_main(["--storage", f"sqlite:///{tmp_path / 'typo' / 'dir' / 'x.db'}"]) == 2
+    assert "no study database" in one_line_error(capsys)
+    assert not (tmp_path / "typo").exists()
+
+
+def test_workers_are_bounded_by_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(run, "cores", lambda: 2)
+    run.check_workers(load_settings(None, {"study": {"workers": 2 * run.MAX_WORKERS_PER_CORE}}))
+    with pytest.raises(UserInputError, match="at most 8 .4 per core"):
+        run.check_workers(load_settings(None, {"study": {"workers": 2 * run.MAX_WORKERS_PER_CORE + 1}}))
+
+
+def test_the_postgres_extra_installs_the_driver_of_the_readmes_url() -> None:
+    """The README shows postgresql://; SQLAlchemy picks that scheme's driver, the extra must install it."""
+    from sqlalchemy.engine import make_url
+
+    driver = make_url("postgresql://user@host/db").get_dialect().driver
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["postgres"]
+    names = {dep.split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip() for dep in extra}
+    assert driver in names or f"{driver}-binary" in names, (driver, extra)
