@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from search.redaction import redact
 from search.settings import field_info
 
 
@@ -21,7 +22,8 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse prints its usage block before an error; a user needs the one line that says what is wrong."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"error: {message[:300]} (see {self.prog} --help)", file=sys.stderr)
+        shown = " ".join(redact(word) if "://" in word else word for word in message.split(" "))  # a URL given to the wrong flag
+        print(f"error: {shown[:300]} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
 
 

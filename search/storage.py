@@ -127,8 +127,10 @@ def _open(url: str, build: Callable[[], T]) -> T:
 
     try:
         return _retry_lost_race(build, _lost_schema_race, SCHEMA_ATTEMPTS)
-    except ImportError:
-        raise StorageError(f"no database driver for {redact(url)}; for PostgreSQL install the extra: pip install -e '.[postgres]'") from None
+    except ImportError as error:
+        module = error.name or "its driver"
+        hint = "pip install -e '.[postgres]'" if module.startswith("psycopg") and module != "psycopg2" else f"pip install the package that provides {module!r}"
+        raise StorageError(f"no database driver for {redact(url)} (module {module!r} is missing); {hint}") from None
     except SQLAlchemyError as error:
         reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0][:200]
         raise StorageError(

@@ -170,3 +170,12 @@ def test_a_validator_that_quotes_the_value_is_not_quoted_twice(tmp_path: Path) -
     with pytest.raises(ConfigError) as caught:
         load_settings(path)
     assert str(caught.value).count("(got [-1])") == 1
+
+
+def test_a_url_given_to_the_wrong_flag_is_masked_in_the_argument_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from search.run import main
+
+    assert main(["--trials", "postgresql://alice:Zq7Xflagpw@db.example/optuna"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--trials" in err
+    assert "Zq7Xflagpw" not in err
