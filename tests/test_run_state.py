@@ -107,3 +107,41 @@ def test_the_postgres_extra_installs_the_driver_of_the_readmes_url() -> None:
     extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["postgres"]
     names = {dep.split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip() for dep in extra}
     assert driver in names or f"{driver}-binary" in names, (driver, extra)
+
+
+class _Planted:
+    """Unpickling this runs code: it creates the file named in its argument."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (Path.touch, (str(self.marker),))  # type: ignore[return-value]
+
+
+def test_a_pickle_planted_as_a_checkpoint_is_never_run(tmp_path: Path) -> None:
+    import pickle
+
+    from lightning_modules.training import read_checkpoint_summary
+
+    marker = tmp_path / "code-ran"
+    planted = tmp_path / "trial-1.ckpt"
+    planted.write_bytes(pickle.dumps({"history": [], "payload": _Planted(marker)}))
+    with pytest.raises(pickle.UnpicklingError):
+        read_checkpoint_summary(planted)
+    assert not marker.exists()
+
+
+def test_a_pickle_planted_as_a_model_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import pickle
+
+    from search.predict import main as predict_main
+
+    marker = tmp_path / "code-ran"
+    planted = tmp_path / "model.safetensors"
+    planted.write_bytes(pickle.dumps(_Planted(marker)))
+    digit = tmp_path / "digit.csv"
+    digit.write_text(",".join(["0"] * 784) + "\n")
+    assert predict_main(["--model", str(planted), "--csv", str(digit)]) == 2
+    one_line_error(capsys)
+    assert not marker.exists()
