@@ -3,10 +3,12 @@
     python -m search.predict --model storage/exports/mnist digit.png [more.png ...]
     python -m search.predict --model storage/exports/mnist --csv rows.csv
 
-Images: any format Pillow reads, grayscale or colour, 28x28 or larger. Dark digits on a light
-background are inverted (MNIST is white on black). A larger image is framed the way MNIST was
-made: the digit's bounding box is scaled to fit 20x20 and centred by its centre of mass in a
-28x28 image. CSV: the tutorial's rows (label in column 0, then 784 pixels 0-255).
+Images: any format Pillow reads, grayscale or colour, 28x28 or larger, up to 4096x4096 pixels
+(judged from the file's header, before it is decoded). Dark digits on a light background are
+inverted (MNIST is white on black). A larger image is framed the way MNIST was made: the digit's
+bounding box is scaled to fit 20x20 and centred by its centre of mass in a 28x28 image. CSV: the
+tutorial's rows (label in column 0, then 784 pixels 0-255), at most 10,000 rows (MNIST's test
+set) at a time, counted before the file is parsed.
 
 Runs the export's model.onnx in ONNX Runtime, without importing PyTorch, so it starts fast.
 Bad input (a missing model, a corrupt or too small image, a bad CSV) prints one line on stderr
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +27,24 @@ from typing import Any
 
 import numpy as np
 
-from lightning_modules.data.format import IMAGE_SIDE, N_PIXELS
+from lightning_modules.data.format import CSV_COLUMNS, IMAGE_SIDE, N_PIXELS
 from lightning_modules.errors import UserInputError
 from search.options import OneLineParser
 
 MAX_IMAGE_BYTES = 64 * 1024 * 1024  # a phone photo is a few MB; anything this big is not a digit
+# A phone photo is about 4032x3024; a transparent 4096x4096 PNG peaks near 400 MB on its way to
+# 28x28. The header's size is checked before anything is decoded: a few KB of PNG can claim
+# 13000x13000 pixels (GBs once decoded).
+MAX_IMAGE_SIDE = 4096
+MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE
+# Every CSV row costs ~15 KB on its way through the parser and the model (text, int64 cells,
+# float32 pixels), and every line, blank or not, a list entry; 10,000 rows (MNIST's test set)
+# peak near 150 MB. The line count is taken in bounded chunks before anything is parsed.
+MAX_CSV_ROWS = 10_000
+MAX_CSV_LINE_BYTES = 4 * CSV_COLUMNS  # "255," per cell at most, the line end in place of the last comma
+MAX_CSV_HEADER_BYTES = 16 * CSV_COLUMNS  # a header of column names, e.g. "label,pixel0,...,pixel783"
+MAX_CSV_BYTES = MAX_CSV_HEADER_BYTES + MAX_CSV_ROWS * MAX_CSV_LINE_BYTES
+_CSV_CHUNK = 1024 * 1024
 MAX_IMAGES = 10_000  # files on one command line (a CSV has its own row bound)
 MAX_MODEL_BYTES = 1024 * 1024 * 1024  # the largest searchable MLP is ~850 MB of float32 weights
 DIGIT_BOX = 20  # MNIST fits each digit into 20x20 before centring it in 28x28
@@ -105,17 +121,17 @@ def _flatten_alpha(image: Any) -> Any:
     from PIL import Image
 
     rgba = image.convert("RGBA")
-    alpha = np.asarray(rgba.getchannel("A"), dtype=np.float64)
+    alpha = np.asarray(rgba.getchannel("A"), dtype=np.uint8)  # uint8, not float: 8x less memory at 4096x4096
     if alpha.min() == 255:
         return rgba.convert("L")
-    gray = np.asarray(rgba.convert("L"), dtype=np.float64)
+    gray = np.asarray(rgba.convert("L"), dtype=np.uint8)
     visible = alpha > 0
-    strokes_light = visible.any() and gray[visible].mean() > LIGHT_BACKGROUND
+    strokes_light = visible.any() and gray[visible].mean(dtype=np.float64) > LIGHT_BACKGROUND
     background = Image.new("RGBA", rgba.size, (0, 0, 0, 255) if strokes_light else (255, 255, 255, 255))
     return Image.alpha_composite(background, rgba).convert("L")
 
 
-def _regular_file(path: Path, limit: int, what: str) -> None:
+def _regular_file(path: Path, limit: int, what: str, fix: str = "") -> None:
     """`path` must be a regular file of at most `limit` bytes (not a device, pipe or folder)."""
     import stat
 
@@ -130,7 +146,26 @@ def _regular_file(path: Path, limit: int, what: str) -> None:
     if not stat.S_ISREG(info.st_mode):
         raise PredictError(f"{path}: not a regular file (a device, pipe or socket); pass {what}")
     if info.st_size > limit:
-        raise PredictError(f"{path}: {info.st_size:,} bytes is more than the {limit:,} {what} may have")
+        raise PredictError(f"{path}: {info.st_size:,} bytes is more than the {limit:,} {what} may have" + (f"; {fix}" if fix else ""))
+
+
+_SHRINK = f"scale it down to at most {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels (a digit needs only 28x28)"
+
+
+def _check_image_size(path: Path, width: int, height: int) -> None:
+    """Refuse an image whose header claims more pixels than MAX_IMAGE_PIXELS, before decoding it."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise PredictError(f"{path}: the image is {width}x{height} pixels, more than {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}; {_SHRINK}")
+
+
+def _bomb_size(error: Exception) -> str:
+    """The pixel count in Pillow's decompression-bomb message ("Image size (N pixels) exceeds ...")."""
+    import re
+
+    from PIL import Image
+
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    return f"the image is {int(found[1]):,} pixels" if found else f"the image is more than {Image.MAX_IMAGE_PIXELS:,} pixels"
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -139,18 +174,23 @@ def read_image(path: Path) -> np.ndarray:
 
     _regular_file(path, MAX_IMAGE_BYTES, "an image file")
     try:
-        with Image.open(path) as opened:
-            opened.load()
-            image = ImageOps.exif_transpose(opened)  # a phone photo is stored on its side
-            has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-            gray = _flatten_alpha(image) if has_alpha else image.convert("L")
+        with warnings.catch_warnings():  # Pillow's own (higher) bound would print a warning: one line here
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # raised by Image.open itself
+            with Image.open(path) as opened:  # reads the header only
+                _check_image_size(path, *opened.size)
+                opened.load()
+                image = ImageOps.exif_transpose(opened)  # a phone photo is stored on its side
+                has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+                gray = _flatten_alpha(image) if has_alpha else image.convert("L")
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        raise PredictError(f"{path}: {_bomb_size(error)}, more than {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}; {_SHRINK}") from None
     except FileNotFoundError:
         raise PredictError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise PredictError(f"{path}: is a folder, not an image") from None
     except UnidentifiedImageError:
         raise PredictError(f"{path}: not an image file Pillow can read (corrupt or unknown format)") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
+    except (OSError, ValueError) as error:
         raise PredictError(f"{path}: corrupt or truncated image ({str(error).splitlines()[0]})") from None
     return np.asarray(gray, dtype=np.uint8)
 
@@ -218,16 +258,42 @@ def predict_images(model: Model, paths: Sequence[Path]) -> list[Prediction]:
     return predict_pixels(model, pixels, [str(path) for path in paths])
 
 
+def _split_csv() -> str:
+    return f"predict reads at most {MAX_CSV_ROWS:,} rows at a time: split the file"
+
+
+def check_csv(path: Path) -> None:
+    """Refuse a CSV with more than MAX_CSV_ROWS rows (one header line allowed) before it is parsed:
+    its size first, then its lines, counted in chunks and stopping at the first line too many."""
+    split = _split_csv()
+    _regular_file(path, MAX_CSV_BYTES, f"a CSV of {MAX_CSV_ROWS:,} rows", split)
+    allowed = MAX_CSV_ROWS + 1  # the header
+    lines, last = 0, b"\n"
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(_CSV_CHUNK):
+                lines += chunk.count(b"\n")
+                last = chunk[-1:]
+                if lines > allowed:
+                    break
+    except OSError as error:
+        raise PredictError(f"{path}: cannot read ({error.strerror})") from None
+    lines += last != b"\n"  # a last line without a line end
+    if lines > allowed:
+        raise PredictError(f"{path}: more than {allowed:,} lines (blank ones included); {split}")
+
+
 def predict_csv(model: Model, path: Path) -> list[Prediction]:
     """Rows of the tutorial's CSV (label, 784 pixels); each prediction carries the row's label."""
-    from lightning_modules.data.readers import (
-        read_csv,  # bounded: a regular file, at most MAX_CSV_BYTES
-    )
+    from lightning_modules.data.readers import read_csv
 
+    check_csv(path)
     try:
-        images, labels = read_csv(path)
+        images, labels = read_csv(path, limit=MAX_CSV_BYTES)
     except UserInputError as error:
         raise PredictError(str(error)) from None
+    if len(labels) > MAX_CSV_ROWS:  # one row over at most, in a file without a header
+        raise PredictError(f"{path}: {len(labels):,} rows; {_split_csv()}")
     pixels = np.stack([to_model_input(image, f"{path} row {i + 1}") for i, image in enumerate(images)])
     return predict_pixels(model, pixels, [f"{path} row {i + 1}" for i in range(len(images))], labels.tolist())
 

@@ -49,10 +49,13 @@ class OpenedStudy:
 
 
 def _wait_for_uid(study: optuna.Study) -> None:
-    """A study created by another process a moment ago gets its uid right after; a study from
-    before uids existed gets one now."""
+    """Wait until the process that created the study a moment ago has set it up (its uid is set
+    last, after the baseline is queued), so no other process asks for a trial before the
+    baseline is trial 0. A study from before uids existed (it has trials that ran) gets one now."""
     deadline = time.monotonic() + UID_WAIT_SECONDS
-    while record.UID not in study.user_attrs and not study.get_trials(deepcopy=False) and time.monotonic() < deadline:
+    while record.UID not in study.user_attrs and time.monotonic() < deadline:
+        if any(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False)):
+            break  # trials ran: an old study, not one being set up
         time.sleep(0.05)
     if record.UID not in study.user_attrs:
         study.set_user_attr(record.UID, new_study_uid())
@@ -78,7 +81,6 @@ def open_study(
         except optuna.exceptions.DuplicatedStudyError:
             study = optuna.load_study(study_name=name, storage=storage, pruner=pruner, sampler=sampler)
     if created:
-        study.set_user_attr(record.UID, new_study_uid())
         study.set_metric_names([record.OBJECTIVE_NAME])
         if settings.baseline.enabled:
             study.enqueue_trial(
@@ -86,6 +88,7 @@ def open_study(
                 user_attrs={record.MAX_EPOCHS: min(settings.baseline.max_epochs, settings.training.max_epochs)},
                 skip_if_exists=True,
             )
+        study.set_user_attr(record.UID, new_study_uid())  # last: the uid says "ready", the baseline is queued
     else:
         on_existing(study)
         _wait_for_uid(study)

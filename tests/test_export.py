@@ -34,7 +34,7 @@ from search.export import exporter, figures, plots, study_plots
 from search.export.__main__ import main as export_main
 from search.export.errors import ExportError
 from search.export.exporter import FIGURES, FILES, ExportResult, export_study
-from search.export.folder import MARKER
+from search.export.folder import MARKER, ExportIdentity, check_target
 from search.export.trained import retrain_note
 from search.objective import make_objective
 from search.settings import settings_as_dict
@@ -265,6 +265,149 @@ def test_a_failed_export_leaves_the_previous_one_untouched(
         export_study(tiny_study.load(), folder, artifact_store=tiny_study.store, split=tiny_split)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")], "staging folder left behind"
+
+
+# ---------------------------------------------------------------- whose folder an export replaces
+
+
+@pytest.fixture(scope="module")
+def namesake(module_env: Path, tiny_split: DataSplit) -> TinyStudy:
+    """Another study named like the tiny one, in its own storage and runtime folder (one trial, one
+    epoch): the same name, so only its uid tells its export from the tiny study's."""
+    home = module_env / "namesake"
+    url = f"sqlite:///{home / 'study.db'}"
+    home.mkdir()
+    settings = load_settings(None, {
+        "study": {"name": STUDY, "storage": url, "trials": 1, "target_accuracy": None},
+        "data": {"val_size": 200, "train_size": 600},
+        "training": {"max_epochs": 1, "snapshot_steps": [5]},
+        "pruner": {"name": "none"},
+    })
+    study = open_study(settings, writer_storage(url)).study
+    study.set_user_attr(record.SETTINGS, settings_as_dict(settings))
+    other = TinyStudy(home, url)
+    run_worker(study, make_objective(settings, tiny_split, other.store, home / "checkpoints"), settings)
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 1
+    return other
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_the_marker_names_the_study_and_its_uid(folder: Path, tiny_study: TinyStudy) -> None:
+    marker = json.loads((folder / MARKER).read_text())
+    assert marker["study"] == STUDY
+    assert marker["uid"] == tiny_study.load().user_attrs[record.UID] and len(marker["uid"]) == 12
+
+
+def test_a_folder_of_a_users_own_report_is_refused_untouched(
+    tiny_study: TinyStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder holding only a report.html of the user's (an export's file name, but no marker) was
+    once replaced, the report deleted, exit 0."""
+    monkeypatch.setenv("MNIST_SEARCH_HOME", str(tiny_study.home))
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "report.html").write_text("<p>my own report</p>")
+    code = export_main(["--study-name", STUDY, "--storage", tiny_study.url, "--out", str(target)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{target} holds report.html but no {MARKER} marker" in err and "choose another --out" in err, err
+    assert snapshot(target) == {"report.html": b"<p>my own report</p>"}
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"], "staging folder left behind"
+
+
+def test_another_studys_export_is_refused_untouched(
+    tiny_study: TinyStudy, namesake: TinyStudy, folder: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Study B exported onto study A's export folder once replaced it silently. B here even has A's
+    name (another storage): the default folder of both is exports/tiny, and only the uid differs."""
+    ours, theirs = (study.load().user_attrs[record.UID] for study in (tiny_study, namesake))
+    assert ours != theirs
+    target = tmp_path / "tiny-export"
+    shutil.copytree(folder, target)  # study A's export
+    before = snapshot(target)
+    monkeypatch.setenv("MNIST_SEARCH_HOME", str(namesake.home))
+    code = export_main(["--study-name", STUDY, "--storage", namesake.url, "--out", str(target)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"holds the export of study {STUDY!r} (uid {ours}), not of study {STUDY!r} (uid {theirs})" in err, err
+    assert "choose another --out" in err
+    assert snapshot(target) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny-export"], "staging folder left behind"
+
+
+@pytest.mark.parametrize(
+    ("marker", "message"),
+    [
+        ('{"kind": "mnist-search export", "study": "other", "uid": null}\n', "holds the export of study 'other', not of study 'tiny'"),
+        ("mnist-search export of study 'other'\n", "holds the export of study 'other', not of study 'tiny'"),  # the old marker
+        ("", "is not a marker mnist-search wrote"),
+        ("x" * 100_000, "is not an export marker"),
+    ],
+    ids=["another-name", "another-name-old-marker", "empty", "too-large"],
+)
+def test_a_marker_naming_another_study_or_none_is_refused_untouched(
+    tiny_study: TinyStudy, folder: Path, tiny_split: DataSplit, tmp_path: Path, marker: str, message: str
+) -> None:
+    target = tmp_path / "export"
+    shutil.copytree(folder, target)
+    (target / MARKER).write_text(marker)
+    before = snapshot(target)
+    with pytest.raises(ExportError, match=re.escape(message)) as caught:
+        export_study(tiny_study.load(), target, artifact_store=tiny_study.store, split=tiny_split)
+    assert "\n" not in str(caught.value) and "choose another --out" in str(caught.value)
+    assert snapshot(target) == before
+
+
+def test_an_export_with_the_old_marker_of_the_same_study_is_replaced(
+    tiny_study: TinyStudy, folder: Path, tiny_split: DataSplit, tmp_path: Path
+) -> None:
+    """Exports written before the marker named the uid (name only) are still replaced by their study."""
+    target = tmp_path / "export"
+    shutil.copytree(folder, target)
+    (target / MARKER).write_text(f"mnist-search export of study {STUDY!r}\n")
+    (target / "metrics.json").write_text("{}")  # to tell the old export from the new one
+    export_study(tiny_study.load(), target, artifact_store=tiny_study.store, split=tiny_split)
+    assert json.loads((target / "metrics.json").read_text())["study"] == STUDY
+    assert json.loads((target / MARKER).read_text())["uid"] == tiny_study.load().user_attrs[record.UID]
+    assert sorted(p.name for p in target.iterdir()) == sorted([*FILES, MARKER])
+
+
+def test_a_missing_or_empty_folder_is_a_fine_target(tmp_path: Path) -> None:
+    owner = ExportIdentity(STUDY, "0123456789ab")
+    check_target(tmp_path / "missing", FILES, owner)
+    (tmp_path / "empty").mkdir()
+    check_target(tmp_path / "empty", FILES, owner)
+    (tmp_path / "empty" / "model.json").write_text("{}")  # an export's name, but no marker
+    with pytest.raises(ExportError, match="no .mnist-search-export marker"):
+        check_target(tmp_path / "empty", FILES, owner)
+
+
+def test_a_folder_taken_by_another_study_while_exporting_is_refused_untouched(
+    tiny_study: TinyStudy, folder: Path, tiny_split: DataSplit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The target is checked again just before the swap: here another study's export lands in it
+    while this one draws its plots."""
+    target = tmp_path / "export"
+    shutil.copytree(folder, target)
+    draw = exporter.draw_study_plots
+
+    def draw_then_taken(*args: object) -> dict[str, str]:
+        notes = draw(*args)
+        (target / MARKER).write_text('{"kind": "mnist-search export", "study": "other", "uid": "0123456789ab"}\n')
+        return notes
+
+    monkeypatch.setattr(exporter, "draw_study_plots", draw_then_taken)
+    with pytest.raises(ExportError, match="holds the export of study 'other' \\(uid 0123456789ab\\)"):
+        export_study(tiny_study.load(), target, artifact_store=tiny_study.store, split=tiny_split)
+    assert json.loads((target / MARKER).read_text())["study"] == "other"
+    assert {name: data for name, data in snapshot(target).items() if name != MARKER} == {
+        name: data for name, data in snapshot(folder).items() if name != MARKER
+    }
+    assert [p.name for p in tmp_path.iterdir()] == ["export"], "staging or old folder left behind"
 
 
 # ---------------------------------------------------------------- retraining and study plots

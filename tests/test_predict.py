@@ -7,7 +7,9 @@ their labels. Bad input is one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import struct
 import subprocess
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from PIL.Image import DecompressionBombWarning
 
 from lightning_modules.hyperparams import HyperParams
 from lightning_modules.data.readers import write_csv
@@ -187,6 +190,77 @@ def test_too_many_images_on_one_command_line_is_one_line(known: Known, capsys: p
     assert caught.value.code == 2 and "at most" in capsys.readouterr().err
 
 
+def blank_png(path: Path, width: int, height: int) -> Path:
+    """A valid 1-bit black PNG of any size, written row by row: 13000x13000 is ~20 KB on disk."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = bytes(1 + (width + 7) // 8)  # filter byte, then the packed bits
+    packer = zlib.compressobj(9)
+    pixels = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1 bit, grayscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("side", "size"),
+    [(5000, "5000x5000 pixels"), (13000, "169,000,000 pixels"), (20000, "400,000,000 pixels")],
+    ids=["over-our-bound", "pillow-warns", "pillow-refuses"],
+)
+def test_a_huge_image_is_refused_from_its_header_in_one_line(
+    known: Known, tmp_path: Path, side: int, size: str, capsys: pytest.CaptureFixture[str], recwarn: pytest.WarningsRecorder
+) -> None:
+    """A 328 KB 13000x13000 PNG once took 6.3 GB and 19 s, and printed Pillow's warning."""
+    big = blank_png(tmp_path / "big.png", side, side)
+    assert big.stat().st_size < 100_000
+    with pytest.MonkeyPatch.context() as patch:  # a real PNG, as Pillow reads it without its own bound
+        patch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+        with Image.open(big) as image:
+            assert image.size == (side, side)
+    assert predict.main(["--model", str(known.folder), str(big)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1, captured.err
+    assert f"the image is {size}, more than 4096x4096; scale it down" in captured.err
+    assert not [w for w in recwarn if issubclass(w.category, DecompressionBombWarning)]
+    blank_png(big, predict.MAX_IMAGE_SIDE, predict.MAX_IMAGE_SIDE)  # the bound itself is read
+    assert predict.read_image(big).shape == (predict.MAX_IMAGE_SIDE, predict.MAX_IMAGE_SIDE)
+
+
+def test_an_over_long_csv_is_refused_before_it_is_parsed(known: Known, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """predict --csv once accepted up to 2.2 GB (~10 GB of memory); rows are counted first, and
+    the one-column lines here would be a parse error if they were parsed."""
+    lines = tmp_path / "long.csv"
+    lines.write_bytes(b"0\n" * (predict.MAX_CSV_ROWS + 2))
+    assert predict.main(["--model", str(known.folder), "--csv", str(lines)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"more than {predict.MAX_CSV_ROWS + 1:,} lines" in err and "at most 10,000 rows at a time: split the file" in err, err
+    sparse = tmp_path / "sparse.csv"
+    with sparse.open("wb") as handle:
+        handle.truncate(predict.MAX_CSV_BYTES + 1)  # a hole: no disk space
+    assert predict.main(["--model", str(known.folder), "--csv", str(sparse)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"{predict.MAX_CSV_BYTES + 1:,} bytes is more than the {predict.MAX_CSV_BYTES:,} a CSV of 10,000 rows may have" in err
+
+
+def test_the_csv_row_bound_allows_a_header_and_exactly_its_rows(known: Known, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(predict, "MAX_CSV_ROWS", 3)
+    model = predict.load_model(known.folder)
+    rows = tmp_path / "rows.csv"
+    write_csv(known.images[:3], known.labels[:3], rows)
+    rows.write_text("label," + ",".join(f"pixel{i}" for i in range(784)) + "\n" + rows.read_text())
+    assert digits(predict.predict_csv(model, rows)) == known.labels[:3].tolist()
+    write_csv(known.images[:4], known.labels[:4], rows)  # four rows, no header: one too many
+    with pytest.raises(PredictError, match="4 rows; predict reads at most 3 rows at a time"):
+        predict.predict_csv(model, rows)
+    rows.write_text("label," + ",".join(f"pixel{i}" for i in range(784)) + "\n" + rows.read_text())
+    with pytest.raises(PredictError, match="more than 4 lines"):  # and with a header, before parsing
+        predict.predict_csv(model, rows)
+
+
 def run_cli(python: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [python, "-m", "search.predict", *args], capture_output=True, text=True, env=env, timeout=120,
@@ -204,3 +278,13 @@ def test_cli_success_and_corrupt_image(known: Known, tmp_path: Path, python: str
     result = run_cli(python, run_env, "--model", str(known.folder), str(paths[0]), str(tmp_path / "broken.png"))
     assert result.returncode == 2 and result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1 and "broken.png" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_cli_huge_image_is_one_line_without_pillows_warning(known: Known, tmp_path: Path, python: str, run_env: dict[str, str]) -> None:
+    big = blank_png(tmp_path / "big.png", 13000, 13000)
+    result = run_cli(python, run_env, "--model", str(known.folder), str(big))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"error: {big}: the image is 169,000,000 pixels, more than 4096x4096; scale it down to at most 4096x4096 pixels (a digit needs only 28x28)"
+    ], result.stderr

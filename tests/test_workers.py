@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from helpers import reader_storage, writer_storage
+from search import record
 
 TINY = """
 data: {val_size: 300, train_size: 600}
@@ -253,3 +255,57 @@ def test_second_ctrl_c_ends_runner_and_workers(python: str, run_env: dict[str, s
     finally:
         process.kill()
     assert process.returncode == 128 + signal.SIGINT
+
+
+# Each process opens the study named by every line it is sent and asks for one trial at once:
+# released together on a fresh study, they race its creation.
+OPEN_AND_ASK = """
+import sys
+from search.settings_file import load_settings
+from search.storage import open_study_storage
+from search.space import suggest_params
+from search.study import open_study
+print("ready", flush=True)
+for line in sys.stdin:
+    url, name = line.split()
+    settings = load_settings(None, {"study": {"name": name, "storage": url}})
+    study = open_study(settings, open_study_storage(url, heartbeat_seconds=5, grace_seconds=20)).study
+    trial = study.ask()
+    suggest_params(trial, settings.space)
+    study.tell(trial, 0.5)
+    print("asked", flush=True)
+"""
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_the_baseline_is_trial_0_however_many_processes_race_to_create_the_study(
+    python: str, run_env: dict[str, str], tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    processes = [
+        subprocess.Popen([python, "-c", OPEN_AND_ASK], env=run_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    try:
+        for process in processes:
+            assert process.stdout is not None and process.stdout.readline() == "ready\n"
+        for round_ in range(6):
+            if backend == "sqlite":
+                url = f"sqlite:///{tmp_path / f'race-{round_}.db'}"
+                writer_storage(url)  # the tables exist: the race is the study's creation
+            else:
+                url = request.getfixturevalue("postgres_url")
+            name = f"race-{uuid.uuid4().hex[:8]}"
+            for process in processes:
+                assert process.stdin is not None
+                process.stdin.write(f"{url} {name}\n")
+                process.stdin.flush()
+            for process in processes:
+                assert process.stdout is not None
+                assert process.stdout.readline() == "asked\n", process.communicate()[1]
+            trials = optuna.load_study(study_name=name, storage=reader_storage(url)).trials
+            assert len(trials) == 4
+            assert trials[0].params["classifier"] == "linear" and trials[0].user_attrs.get("max_epochs") is not None, round_
+            assert sum(record.MAX_EPOCHS in t.user_attrs for t in trials) == 1  # one baseline, asked once
+    finally:
+        for process in processes:
+            process.kill()

@@ -3,9 +3,10 @@
 One folder per study (default: exports/<study folder> under the runtime folder); the file names
 (`FILES`) are a contract. The folder is built in a temporary sibling and swapped into place
 (search/export/folder.py), so a failed export never leaves half a folder behind and an export
-only ever replaces an earlier export. The pictures and the model are also linked to the best
-trial in the artifact store for optuna-dashboard. The export loads the data the study recorded
-(or the data options given), and refuses data other than the study's own.
+only ever replaces an earlier export of the same study (the folder's marker names it). The
+pictures and the model are also linked to the best trial in the artifact store for
+optuna-dashboard. The export loads the data the study recorded (or the data options given), and
+refuses data other than the study's own.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from search.data import (
 from search.export import figures, plots
 from search.export.artifacts import ARTIFACT_MIMETYPES, attach_artifacts
 from search.export.errors import ExportError
-from search.export.folder import check_target, replace_dir, share, staging_dir
+from search.export.folder import ExportIdentity, check_target, replace_dir, share, staging_dir
 from search.export.metrics import (
     DataRecord,
     ExportMetrics,
@@ -81,6 +82,12 @@ class ExportResult:
 def default_export_dir(study_name: str) -> Path:
     """exports/<study folder>: the study's name made safe and unique (search/paths.py)."""
     return exports_dir() / study_dir_name(study_name)
+
+
+def export_identity(study: optuna.Study) -> ExportIdentity:
+    """What the export folder's marker names: the study's name and its uid (search/record.py), if any."""
+    uid = study.user_attrs.get(record.UID)
+    return ExportIdentity(study.study_name, str(uid) if uid not in (None, "") else None)
 
 
 def _finite(value: Any) -> Any:
@@ -140,7 +147,8 @@ def snapshot_note(requested: list[int], taken: list[int]) -> str:
     if not beyond:
         return ""
     last = max(taken) if taken else 0
-    return f"steps {', '.join(map(str, beyond))} were asked for, but the run ended at step {last}"
+    many = len(beyond) > 1
+    return f"step{'s' if many else ''} {', '.join(map(str, beyond))} {'were' if many else 'was'} asked for, but the run ended at step {last}"
 
 
 def _who(trained: TrainedTrial) -> str:
@@ -200,7 +208,8 @@ def export_study(
     """
     start = time.perf_counter()
     out_dir = Path(out_dir) if out_dir is not None else default_export_dir(study.study_name)
-    check_target(out_dir, FILES)
+    owner = export_identity(study)
+    check_target(out_dir, FILES, owner)
     settings = settings or record.study_settings(study)
     source = check_data(settings.data)
     if split is None:
@@ -250,8 +259,8 @@ def export_study(
             raise RuntimeError(f"export is missing {missing}")
         uploads = [staging / name for name in FILES if (staging / name).suffix in ARTIFACT_MIMETYPES]
         linked_to, artifact_ids = attach_artifacts(study, top.trial, uploads, store)
-        share(staging, study.study_name)
-        replace_dir(staging, out_dir, FILES)
+        share(staging, owner)
+        replace_dir(staging, out_dir, FILES, owner)
     except OSError as error:
         raise ExportError(f"cannot write the export to {out_dir} ({error})") from None
     finally:

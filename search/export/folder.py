@@ -1,38 +1,149 @@
 """The export folder: built in a temporary sibling and swapped into place, replacing only an export.
 
-A target folder is replaced only when everything in it is a file an export writes; anything
-else (a database, the artifact store, a user's files) makes the export refuse, so no export
-ever deletes what it did not create.
+A target folder is replaced only when it is this study's earlier export: it holds the marker
+file (`MARKER`) naming the same study, and nothing but files an export writes. A folder without
+the marker (a user's own files, even ones named like an export's), another study's export, or
+anything else (a database, the artifact store) makes the export refuse, so no export ever
+deletes what it did not create or what another study exported. A missing or empty folder is fine.
+
+The marker is one JSON object: the study's name and, when the study has one, its uid (the
+random id `search/record.py` sets at creation), so two studies that share a name in different
+storages do not replace each other's exports.
 """
 
 from __future__ import annotations
 
+import ast
+import itertools
+import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 
 from search.export.errors import ExportError
 
 MARKER = ".mnist-search-export"  # written into every export folder
+MARKER_KIND = "mnist-search export"
+MAX_MARKER_BYTES = 64 * 1024  # a study name is at most 512 characters; the marker is a few hundred bytes
+_LEGACY_PREFIX = "mnist-search export of study "  # the marker before it named the uid: text, name only
 
 
-def check_target(out_dir: Path, export_files: Collection[str]) -> None:
-    """Refuse a target that is not a folder of a previous export (or absent, or empty)."""
+@dataclass(frozen=True)
+class ExportIdentity:
+    """Which study an export folder belongs to: its name, and its uid when it has one."""
+
+    study: str
+    uid: str | None = None
+
+    def marker_text(self) -> str:
+        return json.dumps({"kind": MARKER_KIND, "study": self.study, "uid": self.uid}, ensure_ascii=False) + "\n"
+
+    def describe(self) -> str:
+        """One line, whatever the name and uid hold (repr escapes line breaks)."""
+        name = self.study if len(self.study) <= 80 else self.study[:77] + "..."
+        uid = self.uid if self.uid is None or (self.uid.isprintable() and len(self.uid) <= 64) else repr(self.uid[:61])
+        return f"study {name!r}" + (f" (uid {uid})" if uid else "")
+
+    def same_study(self, other: ExportIdentity) -> bool:
+        """`other` (the study exporting now) is the study that wrote this marker.
+
+        Names must match. Uids must match when the marker has one; a marker without a uid
+        (written before markers named uids, or for a study without one) is matched by name,
+        since a study from before uids gets its uid later (search/study.py).
+        """
+        return self.study == other.study and (self.uid is None or self.uid == other.uid)
+
+
+def _parse_marker(text: str) -> ExportIdentity | None:
+    """The identity a marker names, or None when it is not a marker this version wrote."""
+    if text.startswith(_LEGACY_PREFIX):  # "mnist-search export of study 'name'\n"
+        try:
+            name = ast.literal_eval(text[len(_LEGACY_PREFIX):].strip())
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return None
+        return ExportIdentity(name) if isinstance(name, str) else None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("kind") != MARKER_KIND or not isinstance(data.get("study"), str):
+        return None
+    uid = data.get("uid")
+    if uid is not None and not isinstance(uid, str):
+        return None
+    return ExportIdentity(data["study"], uid or None)
+
+
+def read_marker(folder: Path, shown: Path | None = None) -> ExportIdentity:
+    """The identity in `folder`'s marker; ExportError if it is missing, too large or unreadable."""
+    shown = shown or folder
+    path = folder / MARKER
+    fix = "nothing was changed: choose another --out"
+    try:
+        info = path.lstat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_MARKER_BYTES:
+            raise ExportError(f"{shown}/{MARKER} is not an export marker (not a small regular file); {fix}")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_MARKER_BYTES + 1)
+    except FileNotFoundError:
+        raise ExportError(f"{shown}/{MARKER} is missing; {fix}") from None
+    except OSError as error:
+        raise ExportError(f"cannot read {shown}/{MARKER} ({error.strerror}); {fix}") from None
+    identity = _parse_marker(raw.decode("utf-8", "replace")) if len(raw) <= MAX_MARKER_BYTES else None
+    if identity is None:
+        raise ExportError(f"{shown}/{MARKER} is not a marker mnist-search wrote; {fix}")
+    return identity
+
+
+def _shown(names: list[str], more: bool = False) -> str:
+    """The first few names, on one line (a name with a line break is shown quoted)."""
+    first = [name if name.isprintable() else repr(name) for name in names[:3]]
+    rest = "" if len(names) <= 3 and not more else " and more" if more else f" and {len(names) - 3} more"
+    return ", ".join(first) + rest
+
+
+def _check_contents(folder: Path, export_files: Collection[str], identity: ExportIdentity, shown: Path) -> None:
+    """`folder` (shown to the user as `shown`) is empty, or `identity`'s export and nothing else."""
+    allowed = set(export_files) | {MARKER}
+    try:  # an export holds at most len(allowed) entries: a folder of millions is not listed in full
+        entries = list(itertools.islice(folder.iterdir(), len(allowed) + 1))
+    except OSError as error:
+        raise ExportError(f"cannot list {shown} ({error.strerror}); choose another --out") from None
+    if not entries:
+        return
+    foreign = sorted(entry.name for entry in entries if entry.name not in allowed or not entry.is_file() or entry.is_symlink())
+    if foreign:
+        raise ExportError(
+            f"{shown} holds files an export did not write ({_shown(foreign, more=len(entries) > len(allowed))}); "
+            "nothing was changed: choose another --out"
+        )
+    if not any(entry.name == MARKER for entry in entries):
+        names = sorted(entry.name for entry in entries)
+        raise ExportError(
+            f"{shown} holds {_shown(names)} but no {MARKER} marker, so it is not an export folder; "
+            "nothing was changed: choose another --out (a new or empty folder)"
+        )
+    held = read_marker(folder, shown)
+    if not held.same_study(identity):
+        raise ExportError(
+            f"{shown} holds the export of {held.describe()}, not of {identity.describe()}; "
+            "nothing was changed: choose another --out"
+        )
+
+
+def check_target(out_dir: Path, export_files: Collection[str], identity: ExportIdentity) -> None:
+    """Refuse a target that is not absent, empty, or `identity`'s own previous export."""
     if out_dir.is_symlink():
         raise ExportError(f"{out_dir} is a symbolic link; pass --out a real folder")
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
         raise ExportError(f"{out_dir} exists and is not a folder; choose another --out")
-    allowed = set(export_files) | {MARKER}
-    foreign = sorted(entry.name for entry in out_dir.iterdir() if entry.name not in allowed or not entry.is_file() or entry.is_symlink())
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise ExportError(
-            f"{out_dir} holds files an export did not write ({shown}); nothing was changed: choose another --out"
-        )
+    _check_contents(out_dir, export_files, identity, out_dir)
 
 
 def staging_dir(out_dir: Path) -> Path:
@@ -44,10 +155,10 @@ def staging_dir(out_dir: Path) -> Path:
         raise ExportError(f"cannot create the export folder under {out_dir.parent} ({error.strerror})") from None
 
 
-def share(folder: Path, study_name: str) -> None:
-    """Mark the folder as an export and open it to the umask: mkdtemp makes a private (0700)
-    folder and safetensors private files; an export is for sharing."""
-    (folder / MARKER).write_text(f"mnist-search export of study {study_name!r}\n", encoding="utf-8")
+def share(folder: Path, identity: ExportIdentity) -> None:
+    """Mark the folder as `identity`'s export and open it to the umask: mkdtemp makes a private
+    (0700) folder and safetensors private files; an export is for sharing."""
+    (folder / MARKER).write_text(identity.marker_text(), encoding="utf-8")
     umask = os.umask(0)
     os.umask(umask)
     folder.chmod(0o777 & ~umask)
@@ -55,13 +166,22 @@ def share(folder: Path, study_name: str) -> None:
         path.chmod(0o666 & ~umask)
 
 
-def replace_dir(staging: Path, out_dir: Path, export_files: Collection[str]) -> None:
-    """Move the finished folder into place; a previous export is swapped out, then deleted."""
-    check_target(out_dir, export_files)  # again: the folder may have changed while we worked
+def replace_dir(staging: Path, out_dir: Path, export_files: Collection[str], identity: ExportIdentity) -> None:
+    """Move the finished folder into place; the study's previous export is swapped out, then deleted.
+
+    The target is checked again (it may have changed while the export worked), and once more
+    after it is moved aside, so what is deleted is exactly what was checked.
+    """
+    check_target(out_dir, export_files, identity)
     old = None
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
         os.replace(out_dir, old)
+        try:
+            _check_contents(old, export_files, identity, out_dir)
+        except ExportError:
+            os.replace(old, out_dir)
+            raise
     try:
         os.replace(staging, out_dir)
     except OSError:
