@@ -1,0 +1,161 @@
+"""Digits from image files into the model's input: bounded reading and MNIST's own framing.
+
+An image is judged by its header before it is decoded (a few KB of PNG can claim gigabytes of
+pixels), then turned white-on-black and framed as MNIST was made: the digit's bounding box
+scaled into 20x20 and centred by its centre of mass in 28x28. search/predict.py runs the model.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lightning_modules.data.format import IMAGE_SIDE, N_PIXELS
+from lightning_modules.errors import UserInputError
+
+MAX_IMAGE_BYTES = 64 * 1024 * 1024  # a phone photo is a few MB; anything this big is not a digit
+# A phone photo is about 4032x3024; a transparent 4096x4096 PNG peaks near 400 MB on its way to
+# 28x28. The header's size is checked before anything is decoded: a few KB of PNG can claim
+# 13000x13000 pixels (GBs once decoded).
+MAX_IMAGE_SIDE = 4096
+MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE
+DIGIT_BOX = 20  # MNIST fits each digit into 20x20 before centring it in 28x28
+INK_THRESHOLD = 0.2  # share of the brightest pixel that counts as part of the digit
+LIGHT_BACKGROUND = 127.5  # a border brighter than this means dark ink on light paper
+
+
+class PredictError(UserInputError):
+    """An input the predictor cannot use; the message says which and why."""
+
+
+# ---------------------------------------------------------------- images
+
+
+def _flatten_alpha(image: Any) -> Any:
+    """Transparent images: put the strokes on the background that contrasts with them."""
+    from PIL import Image
+
+    rgba = image.convert("RGBA")
+    alpha = np.asarray(rgba.getchannel("A"), dtype=np.uint8)  # uint8, not float: 8x less memory at 4096x4096
+    if alpha.min() == 255:
+        return rgba.convert("L")
+    gray = np.asarray(rgba.convert("L"), dtype=np.uint8)
+    visible = alpha > 0
+    strokes_light = visible.any() and gray[visible].mean(dtype=np.float64) > LIGHT_BACKGROUND
+    background = Image.new("RGBA", rgba.size, (0, 0, 0, 255) if strokes_light else (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("L")
+
+
+def _regular_file(path: Path, limit: int, what: str, fix: str = "") -> None:
+    """`path` must be a regular file of at most `limit` bytes (not a device, pipe or folder)."""
+    import stat
+
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise PredictError(f"{path}: file not found") from None
+    except OSError as error:
+        raise PredictError(f"{path}: cannot read ({error.strerror})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise PredictError(f"{path}: is a folder, not {what}")
+    if not stat.S_ISREG(info.st_mode):
+        raise PredictError(f"{path}: not a regular file (a device, pipe or socket); pass {what}")
+    if info.st_size > limit:
+        raise PredictError(f"{path}: {info.st_size:,} bytes is more than the {limit:,} {what} may have" + (f"; {fix}" if fix else ""))
+
+
+_SHRINK = f"scale it down to at most {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels (a digit needs only 28x28)"
+
+
+def _check_image_size(path: Path, width: int, height: int) -> None:
+    """Refuse an image whose header claims more pixels than MAX_IMAGE_PIXELS, before decoding it."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise PredictError(f"{path}: the image is {width}x{height} pixels, more than {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}; {_SHRINK}")
+
+
+def _bomb_size(error: Exception) -> str:
+    """The pixel count in Pillow's decompression-bomb message ("Image size (N pixels) exceeds ...")."""
+    import re
+
+    from PIL import Image
+
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    return f"the image is {int(found[1]):,} pixels" if found else f"the image is more than {Image.MAX_IMAGE_PIXELS:,} pixels"
+
+
+def read_image(path: Path) -> np.ndarray:
+    """A grayscale uint8 array of any image file Pillow reads; PredictError if it cannot."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    _regular_file(path, MAX_IMAGE_BYTES, "an image file")
+    try:
+        with warnings.catch_warnings():  # Pillow's own (higher) bound would print a warning: one line here
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # raised by Image.open itself
+            with Image.open(path) as opened:  # reads the header only
+                _check_image_size(path, *opened.size)
+                opened.load()
+                image = ImageOps.exif_transpose(opened)  # a phone photo is stored on its side
+                has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+                gray = _flatten_alpha(image) if has_alpha else image.convert("L")
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        raise PredictError(f"{path}: {_bomb_size(error)}, more than {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}; {_SHRINK}") from None
+    except FileNotFoundError:
+        raise PredictError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise PredictError(f"{path}: is a folder, not an image") from None
+    except UnidentifiedImageError:
+        raise PredictError(f"{path}: not an image file Pillow can read (corrupt or unknown format)") from None
+    except (OSError, ValueError) as error:
+        raise PredictError(f"{path}: corrupt or truncated image ({str(error).splitlines()[0]})") from None
+    return np.asarray(gray, dtype=np.uint8)
+
+
+def is_light_background(image: np.ndarray) -> bool:
+    """Dark ink on light paper: judged by the image's border, where a digit rarely reaches."""
+    width = max(1, min(image.shape) // 14)
+    border = np.concatenate([image[:width].ravel(), image[-width:].ravel(), image[:, :width].ravel(), image[:, -width:].ravel()])
+    return float(border.mean()) > LIGHT_BACKGROUND
+
+
+def to_white_on_black(image: np.ndarray) -> np.ndarray:
+    return 255 - image if is_light_background(image) else image
+
+
+def frame_digit(image: np.ndarray) -> np.ndarray:
+    """A white-on-black image larger than 28x28 -> MNIST framing: digit fitted to 20x20, centred by mass."""
+    from PIL import Image
+
+    ink = image >= max(1.0, INK_THRESHOLD * float(image.max()))
+    if not ink.any():  # blank: nothing to frame, just shrink it
+        return np.asarray(Image.fromarray(image).resize((IMAGE_SIDE, IMAGE_SIDE), Image.Resampling.BOX), dtype=np.uint8)
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    crop = image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    scale = DIGIT_BOX / max(crop.shape)
+    size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+    digit = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.LANCZOS), dtype=np.float64)
+    mass = digit.sum()
+    cy, cx = ((np.indices(digit.shape) * digit).sum(axis=(1, 2)) / mass) if mass > 0 else (digit.shape[0] / 2, digit.shape[1] / 2)
+    top = int(np.clip(round(IMAGE_SIDE / 2 - cy), 0, IMAGE_SIDE - digit.shape[0]))
+    left = int(np.clip(round(IMAGE_SIDE / 2 - cx), 0, IMAGE_SIDE - digit.shape[1]))
+    canvas = np.zeros((IMAGE_SIDE, IMAGE_SIDE), dtype=np.float64)
+    canvas[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+
+
+def to_model_input(image: np.ndarray, source: str) -> np.ndarray:
+    """uint8 grayscale (28x28 or larger) -> 784 float32 pixels in [0, 1], white digit on black."""
+    if image.ndim != 2:
+        raise PredictError(f"{source}: expected a 2-D grayscale image, got an array of shape {image.shape}")
+    height, width = image.shape
+    if height < IMAGE_SIDE or width < IMAGE_SIDE:
+        raise PredictError(f"{source}: the image is {width}x{height} pixels; it must be at least 28x28")
+    image = to_white_on_black(image)
+    if image.shape != (IMAGE_SIDE, IMAGE_SIDE):
+        image = frame_digit(image)
+    return (image.reshape(N_PIXELS).astype(np.float32) / 255.0)
+
+
+# ---------------------------------------------------------------- predicting
