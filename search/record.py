@@ -128,12 +128,12 @@ def record_result(trial: optuna.Trial, train_seconds: float, param_count: int) -
     write(trial, PARAM_COUNT, param_count)
 
 
-def retried_from(trial: FrozenTrial) -> int | None:
+def retried_from(trial: AnyTrial) -> int | None:
     """The attempt this trial retries (the latest one), or None for a first attempt."""
-    chain = trial.system_attrs.get(RETRY_HISTORY) or []
+    chain = read(trial, RETRY_HISTORY) or []
     if chain:
         return int(chain[-1])
-    failed = trial.system_attrs.get(FAILED_TRIAL)
+    failed = read(trial, FAILED_TRIAL)
     return None if failed is None else int(failed)
 
 

@@ -86,3 +86,19 @@ def retry_of(trials: list[FrozenTrial], failed: FrozenTrial) -> FrozenTrial | No
         if record.retried_from(trial) == failed.number:
             return trial
     return None
+
+
+def return_to_queue(trial: optuna.Trial) -> None:
+    """Put a retry that stepped aside (another trial held the last slot) back in the queue, with
+    everything it carries (its fixed parameters, seeds, checkpoint key and retry link), so the
+    attempt it retries is still run."""
+    trial.study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,  # a queued retry carries its parameters already (see requeue)
+            distributions=trial.distributions,
+            user_attrs={k: v for k, v in trial.user_attrs.items() if k != record.SURPLUS},
+            system_attrs=record.read_all_system(trial),
+        )
+    )
+

@@ -13,6 +13,7 @@ import time
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search import record
 from search.settings import StudyConfig
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -32,14 +33,19 @@ def remaining_budget(study: optuna.Study, budget: int) -> int:
     return budget - len(used)
 
 
-def over_budget(study: optuna.Study, budget: int) -> bool:
+def over_budget(study: optuna.Study, budget: int, retry: bool = False) -> bool:
     """Asked by a trial that just started: are more trials finished or running than the budget?
 
     Two workers that both saw one slot left both start a trial; the one whose check sees the
     other's trial steps aside, so the budget holds exactly without a lock (if both see each
-    other, both step aside and the loop tries again).
+    other, both step aside and the loop tries again). A retry of a dead or interrupted trial
+    (`retry`) has the slot before a freshly sampled trial: it yields only to finished trials and
+    to other running retries, so the last slot never drops a queued retry.
     """
-    return len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))) > budget
+    used = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+    if len(used) <= budget or not retry:
+        return len(used) > budget
+    return sum(t.state in FINISHED or record.retried_from(t) is not None for t in used) > budget
 
 
 def trial_at_target(study: optuna.Study, target: float | None) -> FrozenTrial | None:
