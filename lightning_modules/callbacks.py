@@ -24,7 +24,7 @@ class WeightSnapshots(pl.Callback):
         self.snapshots: dict[int, torch.Tensor] = {}
 
     def _take(self, pl_module: pl.LightningModule, step: int) -> None:
-        self.snapshots[step] = pl_module.first_layer.weight.detach().clone()
+        self.snapshots[step] = pl_module.first_layer.weight.detach().to("cpu", torch.float32, copy=True)  # saved and drawn on the CPU
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: object) -> None:
         if trainer.global_step in self.steps and trainer.global_step not in self.snapshots:

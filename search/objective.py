@@ -28,7 +28,7 @@ from lightning_modules.model_file import save_model_file
 from lightning_modules.training import FitResult, fit
 from search import record
 from search.optuna_compat import ArtifactStore
-from search.resume import checkpoint_key, checkpoint_path, requeue, resume_point
+from search.resume import checkpoint_key, checkpoint_path, requeue, resume_point, return_to_queue
 from search.sampling import trial_seed
 from search.settings import Settings
 from search.space import suggest_params
@@ -47,13 +47,17 @@ def trial_seeds(trial: optuna.Trial, settings: Settings) -> record.TrialSeeds:
 
 
 def fit_arguments(trial: optuna.Trial, settings: Settings) -> dict[str, object]:
-    """What `fit` is called with besides the hyperparameters, data and seed; recorded on the trial
-    so that `python -m search.export --reproduce N` repeats it exactly."""
-    return {
+    """What `fit` is called with besides the hyperparameters, data, seed and device; recorded on the
+    trial so that `python -m search.export --reproduce N` repeats it exactly. The precision is
+    recorded only when it is not the default, so default trials keep the record they always had."""
+    arguments: dict[str, object] = {
         "max_epochs": int(trial.user_attrs.get(record.MAX_EPOCHS, settings.training.max_epochs)),
         "target_accuracy": settings.study.target_accuracy,
         "snapshot_steps": list(settings.training.snapshot_steps),
     }
+    if settings.training.precision != "32-true":
+        arguments["precision"] = settings.training.precision
+    return arguments
 
 
 def _best_value_of(study: optuna.Study, classifier: str) -> float:
@@ -82,8 +86,10 @@ def make_objective(
     artifact_store: ArtifactStore,
     checkpoint_dir: Path,
     stop_event: threading.Event | None = None,
+    device: str = "cpu",
 ) -> Callable[[optuna.Trial], float]:
-    """The function Optuna calls per trial; closes over data shared by all of a worker's trials.
+    """The function Optuna calls per trial; closes over data shared by all of a worker's trials
+    (already on `device`, "cpu" or "cuda:N", where every trial trains).
 
     Each epoch leaves a checkpoint in `checkpoint_dir` (search/resume.py), so a retried trial
     (after a kill or Ctrl-C) continues from its last finished epoch.
@@ -92,8 +98,12 @@ def make_objective(
     stop_event = stop_event or threading.Event()
 
     def objective(trial: optuna.Trial) -> float:
-        if over_budget(trial.study, settings.study.trials) or trial_at_target(trial.study, target):
+        retry = record.retried_from(trial) is not None
+        at_target = trial_at_target(trial.study, target) is not None
+        if at_target or over_budget(trial.study, settings.study.trials, retry=retry):
             trial.set_user_attr(record.SURPLUS, True)
+            if retry and not at_target:
+                return_to_queue(trial)
             raise SurplusTrial(f"trial {trial.number} started after the study's stop rule held")
         hp = suggest_params(trial, settings.space)
         seeds, key, arguments = trial_seeds(trial, settings), checkpoint_key(trial), fit_arguments(trial, settings)
@@ -107,7 +117,7 @@ def make_objective(
             StopOnRequest(stop_event),
         ]
         try:
-            result = fit(hp, split, seed=seeds.training, callbacks=callbacks, resume_from=resume_point(trial, checkpoint, hp.to_dict()), **arguments)  # type: ignore[arg-type]
+            result = fit(hp, split, seed=seeds.training, callbacks=callbacks, resume_from=resume_point(trial, checkpoint, hp.to_dict()), device=device, **arguments)  # type: ignore[arg-type]
         except TrainingInterrupted:
             requeue(trial)
             raise

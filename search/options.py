@@ -94,6 +94,16 @@ def overrides_from_args(args: argparse.Namespace, flags: Sequence[Flag]) -> dict
     return overrides
 
 
+def device_indices(value: str) -> list[int] | None:
+    """GPU indices as 0 or 0,1; all/none/null for every visible GPU."""
+    if value.lower() in ("all", "none", "null"):
+        return None
+    try:
+        return [int(part) for part in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected GPU indices like 0 or 0,1 (or 'all'), got {value[:40]!r}") from None
+
+
 STUDY_NAME = Flag(("study", "name"), "--study-name")
 STORAGE = Flag(("study", "storage"))
 RECORDED = "(default: what the study recorded)"
@@ -118,6 +128,10 @@ RUN_FLAGS = (
     Flag(("study", "seed")),
     *DATA_FLAGS,
     Flag(("training", "max_epochs")),
+    Flag(("training", "accelerator")),
+    Flag(("training", "devices"), parse=device_indices),
+    Flag(("training", "workers_per_device")),
+    Flag(("training", "precision")),
 )
 RECORDED_DATA_FLAGS = tuple(  # the export's data options: they override the study's recorded ones
     Flag(f.key, f.flag, f.parse, help=f"{field_info(f.key)[1]} {RECORDED}") for f in DATA_FLAGS

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lightning_modules.device import Device, physical_ids, resolve_device, thread_share, visible_gpus, worker_visible_devices
 from lightning_modules.errors import UserInputError
 from search.options import RUN_FLAGS, OneLineParser, add_flags, overrides_from_args
 from search.redaction import mask, mask_known, redact, redact_words, secrets_in
@@ -58,6 +59,17 @@ def check_workers(settings: Settings) -> None:
         )
 
 
+def check_device(settings: Settings) -> Device:
+    """Resolve --accelerator/--devices against this machine's GPUs, and check that --workers fit
+    on them, before any study is created: a GPU asked for and missing is a one-line error."""
+    training, workers = settings.training, settings.study.workers
+    gpus = [] if training.accelerator == "cpu" else visible_gpus()  # torch only when a GPU may be wanted
+    device = resolve_device(training.accelerator, training.devices, gpus, thread_share(workers, cores()))
+    if device.kind == "cuda" and workers > 1:
+        worker_visible_devices(workers, physical_ids(device.indices), training.workers_per_device)
+    return device
+
+
 def resume_command(argv: list[str]) -> str:
     """The command that resumes this run, with any storage password masked."""
     return "python -m search.run " + " ".join(shlex.quote(a) for a in redact_words(argv))
@@ -71,20 +83,21 @@ def run(argv: list[str], stop: StopRequest) -> int:
     url = check_storage_url(settings.study.storage)
     source = check_data(settings.data)
     check_workers(settings)
+    device = check_device(settings)
 
     from search.trial_loop import quiet_optuna, start_run
 
     quiet_optuna()
 
-    started = start_run(settings, url, source)  # data first: bad data creates no database
+    started = start_run(settings, url, source, device)  # data first: bad data creates no database
     print(started.first_line)
     if started.nothing_to_do:
         print(started.nothing_to_do)
     sys.stdout.flush()
-    return finish_run(settings, url, started, argv, stop)
+    return finish_run(settings, url, started, argv, stop, device)
 
 
-def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop: StopRequest) -> int:
+def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop: StopRequest, device: Device) -> int:
     from lightning_modules.callbacks import TrainingInterrupted
     from search.export.exporter import export_study
     from search.export.note import RunSummary, write_study_note
@@ -100,9 +113,9 @@ def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop
     codes: list[int] = []
     try:
         if settings.study.workers == 1:
-            reason = run_trials(settings, url, stop, callbacks=[reporter], split=started.split)
+            reason = run_trials(settings, url, stop, callbacks=[reporter], split=started.split, device=device.torch_device)
         else:
-            codes = run_worker_pool(settings, url, stop, study, lambda: reporter.update(study))
+            codes = run_worker_pool(settings, url, stop, study, lambda: reporter.update(study), device)
             reason = stop_reason(study, settings.study)
     except WorkerInterrupted:
         reporter.close(study)

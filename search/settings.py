@@ -206,17 +206,34 @@ class DataConfig(_Strict):
     _ints_are_floats = field_validator("val_fraction", mode="before")(_float)
 
 
+Accelerator = Literal["auto", "cpu", "gpu"]  # lightning_modules.device.ACCELERATORS (a test keeps them equal)
+Precision = Literal["32-true", "bf16-mixed"]
+
+
 class TrainingConfig(_Strict):
     max_epochs: int = Field(default=8, gt=0, le=1000, description="epochs per trial")
     snapshot_steps: list[int] = Field(
         default=[10, 100, 1000], max_length=MAX_SNAPSHOTS, description="optimizer steps at which first-layer weights are kept",
     )
+    accelerator: Accelerator = Field(default="auto", description="auto (a GPU when torch sees one, else the CPU) | cpu | gpu")
+    devices: list[int] | None = Field(
+        default=None, min_length=1, max_length=MAX_WORKERS, description="GPU indices to train on, e.g. 0,1 (null: every visible GPU)",
+    )
+    workers_per_device: int = Field(default=1, gt=0, le=MAX_WORKERS, description="worker processes sharing one GPU (--workers at most GPUs x this)")
+    precision: Precision = Field(default="32-true", description="32-true | bf16-mixed (bfloat16 autocast: faster on a GPU, other results)")
 
     @field_validator("snapshot_steps")
     @classmethod
     def _positive_steps(cls, value: list[int]) -> list[int]:
         if any(step < 1 for step in value):
             raise ValueError(f"snapshot steps must be at least 1 (got {value})")
+        return value
+
+    @field_validator("devices")
+    @classmethod
+    def _distinct_indices(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (any(i < 0 for i in value) or len(set(value)) != len(value)):
+            raise ValueError(f"devices must be distinct GPU indices >= 0 (got {value})")
         return value
 
 

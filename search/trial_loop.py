@@ -17,6 +17,7 @@ import optuna
 
 from lightning_modules.data.sources import DataSource
 from lightning_modules.data.split import DataSplit
+from lightning_modules.device import CUDA_VISIBLE_DEVICES, Device, physical_ids, worker_visible_devices
 from lightning_modules.training import configure_torch
 from search import record
 from search.data import DataIdentity, data_identity, load_split, require_same_data
@@ -81,8 +82,18 @@ def _nothing_to_do(study: optuna.Study, settings: Settings) -> str | None:
     return f"nothing to run: {reason}; {hint}"
 
 
-def start_run(settings: Settings, url: str, source: DataSource) -> StartedRun:
-    """Load the data, open (or create) the study on it, record what it runs with."""
+def device_words(device: Device, settings: Settings) -> str:
+    """Where the run trains, for its first line: "on cuda:0 (NVIDIA H200), 4 per GPU", "on the CPU (2 threads per worker)"."""
+    if device.kind == "cpu":
+        return f"on the {device.description}"
+    shared = f", up to {settings.training.workers_per_device} per GPU" if settings.study.workers > 1 else ""
+    return f"on {device.description}{shared}"
+
+
+def start_run(settings: Settings, url: str, source: DataSource, device: Device | None = None) -> StartedRun:
+    """Load the data, open (or create) the study on it, record what it runs with; `device` is
+    the one search.run resolved and checked (None: the CPU)."""
+    device = device or Device("cpu", (), "CPU")
     split = load_split(settings.data, source)
     identity = data_identity(split, source)
     opened = open_study(settings, _storage(settings, url), on_existing=lambda study: require_same_data(study, identity))
@@ -98,7 +109,7 @@ def start_run(settings: Settings, url: str, source: DataSource) -> StartedRun:
         f"{status.finished} finished trials ({status.complete} complete, {status.pruned} pruned), "
         f"budget {settings.study.trials}, target {target if target is not None else 'none'}; "
         f"data {identity.source}: {identity.sizes()} (validation {data.val_fraction:g} of the training rows, "
-        f"at most {data.val_size:,}); {settings.study.workers} worker(s) on the CPU"
+        f"at most {data.val_size:,}); {settings.study.workers} worker(s) {device_words(device, settings)}"
     )
     return StartedRun(study, opened.created, split, identity, first_line, _nothing_to_do(study, settings))
 
@@ -111,32 +122,52 @@ def configure_worker(threads: int) -> None:
 
 def run_trials(
     settings: Settings, url: str, stop: StopRequest, callbacks: Sequence[TrialCallback] = (), split: DataSplit | None = None,
+    device: str = "cpu",
 ) -> str:
-    """This process's trials until a stop rule holds; returns why it stopped."""
+    """This process's trials until a stop rule holds, on `device` ("cpu", "cuda:N"); returns why it stopped.
+
+    The split moves to the device here, once for every trial of this process."""
     if split is None:
         split = load_split(settings.data)
     else:
         configure_torch(1)
+    split = split.to(device)
     study = open_study(settings, _storage(settings, url)).study
-    objective = make_objective(settings, split, build_artifact_store(), checkpoints_dir(), stop.event)
+    objective = make_objective(settings, split, build_artifact_store(), checkpoints_dir(), stop.event, device)
     return run_worker(study, objective, settings, callbacks, stop_event=stop.event, storage_check=storage_guard(url))
 
 
-def worker_process(stop: StopRequest, settings_json: dict[str, Any], url: str, threads: int, index: int) -> None:
-    """Body of a spawned worker: its own storage connection, data split and trials."""
+def worker_process(stop: StopRequest, settings_json: dict[str, Any], url: str, threads: int, device: str, index: int) -> None:
+    """Body of a spawned worker: its own storage connection, data split and trials. A GPU worker
+    sees one GPU (its CUDA_VISIBLE_DEVICES, set by the pool), so `device` is "cuda:0" there."""
     settings = Settings.model_validate(settings_json)
     configure_worker(threads)
     quiet_optuna()
     try:
-        run_trials(settings, url, stop)
+        run_trials(settings, url, stop, device=device)
     except WorkerInterrupted:
         sys.exit(stop.exit_code)
 
 
-def run_worker_pool(settings: Settings, url: str, stop: StopRequest, study: optuna.Study, on_poll: Any) -> list[int]:
+def worker_environments(settings: Settings, device: Device) -> list[dict[str, str]]:
+    """Per worker, the environment it starts with: on GPUs, its one GPU round-robin; on the CPU, nothing."""
+    if device.kind == "cpu":
+        return [{} for _ in range(settings.study.workers)]
+    ids = worker_visible_devices(settings.study.workers, physical_ids(device.indices), settings.training.workers_per_device)
+    return [{CUDA_VISIBLE_DEVICES: gpu} for gpu in ids]
+
+
+def run_worker_pool(
+    settings: Settings, url: str, stop: StopRequest, study: optuna.Study, on_poll: Any, device: Device | None = None,
+) -> list[int]:
     """K spawned workers share the study; this process reports what they finish and relays signals."""
+    device = device or Device("cpu", (), "CPU")
     threads = configure_torch(settings.study.workers)
-    pool = WorkerPool(worker_process, (settings.model_dump(mode="json"), url, threads), settings.study.workers, stop)
+    worker_device = "cuda:0" if device.kind == "cuda" else "cpu"
+    pool = WorkerPool(
+        worker_process, (settings.model_dump(mode="json"), url, threads, worker_device), settings.study.workers, stop,
+        worker_environments(settings, device),
+    )
     codes = pool.run(on_poll)
     if stop.event.is_set():
         raise WorkerInterrupted

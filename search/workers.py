@@ -17,7 +17,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
@@ -99,15 +100,40 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-class WorkerPool:
-    """K spawned processes running `target(stop, *args, index)`; signals relayed, ends reported."""
+@contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """`values` in os.environ for the moment a worker is spawned, then as before: the child's
+    interpreter starts with them, before any import of its could start CUDA."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
-    def __init__(self, target: Callable[..., None], args: tuple[Any, ...], workers: int, stop: StopRequest) -> None:
+
+class WorkerPool:
+    """K spawned processes running `target(stop, *args, index)`; signals relayed, ends reported.
+
+    `environments` gives each worker extra environment variables (a GPU worker's CUDA_VISIBLE_DEVICES).
+    """
+
+    def __init__(
+        self, target: Callable[..., None], args: tuple[Any, ...], workers: int, stop: StopRequest,
+        environments: Sequence[Mapping[str, str]] = (),
+    ) -> None:
         context = multiprocessing.get_context("spawn")
         self.processes = [
             context.Process(target=worker_main, args=(target, os.getpid(), (*args, index)), daemon=False)
             for index in range(workers)
         ]
+        self.environments = list(environments) or [{} for _ in range(workers)]
+        if len(self.environments) != workers:
+            raise ValueError(f"{len(self.environments)} environments for {workers} workers")
         self.stop = stop
 
     def _signal_all(self, signum: int) -> None:
@@ -127,8 +153,9 @@ class WorkerPool:
             resource_tracker.ensure_running()
             previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             try:
-                for process in self.processes:
-                    process.start()
+                for process, values in zip(self.processes, self.environments):
+                    with environment(values):
+                        process.start()
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, previous)
             # Relay SIGTERM whatever came: a worker whose handler is in place stops at its next

@@ -29,3 +29,18 @@ def test_throughput_quick_prints_its_table(isolated_home: Path) -> None:
     assert HEADER in done.stdout
     for loop in ("raw PyTorch (reference)", "bare LightningModule (Lightning's floor)", "fit() + trial callbacks"):
         assert f"| {loop}" in done.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_quick_runs_every_piece_on_the_cpu(isolated_home: Path) -> None:
+    """benchmarks/gpu_check.sh cannot run here; its Python runs every measurement on the CPU."""
+    from benchmarks.gpu_check import HEADER
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_check", "--quick"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert HEADER in done.stdout and "| fit(), train samples/s" in done.stdout
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "trials, target none" in line]
+    assert len(rows) == 2 and all("failed" not in row and "| 4 " in row for row in rows), done.stdout

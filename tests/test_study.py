@@ -9,9 +9,14 @@ import pytest
 from optuna.trial import TrialState
 
 from helpers import writer_storage
+from lightning_modules.data.split import DataSplit
+from search import record
+from search.objective import make_objective
+from search.resume import return_to_queue
 from search.settings import Settings
 from search.settings_file import load_settings
-from search.stopping import remaining_budget, trial_at_target
+from search.stopping import SurplusTrial, over_budget, remaining_budget, trial_at_target
+from search.storage import build_artifact_store
 from search.space import suggest_params
 from search.study import best_trials, build_pruner, open_study, run_worker, study_status
 
@@ -218,3 +223,65 @@ def test_a_new_study_gets_a_uid_and_names_its_objective(storage_url: str, name: 
     assert study.metric_names == [record.OBJECTIVE_NAME]
     again = open_study(settings_for(name), writer_storage(storage_url)).study
     assert again.user_attrs[record.UID] == study.user_attrs[record.UID]
+
+
+def interrupted_then_queued(study: optuna.Study, settings: Settings) -> optuna.trial.FrozenTrial:
+    """A trial stopped mid-run and queued again, as a Ctrl-C leaves it; returns the failed attempt."""
+    from search.resume import requeue
+
+    trial = study.ask()
+    suggest_params(trial, settings.space)
+    requeue(trial)
+    study.tell(trial, state=TrialState.FAIL)
+    return study.trials[trial.number]
+
+
+def test_a_queued_retry_takes_the_last_slot_before_a_fresh_trial(storage_url: str, name: str, tiny_split: DataSplit, tmp_path: Path) -> None:
+    """Two workers start at the last budget slot: one pops the retry, the other samples a fresh
+    trial. The retry trains; the fresh one steps aside (before, both stepped aside and the retry
+    was dropped for good)."""
+    settings = load_settings(None, {
+        "study": {"name": name, "trials": 3, "target_accuracy": None}, "baseline": {"enabled": False},
+        "training": {"max_epochs": 1, "snapshot_steps": [5]},
+    })
+    study = open_study(settings, writer_storage(storage_url)).study
+    for value in (0.5, 0.6):
+        done = study.ask()
+        suggest_params(done, settings.space)
+        study.tell(done, value)
+    fresh = study.ask()  # the other worker's freshly sampled trial, running
+    suggest_params(fresh, settings.space)
+    failed = interrupted_then_queued(study, settings)
+    objective = make_objective(settings, tiny_split, build_artifact_store(tmp_path / "artifacts"), tmp_path / "checkpoints")
+    study.optimize(objective, n_trials=1, catch=(SurplusTrial,))  # this worker pops the retry
+    retry = study.trials[-1]
+    assert record.retried_from(retry) == failed.number
+    assert retry.state == TrialState.COMPLETE and retry.params == failed.params
+    assert over_budget(study, 3)  # and the fresh trial, checking now, steps aside
+
+
+def test_two_retries_for_one_slot_both_go_back_to_the_queue(storage_url: str, name: str) -> None:
+    settings = load_settings(None, {"study": {"name": name, "trials": 3, "target_accuracy": None}, "baseline": {"enabled": False}})
+    study = open_study(settings, writer_storage(storage_url)).study
+    for value in (0.5, 0.6):
+        done = study.ask()
+        suggest_params(done, settings.space)
+        study.tell(done, value)
+    running = [study.ask(), study.ask()]  # both asked before either is queued again (an ask pops the queue)
+    from search.resume import requeue
+
+    for trial in running:
+        suggest_params(trial, settings.space)
+        requeue(trial)
+        study.tell(trial, state=TrialState.FAIL)
+    first, second = (study.trials[t.number] for t in running)
+    retries = [study.ask(), study.ask()]  # both popped: two retries for one slot
+    assert all(over_budget(study, 3, retry=True) for _ in retries)
+    for retry in retries:
+        return_to_queue(retry)
+        study.tell(retry, state=TrialState.FAIL)
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert sorted(record.retried_from(t) for t in waiting) == sorted([first.number, second.number])
+    again = study.ask()
+    suggest_params(again, settings.space)  # its fixed parameters, not new ones
+    assert again.params == (first.params if record.retried_from(again) == first.number else second.params)

@@ -46,7 +46,8 @@ class TensorBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         x, y = self.x, self.y
         if self.shuffle:
-            perm = torch.randperm(len(y), generator=_epoch_generator(self.seed, self.epoch))
+            # drawn on the CPU (the same shuffle on every device), then used where the rows are
+            perm = torch.randperm(len(y), generator=_epoch_generator(self.seed, self.epoch)).to(x.device)
             x, y = x[perm], y[perm]
             self.epoch += 1
         for start in range(0, len(y), self.batch_size):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -76,6 +77,16 @@ class DataSplit:
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)}
+
+    def to(self, device: str) -> DataSplit:
+        """The same rows on `device` ("cpu", "cuda:0"), copied once per worker: batches are then
+        slices on the device, with no host-to-device copy per batch. The sample images stay put."""
+        rows = [t.to(device) for t in (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test)]
+        if all(r is t for r, t in zip(rows, (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test))):
+            return self
+        return dataclasses.replace(
+            self, x_train=rows[0], y_train=rows[1], x_val=rows[2], y_val=rows[3], x_test=rows[4], y_test=rows[5]
+        )
 
 
 def to_features(images: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,106 @@
+"""Where training runs: the settings' accelerator choice resolved against the GPUs this machine has.
+
+Plain values in, plain values out, and torch is imported only by `visible_gpus`, so the choice
+is checked (and a GPU asked for on a machine without one refused) before any study is touched,
+and tests resolve against a faked list of GPUs. Spawned workers get their GPU through
+CUDA_VISIBLE_DEVICES (`worker_visible_devices`), set before their torch starts CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from lightning_modules.errors import UserInputError
+
+ACCELERATORS = ("auto", "cpu", "gpu")
+CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
+
+
+class DeviceError(UserInputError):
+    """A device choice this machine cannot honour: named with its fix, exit 2, before any study."""
+
+
+@dataclass(frozen=True)
+class Device:
+    """The resolved choice: kind "cpu" or "cuda", the visible CUDA indices used, and a label for people."""
+
+    kind: str
+    indices: tuple[int, ...]
+    description: str  # "cuda:0 (NVIDIA H200)", "CPU (2 threads)"
+
+    @property
+    def torch_device(self) -> str:
+        """What `fit` and `evaluate` take: "cpu", or "cuda:N" for the first GPU of this process."""
+        return f"cuda:{self.indices[0]}" if self.kind == "cuda" else "cpu"
+
+
+def thread_share(workers: int, cores: int) -> int:
+    """CPU threads per worker: an equal share of the cores, at least one, on a GPU as on the CPU
+    (a GPU worker's Python loop and launches still run on its threads)."""
+    return max(1, cores // max(1, workers))
+
+
+def visible_gpus() -> list[str]:
+    """Names of the GPUs torch can use, by visible index; empty on a CPU-only build or machine."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+
+
+def resolve_device(accelerator: str, devices: Sequence[int] | None, gpus: Sequence[str], threads: int) -> Device:
+    """`accelerator` (auto | cpu | gpu) and GPU `devices` (None: all) against the `gpus` there are.
+
+    auto means a GPU when there is one: a search on an idle GPU is many times faster, and a
+    machine without one keeps working unchanged. Asking for a GPU, or for an index, that is not
+    there is a DeviceError rather than a silent fall-back to a run many times slower.
+    """
+    if accelerator not in ACCELERATORS:
+        raise DeviceError(f"--accelerator {accelerator!r} is not one of {', '.join(ACCELERATORS)}")
+    cpu = Device("cpu", (), f"CPU ({threads} thread{'s' if threads != 1 else ''} per worker)")
+    if accelerator == "cpu" or (accelerator == "auto" and not gpus):
+        return cpu
+    if not gpus:
+        raise DeviceError(
+            "--accelerator gpu, but torch sees no usable GPU (no CUDA build, no driver, or "
+            "CUDA_VISIBLE_DEVICES hides them); run with --accelerator cpu or auto"
+        )
+    chosen = tuple(range(len(gpus))) if devices is None else tuple(devices)
+    missing = [i for i in chosen if not 0 <= i < len(gpus)]
+    if missing:
+        raise DeviceError(
+            f"--devices {','.join(map(str, chosen))}: no GPU {missing[0]} here (visible: 0-{len(gpus) - 1}); "
+            "pick visible indices or pass --devices all"
+        )
+    names = ", ".join(f"cuda:{i} ({gpus[i]})" for i in chosen)
+    return Device("cuda", chosen, names)
+
+
+def worker_visible_devices(workers: int, device_ids: Sequence[str], per_device: int) -> list[str]:
+    """Each worker's CUDA_VISIBLE_DEVICES: one GPU each, round-robin, at most `per_device` per GPU.
+
+    `device_ids` are the ids as CUDA_VISIBLE_DEVICES spells them (physical indices or UUIDs),
+    so a worker sees exactly one GPU, as its cuda:0. Round-robin spreads the first workers over
+    every GPU before any GPU takes a second one.
+    """
+    if per_device < 1:
+        raise DeviceError(f"--workers-per-device must be at least 1 (got {per_device})")
+    if not device_ids:
+        raise DeviceError("no GPU to place workers on; run with --accelerator cpu")
+    if workers > len(device_ids) * per_device:
+        raise DeviceError(
+            f"--workers {workers} on {len(device_ids)} GPU(s) with --workers-per-device {per_device}: at most "
+            f"{len(device_ids) * per_device}; raise --workers-per-device or lower --workers"
+        )
+    return [device_ids[i % len(device_ids)] for i in range(workers)]
+
+
+def physical_ids(indices: Sequence[int], environ: dict[str, str] | None = None) -> list[str]:
+    """Visible indices -> the ids a child's CUDA_VISIBLE_DEVICES needs: when this process already
+    sees a subset ("2,3"), visible index 0 is physical GPU 2."""
+    env = os.environ if environ is None else environ
+    shown = [part.strip() for part in env.get(CUDA_VISIBLE_DEVICES, "").split(",") if part.strip()]
+    return [shown[i] if i < len(shown) else str(i) for i in indices] if shown else [str(i) for i in indices]

@@ -1,0 +1,225 @@
+"""Issue #15, the GPU when there is one: the choice resolved against a faked list of GPUs, refused
+before any study when it cannot be honoured, workers spread over GPUs, and models that leave
+`fit` on the CPU in float32. Everything here runs on a machine without a GPU."""
+
+from __future__ import annotations
+
+import os
+import typing
+from pathlib import Path
+
+import pytest
+import torch
+
+import search.run
+from lightning_modules.classifier import build_optimizer, optimizer_kernel
+from lightning_modules.data.split import DataSplit
+from lightning_modules.device import (
+    ACCELERATORS,
+    CUDA_VISIBLE_DEVICES,
+    Device,
+    DeviceError,
+    physical_ids,
+    resolve_device,
+    thread_share,
+    worker_visible_devices,
+)
+from lightning_modules.hyperparams import HyperParams
+from lightning_modules.training import evaluate, fit, lightning_device
+from search.settings import Settings, TrainingConfig
+from search.settings_file import load_settings
+from search.trial_loop import device_words, worker_environments
+from search.workers import StopRequest, WorkerPool
+
+H200 = "NVIDIA H200"
+
+
+# ---------------------------------------------------------------- resolving the choice
+
+
+def test_auto_takes_a_gpu_when_there_is_one_and_the_cpu_otherwise() -> None:
+    assert resolve_device("auto", None, [], 2) == Device("cpu", (), "CPU (2 threads per worker)")
+    gpu = resolve_device("auto", None, [H200, H200], 8)
+    assert (gpu.kind, gpu.indices, gpu.torch_device) == ("cuda", (0, 1), "cuda:0")
+    assert gpu.description == f"cuda:0 ({H200}), cuda:1 ({H200})"
+    assert resolve_device("cpu", None, [H200], 1).description == "CPU (1 thread per worker)"
+    assert resolve_device("gpu", [1], [H200, "NVIDIA A100"], 1).description == "cuda:1 (NVIDIA A100)"
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "devices", "gpus", "words"),
+    [
+        ("gpu", None, [], ["--accelerator gpu", "no usable GPU", "--accelerator cpu"]),
+        ("gpu", [2], [H200, H200], ["--devices 2", "no GPU 2", "visible: 0-1"]),
+        ("tpu", None, [H200], ["'tpu'", "auto, cpu, gpu"]),
+    ],
+)
+def test_a_choice_this_machine_cannot_honour_is_one_line_naming_the_fix(
+    accelerator: str, devices: list[int] | None, gpus: list[str], words: list[str]
+) -> None:
+    with pytest.raises(DeviceError) as error:
+        resolve_device(accelerator, devices, gpus, 1)
+    assert "\n" not in str(error.value) and all(w in str(error.value) for w in words), error.value
+
+
+def test_the_settings_offer_exactly_the_accelerators_the_resolver_knows() -> None:
+    assert typing.get_args(TrainingConfig.model_fields["accelerator"].annotation) == ACCELERATORS
+
+
+def test_device_flags_reach_the_settings() -> None:
+    args = search.run.build_parser().parse_args(["--accelerator", "cpu", "--devices", "0,2", "--workers-per-device", "3"])
+    settings = search.run.parse_settings(["--accelerator", "cpu", "--devices", "0,2", "--workers-per-device", "3", "--precision", "bf16-mixed"])
+    assert args.training_devices == [0, 2]
+    assert (settings.training.accelerator, settings.training.devices) == ("cpu", [0, 2])
+    assert (settings.training.workers_per_device, settings.training.precision) == (3, "bf16-mixed")
+    assert search.run.parse_settings(["--devices", "all"]).training.devices is None
+    assert Settings().training.accelerator == "auto" and Settings().training.devices is None
+
+
+# ---------------------------------------------------------------- refused before any study
+
+
+@pytest.mark.parametrize(
+    ("argv", "gpus", "words"),
+    [
+        (["--accelerator", "gpu"], [], ["--accelerator gpu", "no usable GPU"]),
+        (["--accelerator", "gpu", "--devices", "1"], [H200], ["no GPU 1"]),
+        (["--workers", "3", "--workers-per-device", "1"], [H200], ["--workers 3 on 1 GPU(s)", "at most 1"]),
+        (["--devices", "0,x"], [H200], ["GPU indices like 0 or 0,1"]),
+        (["--accelerator", "tpu"], [H200], ["training.accelerator", "tpu"]),
+    ],
+)
+def test_a_device_the_machine_lacks_is_refused_before_any_study_is_created(
+    argv: list[str], gpus: list[str], words: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Faked GPUs (this machine has none): the check is the runner's own, only the list is injected."""
+    monkeypatch.setattr(search.run, "cores", lambda: 4)  # so --workers 3 passes the per-core check
+    monkeypatch.setattr(search.run, "visible_gpus", lambda: list(gpus))
+    db = tmp_path / "s.db"
+    assert search.run.main([*argv, "--storage", f"sqlite:///{db}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and all(w in err for w in words), err
+    assert not db.exists() and not list(tmp_path.iterdir())
+
+
+def test_on_this_machine_the_real_gpu_list_decides() -> None:
+    """The real torch: a CPU-only machine refuses --accelerator gpu; a GPU machine resolves it."""
+    from lightning_modules.device import visible_gpus
+
+    gpus = visible_gpus()
+    assert len(gpus) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    if not gpus:
+        with pytest.raises(DeviceError):
+            search.run.check_device(load_settings(None, {"training": {"accelerator": "gpu"}}))
+    assert search.run.check_device(load_settings(None, {"training": {"accelerator": "cpu"}})).kind == "cpu"
+
+
+# ---------------------------------------------------------------- workers on GPUs
+
+
+@pytest.mark.parametrize(
+    ("workers", "ids", "per_device", "expected"),
+    [
+        (4, ["0"], 4, ["0", "0", "0", "0"]),
+        (3, ["0", "1"], 2, ["0", "1", "0"]),
+        (4, ["2", "3"], 2, ["2", "3", "2", "3"]),
+        (1, ["GPU-uuid-a", "GPU-uuid-b"], 1, ["GPU-uuid-a"]),
+    ],
+)
+def test_workers_are_dealt_round_robin_over_the_gpus(workers: int, ids: list[str], per_device: int, expected: list[str]) -> None:
+    assert worker_visible_devices(workers, ids, per_device) == expected
+
+
+@pytest.mark.parametrize(("workers", "ids", "per_device"), [(5, ["0", "1"], 2), (2, ["0"], 1), (1, [], 4), (1, ["0"], 0)])
+def test_more_workers_than_gpu_places_is_refused(workers: int, ids: list[str], per_device: int) -> None:
+    with pytest.raises(DeviceError):
+        worker_visible_devices(workers, ids, per_device)
+
+
+def test_visible_indices_map_to_the_ids_this_process_was_given() -> None:
+    assert physical_ids([0, 1], {CUDA_VISIBLE_DEVICES: "2,3"}) == ["2", "3"]
+    assert physical_ids([1], {}) == ["1"]
+
+
+def test_each_gpu_worker_gets_its_environment_and_cpu_workers_none() -> None:
+    settings = load_settings(None, {"study": {"workers": 3}, "training": {"workers_per_device": 2}})
+    gpus = Device("cuda", (0, 1), "two")
+    assert worker_environments(settings, gpus) == [{CUDA_VISIBLE_DEVICES: g} for g in ("0", "1", "0")]
+    assert worker_environments(settings, Device("cpu", (), "CPU")) == [{}, {}, {}]
+    assert "up to 2 per GPU" in device_words(gpus, settings)
+    assert device_words(Device("cpu", (), "CPU (1 thread per worker)"), settings) == "on the CPU (1 thread per worker)"
+
+
+@pytest.mark.parametrize(("workers", "cores", "threads"), [(1, 16, 16), (4, 16, 4), (3, 2, 1), (64, 16, 1)])
+def test_cpu_threads_are_an_equal_share_of_the_cores(workers: int, cores: int, threads: int) -> None:
+    assert thread_share(workers, cores) == threads
+
+
+def record_environment(stop: StopRequest, folder: str, index: int) -> None:
+    """A worker body that only writes what its process was started with."""
+    Path(folder, f"worker-{index}").write_text(os.environ.get(CUDA_VISIBLE_DEVICES, "<unset>"))
+
+
+def test_a_spawned_worker_starts_with_its_cuda_visible_devices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CUDA_VISIBLE_DEVICES, raising=False)
+    environments = [{CUDA_VISIBLE_DEVICES: "1"}, {CUDA_VISIBLE_DEVICES: "0"}, {}]
+    pool = WorkerPool(record_environment, (str(tmp_path),), 3, StopRequest(), environments)
+    assert pool.run(lambda: None) == [0, 0, 0]
+    assert [(tmp_path / f"worker-{i}").read_text() for i in range(3)] == ["1", "0", "<unset>"]
+    assert CUDA_VISIBLE_DEVICES not in os.environ  # the runner's own environment is as it was
+
+
+# ---------------------------------------------------------------- training on a device
+
+
+def test_lightning_gets_one_device_per_process() -> None:
+    assert lightning_device("cpu") == ("cpu", 1)
+    assert lightning_device("cuda:1") == ("gpu", [1])
+    with pytest.raises(ValueError):
+        lightning_device("gpu")
+
+
+def test_fit_on_an_explicit_cpu_returns_a_cpu_float32_model(tiny_split: DataSplit) -> None:
+    hp = HyperParams("dnn", (32,), 0.1, 3e-3, "adam", 0.0, 64)
+    explicit = fit(hp, tiny_split, seed=3, max_epochs=1, snapshot_steps=[2], device="cpu")
+    default = fit(hp, tiny_split, seed=3, max_epochs=1, snapshot_steps=[2])
+    assert explicit.history == default.history  # the device plumbing changes nothing on the CPU
+    params = list(explicit.model.parameters())
+    assert params and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
+    assert all(s.device.type == "cpu" and s.dtype == torch.float32 for s in explicit.snapshots.values())
+    scored = evaluate(explicit.model, tiny_split.x_test, tiny_split.y_test, device="cpu")
+    assert scored.accuracy == evaluate(explicit.model, tiny_split.x_test, tiny_split.y_test).accuracy
+    assert scored.confusion.device.type == "cpu" and scored.n_samples == len(tiny_split.y_test)
+
+
+def test_a_split_already_on_the_device_is_not_copied(tiny_split: DataSplit) -> None:
+    assert tiny_split.to("cpu") is tiny_split
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_the_cpu_optimizer_kernel_leaves_results_bitwise_unchanged(optimizer: str) -> None:
+    """foreach on the CPU must train exactly as torch's default per-tensor loop did before."""
+    hp = HyperParams("dnn", (16,), 0.0, 1e-2, optimizer, 1e-4, 32)
+
+    def train(make: typing.Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(20, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+        opt, data = make(list(net.parameters())), torch.Generator().manual_seed(1)
+        for _ in range(30):
+            x, y = torch.rand(32, 20, generator=data), torch.randint(0, 4, (32,), generator=data)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+        return [p.detach().clone() for p in net.parameters()]
+
+    def plain(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        if optimizer == "sgd":
+            return torch.optim.SGD(params, lr=1e-2, momentum=0.9, weight_decay=1e-4, foreach=False)
+        cls = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
+        return cls(params, lr=1e-2, weight_decay=1e-4, foreach=False)
+
+    ours, reference = train(lambda p: build_optimizer(hp, p, "cpu")), train(plain)
+    assert all(torch.equal(a, b) for a, b in zip(ours, reference))
+    assert optimizer_kernel(optimizer, "cpu") == {"foreach": True}
+    assert optimizer_kernel(optimizer, "cuda") == ({"foreach": True} if optimizer == "sgd" else {"fused": True})
