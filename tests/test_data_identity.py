@@ -23,6 +23,8 @@ from search import record
 from search.export.__main__ import main as export_main
 from search.run import main as run_main
 
+pytestmark = pytest.mark.slow  # trains models end to end: the full suite runs it, the fast subset does not
+
 # search.progress.TrialReporter's `out` defaults to the sys.stdout of the moment the module was
 # first imported. Imported lazily by the first in-process run, that is one test's capsys stream,
 # closed when the test ends, and the next in-process run fails writing its trial line to it.

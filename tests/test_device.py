@@ -161,6 +161,7 @@ def record_environment(stop: StopRequest, folder: str, index: int) -> None:
     Path(folder, f"worker-{index}").write_text(os.environ.get(CUDA_VISIBLE_DEVICES, "<unset>"))
 
 
+@pytest.mark.slow
 def test_a_spawned_worker_starts_with_its_cuda_visible_devices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(CUDA_VISIBLE_DEVICES, raising=False)
     environments = [{CUDA_VISIBLE_DEVICES: "1"}, {CUDA_VISIBLE_DEVICES: "0"}, {}]

@@ -42,6 +42,8 @@ from search.settings_file import load_settings
 from search.storage import build_artifact_store
 from search.study import best_trials, open_study, run_worker
 
+pytestmark = pytest.mark.slow  # trains models end to end: the full suite runs it, the fast subset does not
+
 STUDY = "tiny"
 DNN_TRIAL = {
     "classifier": "dnn", "learning_rate": 3e-3, "optimizer": "adam", "weight_decay": 1e-6, "batch_size": 64,

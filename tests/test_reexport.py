@@ -23,6 +23,8 @@ from search.export.exporter import FILES, default_export_dir
 from search.run import main as run_main
 from search.storage import build_artifact_store
 
+pytestmark = pytest.mark.slow  # trains models end to end: the full suite runs it, the fast subset does not
+
 # search.progress.TrialReporter's `out` defaults to the sys.stdout of the moment the module was
 # first imported. Imported lazily by the first in-process run, that is one test's capsys stream,
 # closed when the test ends, and the next in-process run fails writing its trial line to it.

@@ -30,6 +30,8 @@ from search.study import WorkerInterrupted
 from search.trial_loop import run_trials, start_run
 from search.workers import StopRequest
 
+pytestmark = pytest.mark.slow  # trains models end to end: the full suite runs it, the fast subset does not
+
 # search.progress.TrialReporter's `out` defaults to the sys.stdout of the moment the module was
 # first imported. Imported lazily by the first in-process run, that is one test's capsys stream,
 # closed when the test ends, and the next in-process run fails writing its trial line to it.

@@ -36,7 +36,7 @@ def quick_objective(trial: optuna.Trial) -> float:
     return value
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.slow])])
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The storage contract: every test here runs on a SQLite file and on the local PostgreSQL."""
     if request.param == "sqlite":
