@@ -19,7 +19,15 @@ from search.settings import field_info
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse prints its usage block before an error; a user needs the one line that says what is wrong."""
+    """argparse prints its usage block before an error; a user needs the one line that says what is wrong.
+
+    Flags are taken whole: an abbreviation (`--max-epoch`) that works today would silently
+    change meaning once another flag shares its prefix, in a user's script or a deploy recipe.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         shown = " ".join(redact(word) if "://" in word else word for word in message.split(" "))  # a URL given to the wrong flag

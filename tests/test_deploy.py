@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from lightning_modules.errors import UserInputError
+from search.redaction import url_secrets
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -287,7 +288,8 @@ def test_the_dashboard_is_reachable_only_inside_the_cluster() -> None:
 
 
 SECRET_ENV = re.compile(r"PASS|SECRET|TOKEN|KEY|CRED", re.IGNORECASE)
-URL_WITH_PASSWORD = re.compile(r"[A-Za-z][\w+.-]*://[^/\s:@]+:[^/\s@]+@")
+# a ":" before an "@" in the part before the first "/": user:password@host (the widest reading, as search.redaction)
+URL_WITH_PASSWORD = re.compile(r"[A-Za-z][\w+.-]*://[^/\s]*:[^/\s]*@")
 # `PGPASSWORD=x`, `password: x`, `--from-literal=password=x`: a value that is not a $variable
 LITERAL_PASSWORD = re.compile(r"(?:PGPASSWORD|POSTGRES_PASSWORD|password)\s*[=:]\s*(?![\"']*\$)[^\s\"'{},]", re.IGNORECASE)
 
@@ -302,5 +304,7 @@ def test_no_file_holds_a_password() -> None:
     for path in [*yaml_files(), SBATCH, DEPLOY / "README.md"]:
         text = path.read_text()
         assert not URL_WITH_PASSWORD.search(text), f"{path}: a URL with a password"
+        for word in re.findall(r"[A-Za-z][\w+.-]*://[^\s\"',\]]+", text):
+            assert not url_secrets(word), f"{path}: {word} holds a secret"
         for match in LITERAL_PASSWORD.finditer(text):
             raise AssertionError(f"{path}: a literal password: {match.group(0)}")

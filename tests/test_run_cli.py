@@ -215,3 +215,7 @@ def test_export_help_imports_neither_torch_nor_lightning(python: str, run_env: d
     lines = result.stdout.strip().splitlines()
     assert "--reproduce" in result.stdout  # it did print the help
     assert json.loads(lines[-1]) == {"code": 0, "heavy": []}, result.stderr
+
+
+def test_an_abbreviated_flag_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert_one_line_error(in_process(["--max-epoch", "3"], capsys), "--max-epoch")
