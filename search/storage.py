@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from lightning_modules.errors import UserInputError
 from search.paths import artifact_dir, default_storage_url
@@ -151,10 +151,34 @@ def open_study_storage(url: str | None, *, heartbeat_seconds: int, grace_seconds
     if path is not None:
         _prepare_sqlite(path)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}}
-    return _open(url, lambda: SilentTrialAwareStorage(
+    storage = _open(url, lambda: SilentTrialAwareStorage(
         url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds, grace_period=grace_seconds,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
     ))
+    if path is not None:
+        _serialise_sqlite_writers(storage.engine)
+    return storage
+
+
+def _serialise_sqlite_writers(engine: Any) -> None:
+    """Every transaction of this engine takes SQLite's write lock when it begins (BEGIN IMMEDIATE).
+
+    pysqlite runs a SELECT outside any transaction and opens one only at the next write, so
+    Optuna's "read the waiting trial, then mark it running" could succeed in two processes at
+    once: both trained the same queued trial (the baseline, a retry) and one crashed telling it.
+    SQLAlchemy's documented recipe for pysqlite: let the driver begin nothing, begin here.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_driver_transactions(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners were added would begin the old way
 
 
 def open_existing_storage(url: str | None, *, read_only: bool = False):  # noqa: ANN201 - RDBStorage
