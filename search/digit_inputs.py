@@ -51,20 +51,9 @@ def _flatten_alpha(image: Any) -> Any:
 
 def _regular_file(path: Path, limit: int, what: str, fix: str = "") -> None:
     """`path` must be a regular file of at most `limit` bytes (not a device, pipe or folder)."""
-    import stat
+    from lightning_modules.data.readers import regular_file_size
 
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise PredictError(f"{path}: file not found") from None
-    except OSError as error:
-        raise PredictError(f"{path}: cannot read ({error.strerror})") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise PredictError(f"{path}: is a folder, not {what}")
-    if not stat.S_ISREG(info.st_mode):
-        raise PredictError(f"{path}: not a regular file (a device, pipe or socket); pass {what}")
-    if info.st_size > limit:
-        raise PredictError(f"{path}: {info.st_size:,} bytes is more than the {limit:,} {what} may have" + (f"; {fix}" if fix else ""))
+    regular_file_size(path, limit, what, fix, error=PredictError)
 
 
 _SHRINK = f"scale it down to at most {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels (a digit needs only 28x28)"

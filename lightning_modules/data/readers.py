@@ -36,23 +36,30 @@ from lightning_modules.errors import DataError
 _GZIP_ERRORS = (EOFError, OSError, zlib.error)
 
 
-def _regular_file(path: Path, limit: int) -> int:
-    """The size of `path`, which must be a non-empty regular file of at most `limit` bytes."""
+def regular_file_size(path: Path, limit: int, what: str = "a data file", fix: str = "", error: type[Exception] = DataError) -> int:
+    """The size of `path`, which must be a regular file (not a folder, device, pipe or socket)
+    of at most `limit` bytes; each refusal is one line naming `what` was expected, as `error`."""
     try:
         info = path.stat()
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as error:
-        raise DataError(f"{path}: cannot read ({error.strerror})") from None
+        raise error(f"{path}: file not found") from None
+    except OSError as problem:
+        raise error(f"{path}: cannot read ({problem.strerror})") from None
     if stat.S_ISDIR(info.st_mode):
-        raise DataError(f"{path}: is a directory, expected a file")
+        raise error(f"{path}: is a folder, not {what}")
     if not stat.S_ISREG(info.st_mode):
-        raise DataError(f"{path}: not a regular file (a device, pipe or socket); pass a data file")
-    if info.st_size == 0:
-        raise DataError(f"{path}: the file is empty")
+        raise error(f"{path}: not a regular file (a device, pipe or socket); pass {what}")
     if info.st_size > limit:
-        raise DataError(f"{path}: {info.st_size:,} bytes is more than the {limit:,} a data file may have")
+        raise error(f"{path}: {info.st_size:,} bytes is more than the {limit:,} {what} may have" + (f"; {fix}" if fix else ""))
     return info.st_size
+
+
+def _regular_file(path: Path, limit: int) -> int:
+    """The size of `path`, which must be a non-empty regular data file of at most `limit` bytes."""
+    size = regular_file_size(path, limit)
+    if size == 0:
+        raise DataError(f"{path}: the file is empty")
+    return size
 
 
 def _read_exactly(stream: BinaryIO, n: int) -> bytes:
