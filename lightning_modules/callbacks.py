@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +44,13 @@ class EpochCheckpoint(pl.Callback):
     """Saves a full checkpoint (weights, optimizer, RNG, history) after every finished epoch.
 
     Written to a temp file and renamed, so a kill at any moment leaves the previous epoch's
-    checkpoint intact: a retried trial loses at most the epoch that was running.
+    checkpoint intact: a retried trial loses at most the epoch that was running. `on_saved`, if
+    given, is called with the path after each save (the search copies it to its artifact store).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, on_saved: Callable[[Path], None] | None = None) -> None:
         self.path = path
+        self.on_saved = on_saved
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.should_stop:
@@ -57,6 +59,8 @@ class EpochCheckpoint(pl.Callback):
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         trainer.save_checkpoint(tmp)
         os.replace(tmp, self.path)
+        if self.on_saved is not None:
+            self.on_saved(self.path)
 
 
 class TrainingInterrupted(Exception):

@@ -1,12 +1,13 @@
 """python -m search.dashboard: watch the study live in optuna-dashboard, artifacts included.
 
-One command instead of remembering the storage URL and the artifact folder. It is read-only
-unless given --allow-writes: it opens the study database read-only and refuses every request
-other than GET and HEAD (so the page can neither edit notes nor upload or delete artifacts), and
-SQLite in WAL mode lets it read while workers write, so opening it never blocks a running
-search. It answers only requests addressed to the host it listens on (no DNS rebinding; name
-more with --allowed-host), listens on this machine only unless told otherwise, and imports no
-torch, so it starts in a second or two.
+One command instead of remembering the storage URL and the artifact store (by default the one
+the studies recorded: a shared folder or s3://bucket/prefix, else artifacts/ under
+$MNIST_SEARCH_HOME). It is read-only unless given --allow-writes: it opens the study database
+read-only and refuses every request other than GET and HEAD (so the page can neither edit notes
+nor upload or delete artifacts), and SQLite in WAL mode lets it read while workers write, so
+opening it never blocks a running search. It answers only requests addressed to the host it
+listens on (no DNS rebinding; name more with --allowed-host), listens on this machine only
+unless told otherwise, and imports no torch, so it starts in a second or two.
 """
 
 from __future__ import annotations
@@ -18,14 +19,12 @@ import socket
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from lightning_modules.errors import UserInputError
-from search.options import OneLineParser
-from search.paths import artifact_dir
+from search.options import OneLineParser, add_artifact_store_flag
 from search.redaction import mask_known, redact
 
 DEFAULT_HOST = "127.0.0.1"
@@ -71,7 +70,7 @@ def host_name(value: str) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineParser(prog="python -m search.dashboard", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--storage", default=None, help="storage URL (default: the SQLite file under storage/, or $MNIST_SEARCH_HOME)")
-    parser.add_argument("--artifact-dir", type=Path, default=None, help="artifact folder (default: artifacts/ next to the default database)")
+    add_artifact_store_flag(parser, "show artifacts from")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}: this machine only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT}; 0 picks a free one)")
     parser.add_argument(
@@ -188,28 +187,28 @@ class Dashboard:
     storage: Any
     url: str
     base: str
+    artifacts: str = ""  # the artifact store's location
 
 
 def open_dashboard(args: argparse.Namespace) -> Dashboard:
     """Open the storage and the artifact folder and listen; read-only unless --allow-writes."""
-    from optuna_dashboard import wsgi
-
-    from search.storage import (
-        build_artifact_store,
-        check_storage_url,
-        open_existing_storage,
-    )
+    from search.artifact_stores import check_location, open_store, storage_location
+    from search.storage import check_storage_url, open_existing_storage
 
     url = check_storage_url(args.storage)
+    given = check_location(args.artifact_store, writable=args.allow_writes) if args.artifact_store is not None else None
+    from optuna_dashboard import wsgi
+
     storage = open_existing_storage(url, read_only=not args.allow_writes)
-    store = build_artifact_store(args.artifact_dir, create=False)
+    location = given or storage_location(storage)
+    store = open_store(location, create=False, writable=args.allow_writes)
     app = wsgi(storage, artifact_store=store)
     if not args.allow_writes:
         app = read_only_guard(app)
     hosts: set[str] = set()  # filled once the port is known (--port 0 picks one)
     server = bind_server(host_guard(app, lambda: hosts), args.host, args.port)
     hosts |= allowed_hosts(args.host, server.server_address[1], str(server.server_address[0]), args.allowed_host)
-    return Dashboard(server, storage, url, server_url(server, args.host))
+    return Dashboard(server, storage, url, server_url(server, args.host), str(location))
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -217,7 +216,7 @@ def serve(args: argparse.Namespace) -> int:
     port = board.server.server_address[1]
     try:
         mode = "read-write" if args.allow_writes else "read-only"
-        print(f"optuna-dashboard ({mode}) on {redact(board.url)}, artifacts in {args.artifact_dir or artifact_dir()}")
+        print(f"optuna-dashboard ({mode}) on {redact(board.url)}, artifacts in {board.artifacts}")
         if args.host not in LOOPBACK:
             print(f"warning: listening on {args.host}: anyone who can reach this machine's port {port} can read the studies", file=sys.stderr)
         if args.host in UNSPECIFIED and not args.allowed_host:

@@ -28,7 +28,15 @@ from lightning_modules.model_file import save_model_file
 from lightning_modules.training import FitResult, fit
 from search import record
 from search.optuna_compat import ArtifactStore
-from search.resume import checkpoint_key, checkpoint_path, requeue, resume_point, return_to_queue
+from search.resume import (
+    TrialCheckpoint,
+    checkpoint_artifact_id,
+    checkpoint_key,
+    checkpoint_path,
+    requeue,
+    resume_point,
+    return_to_queue,
+)
 from search.sampling import trial_seed
 from search.settings import Settings
 from search.space import suggest_params
@@ -80,6 +88,14 @@ def _keep_model_if_best(trial: optuna.Trial, result: FitResult, classifier: str,
     record.write(trial, record.MODEL_ARTIFACT, artifact_id)
 
 
+def _trial_checkpoint(trial: optuna.Trial, key: int, checkpoint_dir: Path, store: ArtifactStore, retry: bool) -> TrialCheckpoint:
+    """The trial's checkpoint; a retry first fetches the one its earlier attempt left in the store."""
+    checkpoint = TrialCheckpoint(checkpoint_path(checkpoint_dir, trial.study, key), store, checkpoint_artifact_id(trial.study, key))
+    if retry:
+        checkpoint.fetch()
+    return checkpoint
+
+
 def make_objective(
     settings: Settings,
     split: DataSplit,
@@ -91,8 +107,9 @@ def make_objective(
     """The function Optuna calls per trial; closes over data shared by all of a worker's trials
     (already on `device`, "cpu" or "cuda:N", where every trial trains).
 
-    Each epoch leaves a checkpoint in `checkpoint_dir` (search/resume.py), so a retried trial
-    (after a kill or Ctrl-C) continues from its last finished epoch.
+    Each epoch leaves a checkpoint in `checkpoint_dir` and a copy in the artifact store
+    (search/resume.py), so a retried trial (after a kill or Ctrl-C, on this machine or another
+    one sharing the store) continues from its last finished epoch.
     """
     target = settings.study.target_accuracy
     stop_event = stop_event or threading.Event()
@@ -108,25 +125,27 @@ def make_objective(
         hp = suggest_params(trial, settings.space)
         seeds, key, arguments = trial_seeds(trial, settings), checkpoint_key(trial), fit_arguments(trial, settings)
         record.record_start(trial, seeds, key, hp.to_dict(), arguments)
-        checkpoint = checkpoint_path(checkpoint_dir, trial.study, key)
+        checkpoint = _trial_checkpoint(trial, key, checkpoint_dir, artifact_store, retry)
         callbacks = [
             EpochRecorder(trial),
             PyTorchLightningPruningCallback(trial, monitor=MONITOR),
             StopAtStudyTarget(trial.study, target),
-            EpochCheckpoint(checkpoint),
+            EpochCheckpoint(checkpoint.path, on_saved=checkpoint.upload),
             StopOnRequest(stop_event),
         ]
         try:
-            result = fit(hp, split, seed=seeds.training, callbacks=callbacks, resume_from=resume_point(trial, checkpoint, hp.to_dict()), device=device, **arguments)  # type: ignore[arg-type]
+            resume_from = resume_point(trial, checkpoint.path, hp.to_dict())
+            result = fit(hp, split, seed=seeds.training, callbacks=callbacks, resume_from=resume_from, device=device, **arguments)  # type: ignore[arg-type]
         except TrainingInterrupted:
+            checkpoint.close(trial, keep=True)
             requeue(trial)
             raise
         except optuna.TrialPruned:
-            checkpoint.unlink(missing_ok=True)
+            checkpoint.close(trial, keep=False)
             raise
         record.record_result(trial, result.seconds, result.model.parameter_count())
         _keep_model_if_best(trial, result, hp.classifier, artifact_store)
-        checkpoint.unlink(missing_ok=True)
+        checkpoint.close(trial, keep=False)
         return result.metrics[MONITOR]
 
     return objective

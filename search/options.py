@@ -130,6 +130,7 @@ RUN_FLAGS = (
     Flag(("study", "trials")),
     STUDY_NAME,
     STORAGE,
+    Flag(("study", "artifact_store")),
     Flag(("study", "target_accuracy"), parse=optional_float),
     Flag(("study", "timeout"), parse=optional_float),
     Flag(("study", "workers")),
@@ -144,3 +145,12 @@ RUN_FLAGS = (
 RECORDED_DATA_FLAGS = tuple(  # the export's data options: they override the study's recorded ones
     Flag(f.key, f.flag, f.parse, help=f"{field_info(f.key)[1]} {RECORDED}") for f in DATA_FLAGS
 )
+
+
+def add_artifact_store_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    """--artifact-store for the commands that read a study (--artifact-dir: its older name)."""
+    parser.add_argument(
+        "--artifact-store", "--artifact-dir", dest="artifact_store", metavar="LOCATION", default=None,
+        help=f"artifact store to {what}: a folder or s3://bucket/prefix (default: the one the study recorded, else artifacts/ "
+        "under $MNIST_SEARCH_HOME); --artifact-dir is its older name",
+    )

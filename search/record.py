@@ -27,6 +27,8 @@ DATA = "data"  # user attr: the identity of the data the study trains on (search
 OBJECTIVE_NAME = "val_accuracy"  # the objective's name (Study.set_metric_names), shown by optuna-dashboard
 UID = "uid"  # user attr: a random id set at creation; names the study's checkpoint folder, so a
 #              new study with the name of a deleted one never resumes the old one's checkpoints
+ARTIFACT_STORE = "artifact_store"  # user attr: the shared store's location (search/artifact_stores.py),
+#              set at creation; absent: each machine keeps artifacts in its own artifacts/ folder
 
 # ---------------------------------------------------------------- trial user attributes (shown)
 
@@ -50,8 +52,9 @@ MODEL_ARTIFACT = "model_artifact_id"  # the stored weights of a new best trial o
 FAILED_TRIAL = "failed_trial"  # Optuna's retry link (RetryFailedTrialCallback), also set by requeue
 RETRY_HISTORY = "retry_history"  # Optuna's: every earlier attempt's number, oldest first
 DIED = "died"  # why the attempt ended without a result ("interrupted" or "stale")
+CHECKPOINT_SECONDS = "checkpoint_seconds"  # this attempt's seconds copying checkpoints to the artifact store
 
-SYSTEM_KEYS = (HISTORY, HYPERPARAMS, CHECKPOINT_KEY, FIT, MODEL_ARTIFACT)
+SYSTEM_KEYS = (HISTORY, HYPERPARAMS, CHECKPOINT_KEY, FIT, MODEL_ARTIFACT, CHECKPOINT_SECONDS)
 
 
 def read(trial: AnyTrial, key: str, default: Any = None) -> Any:

@@ -4,31 +4,101 @@ how an interrupted trial is queued again.
 A trial's checkpoint is keyed by its first attempt's number (`record.CHECKPOINT_KEY`) inside a
 folder named by the study's name and uid, so every retry of it (after Ctrl-C, a kill, or a
 dead machine's heartbeat going stale) resumes the same file, and a new study that reuses the
-name of a deleted one never picks up the old one's files.
+name of a deleted one never picks up the old one's files. Each epoch's checkpoint is written to
+a local working file and then copied to the study's artifact store under the same name
+(`TrialCheckpoint`): the store's copy is the one a retry on any machine resumes.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import time
 import uuid
 from pathlib import Path
 
 import optuna
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
 from lightning_modules.metric_names import EPOCH, MONITOR
 from search import record
+from search.optuna_compat import ArtifactStore
 from search.paths import study_dir_name
+
+CHECKPOINTS = "checkpoints"  # the store's folder (or key prefix) for running trials' checkpoints
+COPY_CHUNK = 1 << 20
 
 
 def new_study_uid() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def checkpoint_path(checkpoint_dir: Path, study: optuna.Study, key: int) -> Path:
-    """The per-epoch checkpoint of trial `key` (its first attempt) of `study`."""
+def _checkpoint_name(study: optuna.Study, key: int) -> tuple[str, str]:
     uid = study.user_attrs.get(record.UID, "")
-    folder = study_dir_name(study.study_name) + (f"-{uid}" if uid else "")
-    return checkpoint_dir / folder / f"trial-{key}.ckpt"
+    return study_dir_name(study.study_name) + (f"-{uid}" if uid else ""), f"trial-{key}.ckpt"
+
+
+def checkpoint_path(checkpoint_dir: Path, study: optuna.Study, key: int) -> Path:
+    """The local per-epoch checkpoint of trial `key` (its first attempt) of `study`."""
+    folder, name = _checkpoint_name(study, key)
+    return checkpoint_dir / folder / name
+
+
+def checkpoint_artifact_id(study: optuna.Study, key: int) -> str:
+    """The same checkpoint's id in the artifact store: checkpoints/<study folder>-<uid>/trial-<key>.ckpt."""
+    folder, name = _checkpoint_name(study, key)
+    return f"{CHECKPOINTS}/{folder}/{name}"
+
+
+class TrialCheckpoint:
+    """One trial's checkpoint: a local working file, shared through the artifact store.
+
+    `upload` (EpochCheckpoint's hook) overwrites the store's copy after every epoch, so the store
+    keeps only the latest; `fetch` brings it back for a retry, on any machine; `close` removes
+    both once the trial is finished, or keeps them for the retry of an interrupted one.
+    """
+
+    def __init__(self, path: Path, store: ArtifactStore, artifact_id: str) -> None:
+        self.path = path
+        self.store = store
+        self.artifact_id = artifact_id
+        self.upload_seconds = 0.0
+        self.in_store = False  # whether this attempt uploaded or fetched a copy
+
+    def upload(self, saved: Path) -> None:
+        start = time.perf_counter()
+        with saved.open("rb") as content:
+            self.store.write(self.artifact_id, content)
+        self.upload_seconds += time.perf_counter() - start
+        self.in_store = True
+
+    def fetch(self) -> bool:
+        """Replace the local file with the store's copy; False (the local file untouched) when the store has none."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.download")
+        try:
+            with self.store.open_reader(self.artifact_id) as reader, tmp.open("wb") as out:
+                shutil.copyfileobj(reader, out, COPY_CHUNK)
+            os.replace(tmp, self.path)
+        except ArtifactNotFound:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.in_store = True
+        return True
+
+    def close(self, trial: optuna.Trial, *, keep: bool) -> None:
+        """Record what the uploads cost; remove the checkpoint unless a retry will resume it."""
+        record.write(trial, record.CHECKPOINT_SECONDS, round(self.upload_seconds, 4))
+        if keep:
+            return
+        self.path.unlink(missing_ok=True)
+        if self.in_store:
+            try:
+                self.store.remove(self.artifact_id)
+            except ArtifactNotFound:
+                pass
 
 
 def checkpoint_key(trial: optuna.Trial) -> int:
@@ -65,7 +135,7 @@ def requeue(trial: optuna.Trial) -> None:
     The copy carries Optuna's retry link, as `RetryFailedTrialCallback` writes it for a dead
     worker's trial, so both kinds of retry read the same way.
     """
-    system = {k: v for k, v in record.read_all_system(trial).items() if k != record.HISTORY}
+    system = {k: v for k, v in record.read_all_system(trial).items() if k not in (record.HISTORY, record.CHECKPOINT_SECONDS)}
     chain = [*(system.get(record.RETRY_HISTORY) or []), trial.number]
     system.update({record.FAILED_TRIAL: system.get(record.FAILED_TRIAL, trial.number), record.RETRY_HISTORY: chain})
     trial.study.add_trial(

@@ -70,6 +70,18 @@ def check_device(settings: Settings) -> Device:
     return device
 
 
+def check_artifact_store(settings: Settings) -> Settings:
+    """The settings with --artifact-store checked here (the folder is there, the bucket answers)
+    and written out in full (an absolute folder), before any study is created or changed."""
+    if settings.study.artifact_store is None:
+        return settings
+    from search.artifact_stores import check_location, open_store
+
+    location = check_location(settings.study.artifact_store)
+    open_store(location)
+    return settings.model_copy(update={"study": settings.study.model_copy(update={"artifact_store": str(location)})})
+
+
 def resume_command(argv: list[str]) -> str:
     """The command that resumes this run, with any storage password masked."""
     return "python -m search.run " + " ".join(shlex.quote(a) for a in redact_words(argv))
@@ -82,6 +94,7 @@ def run(argv: list[str], stop: StopRequest) -> int:
 
     url = check_storage_url(settings.study.storage)
     source = check_data(settings.data)
+    settings = check_artifact_store(settings)
     check_workers(settings)
     device = check_device(settings)
 
@@ -99,9 +112,9 @@ def run(argv: list[str], stop: StopRequest) -> int:
 
 def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop: StopRequest, device: Device) -> int:
     from lightning_modules.callbacks import TrainingInterrupted
+    from search.artifact_stores import recorded_location
     from search.export.exporter import export_study
     from search.export.note import RunSummary, write_study_note
-    from search.paths import artifact_dir
     from search.progress import TrialReporter
     from search.stopping import stop_reason
     from search.study import WorkerInterrupted, best_trials
@@ -148,7 +161,9 @@ def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop
     write_study_note(study, summary)
     shown_url = shlex.quote(redact(url))
     print(f"watch it: python -m search.dashboard --storage {shown_url}")
-    print(f"      or: optuna-dashboard {shown_url} --artifact-dir {shlex.quote(str(artifact_dir()))}")
+    location = recorded_location(study)
+    if location.folder is not None:  # optuna-dashboard's own command line reads only folders
+        print(f"      or: optuna-dashboard {shown_url} --artifact-dir {shlex.quote(str(location.folder))}")
     return 0
 
 

@@ -146,6 +146,11 @@ class StudyConfig(_Strict):
         default=None, min_length=1, max_length=2000,
         description="storage URL: sqlite:///file.db or postgresql://user@host/db (null: sqlite:///storage/mnist-search.db)",
     )
+    artifact_store: str | None = Field(
+        default=None, min_length=1, max_length=1024,
+        description="where checkpoints and the best weights go, for every machine: a shared folder (e.g. an NFS mount) or "
+        "s3://bucket/prefix; recorded on the study (null: the study's, else artifacts/ under the run folder)",
+    )
     trials: int = Field(default=100, gt=0, le=100_000, description="total budget of finished trials in the study, counting earlier runs")
     timeout: float | None = Field(default=None, gt=0, le=365 * 86400, description="start no new trial after this many seconds of this run")
     target_accuracy: float | None = Field(

@@ -1,4 +1,4 @@
-"""Storage URLs -> Optuna storages and the artifact store.
+"""Storage URLs -> Optuna storages (and a folder artifact store, for tests and tools).
 
 SQLite is the embedded default; PostgreSQL (psycopg 3, the driver SQLAlchemy 2.1 picks for
 `postgresql://`) scales out. A URL is checked (`check_storage_url`) before anything is imported
@@ -237,14 +237,15 @@ def storage_guard(url: str) -> Callable[[], None]:
     return check
 
 
-def build_artifact_store(directory: Path | None = None, create: bool = True):  # noqa: ANN201 - FileSystemArtifactStore
-    """The artifact store shared by the study's trials and optuna-dashboard."""
-    from optuna.artifacts import FileSystemArtifactStore
+def build_artifact_store(directory: Path | None = None, create: bool = True):  # noqa: ANN201 - AtomicFolderStore
+    """A folder artifact store (default: this machine's artifacts/) with atomic writes; the store
+    a study runs with comes from its location (search/artifact_stores.py)."""
+    from search.artifact_stores import AtomicFolderStore
 
     directory = directory or artifact_dir()
     if create:
         directory.mkdir(parents=True, exist_ok=True)
-    return FileSystemArtifactStore(str(directory))
+    return AtomicFolderStore(directory)
 
 
 def study_names(storage: object) -> list[str]:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lightning_modules.callbacks import TrainingInterrupted
 from search import record
+from search.artifact_stores import parse_location
 from search.pruning import SameClassifierPruner
 from search.resume import new_study_uid
 from search.sampling import build_sampler
@@ -50,15 +50,13 @@ class OpenedStudy:
 
 def _wait_for_uid(study: optuna.Study) -> None:
     """Wait until the process that created the study a moment ago has set it up (its uid is set
-    last, after the baseline is queued), so no other process asks for a trial before the
-    baseline is trial 0. A study from before uids existed (it has trials that ran) gets one now."""
+    last, after the baseline is queued and the artifact store recorded), so no other process
+    asks for a trial before the baseline is trial 0, or checks the store before it is recorded."""
     deadline = time.monotonic() + UID_WAIT_SECONDS
     while record.UID not in study.user_attrs and time.monotonic() < deadline:
         if any(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False)):
             break  # trials ran: an old study, not one being set up
         time.sleep(0.05)
-    if record.UID not in study.user_attrs:
-        study.set_user_attr(record.UID, new_study_uid())
 
 
 def open_study(
@@ -88,10 +86,14 @@ def open_study(
                 user_attrs={record.MAX_EPOCHS: min(settings.baseline.max_epochs, settings.training.max_epochs)},
                 skip_if_exists=True,
             )
+        if settings.study.artifact_store is not None:
+            study.set_user_attr(record.ARTIFACT_STORE, str(parse_location(settings.study.artifact_store)))
         study.set_user_attr(record.UID, new_study_uid())  # last: the uid says "ready", the baseline is queued
     else:
-        on_existing(study)
         _wait_for_uid(study)
+        on_existing(study)
+        if record.UID not in study.user_attrs:  # a study from before uids existed (it has trials that ran)
+            study.set_user_attr(record.UID, new_study_uid())
     return OpenedStudy(study, created)
 
 
@@ -133,6 +135,10 @@ def run_worker(
     With the budget spent but trials still running elsewhere, the worker waits: if one of
     them dies, its retry is queued (heartbeat) and this worker runs it.
     """
+    # Here, not at the top: opening a study (the runner before it spawns workers, export, a
+    # process that only asks for trials) then never pays for importing Lightning.
+    from lightning_modules.callbacks import TrainingInterrupted
+
     deadline = time.monotonic() + settings.study.timeout if settings.study.timeout else None
     trials_run = 0
     while True:

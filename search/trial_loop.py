@@ -20,13 +20,14 @@ from lightning_modules.data.split import DataSplit
 from lightning_modules.device import CUDA_VISIBLE_DEVICES, Device, physical_ids, worker_visible_devices
 from lightning_modules.training import configure_torch
 from search import record
+from search.artifact_stores import location_for_run, open_store
 from search.data import DataIdentity, data_identity, load_split, require_same_data
 from search.objective import make_objective
 from search.paths import checkpoints_dir
 from search.redaction import redact
 from search.settings import Settings
 from search.stopping import stop_reason
-from search.storage import build_artifact_store, open_study_storage, storage_guard
+from search.storage import open_study_storage, storage_guard
 from search.study import (
     TrialCallback,
     WorkerInterrupted,
@@ -49,6 +50,8 @@ def stored_settings(settings: Settings, url: str, source: DataSource) -> dict[st
     `python -m search.export` finds it from any folder and shell."""
     raw = settings.model_dump(mode="json")
     raw["study"]["storage"] = redact(url)
+    if raw["study"]["artifact_store"] is not None:
+        raw["study"]["artifact_store"] = redact(raw["study"]["artifact_store"])
     data = raw["data"]
     if source.kind == "csv" or (data["source"] and source.path.is_dir()):
         data["source"] = str(source.path.resolve())
@@ -96,8 +99,14 @@ def start_run(settings: Settings, url: str, source: DataSource, device: Device |
     device = device or Device("cpu", (), "CPU")
     split = load_split(settings.data, source)
     identity = data_identity(split, source)
-    opened = open_study(settings, _storage(settings, url), on_existing=lambda study: require_same_data(study, identity))
+
+    def require_same(study: optuna.Study) -> None:
+        require_same_data(study, identity)
+        location_for_run(study, settings.study.artifact_store)
+
+    opened = open_study(settings, _storage(settings, url), on_existing=require_same)
     study = opened.study
+    location = location_for_run(study, settings.study.artifact_store)
     if record.DATA not in study.user_attrs:
         study.set_user_attr(record.DATA, identity.as_dict())
     study.set_user_attr(record.SETTINGS, stored_settings(settings, url, source))
@@ -110,6 +119,7 @@ def start_run(settings: Settings, url: str, source: DataSource, device: Device |
         f"budget {settings.study.trials}, target {target if target is not None else 'none'}; "
         f"data {identity.source}: {identity.sizes()} (validation {data.val_fraction:g} of the training rows, "
         f"at most {data.val_size:,}); {settings.study.workers} worker(s) {device_words(device, settings)}"
+        + (f"; artifacts in {location}" if location.shared else "")
     )
     return StartedRun(study, opened.created, split, identity, first_line, _nothing_to_do(study, settings))
 
@@ -133,7 +143,8 @@ def run_trials(
         configure_torch(1)
     split = split.to(device)
     study = open_study(settings, _storage(settings, url)).study
-    objective = make_objective(settings, split, build_artifact_store(), checkpoints_dir(), stop.event, device)
+    store = open_store(location_for_run(study, settings.study.artifact_store))
+    objective = make_objective(settings, split, store, checkpoints_dir(), stop.event, device)
     return run_worker(study, objective, settings, callbacks, stop_event=stop.event, storage_check=storage_guard(url))
 
 

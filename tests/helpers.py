@@ -38,3 +38,19 @@ def load(url: str, name: str = "mnist"):  # noqa: ANN201 - optuna.Study
     import optuna
 
     return optuna.load_study(study_name=name, storage=reader_storage(url))
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]):  # noqa: ANN201 - subprocess.CompletedProcess
+    """`python -m search.run ARGV` in this process, shaped like a finished subprocess.
+
+    For the half of a test that needs no process of its own (a resume after a kill, the second
+    of two runs): the same code path as the command line, without paying for another interpreter
+    and another torch import. The part under test (a kill, a signal) stays a real process."""
+    import subprocess
+
+    from search.run import main
+
+    capsys.readouterr()  # what earlier steps printed is not this run's
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["search.run", *argv], code, out, err)

@@ -1,4 +1,4 @@
-"""Smoke test of the benchmarks: the quick throughput run exits 0 and prints its table.
+"""Smoke test of the benchmarks: the quick runs exit 0 and print their tables.
 
 Nothing about the numbers: they depend on the machine and its load (see docs/BENCHMARKS.md).
 The other benchmarks' quick modes train or spawn searches for longer than this suite allows.
@@ -6,41 +6,33 @@ The other benchmarks' quick modes train or spawn searches for longer than this s
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.mark.slow
-def test_throughput_quick_prints_its_table(isolated_home: Path) -> None:
-    from benchmarks.throughput import HEADER
+def test_throughput_quick_prints_its_table(isolated_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """In this process: the benchmark is a function of its argv; only its own subprocesses (none
+    here) need an interpreter of their own."""
+    from benchmarks.throughput import HEADER, main
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.throughput", "--quick", "--threads", "1"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert HEADER in done.stdout
+    assert main(["--quick", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert HEADER in out
     for loop in ("raw PyTorch (reference)", "bare LightningModule (Lightning's floor)", "fit() + trial callbacks"):
-        assert f"| {loop}" in done.stdout
+        assert f"| {loop}" in out
 
 
 @pytest.mark.slow
-def test_gpu_check_quick_runs_every_piece_on_the_cpu(isolated_home: Path) -> None:
-    """benchmarks/gpu_check.sh cannot run here; its Python runs every measurement on the CPU."""
-    from benchmarks.gpu_check import HEADER
+def test_gpu_check_quick_runs_every_piece_on_the_cpu(isolated_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/gpu_check.sh cannot run here; its Python runs every measurement on the CPU
+    (the measurements in this process, the searches as the real subprocesses they are)."""
+    from benchmarks.gpu_check import HEADER, main
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.gpu_check", "--quick"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert HEADER in done.stdout and "| fit(), train samples/s" in done.stdout
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "trials, target none" in line]
-    assert len(rows) == 2 and all("failed" not in row and "| 4 " in row for row in rows), done.stdout
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the searches it starts: one thread per process on 2 cores
+    assert main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert HEADER in out and "| fit(), train samples/s" in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "trials, target none" in line]
+    assert len(rows) == 2 and all("failed" not in row and "| 4 " in row for row in rows), out

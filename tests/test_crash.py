@@ -17,7 +17,7 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from helpers import reader_storage
+from helpers import reader_storage, run_main
 from search.storage import StorageError
 
 pytestmark = pytest.mark.slow
@@ -35,16 +35,25 @@ baseline: {batch_size: 32}
 
 
 @pytest.fixture
-def setup(tmp_path: Path, python: str, run_env: dict[str, str]) -> Callable[..., subprocess.Popen[str]]:
+def setup(tmp_path: Path, python: str, run_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> Callable[..., subprocess.Popen[str]]:
     config = tmp_path / "crash.yaml"
     config.write_text(CONFIG)
     url = f"sqlite:///{tmp_path / 'crash.db'}"
 
+    def argv(*extra: str, trials: int = 3) -> list[str]:
+        return ["--config", str(config), "--storage", url, "--trials", str(trials), "--no-export", *extra]
+
     def start(*extra: str, trials: int = 3) -> subprocess.Popen[str]:
-        args = [python, "-m", "search.run", "--config", str(config), "--storage", url, "--trials", str(trials), "--no-export", *extra]
-        return subprocess.Popen(args, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        """The run a test kills or signals: a real process."""
+        return subprocess.Popen([python, "-m", "search.run", *argv(*extra, trials=trials)], env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def resume(*extra: str, trials: int = 3) -> tuple[int, str, str]:
+        """The run after it: the same command in this process (nothing kills it)."""
+        done = run_main(argv(*extra, trials=trials), capsys)
+        return done.returncode, done.stdout, done.stderr
 
     start.url = url  # type: ignore[attr-defined]
+    start.resume = resume  # type: ignore[attr-defined]
     return start
 
 
@@ -123,7 +132,7 @@ def test_stop_signal_requeues_the_trial_and_resume_continues_from_its_epoch(setu
     assert len(waiting) == 1 and waiting[0].params == trials[1].params
     assert not [t for t in trials if t.state == TrialState.RUNNING]
 
-    code, out, err = finish(setup())
+    code, out, err = setup.resume()
     assert code == 0, err
     study = load(setup.url)
     assert_accounted(study, 3)
@@ -164,7 +173,7 @@ def test_kill_9_then_resume_retries_from_the_last_epoch(setup: Callable[..., sub
     killed = load(setup.url).trials[1]
     assert killed.state == TrialState.RUNNING  # what Optuna alone leaves behind
 
-    code, out, err = finish(setup())  # waits for the heartbeat to call trial 1 stale, then retries it
+    code, out, err = setup.resume()  # waits for the heartbeat to call trial 1 stale, then retries it
     assert code == 0, err
     study = load(setup.url)
     story = [(t.number, t.state.name, len(t.intermediate_values), t.system_attrs.get("failed_trial"), t.user_attrs.get("resumed_from_epoch")) for t in study.trials]
@@ -181,11 +190,10 @@ def test_kill_9_then_resume_retries_from_the_last_epoch(setup: Callable[..., sub
 
 
 def test_a_study_at_its_target_starts_nothing_after_a_crash(setup: Callable[..., subprocess.Popen[str]]) -> None:
-    process = setup("--target-accuracy", "0.5", trials=10)
-    code, out, err = finish(process)
+    code, out, err = setup.resume("--target-accuracy", "0.5", trials=10)
     assert code == 0 and "target reached" in out, err
     before = len(load(setup.url).trials)
-    code, out, err = finish(setup("--target-accuracy", "0.5", trials=10))
+    code, out, err = setup.resume("--target-accuracy", "0.5", trials=10)
     assert code == 0 and "target reached" in out
     assert len(load(setup.url).trials) == before
 

@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from helpers import reader_storage
+from helpers import reader_storage, run_main
 from search.run import main
 
 TINY = """
@@ -113,7 +113,9 @@ def test_input_errors_answer_before_torch_is_imported(python: str, run_env: dict
 
 
 @pytest.mark.slow
-def test_tiny_run_then_resume_to_a_larger_budget(python: str, run_env: dict[str, str], tiny_config: Path, tmp_path: Path) -> None:
+def test_tiny_run_then_resume_to_a_larger_budget(
+    python: str, run_env: dict[str, str], tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     first = run_cli(python, run_env, "--config", str(tiny_config), "--storage", url, "--trials", "3", "--target-accuracy", "none")
     assert first.returncode == 0, first.stderr
@@ -128,7 +130,7 @@ def test_tiny_run_then_resume_to_a_larger_budget(python: str, run_env: dict[str,
     metrics = json.loads((home / "exports" / "mnist" / "metrics.json").read_text())
     assert metrics["study"] == "mnist" and 0 < metrics["test_accuracy"] <= 1
 
-    second = run_cli(python, run_env, "--config", str(tiny_config), "--storage", url, "--trials", "5", "--target-accuracy", "none", "--no-export")
+    second = run_main(["--config", str(tiny_config), "--storage", url, "--trials", "5", "--target-accuracy", "none", "--no-export"], capsys)
     assert second.returncode == 0, second.stderr
     assert "resumed study 'mnist'" in second.stdout and "3 finished trials" in second.stdout
     assert len([line for line in second.stdout.splitlines() if line.startswith("trial ")]) == 2
@@ -144,10 +146,10 @@ def test_tiny_run_then_resume_to_a_larger_budget(python: str, run_env: dict[str,
 
 
 @pytest.mark.slow
-def test_target_stop_ends_the_run(python: str, run_env: dict[str, str], tiny_config: Path, tmp_path: Path) -> None:
+def test_target_stop_ends_the_run(tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
-    result = run_cli(python, run_env, "--config", str(tiny_config), "--storage", url, "--trials", "20",
-                     "--target-accuracy", "0.5", "--no-export", "--study-name", "target")
+    result = run_main(["--config", str(tiny_config), "--storage", url, "--trials", "20",
+                       "--target-accuracy", "0.5", "--no-export", "--study-name", "target"], capsys)
     assert result.returncode == 0, result.stderr
     assert "target reached by trial 0" in result.stdout
     study = optuna.load_study(study_name="target", storage=reader_storage(url))
@@ -162,14 +164,18 @@ def trial_record(url: str) -> list[tuple[object, ...]]:
 
 
 @pytest.mark.slow
-def test_same_seed_same_trials_and_metrics_other_seed_other_trials(python: str, run_env: dict[str, str], tiny_config: Path, tmp_path: Path) -> None:
-    """The reproducibility promise end to end: sampler, pruner, data order and training, in
-    separate processes (TPE, the median pruner and epoch-by-epoch values included)."""
+def test_same_seed_same_trials_and_metrics_other_seed_other_trials(
+    python: str, run_env: dict[str, str], tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reproducibility promise end to end: sampler, pruner, data order and training (TPE,
+    the median pruner and epoch-by-epoch values included). Run "a" is a fresh process and "b"
+    runs in this one, which has trained and sampled before: nothing carried over in a process
+    may change what a seed gives."""
     runs = {}
     for name, seed in (("a", "7"), ("b", "7"), ("c", "8")):
         url = f"sqlite:///{tmp_path / name}.db"
-        result = run_cli(python, run_env, "--config", str(tiny_config), "--storage", url, "--trials", "6",
-                         "--target-accuracy", "none", "--no-export", "--seed", seed)
+        argv = ["--config", str(tiny_config), "--storage", url, "--trials", "6", "--target-accuracy", "none", "--no-export", "--seed", seed]
+        result = run_cli(python, run_env, *argv) if name == "a" else run_main(argv, capsys)
         assert result.returncode == 0, result.stderr
         runs[name] = trial_record(url)
     assert len(runs["a"]) == 6

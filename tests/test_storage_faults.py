@@ -17,6 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from helpers import reader_storage
+from search.storage import StorageError
 
 pytestmark = pytest.mark.slow
 
@@ -109,13 +110,15 @@ def test_postgres_restart_mid_run(python: str, run_env: dict[str, str], tmp_path
     process = subprocess.Popen(args, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        storage = reader_storage(postgres_url)
+        storage = None
         while time.monotonic() < deadline:  # wait until two trials are finished
             try:
+                # on a fresh database the run creates Optuna's tables: until then there is nothing to read
+                storage = storage or reader_storage(postgres_url)
                 done = optuna.load_study(study_name=unique_name, storage=storage).get_trials(states=(TrialState.COMPLETE,))
                 if len(done) >= 2:
                     break
-            except KeyError:
+            except (KeyError, StorageError):
                 pass
             time.sleep(0.1)
         subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "stop", "-m", "fast"], check=True)

@@ -8,7 +8,8 @@ The export folder (default: storage/exports/<study>) holds the model (safetensor
 checkpoint, ONNX, model.json), the figures, metrics.json and report.html; a previous export
 there is replaced, anything else is never touched. The data is the study's own, read the way
 the run read it; the data options override that (for a moved data folder), and data that is
-not the study's is refused.
+not the study's is refused. The best weights come from the study's artifact store (the one it
+recorded, or --artifact-store), so any machine that reaches the store can export.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from search.options import (
     READ_FLAGS,
     RECORDED_DATA_FLAGS,
     OneLineParser,
+    add_artifact_store_flag,
     add_flags,
     overrides_from_args,
 )
@@ -50,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineParser(prog="python -m search.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_flags(parser, (*READ_FLAGS, *RECORDED_DATA_FLAGS))
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: storage/exports/<study>)")
-    parser.add_argument("--artifact-dir", type=Path, default=None, help="artifact folder (default: artifacts/ next to the default database)")
+    add_artifact_store_flag(parser, "read the best weights from and link the export's files in")
     parser.add_argument("--reproduce", type=_trial_number, metavar="TRIAL", default=None,
                         help="train this trial again from its record and print recorded vs reproduced validation accuracy")
     parser.add_argument("--force", action="store_true", help="accepted for old scripts: a previous export is always replaced")
@@ -74,15 +76,13 @@ def _settings(study: optuna.Study, args: argparse.Namespace) -> Settings:
 
 
 def run(args: argparse.Namespace) -> int:
+    from search.artifact_stores import check_location, open_store, recorded_location
     from search.storage import check_storage_url
 
     url = check_storage_url(getattr(args, "study_storage", None))
+    given = check_location(args.artifact_store) if args.artifact_store is not None else None
     name = getattr(args, "study_name", "mnist")
-    from search.storage import (
-        build_artifact_store,
-        load_existing_study,
-        open_existing_storage,
-    )
+    from search.storage import load_existing_study, open_existing_storage
     from search.trial_loop import quiet_optuna
 
     quiet_optuna()
@@ -92,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
         return reproduce_trial(study, settings, args.reproduce)
     from search.export.exporter import export_study
 
-    result = export_study(study, args.out, settings=settings, artifact_store=build_artifact_store(args.artifact_dir) if args.artifact_dir else None)
+    store = open_store(given or recorded_location(study))  # given: e.g. the study's folder mounted elsewhere here
+    result = export_study(study, args.out, settings=settings, artifact_store=store)
     metrics = result.metrics
     if metrics.note:
         print(f"note: {metrics.note}")

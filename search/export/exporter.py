@@ -25,6 +25,7 @@ import torch
 
 from lightning_modules.data.split import DataSplit
 from search import record
+from search.artifact_stores import open_store, recorded_location
 from search.data import (
     DataIdentity,
     check_data,
@@ -53,7 +54,6 @@ from search.optuna_compat import ArtifactStore, storage_url
 from search.paths import exports_dir, study_dir_name
 from search.redaction import redact
 from search.settings import Settings
-from search.storage import build_artifact_store
 from search.study import best_trials, study_status
 
 FIGURES = (
@@ -217,7 +217,7 @@ def export_study(
         identity = data_identity(split, source)
     if identity is not None:
         require_same_data(study, identity)
-    store = artifact_store if artifact_store is not None else build_artifact_store()
+    store = artifact_store if artifact_store is not None else open_store(recorded_location(study))
     trained = _load_models(study, store, split, settings)
     top = trained["best"]
     with torch.inference_mode():
