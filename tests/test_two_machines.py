@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 CONFIG = """
 study: {heartbeat_seconds: 1, stale_after_seconds: 3, target_accuracy: null}
 data: {val_size: 200, train_size: 1000}
-training: {max_epochs: 20, snapshot_steps: [5]}
+training: {max_epochs: 12, snapshot_steps: [5]}
 pruner: {name: none}
 space: {classifier: [dnn], hidden_layers: {low: 1, high: 1}, units: {low: 16, high: 32}, batch_size: [32]}
 baseline: {enabled: false}
@@ -61,7 +61,7 @@ def test_a_trial_killed_on_one_machine_resumes_on_another_from_the_shared_store(
     config, shared = tmp_path / "two.yaml", tmp_path / "shared-artifacts"
     config.write_text(CONFIG)
     shared.mkdir()
-    argv = ["--config", str(config), "--storage", postgres_url, "--study-name", unique_name, "--trials", "2", "--no-export"]
+    argv = ["--config", str(config), "--storage", postgres_url, "--study-name", unique_name, "--trials", "1", "--no-export"]
 
     first = subprocess.Popen(
         [python, "-m", "search.run", *argv, "--artifact-store", str(shared)],
@@ -83,7 +83,7 @@ def test_a_trial_killed_on_one_machine_resumes_on_another_from_the_shared_store(
     trials = study.trials
     story = [(t.number, t.state.name, len(t.intermediate_values), t.user_attrs.get(record.RESUMED_FROM_EPOCH)) for t in trials]
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and not record.is_surplus(t)]
-    assert len(finished) == 2, story
+    assert len(finished) == 1, story  # the budget: the retry of the killed trial
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)], story
     retry = next(t for t in trials if record.retried_from(t) == 0)
     assert retry.state == TrialState.COMPLETE and retry.user_attrs[record.RESUMED_FROM_EPOCH] >= 2, story
