@@ -67,11 +67,11 @@ def test_target_stop_reaches_every_worker(python: str, run_env: dict[str, str], 
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
 
 
-def test_four_local_workers_on_one_sqlite_file(python: str, run_env: dict[str, str], tmp_path: Path) -> None:
+def test_three_local_workers_on_one_sqlite_file(python: str, run_env: dict[str, str], tmp_path: Path) -> None:
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY.replace("max_epochs: 2", "max_epochs: 1"))
-    url = f"sqlite:///{tmp_path / 'w4.db'}"
-    out, err = finish(start(python, run_env, "--config", str(config), "--storage", url, "--trials", "10", "--workers", "4", "--target-accuracy", "none"))
+    url = f"sqlite:///{tmp_path / 'w3.db'}"
+    out, err = finish(start(python, run_env, "--config", str(config), "--storage", url, "--trials", "10", "--workers", "3", "--target-accuracy", "none"))
     assert "database is locked" not in err
     study = optuna.load_study(study_name="mnist", storage=reader_storage(url))
     assert_budget_exact(study, 10)
