@@ -7,7 +7,6 @@ outside: the objective passes its pruning and recording callbacks in.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,27 +24,10 @@ from lightning_modules.classifier import Classifier
 from lightning_modules.data.batches import TensorBatches
 from lightning_modules.data.datamodule import MNISTDataModule
 from lightning_modules.data.split import DataSplit
-from lightning_modules.device import thread_share
 from lightning_modules.hyperparams import HyperParams
 from lightning_modules.metric_names import MONITOR, TEST_ACC, TEST_LOSS
 
 _QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning_fabric", "lightning.pytorch.utilities.rank_zero")
-
-
-def configure_torch(workers: int = 1, cores: int | None = None) -> int:
-    """Give each of `workers` processes an equal share of the cores; returns the thread count.
-
-    OMP_NUM_THREADS, when set, wins: on a machine shared with other jobs one thread per process
-    is several times faster than two that spin against the other load (docs/BENCHMARKS.md).
-    On an idle 2-core machine one worker gains about 1.2x from its second thread.
-    """
-    explicit = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if explicit.isdigit() and int(explicit) > 0:
-        threads = int(explicit)
-    else:
-        threads = thread_share(workers, cores or len(os.sched_getaffinity(0)))
-    torch.set_num_threads(threads)
-    return threads
 
 
 def quiet_lightning() -> None:

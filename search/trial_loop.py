@@ -17,12 +17,10 @@ import optuna
 
 from lightning_modules.data.sources import DataSource
 from lightning_modules.data.split import DataSplit
-from lightning_modules.device import CUDA_VISIBLE_DEVICES, Device, physical_ids, worker_visible_devices
-from lightning_modules.training import configure_torch
+from lightning_modules.device import CUDA_VISIBLE_DEVICES, Device, configure_torch, physical_ids, worker_visible_devices
 from search import record
 from search.artifact_stores import location_for_run, open_store
 from search.data import DataIdentity, data_identity, load_split, require_same_data
-from search.objective import make_objective
 from search.paths import checkpoints_dir
 from search.redaction import redact
 from search.settings import Settings
@@ -136,7 +134,10 @@ def run_trials(
 ) -> str:
     """This process's trials until a stop rule holds, on `device` ("cpu", "cuda:N"); returns why it stopped.
 
-    The split moves to the device here, once for every trial of this process."""
+    The split moves to the device here, once for every trial of this process. Lightning is
+    imported here, where trials train, so a runner that only spawns workers never imports it."""
+    from search.objective import make_objective
+
     if split is None:
         split = load_split(settings.data)
     else:

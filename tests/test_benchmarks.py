@@ -34,5 +34,5 @@ def test_gpu_check_quick_runs_every_piece_on_the_cpu(isolated_home: Path, capsys
     assert main(["--quick"]) == 0
     out = capsys.readouterr().out
     assert HEADER in out and "| fit(), train samples/s" in out
-    rows = [line for line in out.splitlines() if line.startswith("| ") and "trials, target none" in line]
-    assert len(rows) == 1 and all("failed" not in row and "| 4 " in row for row in rows), out
+    rows = [line for line in out.splitlines() if line.startswith("| default run")]
+    assert len(rows) == 1 and "failed" not in rows[0] and "n/a" not in rows[0], out  # it ran, exported, and says its test accuracy

@@ -40,14 +40,14 @@ def setup(tmp_path: Path, python: str, run_env: dict[str, str], capsys: pytest.C
     config.write_text(CONFIG)
     url = f"sqlite:///{tmp_path / 'crash.db'}"
 
-    def argv(*extra: str, trials: int = 3) -> list[str]:
+    def argv(*extra: str, trials: int = 2) -> list[str]:
         return ["--config", str(config), "--storage", url, "--trials", str(trials), "--no-export", *extra]
 
-    def start(*extra: str, trials: int = 3) -> subprocess.Popen[str]:
+    def start(*extra: str, trials: int = 2) -> subprocess.Popen[str]:
         """The run a test kills or signals: a real process."""
         return subprocess.Popen([python, "-m", "search.run", *argv(*extra, trials=trials)], env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    def resume(*extra: str, trials: int = 3) -> tuple[int, str, str]:
+    def resume(*extra: str, trials: int = 2) -> tuple[int, str, str]:
         """The run after it: the same command in this process (nothing kills it)."""
         done = run_main(argv(*extra, trials=trials), capsys)
         return done.returncode, done.stdout, done.stderr
@@ -135,7 +135,7 @@ def test_stop_signal_requeues_the_trial_and_resume_continues_from_its_epoch(setu
     code, out, err = setup.resume()
     assert code == 0, err
     study = load(setup.url)
-    assert_accounted(study, 3)
+    assert_accounted(study, 2)  # the baseline and the retry of trial 1
     retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == 1)
     assert retry.user_attrs["resumed_from_epoch"] >= 2
     assert retry.user_attrs["seed_training"] == trials[1].user_attrs["seed_training"]
@@ -178,7 +178,7 @@ def test_kill_9_then_resume_retries_from_the_last_epoch(setup: Callable[..., sub
     study = load(setup.url)
     story = [(t.number, t.state.name, len(t.intermediate_values), t.system_attrs.get("failed_trial"), t.user_attrs.get("resumed_from_epoch")) for t in study.trials]
     assert study.trials[1].state == TrialState.FAIL, story
-    assert_accounted(study, 3)
+    assert_accounted(study, 2)  # the baseline and the retry of trial 1
     retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == 1)
     # every parameter the killed attempt had drawn is kept (a kill during sampling leaves only some)
     assert killed.params.items() <= retry.params.items()

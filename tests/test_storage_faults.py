@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from helpers import reader_storage
+from helpers import reader_storage, run_main
 from search.storage import StorageError
 
 pytestmark = pytest.mark.slow
@@ -80,12 +80,16 @@ def test_read_only_database_is_a_clear_error_and_keeps_the_trials(python: str, r
     assert finished_trials(url) == before
 
 
-def test_full_disk_mid_run_is_a_clear_error_and_keeps_the_trials(python: str, run_env: dict[str, str], tmp_path: Path, small_disk: Path) -> None:
+def test_full_disk_mid_run_is_a_clear_error_and_keeps_the_trials(
+    python: str, run_env: dict[str, str], tmp_path: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(CONFIG)
     env = dict(run_env, MNIST_SEARCH_HOME=str(small_disk / "home"))  # checkpoints and artifacts fill it too
+    monkeypatch.setenv("MNIST_SEARCH_HOME", env["MNIST_SEARCH_HOME"])  # for the runs in this process (before and after the fault)
     url = f"sqlite:///{small_disk / 's.db'}"
-    assert run(python, env, config, url, "--trials", "2").returncode == 0
+    argv = ["--config", str(config), "--storage", url, "--no-export"]
+    assert run_main([*argv, "--trials", "2"], capsys).returncode == 0
     before = finished_trials(url)
     filler = small_disk / "filler"
     with filler.open("wb") as out:  # leave a few kB: enough to open the study, not to run trials
@@ -97,7 +101,7 @@ def test_full_disk_mid_run_is_a_clear_error_and_keeps_the_trials(python: str, ru
     filler.unlink()
     after = finished_trials(url)
     assert after[: len(before)] == before  # nothing finished was lost
-    resumed = run(python, env, config, url, "--trials", str(len(after) + 1))
+    resumed = run_main([*argv, "--trials", str(len(after) + 1)], capsys)
     assert resumed.returncode == 0, resumed.stderr
 
 
