@@ -77,19 +77,10 @@ def python() -> str:
     return sys.executable
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every PostgreSQL test runs in one xdist group, one after another on one worker:
-    `test_postgres_restart_mid_run` stops the shared server, which no other test may be using."""
-    for item in items:
-        if item.get_closest_marker("postgres"):
-            item.add_marker(pytest.mark.xdist_group("postgres"))
-
-
 @pytest.fixture
 def postgres_url(request: pytest.FixtureRequest) -> str:
-    """The local PostgreSQL server; the study names tests use are unique, so runs never collide.
-    Only for tests marked `postgres` (they run in one group, see above)."""
+    """The local PostgreSQL server; the study names tests use are unique, so runs never collide
+    (the suite runs in two processes). Only for tests marked `postgres`, so `-m "not postgres"` runs without it."""
     import sqlalchemy
 
     assert request.node.get_closest_marker("postgres"), f"{request.node.nodeid} uses PostgreSQL: mark it @pytest.mark.postgres"

@@ -1,13 +1,16 @@
 """Storage faults on real file systems and a real database server: read-only, full, restarted.
 
 The read-only and full disks are small tmpfs mounts (root can mount here and in CI); the
-PostgreSQL test stops and restarts the local server.
+PostgreSQL test stops and restarts a server of its own, started from the installed binaries.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,11 +108,58 @@ def test_full_disk_mid_run_is_a_clear_error_and_keeps_the_trials(
     assert resumed.returncode == 0, resumed.stderr
 
 
+class PrivateServer:
+    """A PostgreSQL server of this test's own (initdb in a temporary folder, a free port on
+    127.0.0.1): stopping it cannot break another test using the shared server at the same time
+    (the suite runs in two processes)."""
+
+    def __init__(self, data: Path, port: int) -> None:
+        self.data, self.port = data, port
+        self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def ctl(self, *args: str) -> None:
+        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1"
+        as_postgres(PG_BIN / "pg_ctl", "-D", str(self.data), "-o", options, "-w", "-l", str(self.data / "log"), *args)
+
+
+PG_BINS = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+PG_BIN = PG_BINS[-1] if PG_BINS else Path("/nonexistent")
+
+
+def as_postgres(*command: object) -> None:
+    """PostgreSQL refuses to run as root: run its tools as the `postgres` user when we are root."""
+    argv = [str(c) for c in command]
+    if os.geteuid() == 0:
+        argv = ["runuser", "-u", "postgres", "--", *argv]
+    subprocess.run(argv, check=True, capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivateServer]:
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip("no PostgreSQL server binaries (initdb) under /usr/lib/postgresql")
+    data = Path(tempfile.mkdtemp(prefix="mnist-search-pg-"))  # not under pytest's 0700 tmp_path: the postgres user must reach it
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres", "postgres")
+    server = PrivateServer(data, port)
+    try:
+        as_postgres(PG_BIN / "initdb", "-D", data, "-A", "trust", "-U", "postgres")
+        server.ctl("start")
+        yield server
+    finally:
+        subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(data), "stop", "-m", "immediate"]
+                       if os.geteuid() == 0 else [str(PG_BIN / "pg_ctl"), "-D", str(data), "stop", "-m", "immediate"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
 @pytest.mark.postgres
-def test_postgres_restart_mid_run(python: str, run_env: dict[str, str], tmp_path: Path, postgres_url: str, unique_name: str) -> None:
+def test_postgres_restart_mid_run(python: str, run_env: dict[str, str], tmp_path: Path, private_postgres: PrivateServer, unique_name: str) -> None:
+    postgres_url = private_postgres.url
     config = tmp_path / "c.yaml"
     config.write_text(CONFIG.replace("max_epochs: 2", "max_epochs: 3"))
-    cluster = subprocess.run(["bash", "-c", "ls /etc/postgresql"], capture_output=True, text=True).stdout.split()[0]
     args = [python, "-m", "search.run", "--config", str(config), "--storage", postgres_url, "--study-name", unique_name, "--no-export", "--trials", "6"]
     process = subprocess.Popen(args, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -125,15 +175,11 @@ def test_postgres_restart_mid_run(python: str, run_env: dict[str, str], tmp_path
             except (KeyError, StorageError):
                 pass
             time.sleep(0.1)
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "stop", "-m", "fast"], check=True)
+        private_postgres.ctl("stop", "-m", "fast")
         out, err = process.communicate(timeout=120)
     finally:
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "start"], check=False)
+        private_postgres.ctl("start")  # -w: returns once it accepts connections
         process.kill()
-    for _ in range(60):
-        if subprocess.run(["pg_isready", "-h", "127.0.0.1", "-q"]).returncode == 0:
-            break
-        time.sleep(0.5)
     assert process.returncode == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "storage failed mid-run" in lines[0] and "Traceback" not in err
