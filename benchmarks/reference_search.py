@@ -12,9 +12,12 @@ comparison: the data is read from the same IDX files into a `TensorDataset` of f
 a seeded TPE sampler, and a study callback that stops at the first completed trial >= target.
 
 Prints one JSON line per finished trial and one when the target is reached (wall-clock
-`time.time()` stamps), so the caller can compare with its own process-start time.
+`time.time()` stamps), so the caller can compare with its own process-start time. With
+`--test-accuracy` (benchmarks/anytime.py), each completed trial's model is also scored on the
+test set and the line carries `test` and the seconds that took (`eval_seconds`), which the caller
+takes off the clock: the example itself never looks at the test set.
 
-    python -m benchmarks.reference_search [--target 0.95] [--train-size N] [--epochs 10]
+    python -m benchmarks.reference_search [--target 0.95] [--train-size N] [--epochs 10] [--seed 0]
 """
 
 from __future__ import annotations
@@ -100,6 +103,8 @@ def main() -> int:
     parser.add_argument("--val-size", type=int, default=10_000)
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--data-dir", default=data_dir())
+    parser.add_argument("--seed", type=int, default=0, help="the sampler's seed and torch's")
+    parser.add_argument("--test-accuracy", action="store_true", help="score each completed trial on the test set")
     args = parser.parse_args()
     import logging
     import warnings
@@ -108,6 +113,7 @@ def main() -> int:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    torch.manual_seed(args.seed)
     split = load_mnist_split(args.train_size, args.val_size, args.data_dir)
     print(json.dumps({"event": "data", "t": time.time(), "process_start": PROCESS_START}), flush=True)
 
@@ -123,16 +129,23 @@ def main() -> int:
             callbacks=[PyTorchLightningPruningCallback(trial, monitor="val_acc")],
         )
         trainer.fit(model, datamodule=datamodule)
+        if args.test_accuracy:
+            started = time.time()
+            model.eval()
+            with torch.inference_mode():
+                correct = (model(split.x_test).argmax(dim=1) == split.y_test).sum().item()
+            trial.set_user_attr("test", correct / len(split.y_test))
+            trial.set_user_attr("eval_seconds", time.time() - started)
         return trainer.callback_metrics["val_acc"].item()
 
     def stop_at_target(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         print(json.dumps({"event": "trial", "number": trial.number, "state": trial.state.name, "value": trial.value,
-                          "t": time.time(), "seconds": (trial.datetime_complete - trial.datetime_start).total_seconds()}), flush=True)
+                          "t": time.time(), "seconds": (trial.datetime_complete - trial.datetime_start).total_seconds(), **trial.user_attrs}), flush=True)
         if trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None and trial.value >= args.target:
             print(json.dumps({"event": "target", "number": trial.number, "value": trial.value, "t": time.time()}), flush=True)
             study.stop()
 
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0), pruner=optuna.pruners.MedianPruner())
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=args.seed), pruner=optuna.pruners.MedianPruner())
     study.optimize(objective, n_trials=args.trials, timeout=args.timeout, callbacks=[stop_at_target])
     return 0
 
