@@ -3,6 +3,8 @@ the reference's test-scoring time is off its clock, and the comparison counts wh
 
 from __future__ import annotations
 
+import argparse
+import itertools
 import json
 import math
 import time
@@ -10,15 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.anytime import (
+from benchmarks.anytime import main, parse_variant, reference_points
+from benchmarks.anytime_curves import (
     Completion,
     Point,
     Run,
+    curve,
     first_minutes,
+    label,
     latest_runs,
-    main,
     new_bests,
-    reference_points,
+    search_order,
     shortfalls,
     value_at,
 )
@@ -72,6 +76,15 @@ def _run(search: str, seed: int, points: list[tuple[float, float]], horizon: flo
     return Run(search, seed, horizon, None, [Point(t, i, acc, acc) for i, (t, acc) in enumerate(points)], len(points))
 
 
+def test_the_median_waits_for_every_seed() -> None:
+    """A median over the seeds that happen to have a model would flatter the early minutes."""
+    runs = [_run("ours", 0, [(0.5, 0.97)]), _run("ours", 1, [(1.0, 0.95)]), _run("ours", 2, [(2.0, 0.90)])]
+    at = dict(zip([0.5, 1.0, 2.0], curve(runs, [0.5, 1.0, 2.0])))
+    assert math.isnan(at[0.5][0]) and at[0.5][1:] == (0.97, 0.97)
+    assert math.isnan(at[1.0][0]) and at[1.0][1:] == (0.95, 0.97)
+    assert at[2.0] == (0.95, 0.90, 0.97)
+
+
 def test_shortfalls_count_grid_points_below_each_reference() -> None:
     ours = [_run("ours", s, [(1.0, 0.95), (2.0, 0.98)]) for s in (0, 1)]
     reference = [_run("reference", s, [(0.5, 0.90), (1.5, 0.97), (3.0, 0.99)]) for s in (0, 1)]
@@ -103,8 +116,18 @@ def test_latest_runs_keep_the_newest_per_seed_and_the_report_draws(tmp_path: Pat
     assert png.stat().st_size > 0
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| ours")]
     assert rows[0] == ["ours (TPE + median pruning)", "0", "0.9850", "2", "1.90"]  # at 2 min; when val reached 0.98
-    assert rows[2] == ["ours (TPE + median pruning)", "median [min-max]", "0.9675 [0.9500-0.9850]", "", ""]
+    assert rows[2] == ["ours (TPE + median pruning)", "median [min-max] of 2", "0.9675 [0.9500-0.9850]", "", ""]
     assert "ours vs optuna-examples reference" in out
+
+
+def test_a_variant_is_ours_with_a_settings_file_and_sorts_after_the_built_ins() -> None:
+    search, config = parse_variant("epochs12=training: {max_epochs: 12}")
+    assert (search, config) == ("ours:epochs12", "training: {max_epochs: 12}")
+    assert label(search) == "ours with epochs12"
+    assert sorted(["ours:b", "reference", "ours:a", "ours"], key=search_order) == ["ours", "reference", "ours:a", "ours:b"]
+    for bad in ("epochs12", "=training: {}", "x="):
+        with pytest.raises(argparse.ArgumentTypeError, match="LABEL=YAML"):
+            parse_variant(bad)
 
 
 def test_report_without_runs_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -115,10 +138,9 @@ def test_report_without_runs_says_so(tmp_path: Path, capsys: pytest.CaptureFixtu
 @pytest.mark.slow
 def test_study_points_score_the_model_the_export_picks(isolated_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A real run: the curve's last point is the export's best trial, with the export's test accuracy."""
-    from helpers import load, run_main
-
     from benchmarks._common import home_storage_url
     from benchmarks.anytime import study_points
+    from helpers import load, run_main
     from search.export.exporter import export_study
 
     started = time.time()
@@ -126,7 +148,9 @@ def test_study_points_score_the_model_the_export_picks(isolated_home: Path, tmp_
     assert done.returncode == 0, done.stderr
     points, completed = study_points(isolated_home, started, horizon_minutes=math.inf)
     assert completed == 4 and points
-    assert all(a.minutes <= b.minutes and a.val < b.val for a, b in zip(points, points[1:]))
+    assert 0 < points[0].minutes <= points[-1].minutes <= (time.time() - started) / 60  # the storage's clock is ours
+    assert "warning" not in capsys.readouterr().out  # every best so far was scored from its stored weights
+    assert all(a.minutes <= b.minutes and a.val < b.val for a, b in itertools.pairwise(points))
     exported = export_study(load(home_storage_url(isolated_home)), tmp_path / "export").metrics
     assert points[-1].number == exported.best_trial
     assert points[-1].test == exported.test_accuracy
