@@ -209,14 +209,13 @@ def draw(by_search: dict[str, list[Run]], horizon_minutes: float, path: Path) ->
 
     times = grid(horizon_minutes)
     fig, ax = plt.subplots(figsize=(8, 5))
-    low_seen = 1.0
     for search, runs in by_search.items():
         values = curve(runs, times)
         med = [v[0] for v in values]
-        ax.step(times, med, where="post", label=f"{label(search)} (median of {len(runs)} seeds)")
+        ax.step(times, med, where="post", label=f"{label(search)} (median of {len(runs)} seed{'s' if len(runs) > 1 else ''})")
         ax.fill_between(times, [v[1] for v in values], [v[2] for v in values], step="post", alpha=0.2)
-        low_seen = min([low_seen] + [v[1] for v in values if not math.isnan(v[1])])
-    ax.set_ylim(max(0.9, low_seen - 0.005), 0.992)  # the race is above 0.9; earlier models are off the chart
+    floor = 0.95 if horizon_minutes >= 5 else 0.9  # the race is run above this; earlier models are off the chart
+    ax.set_ylim(floor, 0.99)
     ax.set_xlim(0, horizon_minutes)
     ax.set_xlabel("minutes since the command started")
     ax.set_ylabel("test accuracy of the best model so far (by validation)")
