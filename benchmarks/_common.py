@@ -106,6 +106,15 @@ def search_seconds(trials: Sequence) -> float:  # Sequence[FrozenTrial]
     return (max(t.datetime_complete for t in ended) - min(t.datetime_start for t in ended)).total_seconds()
 
 
+def reference_events(lines: Sequence[str]) -> list[dict]:
+    """The JSON events benchmarks/reference_search.py prints, from its output lines (Lightning
+    may print on the same line before one)."""
+    import json
+
+    decoder = json.JSONDecoder()
+    return [decoder.raw_decode(line[line.index('{"event"'):])[0] for line in lines if '{"event"' in line]
+
+
 def load_mnist_split(train_size: int | None = None, val_size: int = 10_000, directory: str | None = None):  # noqa: ANN201
     """The split every trial of a default run uses (seed 0, 10,000 validation rows)."""
     from lightning_modules.data.arrays import load_idx_dir

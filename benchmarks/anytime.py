@@ -26,7 +26,6 @@ with the same minutes and data size in that file (a variant's label names one se
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -36,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from benchmarks._common import PYTHON, ROOT, bench_env, home_storage_url, load_average, machine_line
+from benchmarks._common import PYTHON, ROOT, bench_env, home_storage_url, load_average, machine_line, reference_events
 from benchmarks.anytime_curves import (
     VARIANT,
     Completion,
@@ -134,13 +133,9 @@ def study_points(home: Path, started: float, horizon_minutes: float) -> tuple[li
 
 def reference_points(lines: Sequence[str], started: float, horizon_minutes: float) -> tuple[list[Point], int]:
     """The best-so-far curve from the reference's JSON lines, its test-scoring time off the clock."""
-    decoder = json.JSONDecoder()
     scoring = 0.0
     completions, tests = [], {}
-    for line in lines:
-        if '{"event"' not in line:
-            continue
-        event = decoder.raw_decode(line[line.index('{"event"'):])[0]
+    for event in reference_events(lines):
         if event["event"] != "trial" or event["state"] != "COMPLETE":
             continue
         scoring += float(event.get("eval_seconds", 0.0))

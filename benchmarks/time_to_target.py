@@ -32,6 +32,7 @@ from benchmarks._common import (
     load_average,
     machine_line,
     median,
+    reference_events,
     study_trials,
     table,
 )
@@ -114,8 +115,7 @@ def run_reference(quick: bool, timeout: float) -> dict:
     args = ["--train-size", "3000", "--val-size", "1000", "--epochs", "2", "--target", "0.9", "--trials", "3"] if quick else []
     with tempfile.TemporaryDirectory(prefix="ttt-ref-") as home:
         start, end, lines, code = _run([PYTHON, "-m", "benchmarks.reference_search", *args], bench_env(Path(home)), timeout)
-    decoder = json.JSONDecoder()
-    events = [decoder.raw_decode(line[line.index('{"event"'):])[0] for _, line in lines if '{"event"' in line]
+    events = reference_events([line for _, line in lines])
     hit = next((e for e in events if e["event"] == "target"), None)
     data = next((e for e in events if e["event"] == "data"), None)
     trials = [e for e in events if e["event"] == "trial"]
