@@ -37,7 +37,7 @@ from search.resume import (
     resume_point,
     return_to_queue,
 )
-from search.sampling import trial_seed
+from search.sampling import seed_scheme, trial_seed
 from search.settings import Settings
 from search.space import suggest_params
 from search.stopping import SurplusTrial, over_budget, trial_at_target
@@ -45,12 +45,12 @@ from search.trial_callbacks import EpochRecorder, StopAtStudyTarget
 
 
 def trial_seeds(trial: optuna.Trial, settings: Settings) -> record.TrialSeeds:
-    """Trial n samples with and trains with seed + n; a retried trial keeps the seeds of the
-    attempt it replaces (copied attributes)."""
+    """Trial n samples with and trains with one seed drawn from (study seed, n) by the study's
+    scheme; a retried trial keeps the seeds of the attempt it replaces (copied attributes)."""
     recorded = record.read_seeds(trial)
     if recorded is not None:
         return recorded
-    seed = trial_seed(settings.study.seed, trial.number)
+    seed = trial_seed(settings.study.seed, trial.number, seed_scheme(trial.study))
     return record.TrialSeeds(seed, seed, settings.data.split_seed)
 
 

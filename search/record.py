@@ -27,6 +27,8 @@ DATA = "data"  # user attr: the identity of the data the study trains on (search
 OBJECTIVE_NAME = "val_accuracy"  # the objective's name (Study.set_metric_names), shown by optuna-dashboard
 UID = "uid"  # user attr: a random id set at creation; names the study's checkpoint folder, so a
 #              new study with the name of a deleted one never resumes the old one's checkpoints
+SEED_SCHEME = "seed_scheme"  # user attr: how trial n's seed derives from the study seed
+#              (search/sampling.py), set at creation; absent: seed + n, the scheme before it was recorded
 ARTIFACT_STORE = "artifact_store"  # user attr: the shared store's location (search/artifact_stores.py),
 #              set at creation; absent: each machine keeps artifacts in its own artifacts/ folder
 

@@ -1,10 +1,15 @@
-"""The sampler of a study, seeded per trial: trial n samples with seed + n.
+"""The sampler of a study, seeded per trial: trial n samples with a seed drawn from (seed, n).
 
 Seeding by trial number, not by process, makes the search reproducible from the seed alone
 (a resumed study samples trial n as an uninterrupted one would, given the same history) and
 keeps two processes that open one study at the same moment (several machines, or two runs
 started together) from drawing identical parameters: no two of them ever sample the same
 trial number.
+
+Two seed schemes exist. Studies created since the scheme was recorded (study attribute
+`seed_scheme` = "independent") draw trial n's seed from numpy's `SeedSequence([seed, n])`, so
+the searches of seeds 0 and 1 are independent. Older studies (no attribute) used seed + n, which
+made seed 1's trial n a copy of seed 0's trial n + 1; they resume with that scheme unchanged.
 """
 
 from __future__ import annotations
@@ -12,29 +17,49 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
+from search import record
 from search.settings import MAX_SEED, SamplerConfig
 
+OFFSET = "offset"  # trial n: seed + n (studies created before the scheme was recorded)
+INDEPENDENT = "independent"  # trial n: SeedSequence([seed, n]); every new study
+SEED_SCHEMES = (OFFSET, INDEPENDENT)
 
-def trial_seed(seed: int, trial_number: int) -> int:
-    """The seed trial `trial_number` samples with (kept below 2**32, numpy's limit)."""
-    return (seed + trial_number) % (2 * (MAX_SEED + 1))
+
+def trial_seed(seed: int, trial_number: int, scheme: str = INDEPENDENT) -> int:
+    """The seed trial `trial_number` samples and trains with (below 2**32, numpy's limit)."""
+    if scheme == OFFSET:
+        return (seed + trial_number) % (2 * (MAX_SEED + 1))
+    if scheme != INDEPENDENT:
+        raise ValueError(f"unknown seed scheme {scheme!r}; known: {', '.join(SEED_SCHEMES)}")
+    return int(np.random.SeedSequence([seed, trial_number]).generate_state(1)[0])
+
+
+def seed_scheme(study: optuna.Study) -> str:
+    """The study's recorded seed scheme; a study without one predates it and used seed + n."""
+    return str(study.user_attrs.get(record.SEED_SCHEME, OFFSET))
 
 
 class TrialSeededSampler(BaseSampler):
-    """Delegates to `factory(trial_seed(seed, n))`, built afresh before trial n."""
+    """Delegates to `factory(trial_seed(seed, n, scheme))`, built afresh before trial n.
 
-    def __init__(self, factory: Callable[[int], BaseSampler], seed: int) -> None:
+    `open_study` sets `scheme` to the study's recorded one once it has loaded the study (the
+    sampler cannot read it itself: Hyperband hands `before_trial` a filtered study).
+    """
+
+    def __init__(self, factory: Callable[[int], BaseSampler], seed: int, scheme: str = INDEPENDENT) -> None:
         self.factory = factory
         self.seed = seed
         self.current = factory(seed)
+        self.scheme = scheme
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.current = self.factory(trial_seed(self.seed, trial.number))
+        self.current = self.factory(trial_seed(self.seed, trial.number, self.scheme))
         self.current.before_trial(study, trial)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:

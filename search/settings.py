@@ -12,124 +12,23 @@ from __future__ import annotations
 import unicodedata
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-MAX_SEED = 2**31 - 1  # the sampler adds worker and trial offsets; numpy seeds stop at 2**32
+from search.settings_space import (
+    BaselineConfig,
+    FirstDnnConfig,
+    SpaceConfig,
+    Strict,
+    first_dnn_problem,
+    ints_as_floats,
+    outside_space,
+)
+
+MAX_SEED = 2**31 - 1  # older studies add the trial number to it (search/sampling.py); numpy seeds stop at 2**32
 MAX_NAME_LENGTH = 100
 MAX_WORKERS = 64
 MAX_SNAPSHOTS = 20
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-def _float(value: Any) -> Any:
-    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-class FloatRange(_Strict):
-    """A float searched between low and high (log scale when `log`)."""
-
-    low: float
-    high: float
-    log: bool = False
-
-    _ints_are_floats = field_validator("low", "high", mode="before")(_float)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> FloatRange:
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) is greater than high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"a log-scale range needs low > 0 (got {self.low})")
-        return self
-
-
-class IntRange(_Strict):
-    """An integer searched between low and high inclusive."""
-
-    low: int
-    high: int
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _ordered(self) -> IntRange:
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) is greater than high ({self.high})")
-        if self.low < 1:
-            raise ValueError(f"low must be at least 1 (got {self.low})")
-        return self
-
-
-Classifier = Literal["linear", "dnn"]  # lightning_modules.hyperparams.CLASSIFIERS (a test keeps them equal)
-Optimizer = Literal["adam", "adamw", "sgd"]  # lightning_modules.hyperparams.OPTIMIZERS
-
-
-class SpaceConfig(_Strict):
-    """What the sampler searches. Conditional: hidden layers, units and dropout are DNN-only."""
-
-    classifier: list[Classifier] = Field(default=["linear", "dnn"], min_length=1, max_length=2, description="classifiers to search")
-    hidden_layers: IntRange = Field(default=IntRange(low=1, high=3), description="hidden layers of a DNN, at most 4")
-    units: IntRange = Field(default=IntRange(low=64, high=1024, log=True), description="units per hidden layer, at most 8192")
-    dropout: FloatRange = Field(default=FloatRange(low=0.0, high=0.5), description="dropout after each hidden layer, in [0, 1)")
-    learning_rate: FloatRange = Field(default=FloatRange(low=3e-4, high=1e-2, log=True), description="learning rate")
-    optimizer: list[Optimizer] = Field(default=["adam", "adamw"], min_length=1, max_length=3, description="adam | adamw | sgd")
-    weight_decay: FloatRange = Field(default=FloatRange(low=1e-7, high=1e-4, log=True), description="weight decay")
-    batch_size: list[int] = Field(default=[64, 128, 256], min_length=1, max_length=16, description="batch sizes")
-
-    @field_validator("hidden_layers")
-    @classmethod
-    def _at_most_four_layers(cls, value: IntRange) -> IntRange:
-        if value.high > 4:
-            raise ValueError(f"high must be at most 4 (got {value.high})")
-        return value
-
-    @field_validator("units")
-    @classmethod
-    def _bounded_units(cls, value: IntRange) -> IntRange:
-        if value.high > 8192:
-            raise ValueError(f"high must be at most 8192 (got {value.high})")
-        return value
-
-    @field_validator("dropout")
-    @classmethod
-    def _dropout_probability(cls, value: FloatRange) -> FloatRange:
-        if value.low < 0 or value.high >= 1:
-            raise ValueError("dropout must lie in [0, 1)")
-        return value
-
-    @field_validator("learning_rate")
-    @classmethod
-    def _positive_learning_rate(cls, value: FloatRange) -> FloatRange:
-        if value.low <= 0 or value.high > 10:
-            raise ValueError(f"learning rate must be positive and at most 10 (got [{value.low}, {value.high}])")
-        return value
-
-    @field_validator("weight_decay")
-    @classmethod
-    def _non_negative_decay(cls, value: FloatRange) -> FloatRange:
-        if value.low < 0 or value.high > 1:
-            raise ValueError(f"weight decay must lie in [0, 1] (got [{value.low}, {value.high}])")
-        return value
-
-    @field_validator("batch_size")
-    @classmethod
-    def _positive_batches(cls, value: list[int]) -> list[int]:
-        if any(not 1 <= b <= 65536 for b in value):
-            raise ValueError(f"batch sizes must lie in 1-65536 (got {value})")
-        return value
-
-
-class BaselineConfig(_Strict):
-    """The first, enqueued trial: the tutorial's linear classifier, so linear vs DNN always exists."""
-
-    enabled: bool = Field(default=True, description="enqueue the linear baseline as trial 0")
-    learning_rate: float = Field(default=3e-3, gt=0, description="the baseline's learning rate")
-    optimizer: Optimizer = Field(default="adam", description="the baseline's optimizer")
-    weight_decay: float = Field(default=1e-6, ge=0, description="the baseline's weight decay")
-    batch_size: int = Field(default=128, gt=0, description="the baseline's batch size")
-    max_epochs: int = Field(default=3, gt=0, le=1000, description="the baseline is a short run, as in the tutorial")
 
 
 def _name_problem(name: str) -> str | None:
@@ -140,7 +39,7 @@ def _name_problem(name: str) -> str | None:
     return None
 
 
-class StudyConfig(_Strict):
+class StudyConfig(Strict):
     name: str = Field(default="mnist", min_length=1, max_length=MAX_NAME_LENGTH, description="study to create or resume")
     storage: str | None = Field(
         default=None, min_length=1, max_length=2000,
@@ -156,12 +55,12 @@ class StudyConfig(_Strict):
     target_accuracy: float | None = Field(
         default=0.95, gt=0, le=1, description="stop once a completed trial reaches this validation accuracy; 'none' spends the whole budget",
     )
-    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="trial n samples and trains with seed + n")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="trial n samples and trains with a seed drawn from (seed, n)")
     workers: int = Field(default=1, gt=0, le=MAX_WORKERS, description="worker processes on this machine sharing the study")
     heartbeat_seconds: int = Field(default=5, gt=0, le=3600, description="a running trial proves it is alive this often")
     stale_after_seconds: int = Field(default=20, gt=0, le=86400, description="a trial silent this long is failed and retried")
 
-    _ints_are_floats = field_validator("timeout", "target_accuracy", mode="before")(_float)
+    _ints_are_floats = field_validator("timeout", "target_accuracy", mode="before")(ints_as_floats)
 
     @field_validator("name")
     @classmethod
@@ -181,12 +80,12 @@ class StudyConfig(_Strict):
         return self
 
 
-class SamplerConfig(_Strict):
+class SamplerConfig(Strict):
     name: Literal["tpe", "random"] = Field(default="tpe", description="tpe | random")
     n_startup_trials: int = Field(default=5, ge=0, le=10_000, description="random trials before TPE starts modelling")
 
 
-class PrunerConfig(_Strict):
+class PrunerConfig(Strict):
     name: Literal["median", "hyperband", "none"] = Field(default="median", description="median | hyperband | none")
     n_startup_trials: int = Field(default=3, ge=0, le=10_000, description="median: finished trials of a classifier before pruning starts")
     n_warmup_steps: int = Field(default=0, ge=0, le=1000, description="median: epochs a trial always runs before it can be pruned")
@@ -194,7 +93,7 @@ class PrunerConfig(_Strict):
     reduction_factor: int = Field(default=3, gt=1, le=100, description="hyperband: how many trials each rung keeps one of")
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     source: str | None = Field(
         default=None, min_length=1, max_length=4096,
         description="mnist, fashion-mnist, a directory of IDX files, or a CSV file (label, 784 pixels)",
@@ -208,14 +107,14 @@ class DataConfig(_Strict):
     split_seed: int = Field(default=0, ge=0, le=MAX_SEED, description="seed of the train/validation split, the same for every trial")
     verify_checksums: bool = Field(default=True, description="refuse IDX files whose MD5 differs from the published one")
 
-    _ints_are_floats = field_validator("val_fraction", mode="before")(_float)
+    _ints_are_floats = field_validator("val_fraction", mode="before")(ints_as_floats)
 
 
 Accelerator = Literal["auto", "cpu", "gpu"]  # lightning_modules.device.ACCELERATORS (a test keeps them equal)
 Precision = Literal["32-true", "bf16-mixed"]
 
 
-class TrainingConfig(_Strict):
+class TrainingConfig(Strict):
     max_epochs: int = Field(default=8, gt=0, le=1000, description="epochs per trial")
     snapshot_steps: list[int] = Field(
         default=[10, 100, 1000], max_length=MAX_SNAPSHOTS, description="optimizer steps at which first-layer weights are kept",
@@ -242,7 +141,7 @@ class TrainingConfig(_Strict):
         return value
 
 
-class Settings(_Strict):
+class Settings(Strict):
     """Everything one run needs; `configs/default.yaml` spells out the same defaults."""
 
     study: StudyConfig = StudyConfig()
@@ -252,6 +151,7 @@ class Settings(_Strict):
     training: TrainingConfig = TrainingConfig()
     space: SpaceConfig = SpaceConfig()
     baseline: BaselineConfig = BaselineConfig()
+    first_dnn: FirstDnnConfig = FirstDnnConfig()
     export: bool = Field(default=True, description="export the best model when the study ends")
 
     @model_validator(mode="after")
@@ -260,17 +160,34 @@ class Settings(_Strict):
             return self
         if "linear" not in self.space.classifier:
             raise ValueError("baseline.enabled needs 'linear' in space.classifier (or set it to false)")
-        checks = [
-            ("learning_rate", self.baseline.learning_rate, self.space.learning_rate),
-            ("weight_decay", self.baseline.weight_decay, self.space.weight_decay),
-        ]
-        for key, value, span in checks:
-            if not span.low <= value <= span.high:
-                raise ValueError(f"baseline.{key} {value} lies outside space.{key} [{span.low}, {span.high}]")
+        problem = outside_space("baseline", {"learning_rate": self.baseline.learning_rate, "weight_decay": self.baseline.weight_decay}, self.space)
+        if problem:
+            raise ValueError(problem)
         if self.baseline.optimizer not in self.space.optimizer:
             raise ValueError(f"baseline.optimizer {self.baseline.optimizer!r} is not in space.optimizer")
         if self.baseline.batch_size not in self.space.batch_size:
             raise ValueError(f"baseline.batch_size {self.baseline.batch_size} is not in space.batch_size")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_first_dnn_only_where_it_fits(cls, data: Any) -> Any:
+        """Without a first_dnn section, the default one is turned off (and recorded so) where a
+        narrowed space excludes it; a first_dnn section the user wrote must fit (below)."""
+        if not isinstance(data, dict) or "first_dnn" in data:
+            return data
+        try:
+            space = SpaceConfig.model_validate(data.get("space", {}))
+        except ValidationError:
+            return data  # reported by the space's own validation
+        return {**data, "first_dnn": {"enabled": False}} if first_dnn_problem(FirstDnnConfig(), space) else data
+
+    @model_validator(mode="after")
+    def _first_dnn_inside_space(self) -> Settings:
+        """Enqueued parameters outside the space would be stored but never sampled near again."""
+        problem = first_dnn_problem(self.first_dnn, self.space) if self.first_dnn.enabled else None
+        if problem:
+            raise ValueError(f"{problem} (or set first_dnn.enabled: false)")
         return self
 
 

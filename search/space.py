@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 
 from lightning_modules.hyperparams import HyperParams
-from search.settings import BaselineConfig, FloatRange, SpaceConfig
+from search.settings_space import BaselineConfig, FirstDnnConfig, FloatRange, SpaceConfig
 
 
 def _suggest_float(trial: optuna.trial.BaseTrial, name: str, span: FloatRange) -> float:
@@ -39,4 +39,21 @@ def baseline_params(baseline: BaselineConfig) -> dict[str, object]:
         "optimizer": baseline.optimizer,
         "weight_decay": baseline.weight_decay,
         "batch_size": baseline.batch_size,
+    }
+
+
+def first_dnn_params(first: FirstDnnConfig) -> dict[str, object] | None:
+    """The standard DNN to enqueue, as the parameter names `suggest_params` uses; None when it is
+    disabled (settings turn the default off where a narrowed space excludes it)."""
+    if not first.enabled:
+        return None
+    return {
+        "classifier": "dnn",
+        "learning_rate": first.learning_rate,
+        "optimizer": first.optimizer,
+        "weight_decay": first.weight_decay,
+        "batch_size": first.batch_size,
+        "hidden_layers": len(first.units),
+        **{f"units_l{i + 1}": units for i, units in enumerate(first.units)},
+        "dropout": first.dropout,
     }

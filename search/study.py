@@ -19,9 +19,9 @@ from search import record
 from search.artifact_stores import parse_location
 from search.pruning import SameClassifierPruner
 from search.resume import new_study_uid
-from search.sampling import build_sampler
+from search.sampling import INDEPENDENT, build_sampler, seed_scheme
 from search.settings import PrunerConfig, Settings
-from search.space import baseline_params
+from search.space import baseline_params, first_dnn_params
 from search.stopping import SurplusTrial, stop_reason
 
 GC_EVERY_TRIALS = 10  # a full collection costs ~0.3 s; every trial would double tiny trials' time
@@ -80,18 +80,23 @@ def open_study(
             study = optuna.load_study(study_name=name, storage=storage, pruner=pruner, sampler=sampler)
     if created:
         study.set_metric_names([record.OBJECTIVE_NAME])
+        study.set_user_attr(record.SEED_SCHEME, INDEPENDENT)
         if settings.baseline.enabled:
             study.enqueue_trial(
                 baseline_params(settings.baseline),
                 user_attrs={record.MAX_EPOCHS: min(settings.baseline.max_epochs, settings.training.max_epochs)},
                 skip_if_exists=True,
             )
+        first_dnn = first_dnn_params(settings.first_dnn)
+        if first_dnn is not None:
+            study.enqueue_trial(first_dnn, skip_if_exists=True)
         if settings.study.artifact_store is not None:
             study.set_user_attr(record.ARTIFACT_STORE, str(parse_location(settings.study.artifact_store)))
         study.set_user_attr(record.UID, new_study_uid())  # last: the uid says "ready", the baseline is queued
     else:
         _wait_for_uid(study)
         on_existing(study)
+        sampler.scheme = seed_scheme(study)
         if record.UID not in study.user_attrs:  # a study from before uids existed (it has trials that ran)
             study.set_user_attr(record.UID, new_study_uid())
     return OpenedStudy(study, created)

@@ -37,8 +37,8 @@ def test_network_shapes_follow_the_hyperparameters() -> None:
 def test_the_settings_name_the_same_classifiers_and_optimizers_as_the_model() -> None:
     from typing import get_args
 
-    from search.settings import Classifier as ClassifierName
-    from search.settings import Optimizer
+    from search.settings_space import Classifier as ClassifierName
+    from search.settings_space import Optimizer
 
     assert set(get_args(ClassifierName)) == set(CLASSIFIERS) and set(get_args(Optimizer)) == set(OPTIMIZERS)
 

@@ -136,3 +136,24 @@ def test_a_long_bad_value_is_quoted_short(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(path)
     assert len(str(caught.value)) < 400 and "\n" not in str(caught.value)
+
+
+def test_the_first_dnn_is_enqueued_after_the_baseline_and_only_where_it_fits(tmp_path: Path) -> None:
+    """Trial 1 is a standard MLP whatever the seed; a narrowed space turns the default off (and
+    records that), while a first_dnn the user wrote outside the space is refused in one line."""
+    import optuna
+
+    from helpers import writer_storage
+    from search.study import open_study
+
+    study = open_study(load_settings(None, {"study": {"name": "first"}}), writer_storage(f"sqlite:///{tmp_path / 'f.db'}")).study
+    queued = [t.system_attrs["fixed_params"] for t in study.get_trials(states=(optuna.trial.TrialState.WAITING,))]
+    assert [q["classifier"] for q in queued] == ["linear", "dnn"]
+    assert (queued[1]["units_l1"], queued[1]["units_l2"], queued[1]["dropout"]) == (512, 512, 0.2)
+
+    narrowed = load_settings(None, {"space": {"units": {"low": 16, "high": 32}}})
+    assert not narrowed.first_dnn.enabled and not settings_as_dict(narrowed)["first_dnn"]["enabled"]
+    assert Settings.model_validate(settings_as_dict(narrowed)) == narrowed
+    with pytest.raises(ConfigError, match=r"first_dnn.units 512 lies outside space.units \[16, 32\].*first_dnn.enabled: false"):
+        load_settings(None, {"space": {"units": {"low": 16, "high": 32}}, "first_dnn": {"dropout": 0.1}})
+    assert not load_settings(None, {"space": {"classifier": ["linear"]}}).first_dnn.enabled

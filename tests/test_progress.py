@@ -27,7 +27,7 @@ from search.progress import (
     trial_line,
 )
 from search.resume import requeue
-from search.settings import FloatRange, IntRange, SpaceConfig
+from search.settings_space import FloatRange, IntRange, SpaceConfig
 from search.space import suggest_params
 from search.storage import MAX_RETRY
 

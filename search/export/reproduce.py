@@ -25,7 +25,7 @@ from lightning_modules.training import FitResult, fit
 from search import record
 from search.export.errors import ExportError
 from search.redaction import redact
-from search.sampling import trial_seed
+from search.sampling import OFFSET, trial_seed
 from search.settings import Settings
 
 MATCH_TOLERANCE = 1e-6
@@ -51,7 +51,8 @@ def trial_hyperparams(trial: FrozenTrial) -> HyperParams:
 
 def training_seed(trial: FrozenTrial, settings: Settings) -> int:
     seeds = record.read_seeds(trial)
-    return seeds.training if seeds is not None else trial_seed(settings.study.seed, trial.number)
+    # trials without recorded seeds predate both the record and the independent scheme
+    return seeds.training if seeds is not None else trial_seed(settings.study.seed, trial.number, OFFSET)
 
 
 def fit_arguments(trial: FrozenTrial, settings: Settings) -> dict[str, object]:
