@@ -480,12 +480,16 @@ def run_cli(python: str, env: dict[str, str], *args: str) -> subprocess.Complete
 
 
 @pytest.mark.slow
-def test_cli_exports_on_the_full_test_set(tiny_study: TinyStudy, python: str, run_env: dict[str, str], tmp_path: Path) -> None:
-    env = {**run_env, "MNIST_SEARCH_HOME": str(tiny_study.home)}
+def test_cli_exports_on_the_full_test_set(
+    tiny_study: TinyStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process (the entry point as a subprocess: test_cli_bad_input_is_one_line_and_exit_code_2)."""
+    monkeypatch.setenv("MNIST_SEARCH_HOME", str(tiny_study.home))
     out = tmp_path / "cli-export"
-    result = run_cli(python, env, "--study-name", STUDY, "--storage", tiny_study.url, "--out", str(out))
-    assert result.returncode == 0, result.stderr
-    assert f"-> {out}" in result.stdout and "Traceback" not in result.stderr
+    code = export_main(["--study-name", STUDY, "--storage", tiny_study.url, "--out", str(out)])
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr
+    assert f"-> {out}" in stdout and "Traceback" not in stderr
     metrics = json.loads((out / "metrics.json").read_text())
     counts = read_confusion_csv(out / "confusion_matrix.csv")
     assert counts.sum() == metrics["test_size"] == 10_000

@@ -35,6 +35,7 @@ data: {val_size: 200, train_size: 600}
 training: {max_epochs: 3, snapshot_steps: [5]}
 pruner: {name: none}
 baseline: {batch_size: 64, max_epochs: 3}
+first_dnn: {enabled: false}  # trial 1 is the enqueued WORSE below
 """
 # A linear model at a tenth of the baseline's rate for one epoch: worse than the baseline's three
 WORSE = {"classifier": "linear", "learning_rate": 3e-4, "optimizer": "adam", "weight_decay": 1e-6, "batch_size": 64}

@@ -153,7 +153,8 @@ def test_target_stop_ends_the_run(tiny_config: Path, tmp_path: Path, capsys: pyt
     assert result.returncode == 0, result.stderr
     assert "target reached by trial 0" in result.stdout
     study = optuna.load_study(study_name="target", storage=reader_storage(url))
-    assert len(study.trials) == 1 and study.trials[0].value >= 0.5
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.WAITING]  # the enqueued first DNN never started
+    assert study.trials[0].value >= 0.5
     assert study.trials[0].user_attrs["epochs_run"] == 1  # training itself stopped at the target
 
 
@@ -178,9 +179,10 @@ def test_same_seed_same_trials_and_metrics_other_seed_other_trials(
         result = run_cli(python, run_env, *argv) if name == "a" else run_main(argv, capsys)
         assert result.returncode == 0, result.stderr
         runs[name] = trial_record(url)
-    assert len(runs["a"]) == 5  # the baseline, 2 random startup trials, 2 from TPE (pruned or not)
+    assert len(runs["a"]) == 5  # the baseline, the first DNN, then sampled trials (pruned or not)
     assert runs["a"] == runs["b"]
-    assert [params for _, _, params, *_ in runs["a"][1:3]] != [params for _, _, params, *_ in runs["c"][1:3]]
+    assert runs["a"][1][2] == runs["c"][1][2]  # the enqueued first DNN: the same whatever the seed
+    assert runs["a"][2][2] != runs["c"][2][2]  # the first sampled trial
 
 
 def test_help_offers_the_validation_fraction(capsys: pytest.CaptureFixture[str]) -> None:

@@ -67,17 +67,19 @@ def test_target_stop_reaches_every_worker(python: str, run_env: dict[str, str], 
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
 
 
-def test_three_local_workers_on_one_sqlite_file(python: str, run_env: dict[str, str], tmp_path: Path) -> None:
+def test_two_local_workers_on_one_sqlite_file(python: str, run_env: dict[str, str], tmp_path: Path) -> None:
+    """Two writers are enough to contend for SQLite's lock (4 workers, then 3, cost the suite
+    35-65 s on 2 cores and found nothing 2 did not)."""
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY.replace("max_epochs: 2", "max_epochs: 1"))
-    url = f"sqlite:///{tmp_path / 'w3.db'}"
-    out, err = finish(start(python, run_env, "--config", str(config), "--storage", url, "--trials", "10", "--workers", "3", "--target-accuracy", "none"))
+    url = f"sqlite:///{tmp_path / 'w2.db'}"
+    out, err = finish(start(python, run_env, "--config", str(config), "--storage", url, "--trials", "6", "--workers", "2", "--target-accuracy", "none"))
     assert "database is locked" not in err
     study = optuna.load_study(study_name="mnist", storage=reader_storage(url))
-    assert_budget_exact(study, 10)
+    assert_budget_exact(study, 6)
     assert study.trials[0].params["classifier"] == "linear"  # the baseline was enqueued before workers started
     # the runner prints every trial its workers finish, once
-    assert len([line for line in out.splitlines() if line.startswith("trial ")]) == 10
+    assert len([line for line in out.splitlines() if line.startswith("trial ")]) == 6
 
 
 @pytest.mark.postgres
@@ -87,13 +89,13 @@ def test_two_machines_with_two_workers_each_share_one_postgres_study(
     """2 processes x 2 workers here; 4 x 4 = 16 workers were run once by hand (deploy/README.md)."""
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY.replace("max_epochs: 2", "max_epochs: 1"))
-    args = ("--config", str(config), "--storage", postgres_url, "--study-name", unique_name, "--trials", "8", "--workers", "2", "--target-accuracy", "none")
+    args = ("--config", str(config), "--storage", postgres_url, "--study-name", unique_name, "--trials", "6", "--workers", "2", "--target-accuracy", "none")
     first, second = start(python, run_env, *args), start(python, run_env, *args)  # two machines' worth
     (out1, _), (out2, _) = finish(first), finish(second)
     study = optuna.load_study(study_name=unique_name, storage=reader_storage(postgres_url))
-    assert_budget_exact(study, 8)
+    assert_budget_exact(study, 6)
     ran = [line for line in (out1 + out2).splitlines() if line.startswith("trial ")]
-    assert len(ran) >= 8  # each process reports every finished trial it sees, its own and the other's
+    assert len(ran) >= 6  # each process reports every finished trial it sees, its own and the other's
     assert sum(t.params.get("classifier") == "linear" and t.number == 0 for t in study.trials) == 1
 
 
