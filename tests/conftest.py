@@ -23,6 +23,17 @@ MNIST_DIR = Path(os.environ.get("MNIST_DATA_DIR") or ROOT.parent / "shared" / "d
 POSTGRES_URL = os.environ.get("MNIST_SEARCH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+# Modules of tests that each run for tens of seconds (real processes, workers, kills). They run
+# first: pytest-xdist hands tests out in collection order, and with these last (they sort last by
+# name) one process was left finishing a 30-60 s test while the other sat idle.
+LONG_MODULES = ("test_workers.py", "test_two_machines.py", "test_storage_faults.py", "test_crash.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest first (a stable sort: the order within each group is kept)."""
+    items.sort(key=lambda item: item.path.name not in LONG_MODULES)
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own runtime folder and reads MNIST from the shared copy."""
