@@ -23,6 +23,7 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
+from lightning_modules.errors import UserInputError
 from search import record
 from search.settings import MAX_SEED, SamplerConfig
 
@@ -40,9 +41,19 @@ def trial_seed(seed: int, trial_number: int, scheme: str = INDEPENDENT) -> int:
     return int(np.random.SeedSequence([seed, trial_number]).generate_state(1)[0])
 
 
+class SeedSchemeError(UserInputError):
+    """The study records a seed scheme this version does not know (a newer version created it)."""
+
+
 def seed_scheme(study: optuna.Study) -> str:
     """The study's recorded seed scheme; a study without one predates it and used seed + n."""
-    return str(study.user_attrs.get(record.SEED_SCHEME, OFFSET))
+    scheme = study.user_attrs.get(record.SEED_SCHEME, OFFSET)
+    if scheme not in SEED_SCHEMES:
+        raise SeedSchemeError(
+            f"study {study.study_name!r} records seed scheme {scheme!r}, which this version of mnist-search does not know "
+            f"(it knows {', '.join(SEED_SCHEMES)}); resume it with the version that created it"
+        )
+    return str(scheme)
 
 
 class TrialSeededSampler(BaseSampler):

@@ -251,6 +251,18 @@ def test_a_study_from_before_the_seed_scheme_resumes_with_seed_plus_n(tmp_path: 
     assert resumed.sampler.scheme == "offset"  # type: ignore[attr-defined]
 
 
+def test_a_study_with_an_unknown_seed_scheme_is_refused_before_any_trial(tmp_path: Path) -> None:
+    """A newer version's study would otherwise sample with seeds it never drew."""
+    from search.sampling import SeedSchemeError
+
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    settings = load_settings(None, {"study": {"name": "newer"}})
+    open_study(settings, writer_storage(url)).study.set_user_attr(record.SEED_SCHEME, "from-the-future")
+    with pytest.raises(SeedSchemeError, match="seed scheme 'from-the-future'.*resume it with the version that created it"):
+        open_study(settings, writer_storage(url))
+    assert [t.state for t in optuna.load_study(study_name="newer", storage=url).trials] == [TrialState.WAITING] * 2
+
+
 def test_a_new_study_gets_a_uid_and_names_its_objective(storage_url: str, name: str) -> None:
     from search import record
 
