@@ -19,6 +19,7 @@ from search.settings_space import (
     FirstDnnConfig,
     SpaceConfig,
     Strict,
+    choices_problem,
     first_dnn_problem,
     ints_as_floats,
     outside_space,
@@ -160,13 +161,11 @@ class Settings(Strict):
             return self
         if "linear" not in self.space.classifier:
             raise ValueError("baseline.enabled needs 'linear' in space.classifier (or set it to false)")
-        problem = outside_space("baseline", {"learning_rate": self.baseline.learning_rate, "weight_decay": self.baseline.weight_decay}, self.space)
+        baseline = self.baseline
+        problem = outside_space("baseline", {"learning_rate": baseline.learning_rate, "weight_decay": baseline.weight_decay}, self.space)
+        problem = problem or choices_problem("baseline", baseline.optimizer, baseline.batch_size, self.space)
         if problem:
             raise ValueError(problem)
-        if self.baseline.optimizer not in self.space.optimizer:
-            raise ValueError(f"baseline.optimizer {self.baseline.optimizer!r} is not in space.optimizer")
-        if self.baseline.batch_size not in self.space.batch_size:
-            raise ValueError(f"baseline.batch_size {self.baseline.batch_size} is not in space.batch_size")
         return self
 
     @model_validator(mode="before")

@@ -160,8 +160,13 @@ def first_dnn_problem(first: FirstDnnConfig, space: SpaceConfig) -> str | None:
     for width in first.units:
         if not units.low <= width <= units.high:
             return f"first_dnn.units {width} lies outside space.units [{units.low}, {units.high}]"
-    if first.optimizer not in space.optimizer:
-        return f"first_dnn.optimizer {first.optimizer!r} is not in space.optimizer"
-    if first.batch_size not in space.batch_size:
-        return f"first_dnn.batch_size {first.batch_size} is not in space.batch_size"
+    return choices_problem("first_dnn", first.optimizer, first.batch_size, space)
+
+
+def choices_problem(section: str, optimizer: str, batch_size: int, space: SpaceConfig) -> str | None:
+    """Why an enqueued trial's optimizer or batch size is not among the space's choices, or None."""
+    if optimizer not in space.optimizer:
+        return f"{section}.optimizer {optimizer!r} is not in space.optimizer"
+    if batch_size not in space.batch_size:
+        return f"{section}.batch_size {batch_size} is not in space.batch_size"
     return None
