@@ -126,9 +126,10 @@ def make_objective(
         seeds, key, arguments = trial_seeds(trial, settings), checkpoint_key(trial), fit_arguments(trial, settings)
         record.record_start(trial, seeds, key, hp.to_dict(), arguments)
         checkpoint = _trial_checkpoint(trial, key, checkpoint_dir, artifact_store, retry)
+        prune = record.promoted_from(trial) is None  # a promotion's epochs do not compare (search/promotion.py)
         callbacks = [
             EpochRecorder(trial),
-            PyTorchLightningPruningCallback(trial, monitor=MONITOR),
+            *([PyTorchLightningPruningCallback(trial, monitor=MONITOR)] if prune else []),
             StopAtStudyTarget(trial.study, target),
             EpochCheckpoint(checkpoint.path, on_saved=checkpoint.upload),
             StopOnRequest(stop_event),

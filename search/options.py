@@ -45,6 +45,16 @@ def optional_float(value: str) -> float | None:
         raise argparse.ArgumentTypeError(f"expected a number or 'none', got {value[:40]!r}") from None
 
 
+def optional_int(value: str) -> int | None:
+    """A whole number, or none/off/null for "never"."""
+    if value.lower() in ("none", "off", "null"):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'none', got {value[:40]!r}") from None
+
+
 @dataclass(frozen=True)
 class Flag:
     """One settings field on the command line: `--trials` sets study.trials."""
@@ -137,6 +147,7 @@ RUN_FLAGS = (
     Flag(("study", "seed")),
     *DATA_FLAGS,
     Flag(("training", "max_epochs")),
+    Flag(("training", "promote_factor"), parse=optional_int),
     Flag(("training", "accelerator")),
     Flag(("training", "devices"), parse=device_indices),
     Flag(("training", "workers_per_device")),

@@ -91,8 +91,10 @@ def trial_line(trial: FrozenTrial, trials: list[FrozenTrial] | None = None, done
     if trial.state == TrialState.FAIL:
         return f"{head} val_acc={record.last_value(trial):.4f} epochs={epochs} failed: {failure_note(trial, trials or [])}"
     seconds = trial.duration.total_seconds() if trial.duration else float("nan")
-    resumed = record.read(trial, record.RESUMED_FROM_EPOCH)
-    tail = f" (resumed after epoch {resumed})" if resumed else ""
+    resumed, promoted = record.read(trial, record.RESUMED_FROM_EPOCH), record.promoted_from(trial)
+    notes = [f"resumed after epoch {resumed}"] if resumed else []
+    notes += [f"trial {promoted} trained longer"] if promoted is not None else []
+    tail = f" ({'; '.join(notes)})" if notes else ""
     return f"{head} val_acc={record.last_value(trial):.4f} epochs={epochs} {trial.state.name.lower():<8} {seconds:5.1f}s{tail}"
 
 

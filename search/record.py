@@ -42,7 +42,8 @@ TRAIN_SECONDS = "train_seconds"
 PARAM_COUNT = "param_count"
 RESUMED_FROM_EPOCH = "resumed_from_epoch"
 SURPLUS = "surplus"  # set on a trial that stepped aside before training (the budget was spent)
-MAX_EPOCHS = "max_epochs"  # input: set on an enqueued trial (the baseline) to train it for fewer epochs
+MAX_EPOCHS = "max_epochs"  # input: set on an enqueued trial (the baseline, a promotion) to train it for other epochs
+PROMOTED_FROM = "promoted_from"  # input: the base-budget trial a promotion retrains longer (search/promotion.py)
 
 # ---------------------------------------------------------------- trial system attributes (hidden)
 
@@ -140,6 +141,12 @@ def retried_from(trial: AnyTrial) -> int | None:
         return int(chain[-1])
     failed = read(trial, FAILED_TRIAL)
     return None if failed is None else int(failed)
+
+
+def promoted_from(trial: AnyTrial) -> int | None:
+    """The trial this one promotes (retrains with `training.promote_epochs`), or None."""
+    value = trial.user_attrs.get(PROMOTED_FROM)
+    return None if value is None else int(value)
 
 
 def study_settings(study: optuna.Study) -> Settings:

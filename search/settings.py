@@ -115,8 +115,15 @@ Accelerator = Literal["auto", "cpu", "gpu"]  # lightning_modules.device.ACCELERA
 Precision = Literal["32-true", "bf16-mixed"]
 
 
+MAX_PROMOTE_EPOCHS = 1000  # the same ceiling as max_epochs
+
+
 class TrainingConfig(Strict):
     max_epochs: int = Field(default=8, gt=0, le=1000, description="epochs per trial")
+    promote_factor: int | None = Field(
+        default=3, ge=2, le=100,
+        description="a trial that becomes its classifier's best is trained once more with this many times max_epochs (null: never)",
+    )
     snapshot_steps: list[int] = Field(
         default=[10, 100, 1000], max_length=MAX_SNAPSHOTS, description="optimizer steps at which first-layer weights are kept",
     )
@@ -133,6 +140,20 @@ class TrainingConfig(Strict):
         if any(step < 1 for step in value):
             raise ValueError(f"snapshot steps must be at least 1 (got {value})")
         return value
+
+    @property
+    def promote_epochs(self) -> int | None:
+        """The epoch budget of a promotion (search/promotion.py), None when promotion is off."""
+        return None if self.promote_factor is None else self.promote_factor * self.max_epochs
+
+    @model_validator(mode="after")
+    def _promotion_bounded(self) -> TrainingConfig:
+        if self.promote_epochs is not None and self.promote_epochs > MAX_PROMOTE_EPOCHS:
+            raise ValueError(
+                f"training.max_epochs x training.promote_factor is {self.promote_epochs} epochs, more than {MAX_PROMOTE_EPOCHS}; "
+                "lower one of them or set promote_factor to null"
+            )
+        return self
 
     @field_validator("devices")
     @classmethod

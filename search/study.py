@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import record
 from search.artifact_stores import parse_location
+from search.promotion import Promoter
 from search.pruning import SameClassifierPruner
 from search.resume import new_study_uid
 from search.sampling import INDEPENDENT, build_sampler, seed_scheme
@@ -145,6 +146,7 @@ def run_worker(
     from lightning_modules.callbacks import TrainingInterrupted
 
     deadline = time.monotonic() + settings.study.timeout if settings.study.timeout else None
+    callbacks = [*callbacks, Promoter(settings.study, settings.training.promote_epochs)]
     trials_run = 0
     while True:
         if stop_event is not None and stop_event.is_set():
@@ -154,7 +156,7 @@ def run_worker(
         reason = stop_reason(study, settings.study, deadline)
         if reason is None:
             try:
-                study.optimize(objective, n_trials=1, callbacks=list(callbacks), catch=(SurplusTrial,))
+                study.optimize(objective, n_trials=1, callbacks=callbacks, catch=(SurplusTrial,))
             except TrainingInterrupted:
                 raise WorkerInterrupted from None
             trials_run += 1
