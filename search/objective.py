@@ -41,7 +41,7 @@ from search.sampling import seed_scheme, trial_seed
 from search.settings import Settings
 from search.space import suggest_params
 from search.stopping import SurplusTrial, over_budget, trial_at_target
-from search.trial_callbacks import EpochRecorder, StopAtStudyTarget
+from search.trial_callbacks import EpochRecorder, ReportEpochs, StopAtStudyTarget
 
 
 def trial_seeds(trial: optuna.Trial, settings: Settings) -> record.TrialSeeds:
@@ -119,17 +119,17 @@ def make_objective(
         at_target = trial_at_target(trial.study, target) is not None
         if at_target or over_budget(trial.study, settings.study.trials, retry=retry):
             trial.set_user_attr(record.SURPLUS, True)
-            if retry and not at_target:
-                return_to_queue(trial)
+            if (retry or record.promoted_from(trial) is not None) and not at_target:
+                return_to_queue(trial)  # a retry or a promotion is owed: it keeps its place in the queue
             raise SurplusTrial(f"trial {trial.number} started after the study's stop rule held")
         hp = suggest_params(trial, settings.space)
         seeds, key, arguments = trial_seeds(trial, settings), checkpoint_key(trial), fit_arguments(trial, settings)
         record.record_start(trial, seeds, key, hp.to_dict(), arguments)
         checkpoint = _trial_checkpoint(trial, key, checkpoint_dir, artifact_store, retry)
-        prune = record.promoted_from(trial) is None  # a promotion's epochs do not compare (search/promotion.py)
+        promoted = record.promoted_from(trial) is not None  # never pruned: its epochs do not compare (search/promotion.py)
         callbacks = [
             EpochRecorder(trial),
-            *([PyTorchLightningPruningCallback(trial, monitor=MONITOR)] if prune else []),
+            ReportEpochs(trial) if promoted else PyTorchLightningPruningCallback(trial, monitor=MONITOR),
             StopAtStudyTarget(trial.study, target),
             EpochCheckpoint(checkpoint.path, on_saved=checkpoint.upload),
             StopOnRequest(stop_event),

@@ -9,10 +9,12 @@ the cheap exploration and spends long runs where they pay, as successive halving
 
 A promotion is an ordinary trial of the study (the same parameters, `max_epochs` and
 `promoted_from` user attributes), so it is resumed, retried, counted in the budget, shown in the
-dashboard and exported like any other. It is not pruned: its early epochs, at a learning rate
-annealed over the longer budget, do not compare with the base-budget trials' epochs. Only
-base-budget trials compete for promotion, so a promotion is earned against like-for-like
-results, once per trial.
+dashboard and exported like any other. It is not pruned, and the median pruner leaves it out of
+the trials it compares with (search/pruning.py): its epochs, at a learning rate annealed over the
+longer budget, do not compare with the base-budget trials' ones. Only base-budget trials compete
+for promotion, so a promotion is earned against like-for-like results, once per trial. The TPE
+sampler does see a promotion, as one more observation of a winner's parameters: it samples
+nearer the winners, which is what the extra epochs bought.
 """
 
 from __future__ import annotations
@@ -25,23 +27,28 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import record
 from search.pruning import CLASSIFIER_PARAM
-from search.settings import StudyConfig
-from search.stopping import stop_reason
+from search.settings import StudyConfig, TrainingConfig
+from search.stopping import remaining_budget, stop_reason
 
 
-def at_base_budget(trial: FrozenTrial) -> bool:
-    """Trained with the study's epoch budget: not enqueued with its own (the baseline, a promotion)."""
-    return record.MAX_EPOCHS not in trial.user_attrs
+def at_base_budget(trial: FrozenTrial, base_epochs: int) -> bool:
+    """Trained with the study's epoch budget as it is now: not enqueued with its own (the baseline,
+    a promotion), nor run earlier with another `max_epochs`."""
+    fit = record.read(trial, record.FIT) or {}  # none recorded: an objective of its own (tests, tools)
+    return record.MAX_EPOCHS not in trial.user_attrs and fit.get("max_epochs", base_epochs) == base_epochs
 
 
-def promotion_attrs(trials: Sequence[FrozenTrial], finished: FrozenTrial, promote_epochs: int | None) -> dict[str, Any] | None:
+def promotion_attrs(trials: Sequence[FrozenTrial], finished: FrozenTrial, base_epochs: int, promote_epochs: int | None) -> dict[str, Any] | None:
     """The user attributes of the trial that promotes `finished`, or None where it earns none.
 
     `finished` earns one if it completed at the base budget with a higher value than every other
     completed base-budget trial of its classifier (the lowest number wins a tie, as in the export),
     and no trial promotes it yet.
     """
-    if promote_epochs is None or finished.state != TrialState.COMPLETE or finished.value is None or not at_base_budget(finished):
+    if (
+        promote_epochs is None or finished.state != TrialState.COMPLETE or finished.value is None
+        or not at_base_budget(finished, base_epochs)
+    ):
         return None
     classifier = finished.params.get(CLASSIFIER_PARAM)
     for other in trials:
@@ -49,26 +56,35 @@ def promotion_attrs(trials: Sequence[FrozenTrial], finished: FrozenTrial, promot
             return None
         if (
             other.number != finished.number and other.state == TrialState.COMPLETE and other.value is not None
-            and at_base_budget(other) and other.params.get(CLASSIFIER_PARAM) == classifier
+            and at_base_budget(other, base_epochs) and other.params.get(CLASSIFIER_PARAM) == classifier
             and (other.value > finished.value or (other.value == finished.value and other.number < finished.number))
         ):
             return None
     return {record.MAX_EPOCHS: promote_epochs, record.PROMOTED_FROM: finished.number}
 
 
-class Promoter:
-    """A study callback: queue the promotion a finished trial earned, unless a stop rule holds
-    (after the target or with the budget spent it would only wait in the queue)."""
+def room_for_one_more(study: optuna.Study, config: StudyConfig, deadline: float | None) -> bool:
+    """No stop rule holds and the budget has a slot for another queued trial: otherwise a
+    promotion would only wait in the queue after the run (the target reached, the timeout, the
+    budget spent by trials already queued, e.g. another worker's promotion)."""
+    if stop_reason(study, config, deadline) is not None:
+        return False
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    return remaining_budget(study, config.trials) - waiting > 0
 
-    def __init__(self, config: StudyConfig, promote_epochs: int | None) -> None:
-        self.config, self.promote_epochs = config, promote_epochs
+
+class Promoter:
+    """A study callback: queue the promotion a finished trial earned, while there is room for it."""
+
+    def __init__(self, config: StudyConfig, training: TrainingConfig, deadline: float | None = None) -> None:
+        self.config, self.base_epochs, self.promote_epochs, self.deadline = config, training.max_epochs, training.promote_epochs, deadline
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if self.promote_epochs is None or trial.state != TrialState.COMPLETE or stop_reason(study, self.config) is not None:
+        if self.promote_epochs is None or trial.state != TrialState.COMPLETE:
             return
-        attrs = promotion_attrs(study.get_trials(deepcopy=False), trial, self.promote_epochs)
-        if attrs is not None:
+        attrs = promotion_attrs(study.get_trials(deepcopy=False), trial, self.base_epochs, self.promote_epochs)
+        if attrs is not None and room_for_one_more(study, self.config, self.deadline):
             study.enqueue_trial(trial.params, user_attrs=attrs)
 
 
-__all__ = ["Promoter", "at_base_budget", "promotion_attrs"]
+__all__ = ["Promoter", "at_base_budget", "promotion_attrs", "room_for_one_more"]

@@ -14,11 +14,14 @@ from typing import Any, cast
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search import record
+
 CLASSIFIER_PARAM = "classifier"  # the parameter `search.space.suggest_params` records
 
 
 class _ClassifierTrials:
-    """The study as a pruner sees it: every attribute is the study's, the trials are one classifier's."""
+    """The study as a pruner sees it: every attribute is the study's, the trials are one classifier's,
+    promotions left out (their epochs run on another schedule: search/promotion.py)."""
 
     def __init__(self, study: optuna.Study, classifier: object) -> None:
         self._study = study
@@ -26,7 +29,7 @@ class _ClassifierTrials:
 
     def get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
         trials = self._study.get_trials(deepcopy=deepcopy, states=states)
-        return [t for t in trials if t.params.get(CLASSIFIER_PARAM) == self._classifier]
+        return [t for t in trials if t.params.get(CLASSIFIER_PARAM) == self._classifier and record.promoted_from(t) is None]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)

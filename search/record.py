@@ -144,7 +144,7 @@ def retried_from(trial: AnyTrial) -> int | None:
 
 
 def promoted_from(trial: AnyTrial) -> int | None:
-    """The trial this one promotes (retrains with `training.promote_epochs`), or None."""
+    """The trial whose parameters this one trains longer (a promotion: search/promotion.py), or None."""
     value = trial.user_attrs.get(PROMOTED_FROM)
     return None if value is None else int(value)
 

@@ -51,7 +51,7 @@ class StudyConfig(Strict):
         description="where checkpoints and the best weights go, for every machine: a shared folder (e.g. an NFS mount) or "
         "s3://bucket/prefix; recorded on the study (null: the study's, else artifacts/ under the run folder)",
     )
-    trials: int = Field(default=100, gt=0, le=100_000, description="total budget of finished trials in the study, counting earlier runs")
+    trials: int = Field(default=100, gt=0, le=100_000, description="total budget of finished trials in the study, counting earlier runs and promotions")
     timeout: float | None = Field(default=None, gt=0, le=365 * 86400, description="start no new trial after this many seconds of this run")
     target_accuracy: float | None = Field(
         default=0.95, gt=0, le=1, description="stop once a completed trial reaches this validation accuracy; 'none' spends the whole budget",
@@ -115,11 +115,11 @@ Accelerator = Literal["auto", "cpu", "gpu"]  # lightning_modules.device.ACCELERA
 Precision = Literal["32-true", "bf16-mixed"]
 
 
-MAX_PROMOTE_EPOCHS = 1000  # the same ceiling as max_epochs
+MAX_TRIAL_EPOCHS = 1000  # no trial trains longer: max_epochs and a promotion's epochs
 
 
 class TrainingConfig(Strict):
-    max_epochs: int = Field(default=8, gt=0, le=1000, description="epochs per trial")
+    max_epochs: int = Field(default=8, gt=0, le=MAX_TRIAL_EPOCHS, description="epochs per trial (a promotion trains longer)")
     promote_factor: int | None = Field(
         default=3, ge=2, le=100,
         description="a trial that becomes its classifier's best is trained once more with this many times max_epochs (null: never)",
@@ -143,17 +143,12 @@ class TrainingConfig(Strict):
 
     @property
     def promote_epochs(self) -> int | None:
-        """The epoch budget of a promotion (search/promotion.py), None when promotion is off."""
-        return None if self.promote_factor is None else self.promote_factor * self.max_epochs
-
-    @model_validator(mode="after")
-    def _promotion_bounded(self) -> TrainingConfig:
-        if self.promote_epochs is not None and self.promote_epochs > MAX_PROMOTE_EPOCHS:
-            raise ValueError(
-                f"training.max_epochs x training.promote_factor is {self.promote_epochs} epochs, more than {MAX_PROMOTE_EPOCHS}; "
-                "lower one of them or set promote_factor to null"
-            )
-        return self
+        """A promotion's epochs (search/promotion.py): promote_factor x max_epochs, at most the
+        ceiling of max_epochs; None when promotion is off or the ceiling leaves nothing to add."""
+        if self.promote_factor is None:
+            return None
+        epochs = min(self.promote_factor * self.max_epochs, MAX_TRIAL_EPOCHS)
+        return epochs if epochs > self.max_epochs else None
 
     @field_validator("devices")
     @classmethod

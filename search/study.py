@@ -146,7 +146,7 @@ def run_worker(
     from lightning_modules.callbacks import TrainingInterrupted
 
     deadline = time.monotonic() + settings.study.timeout if settings.study.timeout else None
-    callbacks = [*callbacks, Promoter(settings.study, settings.training.promote_epochs)]
+    callbacks = [*callbacks, Promoter(settings.study, settings.training, deadline)]
     trials_run = 0
     while True:
         if stop_event is not None and stop_event.is_set():

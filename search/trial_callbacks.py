@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import optuna
 
+from lightning_modules.metric_names import MONITOR
 from search import record
 from search.stopping import trial_at_target
 
@@ -19,6 +20,20 @@ class EpochRecorder(pl.Callback):
         if trainer.sanity_checking:
             return
         record.record_epochs(self.trial, list(pl_module.history))
+
+
+class ReportEpochs(pl.Callback):
+    """Reports each epoch's validation accuracy to the trial as the pruning callback does (step =
+    epoch), but never asks the pruner: for a promotion (search/promotion.py), whose curve the
+    dashboard, the note and `--reproduce` read like any other trial's."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        score = trainer.callback_metrics.get(MONITOR)
+        if not trainer.sanity_checking and score is not None:
+            self.trial.report(float(score), step=pl_module.current_epoch)
 
 
 class StopAtStudyTarget(pl.Callback):

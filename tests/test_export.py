@@ -78,7 +78,8 @@ def module_env(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Ite
 
 @pytest.fixture(scope="module")
 def tiny_study(module_env: Path, tiny_split: DataSplit) -> TinyStudy:
-    """Three trials on 600 rows: the linear baseline, a 64-unit DNN, and one the sampler picks."""
+    """Three trials on 600 rows: the linear baseline, a 64-unit DNN, and its promotion (the same
+    DNN trained 3 x 2 epochs: search/promotion.py), so the export's best is usually a promotion."""
     url = f"sqlite:///{module_env / 'study.db'}"
     settings = load_settings(None, {
         "study": {"name": STUDY, "storage": url, "trials": 3, "target_accuracy": None},
@@ -93,6 +94,7 @@ def tiny_study(module_env: Path, tiny_split: DataSplit) -> TinyStudy:
     tiny = TinyStudy(module_env, url)
     run_worker(study, make_objective(settings, tiny_split, tiny.store, module_env / "checkpoints"), settings)
     assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 3
+    assert record.promoted_from(study.trials[2]) == 1 and len(study.trials[2].intermediate_values) == 6
     return tiny
 
 
@@ -137,6 +139,8 @@ def test_every_file_exists_and_parses(folder: Path, exported: dict, tiny_study: 
         assert entry["trial"] == best[kind].number and entry["classifier"] == kind
         assert {"params", "val_accuracy", "test_accuracy", "test_log_loss"} <= entry.keys()
     assert metrics["weights"] == "stored" and metrics["note"] == ""
+    assert metrics["promoted_from"] == record.promoted_from(best["best"])
+    assert [metrics[k]["promoted_from"] for k in ("best_linear", "best_dnn")] == [record.promoted_from(best[k]) for k in ("linear", "dnn")]
 
     model_json = json.loads((folder / "model.json").read_text())
     assert model_json["hyperparams"] == metrics["hyperparams"]
@@ -155,6 +159,8 @@ def test_every_file_exists_and_parses(folder: Path, exported: dict, tiny_study: 
 
     page = (folder / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(FIGURES)
+    if metrics["promoted_from"] is not None:  # the headline says the best model is a promotion, and of which trial
+        assert f"the parameters of trial {metrics['promoted_from']}, trained longer" in page
     assert not re.search(r'src="(?!data:)', page), "the report must not load anything from outside"
     assert html.escape(metrics["reproduce_command"]) in page
     assert f"--reproduce {metrics['best_trial']}" in metrics["reproduce_command"]

@@ -3,6 +3,7 @@ once with promote_factor x max_epochs epochs, unpruned; nothing else is."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import optuna
@@ -17,32 +18,37 @@ from search import record
 from search.objective import make_objective
 from search.options import RUN_FLAGS, overrides_from_args
 from search.progress import trial_line
-from search.promotion import promotion_attrs
+from search.promotion import Promoter, promotion_attrs, room_for_one_more
+from search.space import suggest_params
+from search.stopping import SurplusTrial
 from search.run import build_parser
 from search.settings_file import ConfigError, load_settings
 from search.storage import build_artifact_store
-from search.study import open_study, run_worker
+from search.study import build_pruner, open_study, run_worker
 
+BASE = 8  # the study's max_epochs in these trials
 DISTRIBUTIONS = {"classifier": CategoricalDistribution(["linear", "dnn"]), "learning_rate": FloatDistribution(1e-4, 1e-1)}
 
 
 def trial(number: int, value: float | None, classifier: str = "dnn", state: TrialState = TrialState.COMPLETE, **attrs: object) -> FrozenTrial:
+    epochs = attrs.get(record.MAX_EPOCHS, BASE)
     made = optuna.trial.create_trial(
         state=state, value=value if state == TrialState.COMPLETE else None,
         params={"classifier": classifier, "learning_rate": 0.001 * (number + 1)}, distributions=DISTRIBUTIONS, user_attrs=attrs,
+        system_attrs={record.FIT: {"max_epochs": epochs}},
     )
     made.number = number
     return made
 
 
 def earns(trials: list[FrozenTrial], number: int, promote_epochs: int | None = 24) -> bool:
-    return promotion_attrs(trials, trials[number], promote_epochs) is not None
+    return promotion_attrs(trials, trials[number], BASE, promote_epochs) is not None
 
 
 def test_only_a_new_best_of_its_classifier_at_the_base_budget_earns_a_promotion() -> None:
     baseline = trial(0, 0.92, "linear", max_epochs=3)
     first = trial(1, 0.97)
-    assert promotion_attrs([baseline, first], first, 24) == {record.MAX_EPOCHS: 24, record.PROMOTED_FROM: 1}
+    assert promotion_attrs([baseline, first], first, BASE, 24) == {record.MAX_EPOCHS: 24, record.PROMOTED_FROM: 1}
     assert not earns([baseline, first], 0)  # the baseline has its own budget
     assert not earns([baseline, first], 1, promote_epochs=None)  # promotion off
     assert earns([baseline, first, trial(2, 0.96, "linear")], 2)  # linear's first base-budget trial: its best
@@ -54,6 +60,10 @@ def test_only_a_new_best_of_its_classifier_at_the_base_budget_earns_a_promotion(
     promoted = trial(2, 0.985, max_epochs=24, promoted_from=1)
     assert earns([baseline, first, promoted, trial(3, 0.975)], 3)
     assert not earns([baseline, first, promoted], 2)
+    # a trial of an earlier run with another max_epochs is no like-for-like rival, nor promoted
+    longer = trial(2, 0.99)
+    longer.system_attrs[record.FIT] = {"max_epochs": 12}
+    assert earns([baseline, first, longer, trial(3, 0.975)], 3) and not earns([baseline, first, longer], 2)
     # once promoted, never again (a callback run twice, a resumed worker)
     assert not earns([baseline, first, trial(2, None, state=TrialState.WAITING, max_epochs=24, promoted_from=1)], 1)
 
@@ -62,9 +72,11 @@ def test_promotion_setting_is_checked_and_named_on_the_command_line(tmp_path: Pa
     assert load_settings(None, {}).training.promote_epochs == 24
     assert load_settings(None, {"training": {"max_epochs": 5, "promote_factor": 2}}).training.promote_epochs == 10
     assert load_settings(None, {"training": {"promote_factor": None}}).training.promote_epochs is None
-    for bad, words in (({"promote_factor": 1}, "promote_factor"), ({"max_epochs": 500, "promote_factor": 3}, "1500 epochs")):
-        with pytest.raises(ConfigError, match=words):
-            load_settings(None, {"training": bad})
+    with pytest.raises(ConfigError, match="promote_factor"):
+        load_settings(None, {"training": {"promote_factor": 1}})
+    # no trial trains more than the ceiling of max_epochs; at the ceiling a promotion adds nothing
+    assert load_settings(None, {"training": {"max_epochs": 500}}).training.promote_epochs == 1000
+    assert load_settings(None, {"training": {"max_epochs": 1000}}).training.promote_epochs is None
     parser = build_parser()
     assert "--promote-factor" in parser.format_help()
     for given, expected in (("none", None), ("4", 4)):
@@ -114,3 +126,52 @@ def test_a_promotion_trains_its_longer_budget_and_is_never_pruned(tmp_path: Path
     assert plain.state == TrialState.PRUNED  # the pruner prunes any value below 1.0 ...
     assert promoted.state == TrialState.COMPLETE  # ... but never a promotion
     assert record.epochs_run(promoted) == 2 and record.read(promoted, record.FIT)["max_epochs"] == 2
+    assert sorted(promoted.intermediate_values) == [0, 1]  # its curve is reported, as every trial's
+
+
+def test_the_median_pruner_leaves_promotions_out(tmp_path: Path) -> None:
+    """Two base-budget DNNs at 0.5 and three promotions at 0.9 after epoch 0: a trial at 0.6 is
+    above its like-for-like median (0.5), though below the median of all five (0.9)."""
+    study = optuna.create_study(storage=writer_storage(f"sqlite:///{tmp_path / 'm.db'}"), direction="maximize")
+    params, dist = {"classifier": "dnn"}, {"classifier": CategoricalDistribution(["linear", "dnn"])}
+    for value, attrs in [(0.5, {}), (0.5, {}), *[(0.9, {record.PROMOTED_FROM: 0, record.MAX_EPOCHS: 24})] * 3]:
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dist, value=value, intermediate_values={0: value}, user_attrs=attrs))
+    study.enqueue_trial(params)
+    running = study.ask(dist)
+    running.report(0.6, 0)
+    pruner = build_pruner(load_settings(None, {"pruner": {"n_startup_trials": 1}}).pruner, 8)
+    assert not pruner.prune(study, study.trials[-1])
+    study.enqueue_trial(params)
+    low = study.ask(dist)
+    low.report(0.4, 0)  # and a trial below the like-for-like median is still pruned
+    assert pruner.prune(study, study.trials[-1])
+
+
+def test_no_promotion_is_queued_without_room_for_it(tmp_path: Path) -> None:
+    """The budget spent by the first DNN, or the timeout passed: nothing is left waiting after the run."""
+    settings = load_settings(None, {"study": {"name": "b", "trials": 2, "target_accuracy": None}})
+    study = open_study(settings, writer_storage(f"sqlite:///{tmp_path / 'b.db'}")).study
+    assert "budget" in run_worker(study, quick_objective, settings)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    settings = load_settings(None, {"study": {"name": "d", "trials": 50, "target_accuracy": None, "timeout": 60}})
+    study = open_study(settings, writer_storage(f"sqlite:///{tmp_path / 'd.db'}")).study
+    study.optimize(quick_objective, n_trials=2)  # the baseline and the first DNN, a new best
+    assert room_for_one_more(study, settings.study, deadline=None)
+    assert not room_for_one_more(study, settings.study, deadline=time.monotonic() - 1)
+    Promoter(settings.study, settings.training, deadline=time.monotonic() - 1)(study, study.trials[1])
+    assert len(study.trials) == 2
+    Promoter(settings.study, settings.training)(study, study.trials[1])
+    assert record.promoted_from(study.trials[2]) == 1 and study.trials[2].state == TrialState.WAITING
+
+
+def test_a_promotion_that_meets_a_full_budget_goes_back_to_the_queue(tmp_path: Path, tiny_split: DataSplit) -> None:
+    """Another worker took the last slot first: the promotion steps aside but is not lost."""
+    settings = load_settings(None, {"study": {"name": "q", "trials": 1, "target_accuracy": None}, "baseline": {"enabled": False}})
+    study = open_study(settings, writer_storage(f"sqlite:///{tmp_path / 'q.db'}")).study
+    suggest_params(study.ask(), settings.space)  # the other worker's trial, running in the last slot
+    study.enqueue_trial(study.trials[0].params, user_attrs={record.MAX_EPOCHS: 24, record.PROMOTED_FROM: 0})
+    objective = make_objective(settings, tiny_split, build_artifact_store(tmp_path / "artifacts"), tmp_path / "checkpoints")
+    waiting_before = [t.number for t in study.trials if t.state == TrialState.WAITING]
+    study.optimize(objective, n_trials=len(waiting_before), catch=(SurplusTrial,))
+    waiting = [t for t in study.trials if t.state == TrialState.WAITING and record.promoted_from(t) == 0]
+    assert len(waiting) == 1 and waiting[0].user_attrs[record.MAX_EPOCHS] == 24

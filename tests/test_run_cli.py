@@ -173,16 +173,18 @@ def test_same_seed_same_trials_and_metrics_other_seed_other_trials(
     runs in this one, which has trained and sampled before: nothing carried over in a process
     may change what a seed gives."""
     runs = {}
-    for name, seed, trials in (("a", "7", 4), ("b", "7", 4), ("c", "8", 3)):  # c: its sampled trials differ already
+    for name, seed, trials in (("a", "7", 5), ("b", "7", 5), ("c", "8", 4)):  # c: its sampled trials differ already
         url = f"sqlite:///{tmp_path / name}.db"
         argv = ["--config", str(tiny_config), "--storage", url, "--trials", str(trials), "--target-accuracy", "none", "--no-export", "--seed", seed]
         result = run_cli(python, run_env, *argv) if name == "a" else run_main(argv, capsys)
         assert result.returncode == 0, result.stderr
         runs[name] = trial_record(url)
-    assert len(runs["a"]) == 4  # the baseline, the first DNN (the 2 start-up trials), 2 from TPE (pruned or not)
+    # the baseline, the first DNN (the 2 start-up trials), the first DNN's promotion, 2 from TPE (pruned or not)
+    assert len(runs["a"]) == 5
     assert runs["a"] == runs["b"]
-    assert runs["a"][1][2] == runs["c"][1][2]  # the enqueued first DNN: the same whatever the seed
-    assert runs["a"][2][2] != runs["c"][2][2]  # the first sampled trial
+    assert runs["a"][1][2] == runs["c"][1][2] == runs["a"][2][2]  # the enqueued first DNN, the same whatever the seed, promoted
+    assert len(runs["a"][2][4]) == 6  # the promotion: 3 x max_epochs, every epoch reported
+    assert runs["a"][3][2] != runs["c"][3][2]  # the first sampled trial
 
 
 def test_help_offers_the_validation_fraction(capsys: pytest.CaptureFixture[str]) -> None:

@@ -111,6 +111,7 @@ def _model_fields(trained: TrainedTrial) -> dict[str, Any]:
         "train_seconds": record.read(trial, record.TRAIN_SECONDS),
         "epochs": record.epochs_run(trial),
         "seeds": Seeds(training=seeds.training if seeds else None, split=seeds.split if seeds else None, sampler=seeds.sampler if seeds else None),
+        "promoted_from": record.promoted_from(trial),
         "weights": "retrained" if trained.retrained else "stored",
         "retrained_val_accuracy": _finite(trained.retrained_val_accuracy),
         "reproduced": trained.reproduced,

@@ -39,6 +39,7 @@ class _ModelFields(_Frozen):
     train_seconds: float | None
     epochs: int | None
     seeds: Seeds
+    promoted_from: int | None = None  # the trial whose parameters this one trained longer (search/promotion.py)
     weights: str  # "stored" or "retrained"
     retrained_val_accuracy: float | None
     reproduced: bool | None

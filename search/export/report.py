@@ -60,6 +60,10 @@ figcaption{color:#777;font-size:.85em}pre{background:#f6f6f6;padding:1em;overflo
 """
 
 
+def _trial_name(number: int, promoted_from: int | None) -> str:
+    return str(number) if promoted_from is None else f"{number} (the parameters of trial {promoted_from}, trained longer: a promotion)"
+
+
 def render_report(metrics: ExportMetrics, folder: Path) -> str:
     """report.html: one self-contained page (images inline as base64) with everything above."""
     esc = html.escape
@@ -70,7 +74,7 @@ def render_report(metrics: ExportMetrics, folder: Path) -> str:
             retrained.setdefault(entry.note, "note" if entry.reproduced else "note warn")
     note = "".join(f'<p class="{css}">{esc(text)}</p>' for text, css in retrained.items())
     headline = _table([
-        ("study", m.study), ("best trial", m.best_trial), ("classifier", m.classifier),
+        ("study", m.study), ("best trial", _trial_name(m.best_trial, m.promoted_from)), ("classifier", m.classifier),
         ("validation accuracy", _fmt(m.val_accuracy)),
         ("test accuracy", f"{_fmt(m.test_accuracy)} ({m.test_size:,} test images)"),
         ("test log loss", _fmt(m.test_log_loss)), ("parameters", _fmt(m.param_count, "count")),
