@@ -19,10 +19,10 @@ from search.objective import make_objective
 from search.options import RUN_FLAGS, overrides_from_args
 from search.progress import trial_line
 from search.promotion import Promoter, promotion_attrs, room_for_one_more
-from search.space import suggest_params
-from search.stopping import SurplusTrial
 from search.run import build_parser
 from search.settings_file import ConfigError, load_settings
+from search.space import suggest_params
+from search.stopping import SurplusTrial
 from search.storage import build_artifact_store
 from search.study import build_pruner, open_study, run_worker
 
