@@ -35,24 +35,22 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def optional_float(value: str) -> float | None:
-    """A number, or none/off/null for "no limit"."""
-    if value.lower() in ("none", "off", "null"):
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {value[:40]!r}") from None
+def _optional(convert: Callable[[str], Any], what: str) -> Callable[[str], Any]:
+    """A parser for `convert`'s values, or none/off/null for "no limit" or "never"."""
+
+    def parse(value: str) -> Any:
+        if value.lower() in ("none", "off", "null"):
+            return None
+        try:
+            return convert(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} or 'none', got {value[:40]!r}") from None
+
+    return parse
 
 
-def optional_int(value: str) -> int | None:
-    """A whole number, or none/off/null for "never"."""
-    if value.lower() in ("none", "off", "null"):
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number or 'none', got {value[:40]!r}") from None
+optional_float = _optional(float, "a number")
+optional_int = _optional(int, "a whole number")
 
 
 @dataclass(frozen=True)
