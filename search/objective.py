@@ -116,17 +116,17 @@ def make_objective(
 
     def objective(trial: optuna.Trial) -> float:
         retry = record.retried_from(trial) is not None
-        promoted = record.promoted_from(trial) is not None  # never pruned: its epochs do not compare (search/promotion.py)
         at_target = trial_at_target(trial.study, target) is not None
         if at_target or over_budget(trial.study, settings.study.trials, retry=retry):
             trial.set_user_attr(record.SURPLUS, True)
-            if (retry or promoted) and not at_target:
-                return_to_queue(trial)  # a retry or a promotion is owed: it keeps its place in the queue
+            if retry and not at_target:
+                return_to_queue(trial)
             raise SurplusTrial(f"trial {trial.number} started after the study's stop rule held")
         hp = suggest_params(trial, settings.space)
         seeds, key, arguments = trial_seeds(trial, settings), checkpoint_key(trial), fit_arguments(trial, settings)
         record.record_start(trial, seeds, key, hp.to_dict(), arguments)
         checkpoint = _trial_checkpoint(trial, key, checkpoint_dir, artifact_store, retry)
+        promoted = record.promoted_from(trial) is not None  # never pruned: its epochs do not compare (search/promotion.py)
         callbacks = [
             EpochRecorder(trial),
             ReportEpochs(trial) if promoted else PyTorchLightningPruningCallback(trial, monitor=MONITOR),

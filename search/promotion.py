@@ -26,6 +26,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search import record
+from search.optuna_compat import study_storage
 from search.pruning import CLASSIFIER_PARAM
 from search.settings import StudyConfig, TrainingConfig
 from search.stopping import remaining_budget, stop_reason
@@ -87,4 +88,26 @@ class Promoter:
             study.enqueue_trial(trial.params, user_attrs=attrs)
 
 
-__all__ = ["Promoter", "at_base_budget", "promotion_attrs", "room_for_one_more"]
+def drop_queued_promotions(study: optuna.Study) -> int:
+    """Fail, as surplus, the promotions still queued once a study-wide stop rule holds and nothing
+    runs: several workers can each queue one in the same moment, or just before another's trial
+    reaches the target, and a queued promotion would otherwise wait after the run and be the first
+    trial of a later one, whatever its settings. A promotion that steps aside is dropped the same
+    way (it is an extra, not a trial owed like a retry). Returns how many were dropped."""
+    storage = study_storage(study)
+    study_id = storage.get_study_id_from_name(study.study_name)
+    dropped = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if record.promoted_from(trial) is None:
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        try:
+            storage.set_trial_user_attr(trial_id, record.SURPLUS, True)
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker took it and it stepped aside already
+        dropped += 1
+    return dropped
+
+
+__all__ = ["Promoter", "at_base_budget", "drop_queued_promotions", "promotion_attrs", "room_for_one_more"]

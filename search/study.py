@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import record
 from search.artifact_stores import parse_location
-from search.promotion import Promoter
+from search.promotion import Promoter, drop_queued_promotions
 from search.pruning import SameClassifierPruner
 from search.resume import new_study_uid
 from search.sampling import INDEPENDENT, build_sampler, seed_scheme
@@ -163,9 +163,12 @@ def run_worker(
             if trials_run % GC_EVERY_TRIALS == 0:
                 gc.collect()  # Trainer/module reference cycles otherwise grow RSS ~1 MB a trial
             continue
-        if reason.startswith("budget") and study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if reason.startswith("budget") and running:
             time.sleep(poll_seconds)
             continue
+        if not running and not reason.startswith("timeout"):  # the study is done, not just this run
+            drop_queued_promotions(study)
         return reason
 
 

@@ -164,14 +164,21 @@ def test_no_promotion_is_queued_without_room_for_it(tmp_path: Path) -> None:
     assert record.promoted_from(study.trials[2]) == 1 and study.trials[2].state == TrialState.WAITING
 
 
-def test_a_promotion_that_meets_a_full_budget_goes_back_to_the_queue(tmp_path: Path, tiny_split: DataSplit) -> None:
-    """Another worker took the last slot first: the promotion steps aside but is not lost."""
+def test_a_promotion_that_meets_a_full_budget_is_dropped_not_left_waiting(tmp_path: Path, tiny_split: DataSplit) -> None:
+    """Another worker took the last slot first: the promotion steps aside as surplus; and one
+    still queued when the study is done is dropped the same way, so nothing waits after the run."""
     settings = load_settings(None, {"study": {"name": "q", "trials": 1, "target_accuracy": None}, "baseline": {"enabled": False}})
     study = open_study(settings, writer_storage(f"sqlite:///{tmp_path / 'q.db'}")).study
-    suggest_params(study.ask(), settings.space)  # the other worker's trial, running in the last slot
-    study.enqueue_trial(study.trials[0].params, user_attrs={record.MAX_EPOCHS: 24, record.PROMOTED_FROM: 0})
+    other = study.ask()  # the other worker's trial, running in the last slot
+    suggest_params(other, settings.space)
+    promotion = {record.MAX_EPOCHS: 24, record.PROMOTED_FROM: 0}
+    study.enqueue_trial(study.trials[0].params, user_attrs=promotion)
     objective = make_objective(settings, tiny_split, build_artifact_store(tmp_path / "artifacts"), tmp_path / "checkpoints")
-    waiting_before = [t.number for t in study.trials if t.state == TrialState.WAITING]
-    study.optimize(objective, n_trials=len(waiting_before), catch=(SurplusTrial,))
-    waiting = [t for t in study.trials if t.state == TrialState.WAITING and record.promoted_from(t) == 0]
-    assert len(waiting) == 1 and waiting[0].user_attrs[record.MAX_EPOCHS] == 24
+    study.optimize(objective, n_trials=1, catch=(SurplusTrial,))
+    assert study.trials[1].state == TrialState.FAIL and record.is_surplus(study.trials[1])
+    assert not [t for t in study.trials if t.state == TrialState.WAITING]
+    study.enqueue_trial(study.trials[0].params, user_attrs=promotion)  # queued by a worker in the same moment
+    study.tell(other, 0.5)
+    assert "budget" in run_worker(study, objective, settings)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]
+    assert record.is_surplus(study.trials[2])
