@@ -93,4 +93,9 @@ def build_sampler(config: SamplerConfig, seed: int) -> TrialSeededSampler:
     """The configured sampler (TPE or random), seeded per trial from the study's seed."""
     if config.name == "random":
         return TrialSeededSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
-    return TrialSeededSampler(lambda s: optuna.samplers.TPESampler(seed=s, n_startup_trials=config.n_startup_trials), seed)
+    return TrialSeededSampler(
+        lambda s: optuna.samplers.TPESampler(
+            seed=s, n_startup_trials=config.n_startup_trials, multivariate=config.multivariate, group=config.multivariate
+        ),
+        seed,
+    )

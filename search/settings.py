@@ -84,6 +84,7 @@ class StudyConfig(Strict):
 class SamplerConfig(Strict):
     name: Literal["tpe", "random"] = Field(default="tpe", description="tpe | random")
     n_startup_trials: int = Field(default=5, ge=0, le=10_000, description="random trials before TPE starts modelling")
+    multivariate: bool = Field(default=False, description="tpe: model the parameters jointly, one group per classifier's parameters")
 
 
 class PrunerConfig(Strict):

@@ -69,3 +69,24 @@ def test_baseline_is_a_valid_linear_trial() -> None:
     settings = load_settings(None)
     hp = suggest_params(FixedTrial(baseline_params(settings.baseline)), settings.space)
     assert hp.classifier == "linear"
+
+
+@pytest.mark.parametrize("multivariate", [False, True])
+def test_multivariate_tpe_models_each_classifier_jointly(multivariate: bool) -> None:
+    """sampler.multivariate: TPE samples a trial's parameters together (grouped, since DNN
+    parameters exist only on DNN trials); off, it samples each one on its own."""
+    from search.sampling import build_sampler
+    from search.settings import SamplerConfig
+
+    sampler = build_sampler(SamplerConfig(n_startup_trials=3, multivariate=multivariate), seed=0)
+    study = optuna.create_study(sampler=sampler, direction="maximize")
+    for i in range(10):
+        trial = study.ask()
+        hp = suggest_params(trial, SPACE)
+        assert SPACE.dropout.low <= hp.dropout <= SPACE.dropout.high
+        study.tell(trial, i / 10)
+    study.ask()
+    joint = sampler.infer_relative_search_space(study, study.get_trials()[-1])  # the trial just asked for
+    assert bool(joint) == multivariate
+    if multivariate:
+        assert {"classifier", "learning_rate", "batch_size"} <= set(joint)
