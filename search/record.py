@@ -29,6 +29,8 @@ UID = "uid"  # user attr: a random id set at creation; names the study's checkpo
 #              new study with the name of a deleted one never resumes the old one's checkpoints
 SEED_SCHEME = "seed_scheme"  # user attr: how trial n's seed derives from the study seed
 #              (search/sampling.py), set at creation; absent: seed + n, the scheme before it was recorded
+WARM_START = "warm_start"  # user attr: the study and trial numbers a new study's first trials came from
+#              (search/warm_start.py), set at creation, storage URL redacted
 ARTIFACT_STORE = "artifact_store"  # user attr: the shared store's location (search/artifact_stores.py),
 #              set at creation; absent: each machine keeps artifacts in its own artifacts/ folder
 

@@ -99,11 +99,15 @@ def run(argv: list[str], stop: StopRequest) -> int:
     device = check_device(settings)
 
     from search.trial_loop import quiet_optuna, start_run
+    from search.warm_start import read_warm_start
 
     quiet_optuna()
+    warm = read_warm_start(settings, url)  # read-only, before this run's study exists
 
-    started = start_run(settings, url, source, device)  # data first: bad data creates no database
+    started = start_run(settings, url, source, device, warm)  # data first: bad data creates no database
     print(started.first_line)
+    if warm is not None and started.created:
+        print(warm.describe())
     if started.nothing_to_do:
         print(started.nothing_to_do)
     sys.stdout.flush()

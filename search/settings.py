@@ -81,6 +81,30 @@ class StudyConfig(Strict):
         return self
 
 
+MAX_WARM_START_TRIALS = 100
+
+
+class WarmStartConfig(Strict):
+    """Seed a new study with the best parameter sets of an earlier one (search/warm_start.py)."""
+
+    study: str | None = Field(
+        default=None, min_length=1, max_length=MAX_NAME_LENGTH,
+        description="earlier study whose best parameter sets a new study runs first (null: none)",
+    )
+    storage: str | None = Field(
+        default=None, min_length=1, max_length=2000, description="storage URL of that study (null: this run's storage)",
+    )
+    trials: int = Field(default=5, gt=0, le=MAX_WARM_START_TRIALS, description="how many of its best distinct parameter sets to enqueue")
+
+    @field_validator("study")
+    @classmethod
+    def _printable_name(cls, value: str | None) -> str | None:
+        problem = None if value is None else _name_problem(value)
+        if problem:
+            raise ValueError(f"the warm-start study name {problem}")
+        return value
+
+
 class SamplerConfig(Strict):
     name: Literal["tpe", "random"] = Field(default="tpe", description="tpe | random")
     n_startup_trials: int = Field(default=5, ge=0, le=10_000, description="random trials before TPE starts modelling")
@@ -170,6 +194,7 @@ class Settings(Strict):
     space: SpaceConfig = SpaceConfig()
     baseline: BaselineConfig = BaselineConfig()
     first_dnn: FirstDnnConfig = FirstDnnConfig()
+    warm_start: WarmStartConfig = WarmStartConfig()
     export: bool = Field(default=True, description="export the best model when the study ends")
 
     @model_validator(mode="after")

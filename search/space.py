@@ -57,3 +57,36 @@ def first_dnn_params(first: FirstDnnConfig) -> dict[str, object] | None:
         **{f"units_l{i + 1}": units for i, units in enumerate(first.units)},
         "dropout": first.dropout,
     }
+
+
+def _fits(value: object, low: float, high: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+
+
+def params_problem(params: dict[str, object], space: SpaceConfig) -> str | None:
+    """Why a parameter set (as `suggest_params` names them, e.g. another study's trial) does not
+    lie inside `space`, or None when every parameter does and none is missing or extra."""
+    classifier = params.get("classifier")
+    if classifier not in space.classifier:
+        return f"classifier {classifier!r} is not in space.classifier"
+    expected = {"classifier", "learning_rate", "optimizer", "weight_decay", "batch_size"}
+    layers = params.get("hidden_layers")
+    if classifier == "dnn":
+        if not isinstance(layers, int) or not space.hidden_layers.low <= layers <= space.hidden_layers.high:
+            return f"hidden_layers {layers!r} lies outside space.hidden_layers [{space.hidden_layers.low}, {space.hidden_layers.high}]"
+        expected |= {"hidden_layers", "dropout"} | {f"units_l{i + 1}" for i in range(layers)}
+    if set(params) != expected:
+        return f"parameters {sorted(set(params) ^ expected)} do not match this space's"
+    ranged = ["learning_rate", "weight_decay"]  # (parameter, the space's field)
+    if classifier == "dnn":
+        ranged += ["dropout", *(f"units_l{i + 1}" for i in range(int(layers)))]  # type: ignore[arg-type]
+    for name in ranged:
+        field = "units" if name.startswith("units_l") else name
+        span = getattr(space, field)
+        if not _fits(params[name], span.low, span.high):
+            return f"{name} {params[name]!r} lies outside space.{field} [{span.low}, {span.high}]"
+    if params["optimizer"] not in space.optimizer:
+        return f"optimizer {params['optimizer']!r} is not in space.optimizer"
+    if params["batch_size"] not in space.batch_size:
+        return f"batch_size {params['batch_size']!r} is not in space.batch_size"
+    return None

@@ -181,9 +181,10 @@ def _serialise_sqlite_writers(engine: Any) -> None:
     engine.dispose()  # connections opened before the listeners were added would begin the old way
 
 
-def open_existing_storage(url: str | None, *, read_only: bool = False):  # noqa: ANN201 - RDBStorage
+def open_existing_storage(url: str | None, *, read_only: bool = False, flag: str = "--storage"):  # noqa: ANN201 - RDBStorage
     """A storage that must already hold Optuna's tables: never creates a file, folder or table,
-    never changes the journal mode; `read_only` refuses every write at the database."""
+    never changes the journal mode; `read_only` refuses every write at the database. `flag` is
+    the option the user named it with, for the error that says what to pass instead."""
     from optuna.storages import RDBStorage
 
     url = check_storage_url(url)
@@ -192,17 +193,17 @@ def open_existing_storage(url: str | None, *, read_only: bool = False):  # noqa:
     open_url = url
     if path is not None:
         if not path.is_file():
-            raise StorageError(f"no study database at {path}; start a search first (python -m search.run) or pass --storage")
+            raise StorageError(f"no study database at {path}; start a search first (python -m search.run) or pass {flag}")
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}}
         if read_only:
             open_url = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
     elif read_only and url.startswith("postgresql"):
         engine_kwargs["connect_args"] = {"options": "-c default_transaction_read_only=on"}
-    _open(url, lambda: _require_optuna_tables(open_url, engine_kwargs, url))
+    _open(url, lambda: _require_optuna_tables(open_url, engine_kwargs, url, flag))
     return _open(url, lambda: RDBStorage(open_url, engine_kwargs=engine_kwargs, skip_table_creation=True))
 
 
-def _require_optuna_tables(open_url: str, engine_kwargs: dict[str, object], url: str) -> None:
+def _require_optuna_tables(open_url: str, engine_kwargs: dict[str, object], url: str, flag: str) -> None:
     """Refuse a database without Optuna's tables before Optuna reads (or writes) it."""
     import sqlalchemy
 
@@ -212,7 +213,7 @@ def _require_optuna_tables(open_url: str, engine_kwargs: dict[str, object], url:
     finally:
         engine.dispose()
     if not {"studies", "trials", "version_info"} <= tables:
-        raise StorageError(f"{redact(url)} is not an Optuna study database (no studies table); pass the --storage a search wrote")
+        raise StorageError(f"{redact(url)} is not an Optuna study database (no studies table); pass the {flag} a search wrote")
 
 
 def storage_guard(url: str) -> Callable[[], None]:
@@ -254,8 +255,8 @@ def study_names(storage: object) -> list[str]:
     return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]  # type: ignore[arg-type]
 
 
-def load_existing_study(name: str, storage: object):  # noqa: ANN201 - optuna.Study
-    """Load a study that must exist; the error lists the ones that do."""
+def load_existing_study(name: str, storage: object, flag: str = "--study-name"):  # noqa: ANN201 - optuna.Study
+    """Load a study that must exist; the error lists the ones that do (and names `flag`)."""
     import optuna
 
     try:
@@ -263,4 +264,4 @@ def load_existing_study(name: str, storage: object):  # noqa: ANN201 - optuna.St
     except KeyError:
         names = study_names(storage)
         listing = ", ".join(repr(n) for n in names[:20]) if names else "none"
-        raise StorageError(f"no study named {name!r} in this storage (studies there: {listing}); pass --study-name") from None
+        raise StorageError(f"no study named {name!r} in this storage (studies there: {listing}); pass {flag}") from None

@@ -24,6 +24,7 @@ from search.sampling import INDEPENDENT, build_sampler, seed_scheme
 from search.settings import PrunerConfig, Settings
 from search.space import baseline_params, first_dnn_params
 from search.stopping import SurplusTrial, stop_reason
+from search.warm_start import WarmStart, enqueue_warm_start, require_same_warm_start
 
 GC_EVERY_TRIALS = 10  # a full collection costs ~0.3 s; every trial would double tiny trials' time
 UID_WAIT_SECONDS = 5.0  # a study created a moment ago by another process gets its uid this soon
@@ -62,10 +63,13 @@ def _wait_for_uid(study: optuna.Study) -> None:
 
 def open_study(
     settings: Settings, storage: optuna.storages.BaseStorage, on_existing: Callable[[optuna.Study], None] = lambda study: None,
+    warm: WarmStart | None = None,
 ) -> OpenedStudy:
     """Create the study (with its uid and the baseline enqueued) or resume it; never a duplicate.
 
-    `on_existing` checks a study that already exists before anything is written to it.
+    `on_existing` checks a study that already exists before anything is written to it. `warm`
+    (read by search/warm_start.py) is enqueued after the baseline in a new study, in place of
+    the first DNN when it holds a DNN; an existing study must have been created with it.
     """
     pruner = build_pruner(settings.pruner, settings.training.max_epochs)
     sampler = build_sampler(settings.sampler, settings.study.seed)
@@ -88,8 +92,10 @@ def open_study(
                 user_attrs={record.MAX_EPOCHS: min(settings.baseline.max_epochs, settings.training.max_epochs)},
                 skip_if_exists=True,
             )
+        if warm is not None:
+            enqueue_warm_start(study, warm)
         first_dnn = first_dnn_params(settings.first_dnn)
-        if first_dnn is not None:
+        if first_dnn is not None and not (warm is not None and warm.has_dnn):
             study.enqueue_trial(first_dnn, skip_if_exists=True)
         if settings.study.artifact_store is not None:
             study.set_user_attr(record.ARTIFACT_STORE, str(parse_location(settings.study.artifact_store)))
@@ -97,6 +103,7 @@ def open_study(
     else:
         _wait_for_uid(study)
         on_existing(study)
+        require_same_warm_start(study, warm)
         sampler.scheme = seed_scheme(study)
         if record.UID not in study.user_attrs:  # a study from before uids existed (it has trials that ran)
             study.set_user_attr(record.UID, new_study_uid())

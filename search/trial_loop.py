@@ -33,6 +33,7 @@ from search.study import (
     run_worker,
     study_status,
 )
+from search.warm_start import WarmStart
 from search.workers import StopRequest, WorkerPool
 
 
@@ -48,8 +49,9 @@ def stored_settings(settings: Settings, url: str, source: DataSource) -> dict[st
     `python -m search.export` finds it from any folder and shell."""
     raw = settings.model_dump(mode="json")
     raw["study"]["storage"] = redact(url)
-    if raw["study"]["artifact_store"] is not None:
-        raw["study"]["artifact_store"] = redact(raw["study"]["artifact_store"])
+    for section, key in (("study", "artifact_store"), ("warm_start", "storage")):
+        if raw[section][key] is not None:
+            raw[section][key] = redact(raw[section][key])
     data = raw["data"]
     if source.kind == "csv" or (data["source"] and source.path.is_dir()):
         data["source"] = str(source.path.resolve())
@@ -91,9 +93,11 @@ def device_words(device: Device, settings: Settings) -> str:
     return f"on {device.description}{shared}"
 
 
-def start_run(settings: Settings, url: str, source: DataSource, device: Device | None = None) -> StartedRun:
+def start_run(
+    settings: Settings, url: str, source: DataSource, device: Device | None = None, warm: WarmStart | None = None,
+) -> StartedRun:
     """Load the data, open (or create) the study on it, record what it runs with; `device` is
-    the one search.run resolved and checked (None: the CPU)."""
+    the one search.run resolved and checked (None: the CPU), `warm` the warm start it read."""
     device = device or Device("cpu", (), "CPU")
     split = load_split(settings.data, source)
     identity = data_identity(split, source)
@@ -102,7 +106,7 @@ def start_run(settings: Settings, url: str, source: DataSource, device: Device |
         require_same_data(study, identity)
         location_for_run(study, settings.study.artifact_store)
 
-    opened = open_study(settings, _storage(settings, url), on_existing=require_same)
+    opened = open_study(settings, _storage(settings, url), on_existing=require_same, warm=warm)
     study = opened.study
     location = location_for_run(study, settings.study.artifact_store)
     if record.DATA not in study.user_attrs:
