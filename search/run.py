@@ -96,13 +96,14 @@ def run(argv: list[str], stop: StopRequest) -> int:
     source = check_data(settings.data)
     settings = check_artifact_store(settings)
     check_workers(settings)
+    from search.warm_start import read_warm_start
+
+    warm = read_warm_start(settings, url)  # read-only, before this run's study exists and before torch
     device = check_device(settings)
 
     from search.trial_loop import quiet_optuna, start_run
-    from search.warm_start import read_warm_start
 
     quiet_optuna()
-    warm = read_warm_start(settings, url)  # read-only, before this run's study exists
 
     started = start_run(settings, url, source, device, warm)  # data first: bad data creates no database
     print(started.first_line)

@@ -104,6 +104,12 @@ class WarmStartConfig(Strict):
             raise ValueError(f"the warm-start study name {problem}")
         return value
 
+    @model_validator(mode="after")
+    def _storage_only_with_a_study(self) -> WarmStartConfig:
+        if self.storage is not None and self.study is None:
+            raise ValueError("warm_start.storage names where the earlier study is; give the study too (--warm-start STUDY)")
+        return self
+
 
 class SamplerConfig(Strict):
     name: Literal["tpe", "random"] = Field(default="tpe", description="tpe | random")

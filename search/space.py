@@ -59,20 +59,21 @@ def first_dnn_params(first: FirstDnnConfig) -> dict[str, object] | None:
     }
 
 
-def _fits(value: object, low: float, high: float) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+def _fits(value: object, low: float, high: float, integer: bool = False) -> bool:
+    kinds = (int,) if integer else (int, float)
+    return type(value) in kinds and low <= value <= high  # type: ignore[operator]
 
 
 def params_problem(params: dict[str, object], space: SpaceConfig) -> str | None:
     """Why a parameter set (as `suggest_params` names them, e.g. another study's trial) does not
     lie inside `space`, or None when every parameter does and none is missing or extra."""
     classifier = params.get("classifier")
-    if classifier not in space.classifier:
+    if not isinstance(classifier, str) or classifier not in space.classifier:
         return f"classifier {classifier!r} is not in space.classifier"
     expected = {"classifier", "learning_rate", "optimizer", "weight_decay", "batch_size"}
     layers = params.get("hidden_layers")
     if classifier == "dnn":
-        if not isinstance(layers, int) or not space.hidden_layers.low <= layers <= space.hidden_layers.high:
+        if not _fits(layers, space.hidden_layers.low, space.hidden_layers.high, integer=True):
             return f"hidden_layers {layers!r} lies outside space.hidden_layers [{space.hidden_layers.low}, {space.hidden_layers.high}]"
         expected |= {"hidden_layers", "dropout"} | {f"units_l{i + 1}" for i in range(layers)}
     if set(params) != expected:
@@ -83,10 +84,10 @@ def params_problem(params: dict[str, object], space: SpaceConfig) -> str | None:
     for name in ranged:
         field = "units" if name.startswith("units_l") else name
         span = getattr(space, field)
-        if not _fits(params[name], span.low, span.high):
+        if not _fits(params[name], span.low, span.high, integer=field == "units"):
             return f"{name} {params[name]!r} lies outside space.{field} [{span.low}, {span.high}]"
-    if params["optimizer"] not in space.optimizer:
+    if not isinstance(params["optimizer"], str) or params["optimizer"] not in space.optimizer:
         return f"optimizer {params['optimizer']!r} is not in space.optimizer"
-    if params["batch_size"] not in space.batch_size:
+    if type(params["batch_size"]) is not int or params["batch_size"] not in space.batch_size:
         return f"batch_size {params['batch_size']!r} is not in space.batch_size"
     return None

@@ -25,7 +25,7 @@ from lightning_modules.errors import UserInputError
 from search import record
 from search.redaction import redact
 from search.settings import Settings, SpaceConfig, WarmStartConfig
-from search.space import params_problem
+from search.space import baseline_params, params_problem
 
 
 class WarmStartError(UserInputError):
@@ -54,22 +54,25 @@ class WarmStart:
         numbers = ", ".join(str(n) for n in self.trials)
         line = f"warm start: runs first the {len(self.params)} best parameter set(s) of study {self.study!r} in {self.storage} (its trials {numbers})"
         if self.skipped:
-            line += f"; {self.skipped} better one(s) lie outside this run's space ({self.skipped_why})"
+            line += f"; left out {self.skipped} set(s) outside this run's space (first: {self.skipped_why})"
         return line
 
 
-def best_parameter_sets(trials: Sequence[FrozenTrial], k: int, space: SpaceConfig) -> tuple[list[FrozenTrial], list[str]]:
+def best_parameter_sets(
+    trials: Sequence[FrozenTrial], k: int, space: SpaceConfig, exclude: Sequence[dict[str, Any]] = (),
+) -> tuple[list[FrozenTrial], list[str]]:
     """The best `k` completed trials with distinct parameters inside `space` (highest value
     first, the lower number among equals), and why each one ranked above the last of them was
     left out (outside `space`).
 
-    A promotion and the trial it retrained share parameters: the set is taken once.
+    A promotion and the trial it retrained share parameters: the set is taken once; sets in
+    `exclude` (this run's baseline, queued anyway) are not taken.
     """
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     complete.sort(key=lambda t: (-float(t.value), t.number))  # type: ignore[arg-type]
     chosen: list[FrozenTrial] = []
     skipped: list[str] = []
-    seen: set[tuple[tuple[str, Any], ...]] = set()
+    seen = {tuple(sorted(params.items())) for params in exclude}
     for trial in complete:
         key = tuple(sorted(trial.params.items()))
         if key in seen:
@@ -94,9 +97,24 @@ def _same_database(url: str, other: str) -> bool:
     return url == other
 
 
+def _study_exists(name: str, url: str) -> bool:
+    """Whether this run's study is already there (read-only; a storage that cannot be opened yet
+    holds none: the run itself creates it, or reports why it cannot)."""
+    from search.storage import StorageError, open_existing_storage, study_names
+
+    try:
+        return name in study_names(open_existing_storage(url, read_only=True))
+    except StorageError:
+        return False
+
+
 def read_warm_start(settings: Settings, url: str) -> WarmStart | None:
     """The parameter sets `settings.warm_start` names, read from the earlier study (read-only), or
-    None without one; WarmStartError (or StorageError) when it cannot seed this run."""
+    None without one; WarmStartError (or StorageError) when it cannot seed this run.
+
+    When this run's study exists already, only where it came from is returned (no parameter
+    sets): resuming needs the earlier study no more, it may be gone.
+    """
     config: WarmStartConfig = settings.warm_start
     if config.study is None:
         return None
@@ -107,11 +125,16 @@ def read_warm_start(settings: Settings, url: str) -> WarmStart | None:
         raise WarmStartError(
             f"--warm-start {config.study!r} names the study this run creates or resumes; name an earlier study (or pass --study-name)"
         )
+    if _study_exists(settings.study.name, url):
+        return WarmStart(config.study, redact(source_url), (), (), 0, None)
+    budget = min(config.trials, settings.study.trials - int(settings.baseline.enabled))
+    if budget < 1:
+        raise WarmStartError(f"--trials {settings.study.trials} leaves no trial for the warm start after the baseline; raise --trials")
     source = load_existing_study(config.study, open_existing_storage(source_url, read_only=True, flag="--warm-start-storage"), flag="--warm-start")
-    if source.direction != optuna.study.StudyDirection.MAXIMIZE:
-        raise WarmStartError(f"study {config.study!r} minimises its objective; --warm-start takes a study that maximises accuracy")
-    budget = min(config.trials, settings.study.trials)
-    chosen, skipped = best_parameter_sets(source.get_trials(deepcopy=False), budget, settings.space)
+    if source.directions != [optuna.study.StudyDirection.MAXIMIZE]:
+        raise WarmStartError(f"study {config.study!r} does not maximise one objective; --warm-start takes a study that maximises accuracy")
+    exclude = [baseline_params(settings.baseline)] if settings.baseline.enabled else []  # queued anyway
+    chosen, skipped = best_parameter_sets(source.get_trials(deepcopy=False), budget, settings.space, exclude)
     if not chosen:
         why = f" ({skipped[0]})" if skipped else ""
         raise WarmStartError(
@@ -136,7 +159,8 @@ def require_same_warm_start(study: optuna.Study, warm: WarmStart | None) -> None
     if warm is None:
         return
     recorded = study.user_attrs.get(record.WARM_START)
-    if recorded is not None and recorded.get("study") == warm.study and recorded.get("storage") == warm.storage:
+    recorded = recorded if isinstance(recorded, dict) else {}
+    if recorded.get("study") == warm.study and _same_database(str(recorded.get("storage")), warm.storage):
         return
     was = f"was warm-started from study {recorded.get('study')!r}" if recorded else "was created without --warm-start"
     raise WarmStartError(

@@ -91,6 +91,8 @@ BAD_INPUTS = (
     ["--storage", "postgresql://u@host:notaport/db"],
     ["--workers", "100000"],
     ["--storage", "sqlite:///:memory:", "--workers", "2"],
+    ["--warm-start", "earlier", "--warm-start-storage", "sqlite:////nowhere/earlier.db"],
+    ["--warm-start-storage", "sqlite:////nowhere/earlier.db"],
 )
 
 

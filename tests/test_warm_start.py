@@ -79,6 +79,10 @@ def test_params_problem_names_what_lies_outside_the_space() -> None:
     assert "units_l2" in str(params_problem(missing, SPACE))
     assert "momentum" in str(params_problem({**dnn([128]), "momentum": 0.9}, SPACE))
     assert "classifier 'cnn'" in str(params_problem({**dnn([128]), "classifier": "cnn"}, SPACE))
+    # types as another tool may have stored them: a float unit count or batch size would fail in training
+    assert "units_l1 300.5" in str(params_problem(dnn([300.5]), SPACE))  # type: ignore[list-item]
+    assert "batch_size 128.0" in str(params_problem(dnn([128], batch_size=128.0), SPACE))  # type: ignore[arg-type]
+    assert "hidden_layers True" in str(params_problem({**dnn([128]), "hidden_layers": True}, SPACE))
     narrow = load_settings(None, {"space": {"classifier": ["dnn"]}, "baseline": {"enabled": False}}).space
     assert "classifier 'linear' is not in space.classifier" in str(params_problem(baseline_params(Settings().baseline), narrow))
 
@@ -90,6 +94,8 @@ def test_best_distinct_parameter_sets_inside_the_space_come_first(tmp_path: Path
     assert [t.number for t in chosen] == [3, 6, 1]
     assert skipped == ["trial 4: units_l1 4096 lies outside space.units [64, 1024]"]
     assert [t.number for t in best_parameter_sets(trials, 10, SPACE)[0]] == [3, 6, 1, 0]  # the pruned one never
+    baseline = baseline_params(Settings().baseline)
+    assert [t.number for t in best_parameter_sets(trials, 10, SPACE, exclude=[baseline])[0]] == [3, 6, 1]  # queued anyway
     assert best_parameter_sets(trials, 1, SPACE)[0][0].number == 3
 
 
@@ -99,7 +105,7 @@ def test_a_new_study_runs_the_warm_start_after_the_baseline_in_place_of_the_firs
     settings = load_settings(None, {"warm_start": {"study": "earlier", "storage": f"sqlite:///{tmp_path / 'earlier.db'}", "trials": 2}})
     warm = read_warm_start(settings, url)
     assert warm is not None and warm.trials == (3, 6) and warm.has_dnn
-    assert "trials 3, 6" in warm.describe() and "1 better one(s) lie outside" in warm.describe()
+    assert "trials 3, 6" in warm.describe() and "left out 1 set(s) outside this run's space" in warm.describe()
 
     study = open_study(settings, writer_storage(url), warm=warm).study
     assert queued_params(study) == [baseline_params(settings.baseline), source.trials[3].params, source.trials[6].params]
@@ -159,6 +165,7 @@ def test_bad_warm_starts_are_one_line_errors_that_create_nothing(tmp_path: Path,
     one_line_error(run_main([*base, "--warm-start", "earlier"], capsys), "no study database", "--warm-start-storage")  # new.db is not there
     one_line_error(run_main([*base, "--warm-start", "earlier", "--warm-start-trials", "0"], capsys), "warm_start.trials")
     one_line_error(run_main([*base, "--warm-start", "earlier", "--warm-start-trials", "101"], capsys), "warm_start.trials")
+    one_line_error(run_main([*base, "--warm-start", "earlier", "--trials", "1"], capsys), "--trials 1 leaves no trial")
     assert not new.exists() and not (tmp_path / "missing.db").exists()
     narrow = tmp_path / "narrow.yaml"
     narrow.write_text("space: {learning_rate: {low: 0.05, high: 0.1}}\nbaseline: {enabled: false}\n")  # no earlier trial fits
@@ -185,6 +192,7 @@ def test_a_warm_started_run_trains_the_earlier_best_first_and_resumes(tmp_path: 
     assert study.trials[1].params == source.trials[3].params and study.trials[1].state == TrialState.COMPLETE
     assert [t.params.get("classifier") for t in study.trials[:2]] == ["linear", "dnn"]
 
+    optuna.delete_study(study_name="earlier", storage=writer_storage(url))  # resuming needs it no more
     resumed = run_main([*argv[:-4], "--trials", "3", "--warm-start", "earlier", "--warm-start-trials", "1"], capsys)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed study 'next'" in resumed.stdout and "warm start:" not in resumed.stdout
