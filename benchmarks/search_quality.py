@@ -9,6 +9,7 @@ time (first trial start to last completion, from the storage) and the process's 
     python -m benchmarks.search_quality --trials 100 --seeds 0        # full (about 3 x 15+ min)
     python -m benchmarks.search_quality --quick                       # 10 trials, 5,000 train rows
     python -m benchmarks.search_quality --trials 100 --searches ours  # only our search
+    python -m benchmarks.search_quality --seeds 0 --searches ours --variant "cost3=space: {max_cost_ratio: 3}"
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from benchmarks._common import (
     study_trials,
     table,
 )
+from benchmarks.anytime import parse_variant
+from benchmarks.anytime_curves import VARIANT
 from search import record
 from search.export.metrics import read_metrics
 
@@ -43,10 +46,11 @@ SEARCHES = {
 SHORT = {"ours": "ours (TPE + median pruning)", "random": "random, no pruning", "tpe": "TPE, no pruning"}
 
 
-def run(search: str, trials: int, seed: int, train_size: int | None) -> dict:
+def run(search: str, settings_text: str, trials: int, seed: int, train_size: int | None) -> dict:
+    """One search in a fresh MNIST_SEARCH_HOME, with `settings_text` as its --config file."""
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as home:
         config = Path(home) / "search.yaml"
-        config.write_text(SEARCHES[search])
+        config.write_text(settings_text)
         cmd = [PYTHON, "-m", "search.run", "--config", str(config), "--trials", str(trials), "--seed", str(seed),
                "--target-accuracy", "none"]
         if train_size:
@@ -75,17 +79,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--train-size", type=int, default=None)
-    parser.add_argument("--searches", nargs="+", choices=list(SHORT), default=list(SHORT))
+    parser.add_argument("--searches", nargs="*", choices=list(SHORT), default=list(SHORT))
+    parser.add_argument("--variant", type=parse_variant, action="append", default=[], metavar="LABEL=YAML",
+                        help="also run ours with this settings file, e.g. cost3='space: {max_cost_ratio: 3}' (repeatable)")
     args = parser.parse_args(argv)
     trials, seeds, train_size = (10, [0], 5000) if args.quick else (args.trials, args.seeds, args.train_size)
-    names = [SHORT[s] for s in args.searches]
+    configs = {SHORT[s]: SEARCHES[SHORT[s]] for s in args.searches} | {f"ours with {label.removeprefix(VARIANT)}": text for label, text in args.variant}
+    names = list(configs)
     print(f"# search quality: {trials} trials, no target, seeds {seeds}, train rows {train_size or 'all (50,000)'}")
     print(machine_line() + " (before)")
     results: dict[str, list[dict]] = {}
     rows = []
     for seed in seeds:
         for name in (names if seed % 2 == 0 else names[::-1]):  # interleaved
-            r = run(name, trials, seed, train_size)
+            r = run(name, configs[name], trials, seed, train_size)
             results.setdefault(name, []).append(r)
             accuracies = [f"{r[key]:.4f}" for key in ("val", "test", "linear", "dnn")]  # 3 digits cannot tell 0.9845 from 0.9855
             rows.append((name, seed, *accuracies, r["epochs"], r["pruned"], r["linear_trials"], r["span"] / 60, r["wall"] / 60, load_average().split()[0]))

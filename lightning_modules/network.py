@@ -6,6 +6,7 @@ The linear (softmax) model is the network with no hidden layer.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 from torch import nn
 
@@ -21,3 +22,10 @@ def build_network(n_inputs: int, hidden_units: Sequence[int], n_classes: int, dr
         width = units
     layers.append(nn.Linear(width, n_classes))
     return nn.Sequential(*layers)
+
+
+def multiply_adds(n_inputs: int, hidden_units: Sequence[int], n_classes: int) -> int:
+    """Multiply-adds of one image's forward pass: what an epoch of an MLP costs, up to a factor
+    (backward is about twice the forward; per-batch overheads come on top)."""
+    widths = [n_inputs, *hidden_units, n_classes]
+    return sum(a * b for a, b in pairwise(widths))

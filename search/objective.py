@@ -27,6 +27,7 @@ from lightning_modules.metric_names import MONITOR
 from lightning_modules.model_file import save_model_file
 from lightning_modules.training import FitResult, fit
 from search import record
+from search.cost import prune_if_over_cost
 from search.optuna_compat import ArtifactStore
 from search.resume import (
     TrialCheckpoint,
@@ -123,6 +124,7 @@ def make_objective(
                 return_to_queue(trial)
             raise SurplusTrial(f"trial {trial.number} started after the study's stop rule held")
         hp = suggest_params(trial, settings.space)
+        prune_if_over_cost(trial, settings.space.max_cost_ratio)
         seeds, key, arguments = trial_seeds(trial, settings), checkpoint_key(trial), fit_arguments(trial, settings)
         record.record_start(trial, seeds, key, hp.to_dict(), arguments)
         checkpoint = _trial_checkpoint(trial, key, checkpoint_dir, artifact_store, retry)

@@ -147,6 +147,8 @@ RUN_FLAGS = (
     Flag(("warm_start", "storage"), "--warm-start-storage"),
     Flag(("warm_start", "trials"), "--warm-start-trials"),
     *DATA_FLAGS,
+    Flag(("sampler", "name"), "--sampler"),
+    Flag(("space", "max_cost_ratio"), parse=optional_float),
     Flag(("training", "max_epochs")),
     Flag(("training", "promote_factor"), parse=optional_int),
     Flag(("training", "accelerator")),

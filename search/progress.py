@@ -94,6 +94,8 @@ def trial_line(trial: FrozenTrial, trials: list[FrozenTrial] | None = None, done
     resumed, promoted = record.read(trial, record.RESUMED_FROM_EPOCH), record.promoted_from(trial)
     notes = [f"resumed after epoch {resumed}"] if resumed else []
     notes += [f"trial {promoted} trained longer"] if promoted is not None else []
+    over_cost = trial.user_attrs.get(record.OVER_COST)
+    notes += [f"not trained: {over_cost:g}x the median DNN's multiply-adds"] if over_cost is not None else []
     tail = f" ({'; '.join(notes)})" if notes else ""
     return f"{head} val_acc={record.last_value(trial):.4f} epochs={epochs} {trial.state.name.lower():<8} {seconds:5.1f}s{tail}"
 

@@ -44,6 +44,7 @@ TRAIN_SECONDS = "train_seconds"
 PARAM_COUNT = "param_count"
 RESUMED_FROM_EPOCH = "resumed_from_epoch"
 SURPLUS = "surplus"  # set on a trial that stepped aside before training (the budget was spent)
+OVER_COST = "over_cost"  # set on a DNN pruned before training: its multiply-adds over the median tried DNN's (search/cost.py)
 MAX_EPOCHS = "max_epochs"  # input: set on an enqueued trial (the baseline, a promotion) to train it for other epochs
 PROMOTED_FROM = "promoted_from"  # input: the base-budget trial a promotion retrains longer (search/promotion.py)
 

@@ -89,13 +89,26 @@ class TrialSeededSampler(BaseSampler):
         self.current.reseed_rng()
 
 
+def _tpe(config: SamplerConfig, seed: int) -> optuna.samplers.TPESampler:
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=config.n_startup_trials, multivariate=config.multivariate, group=config.multivariate,
+        constant_liar=config.constant_liar,
+    )
+
+
+def _gp(config: SamplerConfig, seed: int) -> optuna.samplers.GPSampler:
+    """Optuna's GP models the parameters every finished trial shares (classifier, learning rate,
+    optimizer, weight decay, batch size); a DNN's layers, units and dropout are not among them
+    (the linear trials lack them), so TPE samples those instead of Optuna's default random."""
+    return optuna.samplers.GPSampler(
+        seed=seed, n_startup_trials=config.n_startup_trials, independent_sampler=_tpe(config, seed), warn_independent_sampling=False,
+    )
+
+
 def build_sampler(config: SamplerConfig, seed: int) -> TrialSeededSampler:
-    """The configured sampler (TPE or random), seeded per trial from the study's seed."""
+    """The configured sampler (TPE, random or GP), seeded per trial from the study's seed."""
     if config.name == "random":
         return TrialSeededSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
-    return TrialSeededSampler(
-        lambda s: optuna.samplers.TPESampler(
-            seed=s, n_startup_trials=config.n_startup_trials, multivariate=config.multivariate, group=config.multivariate
-        ),
-        seed,
-    )
+    if config.name == "gp":
+        return TrialSeededSampler(lambda s: _gp(config, s), seed)
+    return TrialSeededSampler(lambda s: _tpe(config, s), seed)

@@ -70,6 +70,13 @@ class SpaceConfig(Strict):
     optimizer: list[Optimizer] = Field(default=["adam", "adamw"], min_length=1, max_length=3, description="adam | adamw | sgd")
     weight_decay: FloatRange = Field(default=FloatRange(low=1e-7, high=1e-4, log=True), description="weight decay")
     batch_size: list[int] = Field(default=[64, 128, 256], min_length=1, max_length=16, description="batch sizes")
+    max_cost_ratio: float | None = Field(
+        default=None, ge=1, le=1000,
+        description="dnn: prune before training a net whose multiply-adds per image exceed this many times the median "
+        "tried DNN's (search/cost.py); null: no bound",
+    )
+
+    _ints_are_floats = field_validator("max_cost_ratio", mode="before")(ints_as_floats)
 
     @field_validator("hidden_layers")
     @classmethod

@@ -44,7 +44,7 @@ def test_lightning_modules_import_nothing_from_the_search(path: Path) -> None:
 
 
 def test_the_network_is_plain_torch() -> None:
-    assert {n.split(".")[0] for n in imported(ROOT / "lightning_modules" / "network.py")} <= {"__future__", "collections", "torch", "typing"}
+    assert {n.split(".")[0] for n in imported(ROOT / "lightning_modules" / "network.py")} <= {"__future__", "collections", "itertools", "torch", "typing"}
 
 
 @pytest.mark.parametrize("path", [p for p in modules("search") if not under(name_of(p), "search.export")], ids=name_of)

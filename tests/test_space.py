@@ -90,3 +90,45 @@ def test_multivariate_tpe_models_each_classifier_jointly(multivariate: bool) -> 
     assert bool(joint) == multivariate
     if multivariate:
         assert {"classifier", "learning_rate", "batch_size"} <= set(joint)
+
+
+def _ask_tell(sampler: object, n: int, running: int = 0) -> optuna.Study:
+    """n told trials (value from the learning rate), then `running` asked and left running."""
+    study = optuna.create_study(sampler=sampler, direction="maximize")  # type: ignore[arg-type]
+    for _ in range(n):
+        trial = study.ask()
+        hp = suggest_params(trial, SPACE)
+        study.tell(trial, hp.learning_rate)
+    for _ in range(running):
+        suggest_params(study.ask(), SPACE)
+    return study
+
+
+def test_gp_sampler_models_the_shared_parameters_and_leaves_dnn_ones_to_tpe() -> None:
+    """sampler.name gp: Optuna's GPSampler over the parameters every trial has; hidden layers,
+    units and dropout (DNN trials only) come from TPE; seeded per trial, so it repeats."""
+    from search.sampling import build_sampler
+    from search.settings import SamplerConfig
+
+    config = SamplerConfig(name="gp", n_startup_trials=3)
+    sampler = build_sampler(config, seed=0)
+    study = _ask_tell(sampler, 5, running=1)
+    assert isinstance(sampler.current, optuna.samplers.GPSampler)
+    joint = sampler.infer_relative_search_space(study, study.get_trials()[-1])  # the trial just asked for
+    assert set(joint) == {"classifier", "learning_rate", "optimizer", "weight_decay", "batch_size"}
+    again = _ask_tell(build_sampler(config, seed=0), 5, running=1)
+    assert [t.params for t in again.trials] == [t.params for t in study.trials]
+
+
+def test_constant_liar_reaches_tpe() -> None:
+    """sampler.constant_liar: with it, TPE counts a running trial as a bad one, so the same
+    history and seed sample differently from without."""
+    from search.sampling import build_sampler
+    from search.settings import SamplerConfig
+
+    drawn = {}
+    for liar in (True, False):
+        study = _ask_tell(build_sampler(SamplerConfig(n_startup_trials=3, constant_liar=liar), seed=0), 8, running=3)
+        drawn[liar] = [t.params for t in study.trials]
+    assert drawn[True][:9] == drawn[False][:9]  # the same until a trial runs beside the one asked
+    assert drawn[True][9:] != drawn[False][9:]
