@@ -46,6 +46,13 @@ SEARCHES = {
 SHORT = {"ours": "ours (TPE + median pruning)", "random": "random, no pruning", "tpe": "TPE, no pruning"}
 
 
+def _pruned(trials: list) -> str:
+    """Pruned trials, and how many of them never trained (over space.max_cost_ratio)."""
+    pruned = [t for t in trials if t.state.name == "PRUNED"]
+    over = sum(record.OVER_COST in t.user_attrs for t in pruned)
+    return f"{len(pruned)} ({over} over cost)" if over else str(len(pruned))
+
+
 def run(search: str, settings_text: str, trials: int, seed: int, train_size: int | None) -> dict:
     """One search in a fresh MNIST_SEARCH_HOME, with `settings_text` as its --config file."""
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as home:
@@ -68,7 +75,7 @@ def run(search: str, settings_text: str, trials: int, seed: int, train_size: int
     return {
         "val": metrics.val_accuracy, "test": metrics.test_accuracy, "linear": best(metrics.best_linear), "dnn": best(metrics.best_dnn),
         "epochs": sum(record.epochs_run(t) for t in trials_),
-        "pruned": sum(t.state.name == "PRUNED" for t in trials_), "span": search_seconds(trials_),
+        "pruned": _pruned(trials_), "span": search_seconds(trials_),
         "linear_trials": f"{len(linear)} ({sum(t.state.name == 'PRUNED' for t in linear)})", "wall": wall, "dnn_params": dnn_params,
     }
 

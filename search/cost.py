@@ -4,7 +4,9 @@ An MLP's epoch costs in proportion to its multiply-adds per image, and the space
 1,024 units over 1 to 3 layers, so its costliest nets take tens of times the epochs' seconds of
 its cheapest. `space.max_cost_ratio` bounds that: a DNN trial whose multiply-adds exceed the
 ratio times the median of the study's tried DNNs (finished, not promotions, not themselves over
-the bound) is pruned with no epoch run and `over_cost` recorded. TPE ranks a pruned trial with no
+the bound) is pruned with no epoch run and `over_cost` recorded; enqueued trials (the first DNN,
+a warm start, promotions, retries) are never bounded. A pruned trial counts toward the trial
+budget, as every pruned trial does. TPE ranks a pruned trial with no
 reported epoch below every other, so it learns to leave that corner of the space. The cost is a
 pure function of the parameters, never a timing, so the same seed gives the same trials.
 """
@@ -20,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from lightning_modules.data.format import N_CLASSES, N_PIXELS
 from lightning_modules.network import multiply_adds
 from search import record
+from search.optuna_compat import enqueued
 
 
 def net_cost(params: Mapping[str, object]) -> int | None:
@@ -53,8 +56,10 @@ def cost_ratio(params: Mapping[str, object], trials: Iterable[FrozenTrial]) -> f
 
 def prune_if_over_cost(trial: optuna.Trial, max_ratio: float | None) -> None:
     """Raise TrialPruned, with `over_cost` recorded, when the trial's net exceeds `max_ratio` times
-    the median tried DNN's cost. Promotions pass: their net won at the base budget."""
-    if max_ratio is None or record.promoted_from(trial) is not None:
+    the median tried DNN's cost. Only the sampler's choices are bounded: an enqueued trial (the
+    first DNN, a warm start the user asked for, a promotion of a winner, a retry whose epochs
+    are in a checkpoint) always trains."""
+    if max_ratio is None or enqueued(trial) or record.retried_from(trial) is not None:  # a retry carries its parameters, not as "fixed"
         return
     ratio = cost_ratio(trial.params, trial.study.get_trials(deepcopy=False))
     if ratio is not None and ratio > max_ratio:

@@ -71,6 +71,13 @@ def set_trial_system_attr(trial: optuna.Trial, key: str, value: Any) -> None:
     trial.storage.set_trial_system_attr(trial._trial_id, key, value)
 
 
+def enqueued(trial: optuna.Trial | FrozenTrial) -> bool:
+    """7. Whether the trial's parameters were fixed by `Study.enqueue_trial` (the baseline, the
+    first DNN, a warm start, a promotion) rather than chosen by the sampler: Optuna
+    keeps them in the undocumented system attribute `fixed_params` and has no public test."""
+    return "fixed_params" in trial_system_attrs(trial)
+
+
 class SilentTrialAwareStorage(RDBStorage):
     """4. RDBStorage whose stale check (the private `_get_stale_trial_ids`, which
     `optuna.storages.fail_stale_trials` calls) also catches RUNNING trials that never wrote a
@@ -99,6 +106,6 @@ class SilentTrialAwareStorage(RDBStorage):
 
 
 __all__ = [
-    "ArtifactStore", "SilentTrialAwareStorage", "finished_trial_writable", "set_trial_system_attr", "storage_url",
-    "study_storage", "trial_system_attrs",
+    "ArtifactStore", "SilentTrialAwareStorage", "enqueued", "finished_trial_writable", "set_trial_system_attr",
+    "storage_url", "study_storage", "trial_system_attrs",
 ]

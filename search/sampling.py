@@ -97,9 +97,11 @@ def _tpe(config: SamplerConfig, seed: int) -> optuna.samplers.TPESampler:
 
 
 def _gp(config: SamplerConfig, seed: int) -> optuna.samplers.GPSampler:
-    """Optuna's GP models the parameters every finished trial shares (classifier, learning rate,
-    optimizer, weight decay, batch size); a DNN's layers, units and dropout are not among them
-    (the linear trials lack them), so TPE samples those instead of Optuna's default random."""
+    """Optuna's GP models the parameters every completed trial shares (GPSampler reads completed
+    trials only): with the linear baseline among them, classifier, learning rate, optimizer,
+    weight decay and batch size. A DNN's layers, units and dropout are not shared, and before
+    `n_startup_trials` trials have completed nothing is modelled; TPE samples those instead of
+    Optuna's default random sampler."""
     return optuna.samplers.GPSampler(
         seed=seed, n_startup_trials=config.n_startup_trials, independent_sampler=_tpe(config, seed), warn_independent_sampling=False,
     )

@@ -115,7 +115,7 @@ class SamplerConfig(Strict):
     name: Literal["tpe", "random", "gp"] = Field(
         default="tpe", description="tpe | random | gp (Optuna's GPSampler; parameters only DNNs have are sampled by TPE)",
     )
-    n_startup_trials: int = Field(default=5, ge=0, le=10_000, description="random trials before TPE (or the GP) starts modelling")
+    n_startup_trials: int = Field(default=5, ge=0, le=10_000, description="trials before TPE starts modelling (gp: completed trials, TPE sampling until then)")
     multivariate: bool = Field(default=False, description="tpe: model the parameters jointly, one group per classifier's parameters")
     constant_liar: bool = Field(default=True, description="tpe: count other workers' running trials as bad, so workers spread out")
 

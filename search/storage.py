@@ -22,6 +22,7 @@ from search.paths import artifact_dir, default_storage_url
 from search.redaction import mask, normalise_url, redact, remember_secrets, url_secrets
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 60
+POSTGRES_CONNECT_TIMEOUT_SECONDS = 10  # a host that never answers is an error, not a hang (libpq waits for ever)
 SQLITE_WAL_ATTEMPTS = 10
 SCHEMA_ATTEMPTS = 5
 MAX_RETRY = 3  # times a dead worker's trial is retried before it stays failed
@@ -136,6 +137,14 @@ def _open(url: str, build: Callable[[], T]) -> T:
         raise StorageError(
             f"cannot open storage {redact(url)} ({mask(reason, url_secrets(url))}); check that the server is running and the URL is right"
         ) from None
+    except RuntimeError as error:  # Optuna's schema check: another Optuna version's tables
+        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        raise StorageError(f"cannot open storage {redact(url)}: {mask(reason, url_secrets(url))} (back the database up first)") from None
+
+
+def _server_connect_args(url: str) -> dict[str, object]:
+    """Driver arguments every connection to a database server gets: PostgreSQL's connect timeout."""
+    return {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS} if url.startswith("postgresql") else {}
 
 
 def open_study_storage(url: str | None, *, heartbeat_seconds: int, grace_seconds: int):  # noqa: ANN201 - RDBStorage
@@ -146,7 +155,7 @@ def open_study_storage(url: str | None, *, heartbeat_seconds: int, grace_seconds
     from search.optuna_compat import SilentTrialAwareStorage
 
     url = check_storage_url(url)
-    engine_kwargs: dict[str, object] = {"pool_pre_ping": True}
+    engine_kwargs: dict[str, object] = {"pool_pre_ping": True, "connect_args": _server_connect_args(url)}
     path = sqlite_path(url)
     if path is not None:
         _prepare_sqlite(path)
@@ -189,7 +198,7 @@ def open_existing_storage(url: str | None, *, read_only: bool = False, flag: str
 
     url = check_storage_url(url)
     path = sqlite_path(url)
-    engine_kwargs: dict[str, object] = {"pool_pre_ping": True}
+    engine_kwargs: dict[str, object] = {"pool_pre_ping": True, "connect_args": _server_connect_args(url)}
     open_url = url
     if path is not None:
         if not path.is_file():
@@ -198,7 +207,7 @@ def open_existing_storage(url: str | None, *, read_only: bool = False, flag: str
         if read_only:
             open_url = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
     elif read_only and url.startswith("postgresql"):
-        engine_kwargs["connect_args"] = {"options": "-c default_transaction_read_only=on"}
+        engine_kwargs["connect_args"] = {**_server_connect_args(url), "options": "-c default_transaction_read_only=on"}
     _open(url, lambda: _require_optuna_tables(open_url, engine_kwargs, url, flag))
     return _open(url, lambda: RDBStorage(open_url, engine_kwargs=engine_kwargs, skip_table_creation=True))
 

@@ -95,3 +95,36 @@ def test_a_search_prunes_costly_nets_before_training_and_trains_the_rest(tmp_pat
             assert ratio is None or ratio <= 1
     trained_dnns = [t for t in trials if t.params["classifier"] == "dnn" and t not in over]
     assert len(trained_dnns) >= 2  # the first DNN and at least one cheaper net
+
+
+def test_enqueued_trials_and_retries_are_never_bounded(tmp_path: Path, tiny_split: DataSplit) -> None:
+    """What the user or the study queued (a warm start's net, a retry whose epochs sit in a
+    checkpoint) trains whatever it costs; only the sampler's own choices are bounded."""
+    settings = load_settings(None, {
+        "study": {"name": "e", "trials": 10, "target_accuracy": None},
+        "training": {"max_epochs": 1, "promote_factor": None, "snapshot_steps": []},
+        "space": {"max_cost_ratio": 1},
+    })
+    study = optuna.create_study(study_name="e", storage=writer_storage(f"sqlite:///{tmp_path / 'e.db'}"), direction="maximize")
+    common = {"learning_rate": 0.001, "optimizer": "adam", "weight_decay": 1e-6, "batch_size": 128, "dropout": 0.1}
+    dists = {
+        "classifier": CategoricalDistribution(["linear", "dnn"]), "hidden_layers": IntDistribution(1, 3),
+        "units_l1": IntDistribution(64, 1024, log=True), "units_l2": IntDistribution(64, 1024, log=True),
+        "learning_rate": optuna.distributions.FloatDistribution(3e-4, 1e-2, log=True),
+        "optimizer": CategoricalDistribution(["adam", "adamw"]),
+        "weight_decay": optuna.distributions.FloatDistribution(1e-7, 1e-4, log=True),
+        "batch_size": CategoricalDistribution([64, 128, 256]), "dropout": optuna.distributions.FloatDistribution(0.0, 0.5),
+    }
+    small, big = {**dnn(64), **common}, {**dnn(1024, 1024), **common}
+    study.add_trial(optuna.trial.create_trial(params=small, distributions={k: dists[k] for k in small}, value=0.9))
+    study.enqueue_trial(big)  # e.g. a warm start: 1024-1024 costs 29x the 64-unit median
+    study.add_trial(optuna.trial.create_trial(  # a retry of a sampled trial, queued as requeue() does
+        state=TrialState.WAITING, params=big, distributions={k: dists[k] for k in big},
+        system_attrs={record.FAILED_TRIAL: 0, record.RETRY_HISTORY: [0]},
+    ))
+    objective = make_objective(settings, tiny_split, build_artifact_store(tmp_path / "artifacts"), tmp_path / "checkpoints")
+    study.optimize(objective, n_trials=2)
+    _, queued, retry = study.get_trials()
+    for t in (queued, retry):
+        assert t.state == TrialState.COMPLETE and record.OVER_COST not in t.user_attrs and record.epochs_run(t) == 1
+    assert cost_ratio(big, study.get_trials()[:1]) > 1  # type: ignore[operator]  # a sampled twin would have been pruned

@@ -19,6 +19,7 @@ from search import optuna_compat
 from search.optuna_compat import (
     ArtifactStore,
     SilentTrialAwareStorage,
+    enqueued,
     finished_trial_writable,
     set_trial_system_attr,
     storage_url,
@@ -100,8 +101,18 @@ def test_5_and_6_a_running_trial_reads_and_writes_system_attrs(url: str) -> None
     assert "history" not in frozen.user_attrs  # kept out of the dashboard's trial table
 
 
+def test_7_an_enqueued_trial_is_told_from_a_sampled_one(url: str) -> None:
+    study = optuna.create_study(storage=url)
+    study.enqueue_trial({"x": 0.5})
+    for trial in (study.ask(), study.ask()):  # the queued one, then one the sampler draws
+        trial.suggest_float("x", 0, 1)
+        assert enqueued(trial) == (trial.number == 0)
+        study.tell(trial, 0.0)
+    assert [enqueued(t) for t in optuna.load_study(study_name=study.study_name, storage=url).trials] == [True, False]
+
+
 def test_every_private_use_is_listed_in_the_module() -> None:
     assert set(optuna_compat.__all__) == {
-        "ArtifactStore", "SilentTrialAwareStorage", "finished_trial_writable", "set_trial_system_attr", "storage_url",
-        "study_storage", "trial_system_attrs",
+        "ArtifactStore", "SilentTrialAwareStorage", "enqueued", "finished_trial_writable", "set_trial_system_attr",
+        "storage_url", "study_storage", "trial_system_attrs",
     }

@@ -193,3 +193,46 @@ def test_postgres_restart_mid_run(python: str, run_env: dict[str, str], tmp_path
     assert len(finished) == 6
     assert {t.number: t.value for t in study.trials if t.number in complete_before} == complete_before
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("read_only", [False, True])
+def test_a_postgres_server_that_never_answers_is_an_error_not_a_hang(monkeypatch: pytest.MonkeyPatch, read_only: bool) -> None:
+    """A port that accepts the connection and never speaks (a wrong host behind a firewall that
+    lets SYNs through, a hung server): libpq alone would wait for ever; the connect timeout ends it."""
+    from search import storage
+    from search.storage import open_existing_storage, open_study_storage
+
+    monkeypatch.setattr(storage, "POSTGRES_CONNECT_TIMEOUT_SECONDS", 2)  # libpq's smallest; the product's is 10
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nobody ever reads or writes
+        url = f"postgresql://postgres:hunter2@127.0.0.1:{silent.getsockname()[1]}/test"
+        with pytest.raises(StorageError) as error:
+            if read_only:
+                open_existing_storage(url, read_only=True)
+            else:
+                open_study_storage(url, heartbeat_seconds=5, grace_seconds=20)
+    assert "cannot open storage" in str(error.value) and "hunter2" not in str(error.value)
+
+
+def test_a_database_of_another_optuna_schema_is_a_clear_error_and_stays_untouched(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Optuna refuses tables of another schema version with a RuntimeError; the user gets its
+    advice in one line (exit 2), for this run's storage and for a --warm-start source alike."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    optuna.create_study(study_name="mnist", storage=f"sqlite:///{path}")
+    with sqlite3.connect(path) as db:
+        db.execute("update alembic_version set version_num = 'v3.0.0.a'")  # as an older Optuna left it
+    def dump() -> list[str]:
+        with sqlite3.connect(path) as db:
+            return list(db.iterdump())
+
+    before = dump()
+    for argv in (["--storage", f"sqlite:///{path}"], ["--study-name", "new", "--storage", f"sqlite:///{tmp_path / 'new.db'}",
+                                                       "--warm-start", "mnist", "--warm-start-storage", f"sqlite:///{path}"]):
+        done = run_main(argv, capsys)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.count("\n") == 1 and "optuna storage upgrade" in done.stderr and "Traceback" not in done.stderr
+    assert dump() == before  # every table and row as it was (opening may switch the journal to WAL, as for any run)
