@@ -23,6 +23,7 @@ from lightning_modules.data.format import N_CLASSES, N_PIXELS
 from lightning_modules.network import multiply_adds
 from search import record
 from search.optuna_compat import enqueued
+from search.space import hidden_units_of
 
 
 def net_cost(params: Mapping[str, object]) -> int | None:
@@ -30,8 +31,7 @@ def net_cost(params: Mapping[str, object]) -> int | None:
     names them); None for a linear trial, which the bound leaves alone."""
     if params.get("classifier") != "dnn":
         return None
-    layers = int(params["hidden_layers"])  # type: ignore[call-overload]
-    return multiply_adds(N_PIXELS, [int(params[f"units_l{i + 1}"]) for i in range(layers)], N_CLASSES)  # type: ignore[call-overload]
+    return multiply_adds(N_PIXELS, hidden_units_of(params), N_CLASSES)
 
 
 def median_cost(trials: Iterable[FrozenTrial]) -> float | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import optuna
 
 from lightning_modules.hyperparams import HyperParams
@@ -29,6 +31,11 @@ def suggest_params(trial: optuna.trial.BaseTrial, space: SpaceConfig) -> HyperPa
         )
         dropout = _suggest_float(trial, "dropout", space.dropout)
     return HyperParams(classifier, hidden, dropout, learning_rate, optimizer, weight_decay, batch_size)
+
+
+def hidden_units_of(params: Mapping[str, object]) -> tuple[int, ...]:
+    """A DNN trial's hidden layer sizes from its parameters, as `suggest_params` names them."""
+    return tuple(int(params[f"units_l{i + 1}"]) for i in range(int(params["hidden_layers"])))  # type: ignore[call-overload]
 
 
 def baseline_params(baseline: BaselineConfig) -> dict[str, object]:
