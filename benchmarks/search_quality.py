@@ -33,7 +33,7 @@ from benchmarks._common import (
     table,
 )
 from benchmarks.anytime import parse_variant
-from benchmarks.anytime_curves import VARIANT
+from benchmarks.anytime_curves import label
 from search import record
 from search.export.metrics import read_metrics
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run ours with this settings file, e.g. cost3='space: {max_cost_ratio: 3}' (repeatable)")
     args = parser.parse_args(argv)
     trials, seeds, train_size = (10, [0], 5000) if args.quick else (args.trials, args.seeds, args.train_size)
-    configs = {SHORT[s]: SEARCHES[SHORT[s]] for s in args.searches} | {f"ours with {label.removeprefix(VARIANT)}": text for label, text in args.variant}
+    configs = {SHORT[s]: SEARCHES[SHORT[s]] for s in args.searches} | {label(name): text for name, text in args.variant}
     names = list(configs)
     print(f"# search quality: {trials} trials, no target, seeds {seeds}, train rows {train_size or 'all (50,000)'}")
     print(machine_line() + " (before)")

@@ -93,6 +93,9 @@ BAD_INPUTS = (
     ["--storage", "sqlite:///:memory:", "--workers", "2"],
     ["--warm-start", "earlier", "--warm-start-storage", "sqlite:////nowhere/earlier.db"],
     ["--warm-start-storage", "sqlite:////nowhere/earlier.db"],
+    ["--sampler", "bogus"],
+    ["--max-cost-ratio", "0.5"],
+    ["--max-cost-ratio", "cheap"],
 )
 
 
