@@ -148,6 +148,7 @@ RUN_FLAGS = (
     Flag(("warm_start", "trials"), "--warm-start-trials"),
     *DATA_FLAGS,
     Flag(("sampler", "name"), "--sampler"),
+    Flag(("pruner", "name"), "--pruner"),
     Flag(("space", "max_cost_ratio"), parse=optional_float),
     Flag(("training", "max_epochs")),
     Flag(("training", "promote_factor"), parse=optional_int),

@@ -121,11 +121,13 @@ class SamplerConfig(Strict):
 
 
 class PrunerConfig(Strict):
-    name: Literal["median", "hyperband", "none"] = Field(default="median", description="median | hyperband | none")
+    name: Literal["median", "successive_halving", "hyperband", "none"] = Field(
+        default="median", description="median | successive_halving (per classifier) | hyperband | none",
+    )
     n_startup_trials: int = Field(default=3, ge=0, le=10_000, description="median: finished trials of a classifier before pruning starts")
     n_warmup_steps: int = Field(default=0, ge=0, le=1000, description="median: epochs a trial always runs before it can be pruned")
-    min_resource: int = Field(default=1, gt=0, le=1000, description="hyperband: epochs in the smallest bracket")
-    reduction_factor: int = Field(default=3, gt=1, le=100, description="hyperband: how many trials each rung keeps one of")
+    min_resource: int = Field(default=1, gt=0, le=1000, description="successive_halving, hyperband: the epoch index (from 0) of the first rung; 1: after 2 epochs")
+    reduction_factor: int = Field(default=3, gt=1, le=100, description="successive_halving, hyperband: how many trials each rung keeps one of")
 
 
 class DataConfig(Strict):

@@ -32,9 +32,14 @@ TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 
 
 def build_pruner(config: PrunerConfig, max_epochs: int) -> optuna.pruners.BasePruner:
-    """Hyperband's brackets are its own split of the trials; the median is per classifier."""
+    """Hyperband's brackets are its own split of the trials; the median and successive halving
+    compare a trial with its own classifier's trials (search/pruning.py)."""
     if config.name == "none":
         return optuna.pruners.NopPruner()
+    if config.name == "successive_halving":
+        return SameClassifierPruner(
+            optuna.pruners.SuccessiveHalvingPruner(min_resource=config.min_resource, reduction_factor=config.reduction_factor)
+        )
     if config.name == "hyperband":
         return optuna.pruners.HyperbandPruner(
             min_resource=config.min_resource, max_resource=max_epochs, reduction_factor=config.reduction_factor

@@ -94,6 +94,7 @@ BAD_INPUTS = (
     ["--warm-start", "earlier", "--warm-start-storage", "sqlite:////nowhere/earlier.db"],
     ["--warm-start-storage", "sqlite:////nowhere/earlier.db"],
     ["--sampler", "bogus"],
+    ["--pruner", "halving"],
     ["--max-cost-ratio", "0.5"],
     ["--max-cost-ratio", "cheap"],
 )

@@ -126,7 +126,7 @@ def test_median_pruner_prunes_below_median_trials(storage_url: str, name: str) -
     assert not good.should_prune()
 
 
-@pytest.mark.parametrize("name", ["median", "hyperband", "none"])
+@pytest.mark.parametrize("name", ["median", "successive_halving", "hyperband", "none"])
 def test_every_configured_pruner_runs_a_study(storage_url: str, name: str) -> None:
     settings = load_settings(None, {"study": {"name": name, "trials": 12, "target_accuracy": None}, "pruner": {"name": name, "n_startup_trials": 2}})
     study = open_study(settings, writer_storage(storage_url)).study
@@ -181,6 +181,32 @@ def test_median_pruner_compares_a_trial_only_with_its_own_classifier(storage_url
     assert should_prune("linear", 0.905)
     assert should_prune("dnn", 0.95)  # would survive a median over all four (0.945)
     assert not should_prune("dnn", 0.976)
+
+
+def test_successive_halving_keeps_one_in_reduction_factor_of_its_own_classifier(storage_url: str, name: str) -> None:
+    """A rung at epoch index 1 (min_resource 1): a trial goes on past it only if it is in the top
+    third of the trials of its classifier that reached it, whatever the other classifier did."""
+    settings = load_settings(None, {"pruner": {"name": "successive_halving", "min_resource": 1, "reduction_factor": 3}})
+    study = optuna.create_study(
+        storage=writer_storage(storage_url), study_name=name, direction="maximize",
+        pruner=build_pruner(settings.pruner, max_epochs=24),
+    )
+
+    def at_rung(classifier: str, value: float) -> bool:
+        """Whether a trial of that classifier reporting `value` at epochs 0 and 1 is pruned at the rung."""
+        study.enqueue_trial({"classifier": classifier})
+        trial = study.ask({"classifier": optuna.distributions.CategoricalDistribution(["linear", "dnn"])})
+        trial.report(value, 0)
+        assert not trial.should_prune()  # before the first rung nothing is cut
+        trial.report(value, 1)
+        pruned = trial.should_prune()
+        study.tell(trial, state=TrialState.PRUNED) if pruned else study.tell(trial, value)
+        return pruned
+
+    # the first trials go on only as the best so far; from the sixth, in the top third (2 of 6, 2 of 7)
+    assert [at_rung("dnn", v) for v in (0.97, 0.98, 0.96, 0.975, 0.99, 0.985, 0.979)] == [False, False, True, True, False, False, True]
+    assert not at_rung("linear", 0.90)  # the first linear trial at the rung: nothing of its own to lose to
+    assert at_rung("linear", 0.89)  # the best of two linear ones goes on, as with the DNNs
 
 
 def test_two_processes_opening_one_new_study_never_sample_the_same_trial(storage_url: str, name: str) -> None:
