@@ -24,6 +24,26 @@ def test_throughput_quick_prints_its_table(isolated_home: Path, capsys: pytest.C
         assert f"| {loop}" in out
 
 
+def test_optimizer_step_quick_prints_every_kernel(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.optimizer_step import HEADER, KERNELS, NETS, main
+
+    assert main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert HEADER in out
+    rows = [line for line in out.splitlines() if any(f"| {kernel} " in line for kernel in KERNELS)]
+    assert len(rows) == len(NETS) * len(KERNELS)
+    reference = [row for row in rows if "(reference)" in row]
+    assert len(reference) == len(NETS) and all(row.count(" 1.00x ") == 2 for row in reference)  # its own ratio, twice
+
+
+def test_optimizer_step_refuses_an_unbounded_count() -> None:
+    from benchmarks.optimizer_step import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--steps", "0"])
+    assert exit_info.value.code == 2
+
+
 @pytest.mark.slow
 def test_gpu_check_quick_runs_every_piece_on_the_cpu(isolated_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """benchmarks/gpu_check.sh cannot run here; its Python runs every measurement on the CPU
