@@ -97,7 +97,7 @@ def count(high: int) -> Callable[[str], int]:
 
     def parse(text: str) -> int:
         if not text.isdigit() or not 1 <= int(text) <= high:
-            raise argparse.ArgumentTypeError(f"want an integer from 1 to {high}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"want an integer from 1 to {high}, got {text[:40]!r}")
         return int(text)
 
     return parse

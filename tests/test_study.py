@@ -200,7 +200,10 @@ def test_successive_halving_keeps_one_in_reduction_factor_of_its_own_classifier(
         assert not trial.should_prune()  # before the first rung nothing is cut
         trial.report(value, 1)
         pruned = trial.should_prune()
-        study.tell(trial, state=TrialState.PRUNED) if pruned else study.tell(trial, value)
+        if pruned:
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, value)
         return pruned
 
     # the first trials go on only as the best so far; from the sixth, in the top third (2 of 6, 2 of 7)
