@@ -11,6 +11,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from lightning_modules.errors import TrainingInterrupted
+
 
 class WeightSnapshots(pl.Callback):
     """Copies the first layer's weights (units x 784) after chosen optimizer steps and at the end.
@@ -61,10 +63,6 @@ class EpochCheckpoint(pl.Callback):
         os.replace(tmp, self.path)
         if self.on_saved is not None:
             self.on_saved(self.path)
-
-
-class TrainingInterrupted(Exception):
-    """Training stopped between two batches because the process was asked to stop."""
 
 
 class StopOnRequest(pl.Callback):

@@ -19,11 +19,12 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lightning_modules.callbacks import TrainingInterrupted, WeightSnapshots
+from lightning_modules.callbacks import WeightSnapshots
 from lightning_modules.classifier import Classifier
 from lightning_modules.data.batches import TensorBatches
 from lightning_modules.data.datamodule import MNISTDataModule
 from lightning_modules.data.split import DataSplit
+from lightning_modules.errors import TrainingInterrupted
 from lightning_modules.hyperparams import HyperParams
 from lightning_modules.metric_names import MONITOR, TEST_ACC, TEST_LOSS
 

@@ -17,12 +17,9 @@ from optuna.artifacts import upload_artifact
 from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
-from lightning_modules.callbacks import (
-    EpochCheckpoint,
-    StopOnRequest,
-    TrainingInterrupted,
-)
+from lightning_modules.callbacks import EpochCheckpoint, StopOnRequest
 from lightning_modules.data.split import DataSplit
+from lightning_modules.errors import TrainingInterrupted
 from lightning_modules.metric_names import MONITOR
 from lightning_modules.model_file import save_model_file
 from lightning_modules.training import FitResult, fit

@@ -116,9 +116,8 @@ def run(argv: list[str], stop: StopRequest) -> int:
 
 
 def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop: StopRequest, device: Device) -> int:
-    from lightning_modules.callbacks import TrainingInterrupted
+    from lightning_modules.errors import TrainingInterrupted
     from search.artifact_stores import recorded_location
-    from search.export.exporter import export_study
     from search.export.note import RunSummary, write_study_note
     from search.progress import TrialReporter
     from search.stopping import stop_reason
@@ -155,6 +154,8 @@ def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop
     line = f"best trial {best.number}: val_acc={best.value:.4f}"
     summary = RunSummary(settings.study.target_accuracy, settings.study.trials, reason, best.number, best.params.get("classifier"), best.value)
     if settings.export:
+        from search.export.exporter import export_study  # torch and the figures: only when exporting
+
         try:
             metrics = export_study(study, split=started.split, identity=started.identity)
         except TrainingInterrupted:  # SIGTERM during the export's evaluation

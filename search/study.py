@@ -155,7 +155,7 @@ def run_worker(
     """
     # Here, not at the top: opening a study (the runner before it spawns workers, export, a
     # process that only asks for trials) then never pays for importing Lightning.
-    from lightning_modules.callbacks import TrainingInterrupted
+    from lightning_modules.errors import TrainingInterrupted
 
     deadline = time.monotonic() + settings.study.timeout if settings.study.timeout else None
     callbacks = [*callbacks, Promoter(settings.study, settings.training, deadline)]

@@ -22,6 +22,14 @@ MNIST_DIR = Path(os.environ.get("MNIST_DATA_DIR") or ROOT.parent / "shared" / "d
 # The bare scheme, as the README shows it: SQLAlchemy 2.1 maps it to psycopg 3, which the extras install.
 POSTGRES_URL = os.environ.get("MNIST_SEARCH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
+# One torch thread per test process, as for the subprocesses tests start (`run_env`): the suite
+# runs in two processes on 2 cores, and torch's default of a thread per core had each process's
+# idle OpenMP threads spin against the other's work. The same suite took 366 s instead of 429 s
+# and 269 s instead of 361 s of its processes' own CPU (docs/TESTING.md). A value set by the
+# caller wins, as it does for the runner (`configure_torch`).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 # Modules of tests that each run for tens of seconds (real processes, workers, kills). They run
 # first: pytest-xdist hands tests out in collection order, and with these last (they sort last by

@@ -23,8 +23,8 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import TrialState
 
 from helpers import reader_storage, writer_storage
-from lightning_modules.callbacks import TrainingInterrupted
 from lightning_modules.data.split import DataSplit
+from lightning_modules.errors import TrainingInterrupted
 from search import record
 from search.artifact_stores import (
     ArtifactStoreError,

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.callbacks import TrainingInterrupted
 from lightning_modules.classifier import Classifier, _compute_and_reset
 from lightning_modules.data.format import N_CLASSES
 from lightning_modules.data.split import DataSplit
+from lightning_modules.errors import TrainingInterrupted
 from lightning_modules.hyperparams import CLASSIFIERS, OPTIMIZERS, HyperParams
 from lightning_modules.metric_names import METRIC_DECIMALS, MONITOR
 from lightning_modules.network import build_network

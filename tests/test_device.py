@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from worker_bodies import record_environment
 
 import search.run
 from lightning_modules.classifier import build_optimizer, optimizer_kernel
@@ -154,11 +155,6 @@ def test_each_gpu_worker_gets_its_environment_and_cpu_workers_none() -> None:
 @pytest.mark.parametrize(("workers", "cores", "threads"), [(1, 16, 16), (4, 16, 4), (3, 2, 1), (64, 16, 1)])
 def test_cpu_threads_are_an_equal_share_of_the_cores(workers: int, cores: int, threads: int) -> None:
     assert thread_share(workers, cores) == threads
-
-
-def record_environment(stop: StopRequest, folder: str, index: int) -> None:
-    """A worker body that only writes what its process was started with."""
-    Path(folder, f"worker-{index}").write_text(os.environ.get(CUDA_VISIBLE_DEVICES, "<unset>"))
 
 
 @pytest.mark.slow

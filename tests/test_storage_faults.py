@@ -156,7 +156,10 @@ def private_postgres() -> Iterator[PrivateServer]:
 
 
 @pytest.mark.postgres
-def test_postgres_restart_mid_run(python: str, run_env: dict[str, str], tmp_path: Path, private_postgres: PrivateServer, unique_name: str) -> None:
+def test_postgres_restart_mid_run(
+    python: str, run_env: dict[str, str], tmp_path: Path, private_postgres: PrivateServer, unique_name: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     postgres_url = private_postgres.url
     config = tmp_path / "c.yaml"
     config.write_text(CONFIG.replace("max_epochs: 2", "max_epochs: 3"))
@@ -186,7 +189,7 @@ def test_postgres_restart_mid_run(python: str, run_env: dict[str, str], tmp_path
     study = optuna.load_study(study_name=unique_name, storage=reader_storage(postgres_url))
     complete_before = {t.number: t.value for t in study.trials if t.state == TrialState.COMPLETE}
     assert len(complete_before) >= 2
-    resumed = subprocess.run(args, env=run_env, capture_output=True, text=True, timeout=240)
+    resumed = run_main(args[3:], capsys)  # the resume needs no process of its own: the fault was in the first
     assert resumed.returncode == 0, resumed.stderr
     study = optuna.load_study(study_name=unique_name, storage=reader_storage(postgres_url))
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]

@@ -23,6 +23,7 @@ from helpers import reader_storage
 from search import record
 from search.export.__main__ import main as export_main
 from search.run import main as run_main
+from search.storage import StorageError
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -39,14 +40,18 @@ baseline: {enabled: false}
 
 
 def wait_for_epochs(url: str, name: str, epochs: int, process: subprocess.Popen[str], timeout: float = 300) -> None:
-    """Poll until trial 0 has reported `epochs` epochs; fail if the run ends first."""
-    storage = reader_storage(url)
+    """Poll until trial 0 has reported `epochs` epochs; fail if the run ends first.
+
+    On a fresh database (a new CI machine) the run itself creates Optuna's tables: until then
+    opening the storage is refused, which here means "not yet"."""
+    storage = None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
+            storage = storage or reader_storage(url)
             trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
-        except KeyError:
-            trials = []  # the study is not created yet
+        except (KeyError, StorageError):
+            trials = []  # the tables or the study are not created yet
         if trials and len(trials[0].intermediate_values) >= epochs:
             return
         assert process.poll() is None, f"the first machine ended before the moment came: {process.communicate()}"

@@ -14,9 +14,6 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from search.export.figures import message_png
-from search.export.plots import optuna_plot_png
-
 MIN_IMPORTANCE_TRIALS = 10  # below this, fANOVA's ranking changes from one seed to the next
 STUDY_PLOTS = ("optimization_history.png", "param_importances.png", "intermediate_values.png")
 
@@ -59,8 +56,14 @@ def _importances(study: optuna.Study) -> Callable[[], object]:
 
 def draw_study_plots(study: optuna.Study, folder: Path) -> dict[str, str]:
     """The three plots; one that cannot be drawn becomes a PNG saying why, so the export always
-    has the same files. Returns those reasons by file name."""
+    has the same files. Returns those reasons by file name.
+
+    Matplotlib is imported here, not with the module: the study note reads this module's
+    threshold, and a worker pool's parent writes that note without drawing anything."""
     from optuna.visualization import matplotlib as optuna_plots
+
+    from search.export.figures import message_png
+    from search.export.plots import optuna_plot_png
 
     notes: dict[str, str] = {}
     plots: tuple[tuple[str, Callable[[], Callable[[], object]], str | None], ...] = (
