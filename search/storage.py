@@ -27,6 +27,8 @@ SQLITE_WAL_ATTEMPTS = 10
 SCHEMA_ATTEMPTS = 5
 MAX_RETRY = 3  # times a dead worker's trial is retried before it stays failed
 BACKENDS = ("sqlite", "postgresql", "mysql")
+# Tables every Optuna study database has: a database without them is not one.
+OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})
 # What a database says when another process created the same table, or stamped the same
 # schema version, a moment earlier (SQLite's and PostgreSQL's wording).
 _SCHEMA_RACE_MARKERS = ("already exists", "UNIQUE constraint failed", "duplicate key value")
@@ -96,14 +98,42 @@ def _switch_to_wal(path: Path) -> None:
             connection.execute("PRAGMA journal_mode=WAL")
 
 
+def _foreign_tables(path: Path) -> list[str]:
+    """The tables of an existing SQLite file that holds no Optuna study but other tables (an
+    application's database named by mistake), read without writing; empty when the file is new,
+    empty, a study database, or cannot be read this way (the open that follows reports that)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return []
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_SECONDS)
+        try:
+            rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        finally:
+            connection.close()
+    except sqlite3.Error:
+        return []
+    tables = sorted(name for (name,) in rows if not name.startswith("sqlite_"))
+    return [] if OPTUNA_TABLES & set(tables) else tables
+
+
 def _prepare_sqlite(path: Path) -> None:
-    """WAL lets the dashboard read while workers write; set once, it stays with the file."""
+    """WAL lets the dashboard read while workers write; set once, it stays with the file.
+
+    A file that holds other tables and no study is refused before anything is written to it: a
+    search would otherwise add its twenty tables to someone else's database."""
     if not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise StorageError(
             f"SQLite database {path} is on a read-only file system or not writable; a study writes to it: "
             "make it writable, or copy it somewhere writable and pass that with --storage"
+        )
+    foreign = _foreign_tables(path)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise StorageError(
+            f"SQLite database {path} holds other tables ({shown}) and no Optuna study; a search adds its tables only to "
+            "a new file or a study database: pass another path with --storage"
         )
     try:
         # Workers starting together on a new file race to switch it to WAL; the switch does not
@@ -221,7 +251,7 @@ def _require_optuna_tables(open_url: str, engine_kwargs: dict[str, object], url:
         tables = set(sqlalchemy.inspect(engine).get_table_names())
     finally:
         engine.dispose()
-    if not {"studies", "trials", "version_info"} <= tables:
+    if not OPTUNA_TABLES <= tables:
         raise StorageError(f"{redact(url)} is not an Optuna study database (no studies table); pass the {flag} a search wrote")
 
 

@@ -69,13 +69,18 @@ def test_a_study_name_becomes_a_checkpoint_folder_inside_the_checkpoints(name: s
         assert path.parent.name.startswith("名前")  # letters of any script are kept
 
 
-def test_export_and_dashboard_leave_a_foreign_sqlite_file_as_it_was(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_export_and_dashboard_leave_a_foreign_sqlite_file_as_it_was(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An application's database named by mistake: the search adds none of its tables to it
+    (it did, and switched the file to WAL, before the runner looked), export and dashboard read
+    nothing from it."""
     foreign = tmp_path / "app.db"
     with sqlite3.connect(foreign) as connection:
         connection.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, total REAL)")
         connection.execute("INSERT INTO orders (total) VALUES (9.5)")
     before = digest(foreign)
     url = f"sqlite:///{foreign}"
+    assert run_main(["--storage", url, "--trials", "1", "--no-export"]) == 2
+    assert "holds other tables (orders) and no Optuna study" in one_line_error(capsys)
     assert export_main(["--storage", url]) == 2
     assert "not an Optuna study database" in one_line_error(capsys)
     assert dashboard_main(["--storage", url]) == 2
