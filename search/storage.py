@@ -15,20 +15,18 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from lightning_modules.errors import UserInputError
 from search.paths import artifact_dir, default_storage_url
 from search.redaction import mask, normalise_url, redact, remember_secrets, url_secrets
+from search.sqlite_file import OPTUNA_TABLES, SQLITE_BUSY_TIMEOUT_SECONDS, foreign_tables, serialise_writers, switch_to_wal
 
-SQLITE_BUSY_TIMEOUT_SECONDS = 60
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 10  # a host that never answers is an error, not a hang (libpq waits for ever)
 SQLITE_WAL_ATTEMPTS = 10
 SCHEMA_ATTEMPTS = 5
 MAX_RETRY = 3  # times a dead worker's trial is retried before it stays failed
 BACKENDS = ("sqlite", "postgresql", "mysql")
-# Tables every Optuna study database has: a database without them is not one.
-OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})
 # What a database says when another process created the same table, or stamped the same
 # schema version, a moment earlier (SQLite's and PostgreSQL's wording).
 _SCHEMA_RACE_MARKERS = ("already exists", "UNIQUE constraint failed", "duplicate key value")
@@ -92,30 +90,6 @@ def _retry_lost_race(action: Callable[[], T], lost_race: Callable[[Exception], b
     return action()
 
 
-def _switch_to_wal(path: Path) -> None:
-    with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_SECONDS) as connection:
-        if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            connection.execute("PRAGMA journal_mode=WAL")
-
-
-def _foreign_tables(path: Path) -> list[str]:
-    """The tables of an existing SQLite file that holds no Optuna study but other tables (an
-    application's database named by mistake), read without writing; empty when the file is new,
-    empty, a study database, or cannot be read this way (the open that follows reports that)."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return []
-    try:
-        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_SECONDS)
-        try:
-            rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-        finally:
-            connection.close()
-    except sqlite3.Error:
-        return []
-    tables = sorted(name for (name,) in rows if not name.startswith("sqlite_"))
-    return [] if OPTUNA_TABLES & set(tables) else tables
-
-
 def _prepare_sqlite(path: Path) -> None:
     """WAL lets the dashboard read while workers write; set once, it stays with the file.
 
@@ -128,7 +102,7 @@ def _prepare_sqlite(path: Path) -> None:
             f"SQLite database {path} is on a read-only file system or not writable; a study writes to it: "
             "make it writable, or copy it somewhere writable and pass that with --storage"
         )
-    foreign = _foreign_tables(path)
+    foreign = foreign_tables(path)
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise StorageError(
@@ -138,7 +112,7 @@ def _prepare_sqlite(path: Path) -> None:
     try:
         # Workers starting together on a new file race to switch it to WAL; the switch does not
         # wait on the busy timeout, so the losers retry and then find it done.
-        _retry_lost_race(lambda: _switch_to_wal(path), lambda e: isinstance(e, sqlite3.OperationalError) and "locked" in str(e), SQLITE_WAL_ATTEMPTS)
+        _retry_lost_race(lambda: switch_to_wal(path), lambda e: isinstance(e, sqlite3.OperationalError) and "locked" in str(e), SQLITE_WAL_ATTEMPTS)
     except sqlite3.Error as error:
         raise StorageError(f"SQLite database {path} cannot be opened ({error}); check the path and its permissions") from None
 
@@ -195,29 +169,8 @@ def open_study_storage(url: str | None, *, heartbeat_seconds: int, grace_seconds
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
     ))
     if path is not None:
-        _serialise_sqlite_writers(storage.engine)
+        serialise_writers(storage.engine)
     return storage
-
-
-def _serialise_sqlite_writers(engine: Any) -> None:
-    """Every transaction of this engine takes SQLite's write lock when it begins (BEGIN IMMEDIATE).
-
-    pysqlite runs a SELECT outside any transaction and opens one only at the next write, so
-    Optuna's "read the waiting trial, then mark it running" could succeed in two processes at
-    once: both trained the same queued trial (the baseline, a retry) and one crashed telling it.
-    SQLAlchemy's documented recipe for pysqlite: let the driver begin nothing, begin here.
-    """
-    from sqlalchemy import event
-
-    @event.listens_for(engine, "connect")
-    def _no_driver_transactions(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _begin_immediate(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    engine.dispose()  # connections opened before the listeners were added would begin the old way
 
 
 def open_existing_storage(url: str | None, *, read_only: bool = False, flag: str = "--storage"):  # noqa: ANN201 - RDBStorage
