@@ -24,6 +24,7 @@ def test_throughput_quick_prints_its_table(isolated_home: Path, capsys: pytest.C
         assert f"| {loop}" in out
 
 
+@pytest.mark.slow  # a benchmark's smoke run, as the others (docs/TESTING.md): 3-7 s of timed steps
 def test_optimizer_step_quick_prints_every_kernel(capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks.optimizer_step import HEADER, KERNELS, NETS, main
 
