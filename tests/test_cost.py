@@ -15,6 +15,7 @@ from lightning_modules.data.split import DataSplit
 from lightning_modules.network import build_network, multiply_adds
 from search import record
 from search.cost import cost_ratio, median_cost, net_cost
+from search.export.__main__ import main as export_main
 from search.objective import make_objective
 from search.progress import trial_line
 from search.settings_file import load_settings
@@ -70,7 +71,9 @@ def test_the_median_counts_finished_dnns_the_sampler_chose_and_trained() -> None
 
 
 @pytest.mark.slow
-def test_a_search_prunes_costly_nets_before_training_and_trains_the_rest(tmp_path: Path, tiny_split: DataSplit) -> None:
+def test_a_search_prunes_costly_nets_before_training_and_trains_the_rest(
+    tmp_path: Path, tiny_split: DataSplit, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """max_cost_ratio 1: after the first DNN (512-512), a net costlier than the median so far never trains."""
     settings = load_settings(None, {
         "study": {"name": "c", "trials": 12, "target_accuracy": None, "seed": 3},
@@ -95,6 +98,14 @@ def test_a_search_prunes_costly_nets_before_training_and_trains_the_rest(tmp_pat
             assert ratio is None or ratio <= 1
     trained_dnns = [t for t in trials if t.params["classifier"] == "dnn" and t not in over]
     assert len(trained_dnns) >= 2  # the first DNN and at least one cheaper net
+
+
+    # --reproduce of such a trial is one line, before any data is read (here: none to read)
+    monkeypatch.setenv("MNIST_DATA_DIR", str(tmp_path / "no-data-here"))
+    capsys.readouterr()
+    assert export_main(["--storage", f"sqlite:///{tmp_path / 'c.db'}", "--study-name", "c", "--reproduce", str(over[0].number)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and f"trial {over[0].number} was pruned before training" in error, error
 
 
 def test_enqueued_trials_and_retries_are_never_bounded(tmp_path: Path, tiny_split: DataSplit) -> None:

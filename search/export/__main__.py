@@ -109,6 +109,7 @@ def reproduce_trial(study: optuna.Study, settings: Settings, number: int) -> int
     """Refit one trial and print recorded vs reproduced values; exit 0 only when they match."""
     from optuna.trial import TrialState
 
+    from search import record
     from search.data import check_data, data_identity, load_split, require_same_data
     from search.export.errors import ExportError
     from search.export.reproduce import reproduce
@@ -119,6 +120,9 @@ def reproduce_trial(study: optuna.Study, settings: Settings, number: int) -> int
     trial = trials[number]
     if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
         raise ExportError(f"trial {number} is {trial.state.name.lower()}, not finished; reproduce a complete or pruned trial")
+    if record.OVER_COST in trial.user_attrs:  # before the data is read: there is nothing to train
+        raise ExportError(f"trial {number} was pruned before training (its net cost {trial.user_attrs[record.OVER_COST]}x the median "
+                          "tried DNN's); there is no training to reproduce: pick a trained trial")
     source = check_data(settings.data)
     split = load_split(settings.data, source)
     require_same_data(study, data_identity(split, source))
