@@ -42,8 +42,10 @@ def thread_share(workers: int, cores: int) -> int:
     return max(1, cores // max(1, workers))
 
 
-def configure_torch(workers: int = 1, cores: int | None = None) -> int:
-    """Give each of `workers` processes an equal share of the cores; returns the thread count.
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """The torch threads each of `workers` processes gets: OMP_NUM_THREADS when it is a positive
+    count, else an equal share of the cores. One function, so the run's first line says the
+    count `configure_torch` sets.
 
     OMP_NUM_THREADS, when set, wins: on a machine shared with other jobs one thread per process
     is several times faster than two that spin against the other load (docs/BENCHMARKS.md).
@@ -51,9 +53,13 @@ def configure_torch(workers: int = 1, cores: int | None = None) -> int:
     """
     explicit = os.environ.get("OMP_NUM_THREADS", "").strip()
     if explicit.isdigit() and int(explicit) > 0:
-        threads = int(explicit)
-    else:
-        threads = thread_share(workers, cores or len(os.sched_getaffinity(0)))
+        return int(explicit)
+    return thread_share(workers, cores or len(os.sched_getaffinity(0)))
+
+
+def configure_torch(workers: int = 1, cores: int | None = None) -> int:
+    """Give each of `workers` processes its thread count (`threads_per_worker`); returns it."""
+    threads = threads_per_worker(workers, cores)
     import torch  # here: choosing a device or a thread share imports no torch
 
     torch.set_num_threads(threads)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lightning_modules.device import Device, physical_ids, resolve_device, thread_share, visible_gpus, worker_visible_devices
+from lightning_modules.device import Device, physical_ids, resolve_device, threads_per_worker, visible_gpus, worker_visible_devices
 from lightning_modules.errors import UserInputError
 from search.options import RUN_FLAGS, OneLineParser, add_flags, overrides_from_args
 from search.redaction import mask, mask_known, redact, redact_words, secrets_in
@@ -64,7 +64,7 @@ def check_device(settings: Settings) -> Device:
     on them, before any study is created: a GPU asked for and missing is a one-line error."""
     training, workers = settings.training, settings.study.workers
     gpus = [] if training.accelerator == "cpu" else visible_gpus()  # torch only when a GPU may be wanted
-    device = resolve_device(training.accelerator, training.devices, gpus, thread_share(workers, cores()))
+    device = resolve_device(training.accelerator, training.devices, gpus, threads_per_worker(workers, cores()))
     if device.kind == "cuda" and workers > 1:
         worker_visible_devices(workers, physical_ids(device.indices), training.workers_per_device)
     return device
@@ -90,9 +90,10 @@ def resume_command(argv: list[str]) -> str:
 def run(argv: list[str], stop: StopRequest) -> int:
     settings = parse_settings(argv)
     from search.data import check_data
-    from search.storage import check_storage_url
+    from search.storage import check_storage_url, refuse_a_foreign_sqlite_file
 
     url = check_storage_url(settings.study.storage)
+    refuse_a_foreign_sqlite_file(url)  # before the data is loaded: a mistyped path answers at once
     source = check_data(settings.data)
     settings = check_artifact_store(settings)
     check_workers(settings)

@@ -1,7 +1,7 @@
 """An SQLite study file: what it holds before a search writes to it, its journal, its write lock.
 
-Plain `sqlite3` and SQLAlchemy engine events, no Optuna: `search/storage.py` turns a URL into a
-storage and calls these on the file it names.
+Plain `sqlite3` and SQLAlchemy engine events, no Optuna import: `search/storage.py` turns a URL
+into a storage and calls these on the file it names.
 """
 
 from __future__ import annotations
@@ -13,6 +13,14 @@ from typing import Any
 SQLITE_BUSY_TIMEOUT_SECONDS = 60
 # Tables every Optuna study database has: a database without them is not one.
 OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})
+# Every table Optuna's RDB storage creates (Optuna 5; tests/test_optuna_compat.py checks the list
+# against Optuna's own models). A file holding only some of them is a study database another
+# process is creating right now.
+OPTUNA_SCHEMA = OPTUNA_TABLES | frozenset({
+    "study_directions", "study_user_attributes", "study_system_attributes", "trial_user_attributes",
+    "trial_system_attributes", "trial_params", "trial_values", "trial_intermediate_values", "trial_heartbeats",
+    "alembic_version",
+})
 
 
 def switch_to_wal(path: Path) -> None:
@@ -23,21 +31,33 @@ def switch_to_wal(path: Path) -> None:
 
 
 def foreign_tables(path: Path) -> list[str]:
-    """The tables of an existing SQLite file that holds no Optuna study but other tables (an
-    application's database named by mistake), read without writing; empty when the file is new,
-    empty, a study database, or cannot be read this way (the open that follows reports that)."""
+    """The tables of an existing SQLite file that is not a study database (an application's
+    database named by mistake); empty when the file is new, empty, not SQLite at all (the open
+    that follows says so), a study database (Optuna's tables, with or without others) or one
+    being created (only Optuna's tables so far).
+
+    Read without writing first; a file the read-only open cannot read (a hot journal left by a
+    crashed writer) is read on an ordinary connection, which only does SQLite's own recovery."""
     if not path.is_file() or path.stat().st_size == 0:
         return []
     try:
-        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_SECONDS)
-        try:
-            rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-        finally:
-            connection.close()
-    except sqlite3.Error:
+        rows = _table_names(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.DatabaseError as error:
+        if "not a database" in str(error):
+            return []
+        rows = _table_names(str(path), uri=False)
+    tables = {name for name in rows if not name.startswith("sqlite_")}
+    if OPTUNA_TABLES <= tables or tables <= OPTUNA_SCHEMA:
         return []
-    tables = sorted(name for (name,) in rows if not name.startswith("sqlite_"))
-    return [] if OPTUNA_TABLES & set(tables) else tables
+    return sorted(tables)
+
+
+def _table_names(database: str, *, uri: bool) -> list[str]:
+    connection = sqlite3.connect(database, uri=uri, timeout=SQLITE_BUSY_TIMEOUT_SECONDS)
+    try:
+        return [name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    finally:
+        connection.close()
 
 
 def serialise_writers(engine: Any) -> None:

@@ -90,11 +90,32 @@ def _retry_lost_race(action: Callable[[], T], lost_race: Callable[[Exception], b
     return action()
 
 
-def _prepare_sqlite(path: Path) -> None:
-    """WAL lets the dashboard read while workers write; set once, it stays with the file.
+def refuse_a_foreign_sqlite_file(url: str) -> None:
+    """StorageError if the URL names an existing SQLite file of another application: for the
+    runner to answer before it loads any data (opening the storage checks again)."""
+    path = sqlite_path(url)
+    if path is not None:
+        _refuse_foreign(path)
 
-    A file that holds other tables and no study is refused before anything is written to it: a
-    search would otherwise add its twenty tables to someone else's database."""
+
+def _refuse_foreign(path: Path) -> None:
+    """Refused before anything is written to it: a search would otherwise add its tables to
+    someone else's database (and switch it to WAL)."""
+    try:
+        foreign = foreign_tables(path)
+    except sqlite3.Error as error:
+        raise StorageError(f"SQLite database {path} cannot be read ({error}); check the path and its permissions") from None
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise StorageError(
+            f"SQLite database {path} holds other tables ({shown}) and no Optuna study; a search adds its tables only to "
+            "a new file or a study database: pass another path with --storage"
+        )
+
+
+def _prepare_sqlite(path: Path) -> None:
+    """WAL lets the dashboard read while workers write; set once, it stays with the file. A file
+    that holds another application's tables is refused first (`_refuse_foreign`)."""
     if not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
@@ -102,13 +123,7 @@ def _prepare_sqlite(path: Path) -> None:
             f"SQLite database {path} is on a read-only file system or not writable; a study writes to it: "
             "make it writable, or copy it somewhere writable and pass that with --storage"
         )
-    foreign = foreign_tables(path)
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise StorageError(
-            f"SQLite database {path} holds other tables ({shown}) and no Optuna study; a search adds its tables only to "
-            "a new file or a study database: pass another path with --storage"
-        )
+    _refuse_foreign(path)
     try:
         # Workers starting together on a new file race to switch it to WAL; the switch does not
         # wait on the busy timeout, so the losers retry and then find it done.

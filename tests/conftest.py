@@ -27,7 +27,8 @@ POSTGRES_URL = os.environ.get("MNIST_SEARCH_TEST_POSTGRES", "postgresql://postgr
 # idle OpenMP threads spin against the other's work. The same suite took 366 s instead of 429 s
 # and 269 s instead of 361 s of its processes' own CPU (docs/TESTING.md). A value set by the
 # caller wins, as it does for the runner (`configure_torch`).
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+if not os.environ.get("OMP_NUM_THREADS", "").strip().isdigit() or int(os.environ["OMP_NUM_THREADS"]) < 1:
+    os.environ["OMP_NUM_THREADS"] = "1"  # unset, or not a count configure_torch would take
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 

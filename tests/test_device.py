@@ -23,6 +23,7 @@ from lightning_modules.device import (
     physical_ids,
     resolve_device,
     thread_share,
+    threads_per_worker,
     worker_visible_devices,
 )
 from lightning_modules.hyperparams import HyperParams
@@ -155,6 +156,17 @@ def test_each_gpu_worker_gets_its_environment_and_cpu_workers_none() -> None:
 @pytest.mark.parametrize(("workers", "cores", "threads"), [(1, 16, 16), (4, 16, 4), (3, 2, 1), (64, 16, 1)])
 def test_cpu_threads_are_an_equal_share_of_the_cores(workers: int, cores: int, threads: int) -> None:
     assert thread_share(workers, cores) == threads
+
+
+@pytest.mark.parametrize(("omp", "threads"), [("3", 3), (None, 8), ("", 8), ("0", 8), ("2,1", 8)])
+def test_the_first_line_counts_the_threads_torch_is_given(omp: str | None, threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OMP_NUM_THREADS, when a positive count, is what configure_torch sets and what the run's
+    first line says; anything else falls back to the share of the cores."""
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    assert threads_per_worker(2, cores=16) == threads
 
 
 @pytest.mark.slow

@@ -116,3 +116,18 @@ def test_every_private_use_is_listed_in_the_module() -> None:
         "ArtifactStore", "SilentTrialAwareStorage", "enqueued", "finished_trial_writable", "set_trial_system_attr",
         "storage_url", "study_storage", "trial_system_attrs",
     }
+
+
+def test_the_tables_a_foreign_file_is_told_by_are_optunas_own(tmp_path: Path) -> None:
+    """search/sqlite_file.py names Optuna's tables to tell a study database (or one being
+    created) from an application's: they must be the tables this Optuna creates."""
+    import sqlite3
+
+    from search.sqlite_file import OPTUNA_SCHEMA, OPTUNA_TABLES
+
+    path = tmp_path / "s.db"
+    RDBStorage(f"sqlite:///{path}")
+    with sqlite3.connect(path) as connection:
+        created = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert created == OPTUNA_SCHEMA
+    assert OPTUNA_TABLES < created

@@ -22,6 +22,7 @@ from search.paths import checkpoints_dir
 from search.resume import checkpoint_path
 from search.run import main as run_main
 from search.settings_file import load_settings
+from search.sqlite_file import foreign_tables
 from search.study import open_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +90,45 @@ def test_run_export_and_dashboard_leave_a_foreign_sqlite_file_as_it_was(tmp_path
     with sqlite3.connect(foreign) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # never switched to WAL
     assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]  # no -wal, -shm, journal or run folder left
+
+
+@pytest.mark.parametrize(("tables", "foreign"), [
+    (["orders"], ["orders"]),
+    (["version_info", "patients"], ["patients", "version_info"]),  # one of Optuna's names is not a study
+    (["trials", "patients"], ["patients", "trials"]),
+    (["studies"], []),  # a study database another process is creating right now
+    (["studies", "trials", "version_info", "my_notes"], []),  # a study database with a table of the user's
+    ([], []),
+])
+def test_a_file_is_a_study_database_only_with_optunas_tables(tmp_path: Path, tables: list[str], foreign: list[str]) -> None:
+    path = tmp_path / "f.db"
+    with sqlite3.connect(path) as connection:
+        for table in tables:
+            connection.execute(f"CREATE TABLE {table} (id INTEGER)")
+    assert foreign_tables(path) == foreign
+
+
+def test_a_foreign_file_left_mid_transaction_is_still_found(tmp_path: Path) -> None:
+    """A crashed writer's hot journal makes the read-only open fail: the check reads on, it
+    does not wave the file through."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE orders (id INTEGER)")
+    crash = (  # a writer killed mid-transaction leaves app.db-journal behind
+        "import os, sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('PRAGMA cache_size=1'); c.execute('BEGIN')\n"
+        "c.execute('CREATE TABLE big (x)'); c.executemany('INSERT INTO big VALUES (?)', [('x' * 500,)] * 2000)\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", crash, str(path)], check=True, timeout=60)
+    assert (tmp_path / "app.db-journal").exists()
+    with pytest.raises(sqlite3.OperationalError):  # what the read-only open meets
+        sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True).execute("SELECT name FROM sqlite_master").fetchall()
+    assert foreign_tables(path) == ["orders"]
 
 
 def test_export_of_a_mistyped_storage_path_creates_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
