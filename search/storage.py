@@ -92,10 +92,17 @@ def _retry_lost_race(action: Callable[[], T], lost_race: Callable[[Exception], b
 
 def refuse_a_foreign_sqlite_file(url: str) -> None:
     """StorageError if the URL names an existing SQLite file of another application: for the
-    runner to answer before it loads any data (opening the storage checks again)."""
+    runner to answer before it loads any data (opening the storage checks again). A file it
+    cannot read here (on a read-only disk, a WAL file without its -shm cannot be opened) is left
+    to that open, which names the problem."""
     path = sqlite_path(url)
     if path is not None:
-        _refuse_foreign(path)
+        try:
+            tables = foreign_tables(path)
+        except sqlite3.Error:
+            return
+        if tables:
+            _refuse_foreign(path)
 
 
 def _refuse_foreign(path: Path) -> None:
