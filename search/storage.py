@@ -96,33 +96,29 @@ def refuse_a_foreign_sqlite_file(url: str) -> None:
     cannot read here (on a read-only disk, a WAL file without its -shm cannot be opened) is left
     to that open, which names the problem."""
     path = sqlite_path(url)
-    if path is not None:
-        try:
-            tables = foreign_tables(path)
-        except sqlite3.Error:
-            return
-        if tables:
-            _refuse_foreign(path)
-
-
-def _refuse_foreign(path: Path) -> None:
-    """Refused before anything is written to it: a search would otherwise add its tables to
-    someone else's database (and switch it to WAL)."""
+    if path is None:
+        return
     try:
         foreign = foreign_tables(path)
-    except sqlite3.Error as error:
-        raise StorageError(f"SQLite database {path} cannot be read ({error}); check the path and its permissions") from None
+    except sqlite3.Error:
+        return
     if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise StorageError(
-            f"SQLite database {path} holds other tables ({shown}) and no Optuna study; a search adds its tables only to "
-            "a new file or a study database: pass another path with --storage"
-        )
+        raise _foreign_file(path, foreign)
+
+
+def _foreign_file(path: Path, foreign: list[str]) -> StorageError:
+    """Refused before anything is written to it: a search would otherwise add its tables to
+    someone else's database (and switch it to WAL)."""
+    shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+    return StorageError(
+        f"SQLite database {path} holds other tables ({shown}) and no Optuna study; a search adds its tables only to "
+        "a new file or a study database: pass another path with --storage"
+    )
 
 
 def _prepare_sqlite(path: Path) -> None:
     """WAL lets the dashboard read while workers write; set once, it stays with the file. A file
-    that holds another application's tables is refused first (`_refuse_foreign`)."""
+    that holds another application's tables is refused first (`_foreign_file`)."""
     if not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
@@ -130,7 +126,12 @@ def _prepare_sqlite(path: Path) -> None:
             f"SQLite database {path} is on a read-only file system or not writable; a study writes to it: "
             "make it writable, or copy it somewhere writable and pass that with --storage"
         )
-    _refuse_foreign(path)
+    try:
+        foreign = foreign_tables(path)
+    except sqlite3.Error as error:
+        raise StorageError(f"SQLite database {path} cannot be read ({error}); check the path and its permissions") from None
+    if foreign:
+        raise _foreign_file(path, foreign)
     try:
         # Workers starting together on a new file race to switch it to WAL; the switch does not
         # wait on the busy timeout, so the losers retry and then find it done.
