@@ -16,6 +16,7 @@ import torch
 from lightning_modules.data.arrays import MnistArrays, load_idx_dir
 from lightning_modules.data.datasets import MNIST
 from lightning_modules.data.split import DataSplit, split_data
+from lightning_modules.device import threads_per_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = Path(os.environ.get("MNIST_DATA_DIR") or ROOT.parent / "shared" / "data" / "mnist").resolve()
@@ -27,8 +28,7 @@ POSTGRES_URL = os.environ.get("MNIST_SEARCH_TEST_POSTGRES", "postgresql://postgr
 # idle OpenMP threads spin against the other's work. The same suite took 366 s instead of 429 s
 # and 269 s instead of 361 s of its processes' own CPU (docs/TESTING.md). A value set by the
 # caller wins, as it does for the runner (`configure_torch`).
-if not os.environ.get("OMP_NUM_THREADS", "").strip().isdigit() or int(os.environ["OMP_NUM_THREADS"]) < 1:
-    os.environ["OMP_NUM_THREADS"] = "1"  # unset, or not a count configure_torch would take
+os.environ["OMP_NUM_THREADS"] = str(threads_per_worker(1, cores=1))  # a valid count set by the caller, else 1
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 

@@ -1,8 +1,8 @@
 """Bodies for spawned worker processes in tests, in a module of their own.
 
-A spawned child imports the module that defines its target: one that imports only the standard
-library starts in a fraction of a second, where a test module (torch, Lightning) costs each
-child about 5 s of CPU.
+A spawned child imports the module that defines its target: this one imports the standard
+library and `lightning_modules/device.py` (no torch at import) and starts in a fraction of a
+second, where a test module (torch, Lightning) costs each child about 5 s of CPU.
 """
 
 from __future__ import annotations
