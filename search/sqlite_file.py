@@ -32,24 +32,34 @@ def switch_to_wal(path: Path) -> None:
 
 def foreign_tables(path: Path) -> list[str]:
     """The tables of an existing SQLite file that is not a study database (an application's
-    database named by mistake); empty when the file is new, empty, not SQLite at all (the open
-    that follows says so), a study database (Optuna's tables, with or without others) or one
-    being created (only Optuna's tables so far).
+    database named by mistake), as `foreign_in` tells them."""
+    return foreign_in(table_names(path))
+
+
+def foreign_in(tables: set[str]) -> list[str]:
+    """`tables` (a file's) when they are not a study database's, sorted; empty when there are
+    none (a new, empty or non-SQLite file: the open that follows says so), when they are a study
+    database's (Optuna's tables, with or without others) or one being created (only Optuna's
+    tables so far)."""
+    if OPTUNA_TABLES <= tables or tables <= OPTUNA_SCHEMA:
+        return []
+    return sorted(tables)
+
+
+def table_names(path: Path) -> set[str]:
+    """The tables of an SQLite file (none: missing, empty or not SQLite), SQLite's own left out.
 
     Read without writing first; a file the read-only open cannot read (a hot journal left by a
     crashed writer) is read on an ordinary connection, which only does SQLite's own recovery."""
     if not path.is_file() or path.stat().st_size == 0:
-        return []
+        return set()
     try:
         rows = _table_names(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     except sqlite3.DatabaseError as error:
         if "not a database" in str(error):
-            return []
+            return set()
         rows = _table_names(str(path), uri=False)
-    tables = {name for name in rows if not name.startswith("sqlite_")}
-    if OPTUNA_TABLES <= tables or tables <= OPTUNA_SCHEMA:
-        return []
-    return sorted(tables)
+    return {name for name in rows if not name.startswith("sqlite_")}
 
 
 def _table_names(database: str, *, uri: bool) -> list[str]:

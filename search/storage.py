@@ -20,7 +20,7 @@ from typing import TypeVar
 from lightning_modules.errors import UserInputError
 from search.paths import artifact_dir, default_storage_url
 from search.redaction import mask, normalise_url, redact, remember_secrets, url_secrets
-from search.sqlite_file import OPTUNA_TABLES, SQLITE_BUSY_TIMEOUT_SECONDS, foreign_tables, serialise_writers, switch_to_wal
+from search.sqlite_file import OPTUNA_TABLES, SQLITE_BUSY_TIMEOUT_SECONDS, foreign_in, foreign_tables, serialise_writers, switch_to_wal, table_names
 
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 10  # a host that never answers is an error, not a hang (libpq waits for ever)
 SQLITE_WAL_ATTEMPTS = 10
@@ -116,9 +116,12 @@ def _foreign_file(path: Path, foreign: list[str]) -> StorageError:
     )
 
 
-def _prepare_sqlite(path: Path) -> None:
-    """WAL lets the dashboard read while workers write; set once, it stays with the file. A file
-    that holds another application's tables is refused first (`_foreign_file`)."""
+def _prepare_sqlite(path: Path) -> bool:
+    """Check the file a search will write to, and switch a new one to WAL (set once, it stays
+    with the file; WAL lets the dashboard read while workers write). Returns whether the file
+    already holds a study database: that one is switched only once Optuna has accepted its
+    schema version (`_switch_to_wal` after the open), so a refused file stays byte for byte as
+    it was. A file that holds another application's tables is refused first (`_foreign_file`)."""
     if not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
@@ -127,11 +130,18 @@ def _prepare_sqlite(path: Path) -> None:
             "make it writable, or copy it somewhere writable and pass that with --storage"
         )
     try:
-        foreign = foreign_tables(path)
+        tables = table_names(path)
     except sqlite3.Error as error:
         raise StorageError(f"SQLite database {path} cannot be read ({error}); check the path and its permissions") from None
-    if foreign:
-        raise _foreign_file(path, foreign)
+    if foreign_in(tables):
+        raise _foreign_file(path, foreign_in(tables))
+    existing = OPTUNA_TABLES <= tables
+    if not existing:
+        _switch_to_wal(path)
+    return existing
+
+
+def _switch_to_wal(path: Path) -> None:
     try:
         # Workers starting together on a new file race to switch it to WAL; the switch does not
         # wait on the busy timeout, so the losers retry and then find it done.
@@ -184,14 +194,18 @@ def open_study_storage(url: str | None, *, heartbeat_seconds: int, grace_seconds
     url = check_storage_url(url)
     engine_kwargs: dict[str, object] = {"pool_pre_ping": True, "connect_args": _server_connect_args(url)}
     path = sqlite_path(url)
+    existing = False
     if path is not None:
-        _prepare_sqlite(path)
+        existing = _prepare_sqlite(path)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}}
     storage = _open(url, lambda: SilentTrialAwareStorage(
         url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds, grace_period=grace_seconds,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+        skip_table_creation=existing,  # a study file's tables are its schema's; Optuna's check below judges them
     ))
     if path is not None:
+        if existing:
+            _switch_to_wal(path)
         serialise_writers(storage.engine)
     return storage
 

@@ -108,6 +108,19 @@ def test_a_file_is_a_study_database_only_with_optunas_tables(tmp_path: Path, tab
     assert foreign_tables(path) == foreign
 
 
+def test_a_study_file_of_this_schema_is_switched_to_wal_once_optuna_accepts_it(tmp_path: Path) -> None:
+    """A file plain Optuna made (rollback journal) is switched after the open; a new file before it."""
+    from search.storage import open_study_storage
+
+    made = tmp_path / "made.db"
+    optuna.create_study(study_name="mnist", storage=f"sqlite:///{made}")
+    for path in (made, tmp_path / "new.db"):
+        open_study_storage(f"sqlite:///{path}", heartbeat_seconds=5, grace_seconds=20).engine.dispose()
+        with sqlite3.connect(path) as connection:
+            assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert optuna.load_study(study_name="mnist", storage=f"sqlite:///{made}").trials == []
+
+
 def test_a_foreign_file_left_mid_transaction_is_still_found(tmp_path: Path) -> None:
     """A crashed writer's hot journal makes the read-only open fail: the check reads on, it
     does not wave the file through."""

@@ -222,20 +222,24 @@ def test_a_postgres_server_that_never_answers_is_an_error_not_a_hang(monkeypatch
 def test_a_database_of_another_optuna_schema_is_a_clear_error_and_stays_untouched(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Optuna refuses tables of another schema version with a RuntimeError; the user gets its
     advice in one line (exit 2), for this run's storage and for a --warm-start source alike."""
+    for version, missing in (("v3.0.0.a", None), ("v1.3.0.a", "trial_heartbeats")):  # as Optuna 3.0 and 1.3 left it
+        _refused_untouched(tmp_path / f"old-{version}.db", version, missing, capsys)
+
+
+def _refused_untouched(path: Path, version: str, missing: str | None, capsys: pytest.CaptureFixture[str]) -> None:
     import sqlite3
 
-    path = tmp_path / "old.db"
     optuna.create_study(study_name="mnist", storage=f"sqlite:///{path}")
     with sqlite3.connect(path) as db:
-        db.execute("update alembic_version set version_num = 'v3.0.0.a'")  # as an older Optuna left it
-    def dump() -> list[str]:
-        with sqlite3.connect(path) as db:
-            return list(db.iterdump())
-
-    before = dump()
-    for argv in (["--storage", f"sqlite:///{path}"], ["--study-name", "new", "--storage", f"sqlite:///{tmp_path / 'new.db'}",
+        db.execute("update alembic_version set version_num = ?", (version,))
+        if missing:
+            db.execute(f"drop table {missing}")
+    before = path.read_bytes()
+    for argv in (["--storage", f"sqlite:///{path}"], ["--study-name", "new", "--storage", f"sqlite:///{path.parent / 'new.db'}",
                                                        "--warm-start", "mnist", "--warm-start-storage", f"sqlite:///{path}"]):
         done = run_main(argv, capsys)
         assert done.returncode == 2, done.stderr
         assert done.stderr.count("\n") == 1 and "optuna storage upgrade" in done.stderr and "Traceback" not in done.stderr
-    assert dump() == before  # every table and row as it was (opening may switch the journal to WAL, as for any run)
+    # Byte for byte as it was: no table added, and its journal not switched to WAL before Optuna's check.
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.name)) == [path.name]
