@@ -132,6 +132,15 @@ def open_store(location: StoreLocation, *, create: bool = True, writable: bool =
     return AtomicFolderStore(location.folder)
 
 
+def build_artifact_store(directory: Path | None = None, create: bool = True) -> AtomicFolderStore:
+    """A folder artifact store (default: this machine's artifacts/) with atomic writes, for tests
+    and tools; the store a study runs with comes from its location (`open_store`)."""
+    directory = directory or artifact_dir()
+    if create:
+        directory.mkdir(parents=True, exist_ok=True)
+    return AtomicFolderStore(directory)
+
+
 def _not_found(artifact_id: str) -> Exception:
     from optuna.artifacts.exceptions import ArtifactNotFound
 

@@ -54,12 +54,24 @@ def table_names(path: Path) -> set[str]:
     if not path.is_file() or path.stat().st_size == 0:
         return set()
     try:
-        rows = _table_names(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        rows = _table_names(_read_only_uri(path), uri=True)
     except sqlite3.DatabaseError as error:
         if "not a database" in str(error):
             return set()
         rows = _table_names(str(path), uri=False)
     return {name for name in rows if not name.startswith("sqlite_")}
+
+
+def _read_only_uri(path: Path) -> str:
+    """A read-only URI; `immutable=1` when no -wal or -journal lies beside the file, so the file
+    alone is the database: a plain read-only open of a WAL file creates its -wal and -shm and,
+    being read-only, cannot remove them, which would leave them beside another program's file.
+    An immutable read assumes nobody writes meanwhile; a writer starting in that moment can make
+    it fail (then read again on an ordinary connection) or miss that writer's change, which for
+    the table list only matters while the file is being created."""
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    beside = [path.with_name(path.name + suffix) for suffix in ("-wal", "-journal")]
+    return uri if any(p.exists() for p in beside) else uri + "&immutable=1"
 
 
 def _table_names(database: str, *, uri: bool) -> list[str]:

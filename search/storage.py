@@ -1,4 +1,4 @@
-"""Storage URLs -> Optuna storages (and a folder artifact store, for tests and tools).
+"""Storage URLs -> Optuna storages.
 
 SQLite is the embedded default; PostgreSQL (psycopg 3, the driver SQLAlchemy 2.1 picks for
 `postgresql://`) scales out. A URL is checked (`check_storage_url`) before anything is imported
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from lightning_modules.errors import UserInputError
-from search.paths import artifact_dir, default_storage_url
+from search.paths import default_storage_url
 from search.redaction import mask, normalise_url, redact, remember_secrets, url_secrets
 from search.sqlite_file import OPTUNA_TABLES, SQLITE_BUSY_TIMEOUT_SECONDS, foreign_in, foreign_tables, serialise_writers, switch_to_wal, table_names
 
@@ -129,16 +129,20 @@ def _prepare_sqlite(path: Path) -> bool:
             f"SQLite database {path} is on a read-only file system or not writable; a study writes to it: "
             "make it writable, or copy it somewhere writable and pass that with --storage"
         )
-    try:
-        tables = table_names(path)
-    except sqlite3.Error as error:
-        raise StorageError(f"SQLite database {path} cannot be read ({error}); check the path and its permissions") from None
+    tables = _sqlite_tables(path)
     if foreign_in(tables):
         raise _foreign_file(path, foreign_in(tables))
     existing = OPTUNA_TABLES <= tables
     if not existing:
         _switch_to_wal(path)
     return existing
+
+
+def _sqlite_tables(path: Path) -> set[str]:
+    try:
+        return table_names(path)
+    except sqlite3.Error as error:
+        raise StorageError(f"SQLite database {path} cannot be read ({error}); check the path and its permissions") from None
 
 
 def _switch_to_wal(path: Path) -> None:
@@ -233,14 +237,19 @@ def open_existing_storage(url: str | None, *, read_only: bool = False, flag: str
 
 
 def _require_optuna_tables(open_url: str, engine_kwargs: dict[str, object], url: str, flag: str) -> None:
-    """Refuse a database without Optuna's tables before Optuna reads (or writes) it."""
+    """Refuse a database without Optuna's tables before Optuna reads (or writes) it. An SQLite
+    file is read as `search/sqlite_file.py` reads it, leaving nothing beside another program's file."""
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(open_url, **engine_kwargs)
-    try:
-        tables = set(sqlalchemy.inspect(engine).get_table_names())
-    finally:
-        engine.dispose()
+    path = sqlite_path(url)
+    if path is not None:
+        tables = _sqlite_tables(path)
+    else:
+        engine = sqlalchemy.create_engine(open_url, **engine_kwargs)
+        try:
+            tables = set(sqlalchemy.inspect(engine).get_table_names())
+        finally:
+            engine.dispose()
     if not OPTUNA_TABLES <= tables:
         raise StorageError(f"{redact(url)} is not an Optuna study database (no studies table); pass the {flag} a search wrote")
 
@@ -265,17 +274,6 @@ def storage_guard(url: str) -> Callable[[], None]:
             )
 
     return check
-
-
-def build_artifact_store(directory: Path | None = None, create: bool = True):  # noqa: ANN201 - AtomicFolderStore
-    """A folder artifact store (default: this machine's artifacts/) with atomic writes; the store
-    a study runs with comes from its location (search/artifact_stores.py)."""
-    from search.artifact_stores import AtomicFolderStore
-
-    directory = directory or artifact_dir()
-    if create:
-        directory.mkdir(parents=True, exist_ok=True)
-    return AtomicFolderStore(directory)
 
 
 def study_names(storage: object) -> list[str]:

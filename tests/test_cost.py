@@ -19,7 +19,7 @@ from search.export.__main__ import main as export_main
 from search.objective import make_objective
 from search.progress import trial_line
 from search.settings_file import load_settings
-from search.storage import build_artifact_store
+from search.artifact_stores import build_artifact_store
 from search.study import open_study, run_worker
 
 DIST = {

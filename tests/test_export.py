@@ -39,7 +39,7 @@ from search.export.trained import retrain_note
 from search.objective import make_objective
 from search.settings import settings_as_dict
 from search.settings_file import load_settings
-from search.storage import build_artifact_store
+from search.artifact_stores import build_artifact_store
 from search.study import best_trials, open_study, run_worker
 
 pytestmark = pytest.mark.slow  # trains models end to end: the full suite runs it, the fast subset does not

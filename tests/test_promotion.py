@@ -23,7 +23,7 @@ from search.run import build_parser
 from search.settings_file import ConfigError, load_settings
 from search.space import suggest_params
 from search.stopping import SurplusTrial
-from search.storage import build_artifact_store
+from search.artifact_stores import build_artifact_store
 from search.study import build_pruner, open_study, run_worker
 
 BASE = 8  # the study's max_epochs in these trials

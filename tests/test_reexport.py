@@ -21,7 +21,7 @@ from search import record
 from search.export.artifacts import ARTIFACT_MIMETYPES, content_digest
 from search.export.exporter import FILES, default_export_dir
 from search.run import main as run_main
-from search.storage import build_artifact_store
+from search.artifact_stores import build_artifact_store
 
 pytestmark = pytest.mark.slow  # trains models end to end: the full suite runs it, the fast subset does not
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import tomllib
+from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -70,14 +71,18 @@ def test_a_study_name_becomes_a_checkpoint_folder_inside_the_checkpoints(name: s
         assert path.parent.name.startswith("名前")  # letters of any script are kept
 
 
-def test_run_export_and_dashboard_leave_a_foreign_sqlite_file_as_it_was(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_run_export_and_dashboard_leave_a_foreign_sqlite_file_as_it_was(tmp_path: Path, capsys: pytest.CaptureFixture[str], journal: str) -> None:
     """An application's database named by mistake: the search adds none of its tables to it
     (it did, and switched the file to WAL, before the runner looked), export and dashboard read
-    nothing from it."""
+    nothing from it, and none leaves a -wal or -shm beside it (a read-only open of a WAL file did)."""
     foreign = tmp_path / "app.db"
-    with sqlite3.connect(foreign) as connection:
+    with closing(sqlite3.connect(foreign)) as connection:  # closed: the last connection to a WAL file removes its -wal
+        connection.execute(f"PRAGMA journal_mode={journal}")
         connection.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, total REAL)")
         connection.execute("INSERT INTO orders (total) VALUES (9.5)")
+        connection.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]
     before = digest(foreign)
     url = f"sqlite:///{foreign}"
     assert run_main(["--storage", url, "--trials", "1", "--no-export"]) == 2
@@ -86,10 +91,10 @@ def test_run_export_and_dashboard_leave_a_foreign_sqlite_file_as_it_was(tmp_path
     assert "not an Optuna study database" in one_line_error(capsys)
     assert dashboard_main(["--storage", url]) == 2
     assert "not an Optuna study database" in one_line_error(capsys)
-    assert digest(foreign) == before
-    with sqlite3.connect(foreign) as connection:
-        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # never switched to WAL
     assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]  # no -wal, -shm, journal or run folder left
+    assert digest(foreign) == before
+    with closing(sqlite3.connect(foreign)) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == journal  # never switched to WAL
 
 
 @pytest.mark.parametrize(("tables", "foreign"), [

@@ -16,7 +16,7 @@ from search.resume import return_to_queue
 from search.settings import Settings
 from search.settings_file import load_settings
 from search.stopping import SurplusTrial, over_budget, remaining_budget, trial_at_target
-from search.storage import build_artifact_store
+from search.artifact_stores import build_artifact_store
 from search.space import suggest_params
 from search.study import best_trials, build_pruner, open_study, run_worker, study_status
 
