@@ -1,4 +1,5 @@
-"""Shared helpers: machine description, medians, tables, the data split, subprocess runs and their studies.
+"""Shared helpers: bounded command-line flags, machine description, medians, tables, the data split,
+subprocess runs and their studies.
 
 Every figure is a ratio against a reference measured in the same process run, interleaved,
 because the benchmark machine is shared: absolute seconds move with other people's load.
@@ -6,16 +7,90 @@ because the benchmark machine is shared: absolute seconds move with other people
 
 from __future__ import annotations
 
+import argparse
+import math
 import os
 import platform
+import re
+import signal
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data" / "mnist"
 PYTHON = sys.executable
+MAX_SEEDS = 10  # seeds of one sitting: each costs whole searches (minutes to hours)
+MAX_VARIANTS = 8  # --variant settings files of one sitting, for the same reason
+MAX_TRAIN_ROWS = 50_000  # MNIST's 60,000 training rows less the 10,000 validation rows of a default split
+_INTEGER = re.compile(r"-?[0-9]{1,30}")
+
+
+# ---------------------------------------------------------------- command-line flags
+
+
+class BenchmarkError(Exception):
+    """A run that ended without results (a search killed, interrupted or failed): main prints its
+    message as one line; a traceback would point at the benchmark's code, not at the run."""
+
+
+def integer(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer from `low` to `high`. Every count a benchmark takes buys work
+    (searches, epochs, repeats), so a typo (`--trials 10000`, `--repeats -5`) is refused before it
+    starts instead of running for days or doing nothing."""
+
+    def parse(text: str) -> int:
+        if not _INTEGER.fullmatch(text) or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"want an integer from {low} to {high}, got {text[:40]!r}")
+        return int(text)
+
+    return parse
+
+
+def number(low: float, high: float, *, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number from `low` (exclusive with `low_open`) to `high`. float()
+    alone takes 'nan' and 'inf', which pass every comparison a timeout or a budget is checked with."""
+    shown = f"{low:g} (exclusive)" if low_open else f"{low:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or not (low < value if low_open else low <= value) or value > high:
+            raise argparse.ArgumentTypeError(f"want a number from {shown} to {high:g}, got {text[:40]!r}")
+        return value
+
+    return parse
+
+
+def at_most(parser: argparse.ArgumentParser, flag: str, values: Sequence[object] | None, high: int) -> None:
+    """Refuse more than `high` values for a `nargs="+"` flag (one line, exit 2): argparse bounds
+    each value by its type, but not how many there are, and each one is a run."""
+    if values is not None and len(values) > high:
+        parser.error(f"argument {flag}: want at most {high} values, got {len(values)}")
+
+
+def parser(description: str | None) -> argparse.ArgumentParser:
+    """Every benchmark's parser: a bad flag is one line `error: ... (see PROG --help)` and exit 2
+    (search.options.OneLineParser), the module docstring its --help text, as written."""
+    from search.options import OneLineParser
+
+    return OneLineParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def exit_words(code: int) -> str:
+    """'exit code 1', 'exit code 130 (interrupted)' or 'killed by SIGKILL': a subprocess's end, as a user reads it."""
+    if code < 0 and -code in signal.valid_signals():
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}" + (" (interrupted)" if code == 130 else "")
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line of a process's output (usually its error), shortened for one line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[-1][:300] + "..." * (len(lines[-1]) > 300)) if lines else "no output"
 
 
 def load_average() -> str:

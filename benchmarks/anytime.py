@@ -29,13 +29,32 @@ import argparse
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from benchmarks._common import PYTHON, ROOT, bench_env, home_storage_url, load_average, machine_line, reference_events
+from benchmarks._common import (
+    MAX_SEEDS,
+    MAX_TRAIN_ROWS,
+    MAX_VARIANTS,
+    PYTHON,
+    ROOT,
+    BenchmarkError,
+    at_most,
+    bench_env,
+    exit_words,
+    home_storage_url,
+    integer,
+    last_line,
+    load_average,
+    machine_line,
+    number,
+    parser,
+    reference_events,
+)
 from benchmarks.anytime_curves import (
     VARIANT,
     Completion,
@@ -48,6 +67,7 @@ from benchmarks.anytime_curves import (
     read_runs,
     report,
 )
+from search.settings import MAX_SEED
 
 SEARCHES = {
     "ours": "",
@@ -59,13 +79,20 @@ SEARCHES = {
 STOP_GRACE_SECONDS = 120.0  # after SIGINT, before SIGKILL
 REFERENCE_EXTRA_SECONDS = 30.0  # the reference's test scoring is taken off its clock: it runs this much longer
 DEFAULT_RESULTS = ROOT / "storage" / "benchmarks" / "anytime.jsonl"
+MAX_TRIALS = 100_000  # the searches' trial budget: the deadline, not the budget, ends them
+MAX_MINUTES = 120.0  # per search: seeds x searches x this is the sitting
+MAX_LABEL = 40  # a variant's label: a table column and a legend entry
+MAX_VARIANT_TEXT = 4096  # a settings file's text on the command line
 
 
 def parse_variant(text: str) -> tuple[str, str]:
     """`LABEL=YAML` (a settings file's text, e.g. 'training: {max_epochs: 12}') as (search, YAML)."""
     name, sep, config = text.partition("=")
-    if not sep or not name.strip() or not config.strip():
-        raise argparse.ArgumentTypeError(f"--variant wants LABEL=YAML, e.g. epochs12='training: {{max_epochs: 12}}', got {text!r}")
+    if not sep or not name.strip() or not config.strip() or len(name.strip()) > MAX_LABEL or len(text) > MAX_VARIANT_TEXT:
+        raise argparse.ArgumentTypeError(
+            f"--variant wants LABEL=YAML (a label of at most {MAX_LABEL} characters, at most {MAX_VARIANT_TEXT} in all), "
+            f"e.g. epochs12='training: {{max_epochs: 12}}', got {text[:40]!r}"
+        )
     return VARIANT + name.strip(), config
 
 
@@ -117,7 +144,10 @@ def study_points(home: Path, started: float, horizon_minutes: float) -> tuple[li
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     with _home_env(home):
-        study = optuna.load_study(study_name="mnist", storage=home_storage_url(home))
+        try:
+            study = optuna.load_study(study_name="mnist", storage=home_storage_url(home))
+        except KeyError:  # optuna's "Record does not exist."
+            raise BenchmarkError("the search left no study (stopped before it created one)") from None
         trials = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None}
         completions = [Completion((t.datetime_complete.timestamp() - started) / 60, t.number, float(t.value)) for t in trials.values()]
         changes = new_bests(completions, horizon_minutes)
@@ -156,12 +186,12 @@ def run_search(search: str, seed: int, horizon_minutes: float, train_size: int |
         seconds = horizon_minutes * 60
         if config_text is None:
             seconds += REFERENCE_EXTRA_SECONDS  # its curve is still cut at the horizon, on its own clock
-            cmd = [PYTHON, "-m", "benchmarks.reference_search", "--target", "1.01", "--trials", "100000",
+            cmd = [PYTHON, "-m", "benchmarks.reference_search", "--target", "none", "--trials", str(MAX_TRIALS),
                    "--timeout", str(seconds), "--seed", str(seed), "--test-accuracy"]
         else:
             config = home / "search.yaml"
             config.write_text(config_text)
-            cmd = [PYTHON, "-m", "search.run", "--config", str(config), "--trials", "100000", "--seed", str(seed),
+            cmd = [PYTHON, "-m", "search.run", "--config", str(config), "--trials", str(MAX_TRIALS), "--seed", str(seed),
                    "--target-accuracy", "none", "--no-export", "--timeout", str(seconds)]
         if train_size:
             cmd += ["--train-size", str(train_size)]
@@ -171,29 +201,47 @@ def run_search(search: str, seed: int, horizon_minutes: float, train_size: int |
             process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
             code, stopped = _stop_at(process, started + seconds)
         load_after = load_average()
-        lines = log.read_text(errors="replace").splitlines()
+        text = log.read_text(errors="replace")
+        lines = text.splitlines()
         if code and not stopped:  # stopped at the deadline, the reference exits 1 (KeyboardInterrupt)
-            print(f"  warning: {search} seed {seed} exited {code}: {' | '.join(lines[-5:])}")
-        if config_text is None:
-            points, completed = reference_points(lines, started, horizon_minutes)
-        else:
-            points, completed = study_points(home, started, horizon_minutes)
+            # ended early on its own (a crash, a bad setting, Ctrl-C sent to it): no curve worth recording
+            raise BenchmarkError(f"{label(search)}, seed {seed}: the search ended before its deadline, {exit_words(code)}: {last_line(text)}")
+        try:
+            if config_text is None:
+                points, completed = reference_points(lines, started, horizon_minutes)
+            else:
+                points, completed = study_points(home, started, horizon_minutes)
+        except BenchmarkError as error:
+            raise BenchmarkError(f"{label(search)}, seed {seed}: {error}") from None
     return Run(search, seed, horizon_minutes, train_size, points, completed, machine_line(), load_after, {"exit": code, "stopped_at_deadline": stopped, "config": config_text})
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=15.0, help="each search's wall-clock budget")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--searches", nargs="*", choices=list(SEARCHES), default=list(SEARCHES))
-    parser.add_argument("--variant", type=parse_variant, action="append", default=[], metavar="LABEL=YAML",
-                        help="also run ours with this settings file (a lever under test), shown as 'ours with LABEL'")
-    parser.add_argument("--train-size", type=int, default=None)
-    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="JSON-lines file the runs are appended to")
-    parser.add_argument("--png", type=Path, default=None, help="where to draw the curves (default: next to --results)")
-    parser.add_argument("--report", action="store_true", help="run nothing: table and PNG from the results file")
-    parser.add_argument("--quick", action="store_true", help="1 minute per search on 5,000 training rows, seed 0")
-    args = parser.parse_args(argv)
+    flags = parser(__doc__)
+    flags.add_argument("--minutes", type=number(0, MAX_MINUTES, low_open=True), default=15.0, help="each search's wall-clock budget")
+    flags.add_argument("--seeds", type=integer(0, MAX_SEED), nargs="+", default=[0, 1, 2], help=f"at most {MAX_SEEDS}")
+    flags.add_argument("--searches", nargs="*", choices=list(SEARCHES), default=list(SEARCHES))
+    flags.add_argument("--variant", type=parse_variant, action="append", default=[], metavar="LABEL=YAML",
+                       help=f"also run ours with this settings file (a lever under test), shown as 'ours with LABEL'; at most {MAX_VARIANTS}")
+    flags.add_argument("--train-size", type=integer(1, MAX_TRAIN_ROWS), default=None)
+    flags.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="JSON-lines file the runs are appended to")
+    flags.add_argument("--png", type=Path, default=None, help="where to draw the curves (default: next to --results)")
+    flags.add_argument("--report", action="store_true", help="run nothing: table and PNG from the results file")
+    flags.add_argument("--quick", action="store_true", help="1 minute per search on 5,000 training rows, seed 0")
+    args = flags.parse_args(argv)
+    at_most(flags, "--seeds", args.seeds, MAX_SEEDS)
+    at_most(flags, "--variant", args.variant, MAX_VARIANTS)
+    try:
+        return _run(args)
+    except BenchmarkError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # the running search was killed with it (_stop_at); finished runs are in the results file
+        print(f"\ninterrupted; finished runs are in {args.results}", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.quick:
         args.minutes, args.seeds, args.train_size = 1.0, [0], 5000
     png = args.png or args.results.with_suffix(".png")

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 import subprocess
 import sys
@@ -27,11 +26,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import PYTHON, ROOT, bench_env, load_mnist_split, machine_line, table
+from benchmarks._common import PYTHON, ROOT, bench_env, integer, load_mnist_split, machine_line, number, parser, table
 from benchmarks.throughput import BATCH, DROPOUT, HIDDEN, LR, SEED, _epoch_timer, hyperparams
 
 HEADER = "| measurement"
 TEST_ACC = re.compile(r"test_acc=([0-9.]+)")
+MAX_SEARCH_SECONDS = 3600.0  # --search-timeout: the check is meant to fit in minutes
+KILL_AFTER = 600.0  # a search still running after this (or --search-timeout + EXPORT_MARGIN) is killed
+EXPORT_MARGIN = 490.0  # seconds after --search-timeout for the last trial and the export
 
 
 def pick_device(quick: bool) -> str:
@@ -108,12 +110,13 @@ def search_run(args: list[str], timeout: float) -> tuple[float, int, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="CPU smoke run: 3,000/1,000 rows, 1-epoch trials, only the default run (to target 0.8, with export)")
-    parser.add_argument("--trials", type=int, default=100)
-    parser.add_argument("--max-epochs", type=int, default=3, help="epochs per trial in the fixed-budget searches")
-    parser.add_argument("--search-timeout", type=float, default=110, help="seconds after which a search starts no new trial")
-    args = parser.parse_args(argv)
+    flags = parser(__doc__)
+    flags.add_argument("--quick", action="store_true", help="CPU smoke run: 3,000/1,000 rows, 1-epoch trials, only the default run (to target 0.8, with export)")
+    flags.add_argument("--trials", type=integer(1, 1000), default=100)
+    flags.add_argument("--max-epochs", type=integer(1, 100), default=3, help="epochs per trial in the fixed-budget searches")
+    flags.add_argument("--search-timeout", type=number(0, MAX_SEARCH_SECONDS, low_open=True), default=110,
+                       help="seconds after which a search starts no new trial")
+    args = flags.parse_args(argv)
     from lightning_modules.training import quiet_lightning
 
     quiet_lightning()
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         del runs[1:]
     results = []
     for name, run_args in runs:
-        wall, finished, test_acc = search_run(run_args, timeout=600)
+        wall, finished, test_acc = search_run(run_args, timeout=max(KILL_AFTER, args.search_timeout + EXPORT_MARGIN))
         results.append((name, wall, finished, test_acc))
         print(f"  {name}: {wall:.1f} s, {finished} trials, best test accuracy {test_acc}", file=sys.stderr, flush=True)
     print(table(["run", "wall s", "trials finished", "best test accuracy"], results))

@@ -12,14 +12,13 @@ to trial 10 (the target: no more than 10% after trial 10).
 
 from __future__ import annotations
 
-import argparse
 import sqlite3
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._common import PYTHON, ROOT, bench_env, machine_line, table
+from benchmarks._common import PYTHON, ROOT, bench_env, integer, machine_line, parser, table
 
 TINY_CONFIG = """\
 study: {{trials: {trials}, target_accuracy: null}}
@@ -76,10 +75,10 @@ def measure(trials: int, checkpoints: list[int], poll: float = 0.2) -> tuple[dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="12 trials")
-    parser.add_argument("--trials", type=int, default=100)
-    args = parser.parse_args(argv)
+    flags = parser(__doc__)
+    flags.add_argument("--quick", action="store_true", help="12 trials")
+    flags.add_argument("--trials", type=integer(1, 1000), default=100, help="tiny trials (about a second each)")
+    args = flags.parse_args(argv)
     trials = 12 if args.quick else args.trials
     checkpoints = sorted({k for k in (1, 5 if args.quick else 10, 10, 50, 100, trials) if k <= trials})
     print(f"# memory over a study of {trials} tiny trials (1,000 train / 500 val rows, 1 epoch, no pruning, no export)")

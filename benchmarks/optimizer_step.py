@@ -14,15 +14,14 @@ the table gives medians and each kernel's ratio to the per-tensor loop measured 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import machine_line, median, table
+from benchmarks._common import integer, machine_line, median, parser, table
 
 STEP_COLUMN = "ms per training step"
 HEADER = f"| {STEP_COLUMN} |"  # as the table prints it (the column is as wide as its title)
@@ -92,23 +91,12 @@ def report(results: dict[tuple[str, str], list[tuple[float, float]]]) -> str:
     return table(["net", "kernel", STEP_COLUMN, "speed vs reference", "ms in optimizer.step", "step speed vs reference"], rows)
 
 
-def count(high: int) -> Callable[[str], int]:
-    """An argparse type: an integer from 1 to `high` (a bound before the work it would cost)."""
-
-    def parse(text: str) -> int:
-        if not text.isdigit() or not 1 <= int(text) <= high:
-            raise argparse.ArgumentTypeError(f"want an integer from 1 to {high}, got {text[:40]!r}")
-        return int(text)
-
-    return parse
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1 repeat x 20 steps")
-    parser.add_argument("--steps", type=count(100_000), default=300, help="timed steps per kernel, net and repeat")
-    parser.add_argument("--repeats", type=count(100), default=5)
-    args = parser.parse_args(argv)
+    flags = parser(__doc__)
+    flags.add_argument("--quick", action="store_true", help="1 repeat x 20 steps")
+    flags.add_argument("--steps", type=integer(1, 100_000), default=300, help="timed steps per kernel, net and repeat")
+    flags.add_argument("--repeats", type=integer(1, 100), default=5)
+    args = flags.parse_args(argv)
     steps, repeats = (20, 1) if args.quick else (args.steps, args.repeats)
     print(f"# optimizer kernels: Adam, batch {BATCH}, {steps} steps x {repeats} repeats")
     print(machine_line() + " (before)")

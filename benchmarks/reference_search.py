@@ -18,6 +18,7 @@ test set and the line carries `test` and the seconds that took (`eval_seconds`),
 takes off the clock: the example itself never looks at the test set.
 
     python -m benchmarks.reference_search [--target 0.95] [--train-size N] [--epochs 10] [--seed 0]
+    python -m benchmarks.reference_search --target none --timeout 900 --test-accuracy    # as anytime runs it
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ PROCESS_START = time.time()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+from pathlib import Path
 
 import lightning.pytorch as pl  # noqa: E402
 import optuna  # noqa: E402
@@ -37,10 +39,22 @@ from optuna_integration import PyTorchLightningPruningCallback  # noqa: E402
 from torch import nn, optim  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from benchmarks._common import data_dir, load_mnist_split  # noqa: E402
+from benchmarks._common import MAX_TRAIN_ROWS, data_dir, integer, load_mnist_split, number, parser  # noqa: E402
+from search.settings import MAX_SEED
 
 BATCHSIZE = 128
 CLASSES = 10
+MNIST_TRAIN_ROWS = 60_000  # train and validation rows both come from MNIST's training set
+MAX_TRIALS = 100_000  # benchmarks/anytime.py asks for this many: its deadline ends the search
+MAX_EPOCHS = 100
+MAX_TIMEOUT = 86_400.0  # seconds: a day
+_accuracy = number(0, 1, low_open=True)
+
+
+def target(text: str) -> float | None:
+    """An argparse type: an accuracy in (0, 1], or none (off, null) for no stop at a target: the
+    anytime benchmark spends its whole budget."""
+    return None if text.lower() in ("none", "off", "null") else _accuracy(text)
 
 
 class Net(nn.Module):
@@ -94,18 +108,27 @@ class MNISTDataModule(pl.LightningDataModule):
         return DataLoader(self.val, batch_size=self.batch_size, shuffle=False)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--target", type=float, default=0.95)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--trials", type=int, default=100)
-    parser.add_argument("--train-size", type=int, default=None)
-    parser.add_argument("--val-size", type=int, default=10_000)
-    parser.add_argument("--timeout", type=float, default=600)
-    parser.add_argument("--data-dir", default=data_dir())
-    parser.add_argument("--seed", type=int, default=0, help="the sampler's seed and torch's")
-    parser.add_argument("--test-accuracy", action="store_true", help="score each completed trial on the test set")
-    args = parser.parse_args()
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    flags = parser(__doc__)
+    flags.add_argument("--target", type=target, default=0.95, help="stop at the first completed trial at or above it; none: never")
+    flags.add_argument("--epochs", type=integer(1, MAX_EPOCHS), default=10)
+    flags.add_argument("--trials", type=integer(1, MAX_TRIALS), default=100)
+    flags.add_argument("--train-size", type=integer(1, MAX_TRAIN_ROWS), default=None)
+    flags.add_argument("--val-size", type=integer(1, MNIST_TRAIN_ROWS - 1), default=10_000)
+    flags.add_argument("--timeout", type=number(0, MAX_TIMEOUT, low_open=True), default=600, help="seconds after which no new trial starts")
+    flags.add_argument("--data-dir", default=data_dir())
+    flags.add_argument("--seed", type=integer(0, MAX_SEED), default=0, help="the sampler's seed and torch's")
+    flags.add_argument("--test-accuracy", action="store_true", help="score each completed trial on the test set")
+    args = flags.parse_args(argv)
+    if args.train_size is not None and args.train_size + args.val_size > MNIST_TRAIN_ROWS:
+        flags.error(f"--train-size {args.train_size} and --val-size {args.val_size} add up to more than MNIST's {MNIST_TRAIN_ROWS:,} training rows")
+    if not Path(args.data_dir).is_dir():
+        flags.error(f"--data-dir {args.data_dir[:200]!r} is not a directory")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     import logging
     import warnings
 
@@ -141,7 +164,7 @@ def main() -> int:
     def stop_at_target(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         print(json.dumps({"event": "trial", "number": trial.number, "state": trial.state.name, "value": trial.value,
                           "t": time.time(), "seconds": (trial.datetime_complete - trial.datetime_start).total_seconds(), **trial.user_attrs}), flush=True)
-        if trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None and trial.value >= args.target:
+        if trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None and args.target is not None and trial.value >= args.target:
             print(json.dumps({"event": "target", "number": trial.number, "value": trial.value, "t": time.time()}), flush=True)
             study.stop()
 

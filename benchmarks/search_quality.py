@@ -16,18 +16,28 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks._common import (
+    MAX_SEEDS,
+    MAX_TRAIN_ROWS,
+    MAX_VARIANTS,
     PYTHON,
     ROOT,
+    BenchmarkError,
+    at_most,
     bench_env,
+    exit_words,
     home_storage_url,
+    integer,
+    last_line,
     load_average,
     machine_line,
     median,
+    parser,
     search_seconds,
     study_trials,
     table,
@@ -35,7 +45,8 @@ from benchmarks._common import (
 from benchmarks.anytime import parse_variant
 from benchmarks.anytime_curves import label
 from search import record
-from search.export.metrics import read_metrics
+from search.export.metrics import METRICS_FILE, ExportMetrics, read_metrics
+from search.settings import MAX_SEED
 
 SEARCHES = {
     "ours (TPE + median pruning)": "",
@@ -44,6 +55,7 @@ SEARCHES = {
     "TPE, no pruning": "pruner: {name: none}\n",  # ours without pruning, nothing else changed
 }
 SHORT = {"ours": "ours (TPE + median pruning)", "random": "random, no pruning", "tpe": "TPE, no pruning"}
+MAX_TRIALS = 1000  # per search: 100 is about 15 minutes on the benchmark machine
 
 
 def _pruned(trials: list) -> str:
@@ -51,6 +63,18 @@ def _pruned(trials: list) -> str:
     pruned = [t for t in trials if t.state.name == "PRUNED"]
     over = sum(record.OVER_COST in t.user_attrs for t in pruned)
     return f"{len(pruned)} ({over} over cost)" if over else str(len(pruned))
+
+
+def results_of(home: Path, name: str, code: int, output: str) -> ExportMetrics:
+    """The export's metrics of the search run in `home`, or a BenchmarkError naming the search, its
+    exit code and its last words: a search stopped by hand (Ctrl-C: exit 130), failed, or ended
+    before any trial completed leaves no metrics.json, and a table of the rest would hide it."""
+    export = home / "exports" / "mnist"
+    if code:
+        raise BenchmarkError(f"{name}: python -m search.run gave no results, {exit_words(code)}: {last_line(output)}")
+    if not (export / METRICS_FILE).is_file():
+        raise BenchmarkError(f"{name}: python -m search.run exported nothing (no {METRICS_FILE}): {last_line(output)}")
+    return read_metrics(export)
 
 
 def run(search: str, settings_text: str, trials: int, seed: int, train_size: int | None) -> dict:
@@ -65,9 +89,7 @@ def run(search: str, settings_text: str, trials: int, seed: int, train_size: int
         start = time.time()
         done = subprocess.run(cmd, cwd=ROOT, env=bench_env(Path(home)), capture_output=True, text=True)
         wall = time.time() - start
-        if done.returncode:
-            print(f"warning: {search} exited {done.returncode}: {done.stderr.strip()[-500:]}")
-        metrics = read_metrics(Path(home) / "exports" / "mnist")
+        metrics = results_of(Path(home), f"{search}, seed {seed}", done.returncode, done.stderr if done.stderr.strip() else done.stdout)
         trials_ = [t for t in study_trials(home_storage_url(Path(home))) if t.datetime_complete]
     best = lambda m: m.test_accuracy if m is not None else float("nan")  # noqa: E731
     dnn_params = metrics.best_dnn.params if metrics.best_dnn is not None else {}
@@ -81,15 +103,28 @@ def run(search: str, settings_text: str, trials: int, seed: int, train_size: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="10 trials on 5,000 training rows, seed 0")
-    parser.add_argument("--trials", type=int, default=100)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--train-size", type=int, default=None)
-    parser.add_argument("--searches", nargs="*", choices=list(SHORT), default=list(SHORT))
-    parser.add_argument("--variant", type=parse_variant, action="append", default=[], metavar="LABEL=YAML",
-                        help="also run ours with this settings file, e.g. cost3='space: {max_cost_ratio: 3}' (repeatable)")
-    args = parser.parse_args(argv)
+    flags = parser(__doc__)
+    flags.add_argument("--quick", action="store_true", help="10 trials on 5,000 training rows, seed 0")
+    flags.add_argument("--trials", type=integer(1, MAX_TRIALS), default=100)
+    flags.add_argument("--seeds", type=integer(0, MAX_SEED), nargs="+", default=[0, 1], help=f"at most {MAX_SEEDS}")
+    flags.add_argument("--train-size", type=integer(1, MAX_TRAIN_ROWS), default=None)
+    flags.add_argument("--searches", nargs="*", choices=list(SHORT), default=list(SHORT))
+    flags.add_argument("--variant", type=parse_variant, action="append", default=[], metavar="LABEL=YAML",
+                       help=f"also run ours with this settings file, e.g. cost3='space: {{max_cost_ratio: 3}}' (at most {MAX_VARIANTS})")
+    args = flags.parse_args(argv)
+    at_most(flags, "--seeds", args.seeds, MAX_SEEDS)
+    at_most(flags, "--variant", args.variant, MAX_VARIANTS)
+    try:
+        return _compare(args)
+    except BenchmarkError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # subprocess.run kills the search it waits for
+        print("\ninterrupted; no table (the searches so far are printed above)", file=sys.stderr)
+        return 130
+
+
+def _compare(args: argparse.Namespace) -> int:
     trials, seeds, train_size = (10, [0], 5000) if args.quick else (args.trials, args.seeds, args.train_size)
     configs = {SHORT[s]: SEARCHES[SHORT[s]] for s in args.searches} | {label(name): text for name, text in args.variant}
     names = list(configs)

@@ -17,7 +17,6 @@ gives medians.
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import io
 import pstats
@@ -31,10 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks._common import (
+    at_most,
+    integer,
     load_average,
     load_mnist_split,
     machine_line,
     median,
+    parser,
     table,
 )
 
@@ -45,6 +47,8 @@ LR = 1e-3
 BATCH = 128
 EVAL_BATCH = 2048  # the data module's validation batch size
 SEED = 0
+MAX_THREADS = 64  # torch threads of one run
+MAX_THREAD_COUNTS = 8  # --threads values: each is a whole set of runs
 
 
 def hyperparams():  # noqa: ANN201
@@ -281,18 +285,20 @@ def profile(split, epochs: int) -> str:  # noqa: ANN001
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 3,000 train / 1,000 val rows, 2 epochs, 1 repeat")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=2, help="epochs per run (the first is excluded)")
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--profile", action="store_true", help="also cProfile our loop for 2 epochs")
-    parser.add_argument("--profile-threads", type=int, default=1, help="torch threads for the profile (1: stable on a loaded machine)")
-    args = parser.parse_args(argv)
+    flags = parser(__doc__)
+    flags.add_argument("--quick", action="store_true", help="smoke run: 3,000 train / 1,000 val rows, 2 epochs, 1 repeat")
+    flags.add_argument("--repeats", type=integer(1, 100), default=3)
+    # at least 2: epoch 1 is warm-up and excluded, so 1 epoch would leave nothing to time
+    flags.add_argument("--epochs", type=integer(2, 100), default=2, help="epochs per run (the first is excluded)")
+    flags.add_argument("--threads", type=integer(1, MAX_THREADS), nargs="+", default=[1, 2], help=f"torch thread counts, at most {MAX_THREAD_COUNTS}")
+    flags.add_argument("--profile", action="store_true", help="also cProfile our loop for 2 epochs")
+    flags.add_argument("--profile-threads", type=integer(1, MAX_THREADS), default=1, help="torch threads for the profile (1: stable on a loaded machine)")
+    args = flags.parse_args(argv)
+    at_most(flags, "--threads", args.threads, MAX_THREAD_COUNTS)
     from lightning_modules.training import quiet_lightning
 
     quiet_lightning()
-    epochs, repeats = (2, 1) if args.quick else (max(2, args.epochs), args.repeats)
+    epochs, repeats = (2, 1) if args.quick else (args.epochs, args.repeats)
     split = load_mnist_split(3000, 1000) if args.quick else load_mnist_split()
     print(f"# training throughput: MLP 784-{'-'.join(map(str, HIDDEN))}-10, batch {BATCH}, Adam {LR}, "
           f"{len(split.y_train)} train / {len(split.y_val)} val rows, {epochs} epochs per run (first excluded), {repeats} repeat(s)")

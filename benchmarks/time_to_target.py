@@ -15,7 +15,6 @@ data load; per-trial set-up and training come from the storage (`train_seconds` 
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -29,9 +28,12 @@ from benchmarks._common import (
     ROOT,
     bench_env,
     home_storage_url,
+    integer,
     load_average,
     machine_line,
     median,
+    number,
+    parser,
     reference_events,
     study_trials,
     table,
@@ -156,11 +158,11 @@ def probe() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="3,000 train / 1,000 val rows, 2 epochs, target 0.90, at most 3 trials")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--timeout", type=float, default=300, help="seconds before a run is killed")
-    args = parser.parse_args(argv)
+    flags = parser(__doc__)
+    flags.add_argument("--quick", action="store_true", help="3,000 train / 1,000 val rows, 2 epochs, target 0.90, at most 3 trials")
+    flags.add_argument("--repeats", type=integer(1, 100), default=2)
+    flags.add_argument("--timeout", type=number(0, 86_400, low_open=True), default=300, help="seconds before a run is killed")
+    args = flags.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     target = 0.9 if args.quick else 0.95
     print(f"# time to target {target}: python -m search.run{' (quick settings)' if args.quick else ''} vs the "

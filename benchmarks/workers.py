@@ -14,14 +14,26 @@ export are excluded). Configurations are interleaved; the ratio is against 1 wor
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import tempfile
 import uuid
 from pathlib import Path
 
-from benchmarks._common import PYTHON, ROOT, bench_env, load_average, machine_line, median, search_seconds, study_trials, table
+from benchmarks._common import (
+    PYTHON,
+    ROOT,
+    at_most,
+    bench_env,
+    integer,
+    load_average,
+    machine_line,
+    median,
+    parser,
+    search_seconds,
+    study_trials,
+    table,
+)
 
 POSTGRES_URL = os.environ.get("MNIST_SEARCH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 CONFIGS = {
@@ -59,13 +71,14 @@ def run(kind: str, storage: str, workers: int, trials: int) -> tuple[float, int]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny trials only, 8 trials, SQLite 1 and 2 workers")
-    parser.add_argument("--kinds", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--tiny-trials", type=int, default=24)
-    parser.add_argument("--real-trials", type=int, default=8)
-    args = parser.parse_args(argv)
+    flags = parser(__doc__)
+    flags.add_argument("--quick", action="store_true", help="tiny trials only, 8 trials, SQLite 1 and 2 workers")
+    flags.add_argument("--kinds", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    flags.add_argument("--repeats", type=integer(1, 100), default=1)
+    flags.add_argument("--tiny-trials", type=integer(1, 1000), default=24)
+    flags.add_argument("--real-trials", type=integer(1, 1000), default=8)
+    args = flags.parse_args(argv)
+    at_most(flags, "--kinds", args.kinds, len(CONFIGS))  # a kind named twice would run twice
     kinds = ["tiny"] if args.quick else args.kinds
     setups = [("sqlite", 1), ("sqlite", 2)] + ([] if args.quick else [("postgresql", 2), ("postgresql", 4)])
     budget = {"tiny": 8 if args.quick else args.tiny_trials, "real": args.real_trials}

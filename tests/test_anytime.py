@@ -154,3 +154,24 @@ def test_study_points_score_the_model_the_export_picks(isolated_home: Path, tmp_
     exported = export_study(load(home_storage_url(isolated_home)), tmp_path / "export").metrics
     assert points[-1].number == exported.best_trial
     assert points[-1].test == exported.test_accuracy
+
+
+@pytest.mark.slow  # a subprocess, which fails at its settings file (about 2 s): nothing trains
+def test_a_search_that_ends_early_is_one_line_and_no_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A search that exits before its deadline (a crash, a bad setting, Ctrl-C sent to it) left no
+    curve: the benchmark names it and its exit code in one line and records nothing."""
+    results = tmp_path / "anytime.jsonl"
+    assert main(["--minutes", "1", "--seeds", "5", "--searches", "--variant", "broken=no_such_section: {x: 1}", "--results", str(results)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("error: ours with broken, seed 5: the search ended before its deadline, exit code 2: error: "), err
+    assert not results.exists() or results.read_text() == ""
+
+
+def test_a_variant_is_bounded(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="at most 40 characters"):
+        parse_variant("x" * 41 + "=training: {max_epochs: 2}")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--report", "--variant", "a=" + "b" * 5000])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.count("\n") == 1

@@ -6,6 +6,9 @@ The other benchmarks' quick modes train or spawn searches for longer than this s
 
 from __future__ import annotations
 
+import argparse
+import importlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -57,3 +60,112 @@ def test_gpu_check_quick_runs_every_piece_on_the_cpu(isolated_home: Path, capsys
     assert HEADER in out and "| fit(), train samples/s" in out
     rows = [line for line in out.splitlines() if line.startswith("| default run")]
     assert len(rows) == 1 and "failed" not in rows[0] and "n/a" not in rows[0], out  # it ran, exported, and says its test accuracy
+
+
+# ---------------------------------------------------------------- bounded flags
+
+BENCHMARKS = ("anytime", "gpu_check", "memory", "optimizer_step", "reference_search", "search_quality", "throughput", "time_to_target", "workers")
+BAD_FLAGS = [
+    ("anytime", ["--minutes", "0"]),
+    ("anytime", ["--minutes", "nan"]),
+    ("anytime", ["--minutes", "1e9"]),
+    ("anytime", ["--seeds", *map(str, range(11))]),
+    ("anytime", ["--seeds", "-1"]),
+    ("anytime", ["--seeds", str(2**31)]),
+    ("anytime", ["--train-size", "60000"]),
+    ("anytime", ["--variant", "x=" + "y" * 5000]),
+    ("anytime", [arg for i in range(9) for arg in ("--variant", f"v{i}=training: {{max_epochs: 2}}")]),
+    ("search_quality", ["--trials", "0"]),
+    ("search_quality", ["--trials", "-5"]),
+    ("search_quality", ["--trials", "1_000"]),
+    ("gpu_check", ["--search-timeout", "inf"]),
+    ("gpu_check", ["--max-epochs", "1000"]),
+    ("memory", ["--trials", "many"]),
+    ("optimizer_step", ["--steps", "0"]),
+    ("reference_search", ["--target", "1.01"]),
+    ("reference_search", ["--target", "0"]),
+    ("reference_search", ["--train-size", "50000", "--val-size", "20000"]),
+    ("reference_search", ["--data-dir", "/nonexistent/mnist"]),
+    ("throughput", ["--threads", "0"]),
+    ("throughput", ["--threads", *["1"] * 9]),
+    ("throughput", ["--epochs", "1"]),  # epoch 1 is excluded from the figures: nothing would be timed
+    ("time_to_target", ["--timeout", "-1"]),
+    ("time_to_target", ["--repeats", "2.5"]),
+    ("workers", ["--repeats", "1000"]),
+    ("workers", ["--kinds", "tiny", "tiny", "tiny"]),
+]
+
+
+def _main(script: str) -> Callable[[list[str]], int]:
+    return importlib.import_module(f"benchmarks.{script}").main
+
+
+@pytest.mark.parametrize(("script", "argv"), BAD_FLAGS, ids=[f"{s}-{' '.join(a)[:30]}" for s, a in BAD_FLAGS])
+def test_a_bad_flag_is_one_line_and_exit_2_before_any_work(script: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        _main(script)(argv)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # not even the machine line: nothing started
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(("error: argument --", "error: --")), captured.err
+    assert lines[0].endswith(" --help)")  # OneLineParser's pointer to the flags
+    assert "Traceback" not in captured.err and len(lines[0]) < 400
+
+
+@pytest.mark.parametrize("script", BENCHMARKS)
+def test_every_benchmark_has_help_and_bounded_defaults(script: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """--help formats (argparse fails on a stray % in a help text only when it prints one), and
+    every default is within its flag's bounds (argparse runs a string default through its type)."""
+    with pytest.raises(SystemExit) as exit_info:
+        _main(script)(["--help"])
+    assert exit_info.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_integer_and_number_take_their_bounds_and_nothing_else() -> None:
+    from benchmarks._common import integer, number
+
+    one_to_ten = integer(1, 10)
+    assert one_to_ten("1") == 1 and one_to_ten("10") == 10
+    for bad in ("0", "11", "-1", "1.0", "1e1", "1_0", " 5", "+5", "\u0663", "", "9" * 5000):
+        with pytest.raises(argparse.ArgumentTypeError, match="want an integer from 1 to 10, got"):
+            one_to_ten(bad)
+    with pytest.raises(argparse.ArgumentTypeError) as error:
+        one_to_ten("x" * 5000)
+    assert len(str(error.value)) < 100  # at most 40 characters of the input are quoted
+    minutes = number(0, 120, low_open=True)
+    assert minutes("120") == 120.0 and minutes("1e-3") == 0.001
+    for bad in ("0", "-1", "120.1", "nan", "inf", "-inf", "1e9", "ten"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"want a number from 0 \(exclusive\) to 120, got"):
+            minutes(bad)
+    assert number(0, 1)("0") == 0.0
+
+
+# ---------------------------------------------------------------- a search that ends without results
+
+
+def test_a_search_without_results_is_named_with_its_exit_code(tmp_path: Path) -> None:
+    """search_quality reads the export's metrics.json: a search stopped by hand (Ctrl-C: 130),
+    failed, or ended before any trial left none, and that is one line naming the search."""
+    from benchmarks._common import BenchmarkError
+    from benchmarks.search_quality import results_of
+
+    with pytest.raises(BenchmarkError) as error:
+        results_of(tmp_path, "ours (TPE + median pruning), seed 3", 130, "trial 0 ...\n\ninterrupted. Resume with: python -m search.run\n")
+    assert str(error.value) == ("ours (TPE + median pruning), seed 3: python -m search.run gave no results, exit code 130 (interrupted): "
+                                "interrupted. Resume with: python -m search.run")
+    with pytest.raises(BenchmarkError, match=r"^random, no pruning, seed 0: python -m search.run gave no results, killed by SIGKILL: no output$"):
+        results_of(tmp_path, "random, no pruning, seed 0", -9, "")
+    with pytest.raises(BenchmarkError, match=r"seed 1: python -m search.run exported nothing \(no metrics.json\): no completed trial yet"):
+        results_of(tmp_path, "TPE, no pruning, seed 1", 0, "no completed trial yet; nothing to export\n")
+
+
+@pytest.mark.slow  # a subprocess, which fails at its settings file (about 2 s): nothing trains
+def test_search_quality_says_which_search_failed_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.search_quality import main
+
+    assert main(["--trials", "1", "--seeds", "4", "--searches", "--variant", "broken=no_such_section: {x: 1}"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("error: ours with broken, seed 4: python -m search.run gave no results, exit code 2: error: "), err
