@@ -175,6 +175,18 @@ def children(pid: int) -> set[int]:
     return found
 
 
+def workers_of(pid: int) -> set[int]:
+    """The runner's spawned workers among its children (its multiprocessing resource tracker is one too)."""
+    found = set()
+    for child in children(pid):
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.add(child)
+        except OSError:
+            continue
+    return found
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -228,10 +240,13 @@ def test_killing_the_runner_ends_its_workers(python: str, run_env: dict[str, str
 
 
 def test_when_every_worker_dies_the_run_fails(python: str, run_env: dict[str, str], tmp_path: Path) -> None:
-    process, url = start_workers(python, run_env, tmp_path)
+    """Killed as soon as both exist: the runner judges its workers by their exit codes, whatever
+    they were doing (a kill mid-trial and its resume are tests/test_crash.py's). Waiting for their
+    trials cost this test two imports of Lightning (about 15 s of CPU) and checked nothing more."""
+    process, _ = start_workers(python, run_env, tmp_path)
     try:
-        wait_until(lambda: running_trials(url) >= 2, "both workers run a trial")
-        for pid in children(process.pid):
+        wait_until(lambda: len(workers_of(process.pid)) >= 2, "both workers exist", timeout=240)
+        for pid in workers_of(process.pid):
             os.kill(pid, signal.SIGKILL)
         out, err = process.communicate(timeout=120)
     finally:
@@ -259,17 +274,47 @@ def test_ctrl_c_while_workers_start_is_one_clean_stop(python: str, run_env: dict
 
 
 def test_second_ctrl_c_ends_runner_and_workers(python: str, run_env: dict[str, str], tmp_path: Path) -> None:
-    process, url = start_workers(python, run_env, tmp_path)
+    """Two Ctrl-C, the second after the runner has acted on the first: it has relayed a stop
+    request that each starting worker holds (signals blocked until its handler is in place, as
+    one mid-trial holds it until its next batch); the second ends runner and workers at once.
+
+    Waiting for the relay makes the second signal a second one: sent back to back, both could
+    land before the runner's handler ran, count as one, and end the run by the clean stop. It
+    also spares the wait for both workers' trials (two imports of Lightning, about 15 s of CPU)."""
+    process, _ = start_workers(python, run_env, tmp_path)
     try:
-        wait_until(lambda: running_trials(url) >= 2, "both workers run a trial")
-        workers = children(process.pid)
+        wait_until(lambda: len(workers_of(process.pid)) >= 2 and not signal_bits(process.pid, "SigBlk", signal.SIGINT),
+                   "both workers exist and the runner takes signals again", timeout=240)
+        workers = workers_of(process.pid)
         process.send_signal(signal.SIGINT)
+        wait_until(lambda: all(signal_bits(pid, "SigPnd", signal.SIGTERM) or signal_bits(pid, "ShdPnd", signal.SIGTERM)
+                               or own_group(pid) for pid in workers), "the runner relayed the first stop request")
         process.send_signal(signal.SIGINT)
-        process.communicate(timeout=120)
+        _, err = process.communicate(timeout=120)
         wait_until(lambda: not any(alive(pid) for pid in workers), "every worker has ended")
     finally:
         process.kill()
     assert process.returncode == 128 + signal.SIGINT
+    assert "stopped on request" not in err and "Traceback" not in err, err  # ended at once, not by the clean stop
+
+
+def signal_bits(pid: int, field: str, signum: int) -> bool:
+    """Whether `signum` is set in /proc/PID/status's `field` (SigBlk: blocked, SigPnd/ShdPnd: pending)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return False
+    mask = next((int(line.split()[1], 16) for line in lines if line.startswith(field + ":")), 0)
+    return bool(mask & (1 << (signum - 1)))
+
+
+def own_group(pid: int) -> bool:
+    """A worker that leads its own process group has reached `worker_main`: its handler takes a
+    relayed request at once, so no pending bit will show it."""
+    try:
+        return os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return True
 
 
 # Each process opens the study named by every line it is sent and asks for one trial at once:
