@@ -48,6 +48,19 @@ class _ThreadedServer(ThreadingMixIn, WSGIServer):
     block_on_close = False
 
 
+class _ThreadedServer6(_ThreadedServer):
+    """The same on an IPv6 address (--host ::1 or ::): WSGIServer's socket is IPv4 only."""
+
+    address_family = socket.AF_INET6
+
+
+def _server_class(host: str) -> type[_ThreadedServer]:
+    try:
+        return _ThreadedServer6 if ipaddress.ip_address(host).version == 6 else _ThreadedServer
+    except ValueError:  # a host name: resolved as IPv4, as before
+        return _ThreadedServer
+
+
 class _QuietHandler(WSGIRequestHandler):
     """No access log: the terminal shows the URL, then only errors."""
 
@@ -159,7 +172,7 @@ def _discard_body(environ: dict[str, Any]) -> None:
 def bind_server(app: Any, host: str, port: int) -> WSGIServer:
     """Listen before printing anything, so a taken port is one clear error line."""
     try:
-        return make_server(host, port, app, server_class=_ThreadedServer, handler_class=_QuietHandler)
+        return make_server(host, port, app, server_class=_server_class(host), handler_class=_QuietHandler)
     except socket.gaierror as error:
         raise DashboardError(f"cannot listen on {host}:{port} ({error.strerror}); pass --host an address of this machine") from None
     except (OSError, OverflowError) as error:

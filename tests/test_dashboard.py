@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from helpers import writer_storage
-from search.dashboard import Dashboard, allowed_hosts, main, open_dashboard, parse_args
+from search.dashboard import LOOPBACK, Dashboard, allowed_hosts, main, open_dashboard, parse_args
 from search.export.note import RunSummary, study_note, write_study_note
 from search.storage import load_existing_study
 
@@ -374,6 +374,26 @@ def test_port_in_use_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Captu
         port = taken.getsockname()[1]
         assert main(["--storage", f"sqlite:///{db}", "--port", str(port)]) == 2
     assert capsys.readouterr().err == f"error: cannot listen on 127.0.0.1:{port} (Address already in use); pass a free --port\n"
+
+
+@pytest.mark.parametrize("host", LOOPBACK)
+def test_every_loopback_host_it_accepts_listens_and_answers(tmp_path: Path, host: str) -> None:
+    """--host ::1 passed the loopback check and then failed to listen (WSGIServer's socket is IPv4
+    only), with advice to pass an address of this machine, which ::1 is."""
+    import optuna
+
+    db = tmp_path / "s.db"
+    optuna.create_study(study_name="mnist", storage=writer_storage(f"sqlite:///{db}"))
+    board = open_dashboard(parse_args(["--storage", f"sqlite:///{db}", "--host", host, "--port", "0"]))
+    serving = threading.Thread(target=board.server.serve_forever, daemon=True)
+    serving.start()
+    try:
+        assert board.base.startswith(f"http://{'[::1]' if host == '::1' else host}:")
+        with urllib.request.urlopen(f"{board.base}/api/studies", timeout=30) as response:  # noqa: S310 - a local test server
+            assert [s["study_name"] for s in json.load(response)["study_summaries"]] == ["mnist"]
+    finally:
+        board.server.shutdown()
+        board.server.server_close()
 
 
 # ---- read-only unless --allow-writes -----------------------------------------------------------
