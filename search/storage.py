@@ -170,7 +170,9 @@ def _open(url: str, build: Callable[[], T]) -> T:
     try:
         return _retry_lost_race(build, _lost_schema_race, SCHEMA_ATTEMPTS)
     except ImportError as error:
-        module = error.name or "its driver"
+        module = error.name or getattr(error.__cause__, "name", None)  # Optuna wraps the driver's ImportError
+        if module is None:
+            raise StorageError(f"no database driver for {redact(url)} ({error}); install the driver its URL names") from None
         hint = "pip install -e '.[postgres]'" if module.startswith("psycopg") and module != "psycopg2" else f"pip install the package that provides {module!r}"
         raise StorageError(f"no database driver for {redact(url)} (module {module!r} is missing); {hint}") from None
     except SQLAlchemyError as error:

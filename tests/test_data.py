@@ -376,6 +376,12 @@ def test_data_dir_that_is_a_file(tmp_path: Path) -> None:
     data_error(lambda: load_data(source), "is a file", "--data-dir")
 
 
+def test_a_device_is_named_as_what_it_is_not_as_missing() -> None:
+    """/dev/zero exists: "no such file" and "is a file" were both false about it."""
+    data_error(lambda: resolve_data_source("/dev/zero", env={}), "/dev/zero", "not a regular file or a directory")
+    data_error(lambda: load_data(resolve_data_source(data_dir=Path("/dev/null"), env={})), "/dev/null is not a directory")
+
+
 # ---------------------------------------------------------------- Fashion-MNIST
 
 

@@ -6,6 +6,7 @@ PostgreSQL test stops and restarts a server of its own, started from the install
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -20,7 +21,7 @@ import pytest
 from optuna.trial import TrialState
 
 from helpers import reader_storage, run_main
-from search.storage import StorageError
+from search.storage import StorageError, open_study_storage
 
 pytestmark = pytest.mark.slow
 
@@ -217,6 +218,17 @@ def test_a_postgres_server_that_never_answers_is_an_error_not_a_hang(monkeypatch
             else:
                 open_study_storage(url, heartbeat_seconds=5, grace_seconds=20)
     assert "cannot open storage" in str(error.value) and "hunter2" not in str(error.value)
+
+
+def test_a_missing_driver_is_named_and_the_password_is_not() -> None:
+    """Optuna wraps the driver's ImportError in one without a module name; the message quoted a
+    placeholder ("module 'its driver' is missing")."""
+    if importlib.util.find_spec("MySQLdb") is not None:
+        pytest.skip("a MySQL driver is installed here")
+    with pytest.raises(StorageError) as error:
+        open_study_storage("mysql://root:hunter2@127.0.0.1/x", heartbeat_seconds=5, grace_seconds=20)
+    assert "module 'MySQLdb' is missing" in str(error.value) and "its driver" not in str(error.value)
+    assert "hunter2" not in str(error.value)
 
 
 def test_a_database_of_another_optuna_schema_is_a_clear_error_and_stays_untouched(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -66,10 +66,8 @@ def resolve_data_source(
                 return DataSource("csv", path, None)
             if path.is_dir():
                 return DataSource("idx", path, MNIST)
-            raise DataError(
-                f"--data {data!r}: no such file or directory, and not a dataset name "
-                f"({', '.join(DATASETS)})"
-            )
+            what = "not a regular file or a directory (a device, pipe or socket)" if path.exists() else "no such file or directory"
+            raise DataError(f"--data {data!r}: {what}, and not a dataset name ({', '.join(DATASETS)})")
     if data_dir:
         return DataSource("idx", Path(data_dir).expanduser(), spec)
     if env.get(DATA_DIR_ENV) and spec is MNIST:
@@ -84,7 +82,7 @@ def resolve_data_source(
 def idx_files(directory: Path, spec: DatasetSpec) -> dict[str, Path]:
     """The four IDX files of `spec` in `directory` by role; a DataError names what is missing."""
     if not directory.is_dir():
-        problem = "is a file, not a directory" if directory.exists() else "does not exist"
+        problem = ("is a file, not a directory" if directory.is_file() else "is not a directory") if directory.exists() else "does not exist"
         raise DataError(
             f"data directory {directory} {problem}; point --data-dir or {DATA_DIR_ENV} "
             "at a folder holding the four MNIST IDX files"
