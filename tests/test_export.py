@@ -409,13 +409,38 @@ def test_a_folder_taken_by_another_study_while_exporting_is_refused_untouched(
         return notes
 
     monkeypatch.setattr(exporter, "draw_study_plots", draw_then_taken)
+    attached: list[object] = []  # a spy that calls through: the refusal must come before any link is made
+    attach = exporter.attach_artifacts
+    monkeypatch.setattr(exporter, "attach_artifacts", lambda *args: attached.append(args) or attach(*args))
     with pytest.raises(ExportError, match="holds the export of study 'other' \\(uid 0123456789ab\\)"):
         export_study(tiny_study.load(), target, artifact_store=tiny_study.store, split=tiny_split)
+    assert attached == [], "the store and the trial were written for an export that was refused"
     assert json.loads((target / MARKER).read_text())["study"] == "other"
     assert {name: data for name, data in snapshot(target).items() if name != MARKER} == {
         name: data for name, data in snapshot(folder).items() if name != MARKER
     }
     assert [p.name for p in tmp_path.iterdir()] == ["export"], "staging or old folder left behind"
+
+
+def test_the_current_folder_is_refused_before_any_work(tiny_study: TinyStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """`--out .` (or ""): swapping the folder the shell is in would strand it in a deleted one;
+    it was refused only at the swap, after 15 artifacts had been linked to the trial."""
+    from search.export.__main__ import main as export_main
+
+    here = tmp_path / "here"
+    here.mkdir()
+    def store() -> dict[str, bytes]:
+        return {str(p): p.read_bytes() for p in sorted((tiny_study.home / "artifacts").rglob("*")) if p.is_file()}
+
+    before, beside = store(), sorted(tmp_path.iterdir())
+    monkeypatch.chdir(here)
+    for out in (".", "", str(tmp_path)):
+        assert export_main(["--storage", tiny_study.url, "--study-name", STUDY, "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is the current folder or holds it" in err, err
+    assert list(here.iterdir()) == [] and sorted(tmp_path.iterdir()) == beside
+    assert store() == before
 
 
 # ---------------------------------------------------------------- retraining and study plots

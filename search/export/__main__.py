@@ -90,8 +90,9 @@ def run(args: argparse.Namespace) -> int:
     settings = _settings(study, args)
     if args.reproduce is not None:
         return reproduce_trial(study, settings, args.reproduce)
-    from search.export.exporter import export_study
+    from search.export.exporter import checked_target, export_study
 
+    checked_target(study, args.out)  # before the store is opened (which may create this machine's folder)
     store = open_store(given or recorded_location(study))  # given: e.g. the study's folder mounted elsewhere here
     result = export_study(study, args.out, settings=settings, artifact_store=store)
     metrics = result.metrics

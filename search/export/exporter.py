@@ -12,6 +12,7 @@ refuses data other than the study's own.
 from __future__ import annotations
 
 import math
+import os
 import shlex
 import shutil
 import time
@@ -192,6 +193,14 @@ def _load_models(study: optuna.Study, store: ArtifactStore, split: DataSplit, se
     return {key: by_number[trial.number] for key, trial in best.items()}
 
 
+def checked_target(study: optuna.Study, out_dir: Path | str | None) -> Path:
+    """The export folder, absolute ("." has no name to stage a sibling beside), once it is known
+    to be one an export may write (`check_target`): before anything else is opened or written."""
+    target = Path(os.path.abspath(out_dir)) if out_dir is not None else default_export_dir(study.study_name)
+    check_target(target, FILES, export_identity(study))
+    return target
+
+
 def export_study(
     study: optuna.Study,
     out_dir: Path | None = None,
@@ -208,9 +217,8 @@ def export_study(
     checks it is the study's own.
     """
     start = time.perf_counter()
-    out_dir = Path(out_dir) if out_dir is not None else default_export_dir(study.study_name)
+    out_dir = checked_target(study, out_dir)
     owner = export_identity(study)
-    check_target(out_dir, FILES, owner)
     settings = settings or record.study_settings(study)
     source = check_data(settings.data)
     if split is None:
@@ -258,12 +266,17 @@ def export_study(
         missing = [name for name in FILES if not (staging / name).is_file()]
         if missing:  # a bug, not bad input: fail loudly rather than ship an incomplete export
             raise RuntimeError(f"export is missing {missing}")
-        uploads = [staging / name for name in FILES if (staging / name).suffix in ARTIFACT_MIMETYPES]
-        linked_to, artifact_ids = attach_artifacts(study, top.trial, uploads, store)
         share(staging, owner)
         replace_dir(staging, out_dir, FILES, owner)
     except OSError as error:
         raise ExportError(f"cannot write the export to {out_dir} ({error})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    # Linked only once the folder is in place: a target refused at the swap leaves the store and
+    # the trial as they were, as its message says.
+    uploads = [out_dir / name for name in FILES if (out_dir / name).suffix in ARTIFACT_MIMETYPES]
+    try:
+        linked_to, artifact_ids = attach_artifacts(study, top.trial, uploads, store)
+    except OSError as error:
+        raise ExportError(f"the export is in {out_dir}, but linking its files to the study failed ({error}); export again to link them") from None
     return ExportResult(metrics, str(out_dir), time.perf_counter() - start, artifact_ids, linked_to)

@@ -141,9 +141,19 @@ def check_target(out_dir: Path, export_files: Collection[str], identity: ExportI
         raise ExportError(f"{out_dir} is a symbolic link; pass --out a real folder")
     if not out_dir.exists():
         return
+    if _holds_the_current_folder(out_dir):
+        raise ExportError(f"{out_dir} is the current folder or holds it, and an export replaces its folder whole: pass --out a new folder, e.g. {out_dir / 'export'}")
     if not out_dir.is_dir():
         raise ExportError(f"{out_dir} exists and is not a folder; choose another --out")
     _check_contents(out_dir, export_files, identity, out_dir)
+
+
+def _holds_the_current_folder(folder: Path) -> bool:
+    """Swapping it would leave the shell that ran the export in a deleted folder."""
+    try:
+        return Path.cwd().resolve().is_relative_to(folder.resolve())
+    except OSError:  # the current folder is gone already
+        return False
 
 
 def staging_dir(out_dir: Path) -> Path:
