@@ -87,6 +87,11 @@ def resume_command(argv: list[str]) -> str:
     return "python -m search.run " + " ".join(shlex.quote(a) for a in redact_words(argv))
 
 
+def export_command(url: str, study_name: str) -> str:
+    """The command that exports this run's study, with any storage password masked."""
+    return f"python -m search.export --storage {shlex.quote(redact(url))} --study-name {shlex.quote(study_name)}"
+
+
 def run(argv: list[str], stop: StopRequest) -> int:
     settings = parse_settings(argv)
     from search.data import check_data
@@ -137,7 +142,7 @@ def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop
             reason = stop_reason(study, settings.study)
     except WorkerInterrupted:
         reporter.close(study)
-        print(f"stopped on request; finished trials are saved and the interrupted one resumes from its last epoch. "
+        print(f"stopped on request; finished trials are saved and any trial it interrupted resumes from its last epoch. "
               f"Resume with: {resume_command(argv)}", file=sys.stderr)
         return stop.exit_code
     reporter.close(study)
@@ -155,12 +160,14 @@ def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop
     line = f"best trial {best.number}: val_acc={best.value:.4f}"
     summary = RunSummary(settings.study.target_accuracy, settings.study.trials, reason, best.number, best.params.get("classifier"), best.value)
     if settings.export:
+        from search.export.errors import ExportInterrupted
         from search.export.exporter import export_study  # torch and the figures: only when exporting
 
         try:
-            metrics = export_study(study, split=started.split, identity=started.identity)
-        except TrainingInterrupted:  # SIGTERM during the export's evaluation
-            print(f"stopped on request; finished trials are saved. Resume with: {resume_command(argv)}", file=sys.stderr)
+            metrics = export_study(study, split=started.split, identity=started.identity, stop_requested=stop.event.is_set)
+        except (TrainingInterrupted, ExportInterrupted):  # a stop request during the export (its evaluation, or between its steps)
+            print(f"stopped on request during the export; every trial is saved, the previous export is as it was. "
+                  f"Export with: {export_command(url, settings.study.name)}", file=sys.stderr)
             return stop.exit_code
         summary = summary.with_export(metrics.test_accuracy, metrics.export_dir)
         line += f" test_acc={metrics.test_accuracy:.4f}; exported to {metrics.export_dir}"

@@ -235,3 +235,34 @@ def test_export_help_imports_neither_torch_nor_lightning(python: str, run_env: d
 
 def test_an_abbreviated_flag_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert_one_line_error(in_process(["--max-epoch", "3"], capsys), "--max-epoch")
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_export_stops_it_and_keeps_the_study(
+    tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C while the run exports: the export used to run on to the end and the run exited 0
+    (only the export's evaluation looked at the stop request). Here a real SIGINT reaches the
+    runner's handler while the export draws its study plots."""
+    import os
+    import signal
+
+    from search.export import exporter
+
+    draw = exporter.draw_study_plots
+
+    def draw_then_ctrl_c(*args: object) -> object:
+        os.kill(os.getpid(), signal.SIGINT)
+        return draw(*args)
+
+    monkeypatch.setattr(exporter, "draw_study_plots", draw_then_ctrl_c)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    done = run_main(["--config", str(tiny_config), "--storage", url, "--trials", "2", "--target-accuracy", "none"], capsys)
+    assert done.returncode == 128 + signal.SIGINT, done.stderr
+    assert "stopped on request during the export" in done.stderr and "Traceback" not in done.stderr
+    assert f"Export with: python -m search.export --storage {url} --study-name mnist" in done.stderr
+    assert "exported to" not in done.stdout
+    exports = Path(os.environ["MNIST_SEARCH_HOME"]) / "exports"
+    assert not exports.exists() or list(exports.iterdir()) == []  # no export, no staging folder left
+    study = optuna.load_study(study_name="mnist", storage=reader_storage(url))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.COMPLETE]

@@ -1,4 +1,4 @@
-"""The export's one error type: a study that cannot be exported as asked (one line, exit 2)."""
+"""The export's errors: a study that cannot be exported as asked (one line, exit 2), and a stop request."""
 
 from __future__ import annotations
 
@@ -7,3 +7,8 @@ from lightning_modules.errors import UserInputError
 
 class ExportError(UserInputError):
     """A study that cannot be exported as asked."""
+
+
+class ExportInterrupted(Exception):
+    """A stop request (Ctrl-C, SIGTERM) came while the runner exported: the export stops at its next
+    step, leaving the previous export, the store and the trial as they were."""

@@ -16,6 +16,7 @@ import os
 import shlex
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from search.data import (
 )
 from search.export import figures, plots
 from search.export.artifacts import ARTIFACT_MIMETYPES, attach_artifacts
-from search.export.errors import ExportError
+from search.export.errors import ExportError, ExportInterrupted
 from search.export.folder import ExportIdentity, check_target, replace_dir, share, staging_dir
 from search.export.metrics import (
     DataRecord,
@@ -209,13 +210,20 @@ def export_study(
     split: DataSplit | None = None,
     identity: DataIdentity | None = None,
     settings: Settings | None = None,
+    stop_requested: Callable[[], bool] = lambda: False,
 ) -> ExportResult:
     """Write the export folder atomically and link its files to the best trial.
 
     `split` and `identity` come from the runner (the data it trained on); without them the
     export loads the data `settings` (default: the study's recorded settings) describe, and
-    checks it is the study's own.
+    checks it is the study's own. `stop_requested` (the runner's stop event) is asked between
+    steps: a Ctrl-C during the export ends it there (ExportInterrupted), before the swap.
     """
+
+    def step() -> None:
+        if stop_requested():
+            raise ExportInterrupted
+
     start = time.perf_counter()
     out_dir = checked_target(study, out_dir)
     owner = export_identity(study)
@@ -228,6 +236,7 @@ def export_study(
         require_same_data(study, identity)
     store = artifact_store if artifact_store is not None else open_store(recorded_location(study))
     trained = _load_models(study, store, split, settings)
+    step()
     top = trained["best"]
     with torch.inference_mode():
         probabilities = torch.softmax(top.model_file.model(split.x_test), dim=1)
@@ -237,7 +246,9 @@ def export_study(
         write_confusion_csv(top.evaluation.confusion.numpy(), staging / "confusion_matrix.csv")
         requested = list(settings.training.snapshot_steps)
         note = snapshot_note(requested, sorted(top.model_file.snapshots))
+        step()
         draw_model_figures(top, trained, split, staging, note)
+        step()
         notes = draw_study_plots(study, staging)
         url = storage_url(study)
         metrics = ExportMetrics(
@@ -266,6 +277,7 @@ def export_study(
         missing = [name for name in FILES if not (staging / name).is_file()]
         if missing:  # a bug, not bad input: fail loudly rather than ship an incomplete export
             raise RuntimeError(f"export is missing {missing}")
+        step()
         share(staging, owner)
         replace_dir(staging, out_dir, FILES, owner)
     except OSError as error:
