@@ -89,7 +89,7 @@ def resume_command(argv: list[str]) -> str:
 
 def export_command(url: str, study_name: str) -> str:
     """The command that exports this run's study, with any storage password masked."""
-    return f"python -m search.export --storage {shlex.quote(redact(url))} --study-name {shlex.quote(study_name)}"
+    return f"python -m search.export --storage {shlex.quote(redact(url))} --study-name={shlex.quote(study_name)}"  # = : a name may start with -
 
 
 def run(argv: list[str], stop: StopRequest) -> int:

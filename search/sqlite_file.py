@@ -46,11 +46,12 @@ def foreign_in(tables: set[str]) -> list[str]:
     return sorted(tables)
 
 
-def table_names(path: Path) -> set[str]:
+def table_names(path: Path, *, recover: bool = True) -> set[str]:
     """The tables of an SQLite file (none: missing, empty or not SQLite), SQLite's own left out.
 
     Read without writing first; a file the read-only open cannot read (a hot journal left by a
-    crashed writer) is read on an ordinary connection, which only does SQLite's own recovery."""
+    crashed writer) is read on an ordinary connection, which only does SQLite's own recovery,
+    unless `recover` is false (a read-only command: the error goes to the caller)."""
     if not path.is_file() or path.stat().st_size == 0:
         return set()
     try:
@@ -58,6 +59,8 @@ def table_names(path: Path) -> set[str]:
     except sqlite3.DatabaseError as error:
         if "not a database" in str(error):
             return set()
+        if not recover:
+            raise
         rows = _table_names(str(path), uri=False)
     return {name for name in rows if not name.startswith("sqlite_")}
 
@@ -69,8 +72,9 @@ def _read_only_uri(path: Path) -> str:
     An immutable read assumes nobody writes meanwhile; a writer starting in that moment can make
     it fail (then read again on an ordinary connection) or miss that writer's change, which for
     the table list only matters while the file is being created."""
-    uri = f"{path.resolve().as_uri()}?mode=ro"
-    beside = [path.with_name(path.name + suffix) for suffix in ("-wal", "-journal")]
+    real = path.resolve()  # SQLite keeps the -wal and -journal beside the file a symbolic link names
+    uri = f"{real.as_uri()}?mode=ro"
+    beside = [real.with_name(real.name + suffix) for suffix in ("-wal", "-journal")]
     return uri if any(p.exists() for p in beside) else uri + "&immutable=1"
 
 

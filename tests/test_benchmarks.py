@@ -93,6 +93,7 @@ BAD_FLAGS = [
     ("time_to_target", ["--repeats", "2.5"]),
     ("workers", ["--repeats", "1000"]),
     ("workers", ["--kinds", "tiny", "tiny", "tiny"]),
+    ("workers", ["--kinds", "tiny", "tiny"]),
 ]
 
 

@@ -422,6 +422,23 @@ def test_a_folder_taken_by_another_study_while_exporting_is_refused_untouched(
     assert [p.name for p in tmp_path.iterdir()] == ["export"], "staging or old folder left behind"
 
 
+def test_a_failure_to_link_after_the_swap_says_the_export_is_in_place(
+    tiny_study: TinyStudy, tiny_split: DataSplit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Linking comes after the swap (a refused target must leave the store alone); a store or
+    database failure there is one line that says the new export is written, not a traceback."""
+
+    def store_down(*_: object) -> None:
+        raise RuntimeError("artifact store s3://bucket/p answered 503: SlowDown\nmore detail")
+
+    monkeypatch.setattr(exporter, "attach_artifacts", store_down)
+    target = tmp_path / "export"
+    with pytest.raises(ExportError, match=r"^the export is in .*export \(it replaced the previous one\), but linking its files to trial \d+ "
+                                          r"in the artifact store failed \(artifact store s3://bucket/p answered 503: SlowDown\); export again"):
+        export_study(tiny_study.load(), target, artifact_store=tiny_study.store, split=tiny_split)
+    assert (target / "metrics.json").is_file()
+
+
 def test_the_current_folder_is_refused_before_any_work(tiny_study: TinyStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """`--out .` (or ""): swapping the folder the shell is in would strand it in a deleted one;

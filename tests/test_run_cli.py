@@ -260,7 +260,7 @@ def test_ctrl_c_during_the_export_stops_it_and_keeps_the_study(
     done = run_main(["--config", str(tiny_config), "--storage", url, "--trials", "2", "--target-accuracy", "none"], capsys)
     assert done.returncode == 128 + signal.SIGINT, done.stderr
     assert "stopped on request during the export" in done.stderr and "Traceback" not in done.stderr
-    assert f"Export with: python -m search.export --storage {url} --study-name mnist" in done.stderr
+    assert f"Export with: python -m search.export --storage {url} --study-name=mnist" in done.stderr
     assert "exported to" not in done.stdout
     exports = Path(os.environ["MNIST_SEARCH_HOME"]) / "exports"
     assert not exports.exists() or list(exports.iterdir()) == []  # no export, no staging folder left

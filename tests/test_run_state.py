@@ -146,7 +146,26 @@ def test_a_foreign_file_left_mid_transaction_is_still_found(tmp_path: Path) -> N
     assert (tmp_path / "app.db-journal").exists()
     with pytest.raises(sqlite3.OperationalError):  # what the read-only open meets
         sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True).execute("SELECT name FROM sqlite_master").fetchall()
-    assert foreign_tables(path) == ["orders"]
+    # a read-only command does not roll the crashed writer's journal back: it says it cannot read it
+    assert dashboard_main(["--storage", f"sqlite:///{path}"]) == 2
+    assert (tmp_path / "app.db-journal").exists()
+    assert foreign_tables(path) == ["orders"]  # the search's check does SQLite's own recovery, then refuses
+
+
+def test_a_file_named_through_a_symbolic_link_is_read_with_its_wal(tmp_path: Path) -> None:
+    """SQLite keeps the -wal beside the real file: looking for it beside the link made the
+    immutable read miss tables that were still only in the WAL."""
+    real, link = tmp_path / "real.db", tmp_path / "link.db"
+    link.symlink_to(real)
+    writer = sqlite3.connect(real)
+    try:
+        writer.execute("PRAGMA journal_mode=WAL")
+        writer.execute("CREATE TABLE orders (id INTEGER)")
+        writer.commit()  # in real.db-wal until a checkpoint; the writer stays open, as a live one would
+        assert (tmp_path / "real.db-wal").stat().st_size > 0
+        assert foreign_tables(link) == ["orders"]
+    finally:
+        writer.close()
 
 
 def test_export_of_a_mistyped_storage_path_creates_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -235,6 +235,7 @@ def export_study(
     if identity is not None:
         require_same_data(study, identity)
     store = artifact_store if artifact_store is not None else open_store(recorded_location(study))
+    step()
     trained = _load_models(study, store, split, settings)
     step()
     top = trained["best"]
@@ -289,6 +290,8 @@ def export_study(
     uploads = [out_dir / name for name in FILES if (out_dir / name).suffix in ARTIFACT_MIMETYPES]
     try:
         linked_to, artifact_ids = attach_artifacts(study, top.trial, uploads, store)
-    except OSError as error:
-        raise ExportError(f"the export is in {out_dir}, but linking its files to the study failed ({error}); export again to link them") from None
+    except Exception as error:  # noqa: BLE001 - any store or database failure: the export itself is done
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ExportError(f"the export is in {out_dir} (it replaced the previous one), but linking its files to trial "
+                          f"{top.trial.number} in the artifact store failed ({reason}); export again to link them") from None
     return ExportResult(metrics, str(out_dir), time.perf_counter() - start, artifact_ids, linked_to)
