@@ -130,8 +130,9 @@ def _prepare_sqlite(path: Path) -> bool:
             "make it writable, or copy it somewhere writable and pass that with --storage"
         )
     tables = _sqlite_tables(path)
-    if foreign_in(tables):
-        raise _foreign_file(path, foreign_in(tables))
+    foreign = foreign_in(tables)
+    if foreign:
+        raise _foreign_file(path, foreign)
     existing = OPTUNA_TABLES <= tables
     if not existing:
         _switch_to_wal(path)
@@ -234,18 +235,19 @@ def open_existing_storage(url: str | None, *, read_only: bool = False, flag: str
             open_url = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
     elif read_only and url.startswith("postgresql"):
         engine_kwargs["connect_args"] = {**_server_connect_args(url), "options": "-c default_transaction_read_only=on"}
-    _open(url, lambda: _require_optuna_tables(open_url, engine_kwargs, url, flag, recover=not read_only))
+    _open(url, lambda: _require_optuna_tables(path, open_url, engine_kwargs, url, flag, recover=not read_only))
     return _open(url, lambda: RDBStorage(open_url, engine_kwargs=engine_kwargs, skip_table_creation=True))
 
 
-def _require_optuna_tables(open_url: str, engine_kwargs: dict[str, object], url: str, flag: str, *, recover: bool) -> None:
+def _require_optuna_tables(
+    path: Path | None, open_url: str, engine_kwargs: dict[str, object], url: str, flag: str, *, recover: bool
+) -> None:
     """Refuse a database without Optuna's tables before Optuna reads (or writes) it. An SQLite
     file is read as `search/sqlite_file.py` reads it, leaving nothing beside another program's file
     (and, unless `recover`, never rolling back a journal a crashed writer left: a read-only command)."""
     import sqlalchemy
 
-    path = sqlite_path(url)
-    if path is not None:
+    if path is not None:  # `url`'s SQLite file
         tables = _sqlite_tables(path, recover=recover)
     else:
         engine = sqlalchemy.create_engine(open_url, **engine_kwargs)
