@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lightning_modules.errors import UserInputError
 
@@ -86,7 +86,10 @@ def resolve_device(accelerator: str, devices: Sequence[int] | None, gpus: Sequen
         raise DeviceError(f"--accelerator {accelerator!r} is not one of {', '.join(ACCELERATORS)}")
     cpu = Device("cpu", (), f"CPU ({threads} thread{'s' if threads != 1 else ''} per worker)")
     if accelerator == "cpu" or (accelerator == "auto" and not gpus):
-        return cpu
+        if devices is None:
+            return cpu
+        why = "--accelerator cpu" if accelerator == "cpu" else "torch sees no GPU here"
+        return replace(cpu, description=f"{cpu.description}; --devices {','.join(map(str, devices))} unused: {why}")
     if not gpus:
         raise DeviceError(
             "--accelerator gpu, but torch sees no usable GPU (no CUDA build, no driver, or "

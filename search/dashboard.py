@@ -13,6 +13,7 @@ unless told otherwise, and imports no torch, so it starts in a second or two.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import re
 import socket
@@ -49,9 +50,18 @@ class _ThreadedServer(ThreadingMixIn, WSGIServer):
 
 
 class _ThreadedServer6(_ThreadedServer):
-    """The same on an IPv6 address (--host ::1 or ::): WSGIServer's socket is IPv4 only."""
+    """The same on an IPv6 address (--host ::1 or ::): WSGIServer's socket is IPv4 only.
+
+    On `::` it also takes IPv4 (dual stack, as `python -m http.server` does) where the system
+    allows, whatever its default (`net.ipv6.bindv6only`): "all interfaces" includes 127.0.0.1."""
 
     address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        if self.server_address[0] == "::":
+            with contextlib.suppress(OSError):
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
 
 
 def _server_class(host: str) -> type[_ThreadedServer]:
@@ -180,14 +190,20 @@ def bind_server(app: Any, host: str, port: int) -> WSGIServer:
         raise DashboardError(f"cannot listen on {host}:{port} ({reason}); pass a free --port") from None
 
 
+def takes_ipv4(server: WSGIServer) -> bool:
+    """Whether an IPv6 socket bound to `::` also answers on 127.0.0.1 (dual stack)."""
+    return server.socket.family != socket.AF_INET6 or not server.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+
+
 def server_url(server: WSGIServer, host: str) -> str:
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    """The URL to print: on all interfaces, the loopback address the socket answers on."""
+    shown = {"0.0.0.0": "127.0.0.1", "::": "127.0.0.1" if takes_ipv4(server) else "::1"}.get(host, host)
     return f"http://{'[' + shown + ']' if ':' in shown else shown}:{server.server_address[1]}"
 
 
 def study_urls(storage: Any, base_url: str) -> dict[str, str]:
     """Each study's page, so the user can open the one they care about directly."""
-    from search.storage import study_names
+    from search.studies import study_names
 
     return {name: f"{base_url}/dashboard/studies/{storage.get_study_id_from_name(name)}" for name in study_names(storage)}
 

@@ -28,6 +28,7 @@ from search.settings_space import (
 MAX_SEED = 2**31 - 1  # older studies add the trial number to it (search/sampling.py); numpy seeds stop at 2**32
 MAX_NAME_LENGTH = 100
 MAX_WORKERS = 64
+MAX_GPU_INDEX = 4095  # CUDA numbers a machine's GPUs from 0; no machine has this many
 MAX_SNAPSHOTS = 20
 
 
@@ -189,8 +190,8 @@ class TrainingConfig(Strict):
     @field_validator("devices")
     @classmethod
     def _distinct_indices(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and (any(i < 0 for i in value) or len(set(value)) != len(value)):
-            raise ValueError(f"devices must be distinct GPU indices >= 0 (got {value})")
+        if value is not None and (any(not 0 <= i <= MAX_GPU_INDEX for i in value) or len(set(value)) != len(value)):
+            raise ValueError(f"devices must be distinct GPU indices 0-{MAX_GPU_INDEX} (got {value})")
         return value
 
 

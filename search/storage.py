@@ -191,6 +191,17 @@ def _server_connect_args(url: str) -> dict[str, object]:
     return {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS} if url.startswith("postgresql") else {}
 
 
+def _server_tables(url: str, engine_kwargs: dict[str, object]) -> set[str]:
+    """The tables of a database server's database, in the schema Optuna would create its own in."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        return set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
 def open_study_storage(url: str | None, *, heartbeat_seconds: int, grace_seconds: int):  # noqa: ANN201 - RDBStorage
     """The storage a search writes to, with heartbeats and retry of dead trials; creates a SQLite
     file (and its folder) if missing."""
@@ -201,14 +212,15 @@ def open_study_storage(url: str | None, *, heartbeat_seconds: int, grace_seconds
     url = check_storage_url(url)
     engine_kwargs: dict[str, object] = {"pool_pre_ping": True, "connect_args": _server_connect_args(url)}
     path = sqlite_path(url)
-    existing = False
     if path is not None:
         existing = _prepare_sqlite(path)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}}
+    else:
+        existing = _open(url, lambda: OPTUNA_TABLES <= _server_tables(url, engine_kwargs))
     storage = _open(url, lambda: SilentTrialAwareStorage(
         url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds, grace_period=grace_seconds,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
-        skip_table_creation=existing,  # a study file's tables are its schema's; Optuna's check below judges them
+        skip_table_creation=existing,  # a study database's tables are its schema's; Optuna's check judges them, untouched
     ))
     if path is not None:
         if existing:
@@ -245,16 +257,7 @@ def _require_optuna_tables(
     """Refuse a database without Optuna's tables before Optuna reads (or writes) it. An SQLite
     file is read as `search/sqlite_file.py` reads it, leaving nothing beside another program's file
     (and, unless `recover`, never rolling back a journal a crashed writer left: a read-only command)."""
-    import sqlalchemy
-
-    if path is not None:  # `url`'s SQLite file
-        tables = _sqlite_tables(path, recover=recover)
-    else:
-        engine = sqlalchemy.create_engine(open_url, **engine_kwargs)
-        try:
-            tables = set(sqlalchemy.inspect(engine).get_table_names())
-        finally:
-            engine.dispose()
+    tables = _sqlite_tables(path, recover=recover) if path is not None else _server_tables(open_url, engine_kwargs)
     if not OPTUNA_TABLES <= tables:
         raise StorageError(f"{redact(url)} is not an Optuna study database (no studies table); pass the {flag} a search wrote")
 
@@ -279,21 +282,3 @@ def storage_guard(url: str) -> Callable[[], None]:
             )
 
     return check
-
-
-def study_names(storage: object) -> list[str]:
-    import optuna
-
-    return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]  # type: ignore[arg-type]
-
-
-def load_existing_study(name: str, storage: object, flag: str = "--study-name"):  # noqa: ANN201 - optuna.Study
-    """Load a study that must exist; the error lists the ones that do (and names `flag`)."""
-    import optuna
-
-    try:
-        return optuna.load_study(study_name=name, storage=storage)  # type: ignore[arg-type]
-    except KeyError:
-        names = study_names(storage)
-        listing = ", ".join(repr(n) for n in names[:20]) if names else "none"
-        raise StorageError(f"no study named {name!r} in this storage (studies there: {listing}); pass {flag}") from None

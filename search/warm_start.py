@@ -100,7 +100,8 @@ def _same_database(url: str, other: str) -> bool:
 def _study_exists(name: str, url: str) -> bool:
     """Whether this run's study is already there (read-only; a storage that cannot be opened yet
     holds none: the run itself creates it, or reports why it cannot)."""
-    from search.storage import StorageError, open_existing_storage, study_names
+    from search.storage import StorageError, open_existing_storage
+    from search.studies import study_names
 
     try:
         return name in study_names(open_existing_storage(url, read_only=True))
@@ -118,7 +119,8 @@ def read_warm_start(settings: Settings, url: str) -> WarmStart | None:
     config: WarmStartConfig = settings.warm_start
     if config.study is None:
         return None
-    from search.storage import check_storage_url, load_existing_study, open_existing_storage
+    from search.storage import check_storage_url, open_existing_storage
+    from search.studies import load_existing_study
 
     source_url = check_storage_url(config.storage) if config.storage is not None else url
     if config.study == settings.study.name and _same_database(source_url, url):

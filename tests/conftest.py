@@ -6,6 +6,7 @@ Only a handful of tests read all 70,000 images; the rest train on a few thousand
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import uuid
 from pathlib import Path
@@ -30,6 +31,13 @@ POSTGRES_URL = os.environ.get("MNIST_SEARCH_TEST_POSTGRES", "postgresql://postgr
 # caller wins, as it does for the runner (`configure_torch`).
 os.environ["OMP_NUM_THREADS"] = str(threads_per_worker(1, cores=1))  # a valid count set by the caller, else 1
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+# A suite started in the background of a non-interactive shell (`cmd &`, as scripts and `nohup`
+# start CI jobs) inherits SIGINT ignored, and so does every process it starts: a dashboard under
+# test then ignored the Ctrl-C its teardown sends, and was killed 15 s later. Tests send SIGINT
+# as a terminal does, so the processes they start get it as a user's would.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # Modules of tests that each run for tens of seconds (real processes, workers, kills). They run

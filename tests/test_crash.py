@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 from helpers import reader_storage, run_main
+from preloaded import SearchProcess
 from search.storage import StorageError
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ baseline: {batch_size: 32}
 
 
 @pytest.fixture
-def setup(tmp_path: Path, python: str, run_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> Callable[..., subprocess.Popen[str]]:
+def setup(tmp_path: Path, run_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> Callable[..., SearchProcess]:
     config = tmp_path / "crash.yaml"
     config.write_text(CONFIG)
     url = f"sqlite:///{tmp_path / 'crash.db'}"
@@ -43,9 +43,9 @@ def setup(tmp_path: Path, python: str, run_env: dict[str, str], capsys: pytest.C
     def argv(*extra: str, trials: int = 2) -> list[str]:
         return ["--config", str(config), "--storage", url, "--trials", str(trials), "--no-export", *extra]
 
-    def start(*extra: str, trials: int = 2) -> subprocess.Popen[str]:
-        """The run a test kills or signals: a real process."""
-        return subprocess.Popen([python, "-m", "search.run", *argv(*extra, trials=trials)], env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def start(*extra: str, trials: int = 2) -> SearchProcess:
+        """The run a test kills or signals: a real process (forked with torch and Lightning imported)."""
+        return SearchProcess(argv(*extra, trials=trials), run_env, tmp_path / "run")
 
     def resume(*extra: str, trials: int = 2) -> tuple[int, str, str]:
         """The run after it: the same command in this process (nothing kills it)."""
@@ -64,7 +64,7 @@ def load(storage: str | optuna.storages.BaseStorage) -> optuna.Study:
     return optuna.load_study(study_name="mnist", storage=storage)
 
 
-def wait_for(url: str, condition: Callable[[list[FrozenTrial]], bool], process: subprocess.Popen[str], timeout: float = 120) -> None:
+def wait_for(url: str, condition: Callable[[list[FrozenTrial]], bool], process: SearchProcess, timeout: float = 120) -> None:
     """Poll the storage until `condition(trials)` holds; fail if the run ends first.
 
     One storage object for all polls: opening a new one costs ~35 ms (several times that on a
@@ -97,7 +97,7 @@ def running(number: int) -> Callable[[list[FrozenTrial]], bool]:
     return lambda trials: len(trials) > number and trials[number].state == TrialState.RUNNING
 
 
-def finish(process: subprocess.Popen[str], timeout: float = 240) -> tuple[int, str, str]:
+def finish(process: SearchProcess, timeout: float = 240) -> tuple[int, str, str]:
     try:
         out, err = process.communicate(timeout=timeout)
     finally:
@@ -119,7 +119,7 @@ def assert_accounted(study: optuna.Study, budget: int) -> None:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_stop_signal_requeues_the_trial_and_resume_continues_from_its_epoch(setup: Callable[..., subprocess.Popen[str]], signum: int) -> None:
+def test_stop_signal_requeues_the_trial_and_resume_continues_from_its_epoch(setup: Callable[..., SearchProcess], signum: int) -> None:
     process = setup()
     wait_for(setup.url, reported(1, 2), process)  # trial 1 has finished two epochs
     process.send_signal(signum)
@@ -146,7 +146,7 @@ def test_stop_signal_requeues_the_trial_and_resume_continues_from_its_epoch(setu
         assert retry.intermediate_values[epoch] == trials[1].intermediate_values[epoch]
 
 
-def test_second_ctrl_c_mid_trial_exits_with_the_interrupt_code(setup: Callable[..., subprocess.Popen[str]]) -> None:
+def test_second_ctrl_c_mid_trial_exits_with_the_interrupt_code(setup: Callable[..., SearchProcess]) -> None:
     """The whole runner under two Ctrl-C: it ends with 130 and no traceback, and the study keeps
     every finished trial. That the second one needs no cooperation from the trial is shown
     without a clock by tests/test_workers.py::test_a_second_signal_ends_a_stop_that_never_finishes."""
@@ -167,7 +167,7 @@ def test_second_ctrl_c_mid_trial_exits_with_the_interrupt_code(setup: Callable[.
     # (a kill between the two, "mid_trial", resumes the same way: dropped to keep the suite short)
     [("before_first_report", None), ("last_epoch", 2)],
 )
-def test_kill_9_then_resume_retries_from_the_last_epoch(setup: Callable[..., subprocess.Popen[str]], moment: str, min_resumed_epoch: int | None) -> None:
+def test_kill_9_then_resume_retries_from_the_last_epoch(setup: Callable[..., SearchProcess], moment: str, min_resumed_epoch: int | None) -> None:
     process = setup()
     condition = {"before_first_report": running(1), "last_epoch": reported(1, 3)}[moment]
     wait_for(setup.url, condition, process)
@@ -192,7 +192,7 @@ def test_kill_9_then_resume_retries_from_the_last_epoch(setup: Callable[..., sub
         assert resumed is not None and resumed >= min_resumed_epoch, (story, len(killed.intermediate_values), out)
 
 
-def test_a_study_at_its_target_starts_nothing_after_a_crash(setup: Callable[..., subprocess.Popen[str]]) -> None:
+def test_a_study_at_its_target_starts_nothing_after_a_crash(setup: Callable[..., SearchProcess]) -> None:
     code, out, err = setup.resume("--target-accuracy", "0.5", trials=10)
     assert code == 0 and "target reached" in out, err
     before = len(load(setup.url).trials)
@@ -201,7 +201,7 @@ def test_a_study_at_its_target_starts_nothing_after_a_crash(setup: Callable[...,
     assert len(load(setup.url).trials) == before
 
 
-def test_deleted_database_mid_run_is_a_clear_error(setup: Callable[..., subprocess.Popen[str]]) -> None:
+def test_deleted_database_mid_run_is_a_clear_error(setup: Callable[..., SearchProcess]) -> None:
     process = setup(trials=6)
     wait_for(setup.url, reported(1, 1), process)
     db = Path(setup.url.removeprefix("sqlite:///"))

@@ -31,9 +31,10 @@ from typing import Any
 import pytest
 
 from helpers import writer_storage
-from search.dashboard import LOOPBACK, Dashboard, allowed_hosts, main, open_dashboard, parse_args
+from preloaded import SearchProcess
+from search.dashboard import LOOPBACK, UNSPECIFIED, Dashboard, allowed_hosts, main, open_dashboard, parse_args
 from search.export.note import RunSummary, study_note, write_study_note
-from search.storage import load_existing_study
+from search.studies import load_existing_study
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -68,7 +69,7 @@ def start(command: list[str], env: dict[str, str], logs: Path, name: str) -> sub
         return subprocess.Popen(command, env=env, stdout=out, stderr=err, cwd=Path(__file__).parents[1])
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
+def stop(process: subprocess.Popen[bytes] | SearchProcess) -> None:
     """Ctrl-C first (a clean stop), then kill if it does not end."""
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
@@ -83,7 +84,7 @@ def read_log(logs: Path, name: str) -> str:
     return "".join((logs / f"{name}.{kind}").read_text(errors="replace") for kind in ("out", "err"))
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str, process: subprocess.Popen[bytes]) -> None:
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, process: subprocess.Popen[bytes] | SearchProcess) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if process.poll() is not None:
@@ -134,7 +135,7 @@ class LiveRun:
     finished_counts: set[int] = field(default_factory=set)
 
 
-def poll_during(run: LiveRun, search: subprocess.Popen[bytes]) -> None:
+def poll_during(run: LiveRun, search: SearchProcess) -> None:
     """Read the study the way the open browser tab does, as often as it can, until the search ends."""
     while search.poll() is None:
         try:
@@ -159,11 +160,11 @@ def live_run(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Itera
     # The dashboard is up before the search starts: tiny trials finish within the seconds the
     # dashboard takes to start, and the point is to watch trials finish.
     board = start([sys.executable, "-m", "search.dashboard", "--storage", storage, "--port", str(port)], env, logs, "dashboard")
-    search: subprocess.Popen[bytes] | None = None
+    search: SearchProcess | None = None
     try:
         wait_until(lambda: port_open(port), START_SECONDS, f"the dashboard on port {port}", board)
-        search = start([
-            sys.executable, "-m", "search.run", "--config", str(root / "tiny.yaml"), "--storage", storage,
+        search = SearchProcess([
+            "--config", str(root / "tiny.yaml"), "--storage", storage,
             "--trials", str(TRIALS), "--train-size", "1000", "--max-epochs", str(MAX_EPOCHS), "--target-accuracy", "none",
         ], env, logs, "search")
         wait_until(lambda: study_listed(base), RUN_SECONDS, "the dashboard to list the new study", search)
@@ -395,6 +396,32 @@ def test_every_loopback_host_it_accepts_listens_and_answers(tmp_path: Path, host
     serving.start()
     try:
         assert board.base.startswith(f"http://{'[::1]' if host == '::1' else host}:")
+        with urllib.request.urlopen(f"{board.base}/api/studies", timeout=30) as response:  # noqa: S310 - a local test server
+            assert [s["study_name"] for s in json.load(response)["study_summaries"]] == ["mnist"]
+    finally:
+        board.server.shutdown()
+        board.server.server_close()
+
+
+@pytest.mark.parametrize("host", UNSPECIFIED)
+def test_all_interfaces_prints_a_loopback_url_that_answers(tmp_path: Path, host: str) -> None:
+    """--host :: printed http://127.0.0.1:PORT whether or not its socket took IPv4 (it does not
+    where net.ipv6.bindv6only is 1); now it takes IPv4 too, and the URL printed is one it answers."""
+    import optuna
+
+    if ":" in host:
+        try:
+            with socket.socket(socket.AF_INET6) as probe:
+                probe.bind((host, 0))
+        except OSError:
+            pytest.skip("this machine has no IPv6")
+    db = tmp_path / "s.db"
+    optuna.create_study(study_name="mnist", storage=writer_storage(f"sqlite:///{db}"))
+    board = open_dashboard(parse_args(["--storage", f"sqlite:///{db}", "--host", host, "--allow-remote", "--port", "0"]))
+    serving = threading.Thread(target=board.server.serve_forever, daemon=True)
+    serving.start()
+    try:
+        assert board.base.startswith("http://127.0.0.1:"), board.base
         with urllib.request.urlopen(f"{board.base}/api/studies", timeout=30) as response:  # noqa: S310 - a local test server
             assert [s["study_name"] for s in json.load(response)["study_summaries"]] == ["mnist"]
     finally:

@@ -48,6 +48,13 @@ def test_auto_takes_a_gpu_when_there_is_one_and_the_cpu_otherwise() -> None:
     assert resolve_device("gpu", [1], [H200, "NVIDIA A100"], 1).description == "cuda:1 (NVIDIA A100)"
 
 
+def test_devices_on_the_cpu_are_named_as_unused_in_the_first_line() -> None:
+    """--devices with no GPU to take them was dropped without a word: the run's first line said
+    "on the CPU" and nothing of the indices the user asked for."""
+    assert resolve_device("auto", [1], [], 2).description == "CPU (2 threads per worker); --devices 1 unused: torch sees no GPU here"
+    assert resolve_device("cpu", [0, 1], [H200], 1).description == "CPU (1 thread per worker); --devices 0,1 unused: --accelerator cpu"
+
+
 @pytest.mark.parametrize(
     ("accelerator", "devices", "gpus", "words"),
     [
@@ -88,6 +95,8 @@ def test_device_flags_reach_the_settings() -> None:
         (["--accelerator", "gpu", "--devices", "1"], [H200], ["no GPU 1"]),
         (["--workers", "3", "--workers-per-device", "1"], [H200], ["--workers 3 on 1 GPU(s)", "at most 1"]),
         (["--devices", "0,x"], [H200], ["GPU indices like 0 or 0,1"]),
+        (["--devices", "4096"], [H200], ["distinct GPU indices 0-4095"]),
+        (["--devices", "0,0"], [H200], ["distinct GPU indices 0-4095"]),
         (["--accelerator", "tpu"], [H200], ["training.accelerator", "tpu"]),
     ],
 )

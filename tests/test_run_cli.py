@@ -1,4 +1,4 @@
-"""python -m search.run as a user runs it: real subprocesses, a real SQLite file, tiny data."""
+"""python -m search.run as a user runs it: a process of its own (tests/preloaded.py) or this one, a real SQLite file, tiny data."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from helpers import reader_storage, run_main
+from preloaded import run_search
 from search.run import main
 
 TINY = """
@@ -28,10 +29,6 @@ def tiny_config(tmp_path: Path) -> Path:
     return path
 
 
-def run_cli(python: str, env: dict[str, str], *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [python, "-m", "search.run", *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
@@ -120,10 +117,10 @@ def test_input_errors_answer_before_torch_is_imported(python: str, run_env: dict
 
 @pytest.mark.slow
 def test_tiny_run_then_resume_to_a_larger_budget(
-    python: str, run_env: dict[str, str], tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    run_env: dict[str, str], tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
-    first = run_cli(python, run_env, "--config", str(tiny_config), "--storage", url, "--trials", "3", "--target-accuracy", "none")
+    first = run_search(["--config", str(tiny_config), "--storage", url, "--trials", "3", "--target-accuracy", "none"], run_env, tmp_path)
     assert first.returncode == 0, first.stderr
     assert "created study 'mnist'" in first.stdout and "0 finished trials" in first.stdout
     trial_lines = [line for line in first.stdout.splitlines() if line.startswith("trial ")]
@@ -172,17 +169,18 @@ def trial_record(url: str) -> list[tuple[object, ...]]:
 
 @pytest.mark.slow
 def test_same_seed_same_trials_and_metrics_other_seed_other_trials(
-    python: str, run_env: dict[str, str], tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    run_env: dict[str, str], tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The reproducibility promise end to end: sampler, pruner, data order and training (TPE,
-    the median pruner and epoch-by-epoch values included). Run "a" is a fresh process and "b"
-    runs in this one, which has trained and sampled before: nothing carried over in a process
-    may change what a seed gives."""
+    the median pruner and epoch-by-epoch values included). Run "a" is a process of its own that
+    has trained nothing (forked from one that only imported torch and Lightning) and "b" runs in
+    this one, which has trained and sampled before: nothing carried over in a process may change
+    what a seed gives."""
     runs = {}
     for name, seed, trials in (("a", "7", 5), ("b", "7", 5), ("c", "8", 4)):  # c: its sampled trials differ already
         url = f"sqlite:///{tmp_path / name}.db"
         argv = ["--config", str(tiny_config), "--storage", url, "--trials", str(trials), "--target-accuracy", "none", "--no-export", "--seed", seed]
-        result = run_cli(python, run_env, *argv) if name == "a" else run_main(argv, capsys)
+        result = run_search(argv, run_env, tmp_path) if name == "a" else run_main(argv, capsys)
         assert result.returncode == 0, result.stderr
         runs[name] = trial_record(url)
     # the baseline, the first DNN (the 2 start-up trials), the first DNN's promotion, 2 from TPE (pruned or not)

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pytest
 from optuna.trial import TrialState
 
 from helpers import reader_storage, run_main
+from preloaded import SearchProcess, run_search
 from search.storage import StorageError, open_study_storage
 
 pytestmark = pytest.mark.slow
@@ -45,11 +47,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def run(python: str, env: dict[str, str], config: Path, url: str, *extra: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [python, "-m", "search.run", "--config", str(config), "--storage", url, "--no-export", *extra],
-        env=env, capture_output=True, text=True, timeout=timeout, check=False,
-    )
+def run(env: dict[str, str], config: Path, url: str, *extra: str, logs: Path) -> subprocess.CompletedProcess[str]:
+    """The run that meets the fault: a process of its own (forked with torch and Lightning imported)."""
+    return run_search(["--config", str(config), "--storage", url, "--no-export", *extra], env, logs)
 
 
 def assert_one_line_exit_2(result: subprocess.CompletedProcess[str], *words: str) -> None:
@@ -70,14 +70,14 @@ def finished_trials(url: str) -> list[tuple[int, float | None]]:
         storage.engine.dispose()
 
 
-def test_read_only_database_is_a_clear_error_and_keeps_the_trials(python: str, run_env: dict[str, str], tmp_path: Path, small_disk: Path) -> None:
+def test_read_only_database_is_a_clear_error_and_keeps_the_trials(run_env: dict[str, str], tmp_path: Path, small_disk: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(CONFIG)
     url = f"sqlite:///{small_disk / 's.db'}"
-    assert run(python, run_env, config, url, "--trials", "2").returncode == 0
+    assert run(run_env, config, url, "--trials", "2", logs=tmp_path / "first").returncode == 0
     before = finished_trials(url)
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
-    result = run(python, run_env, config, url, "--trials", "4")
+    result = run(run_env, config, url, "--trials", "4", logs=tmp_path / "read-only")
     assert_one_line_exit_2(result, str(small_disk / "s.db"))
     assert "read-only" in result.stderr
     subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
@@ -85,7 +85,7 @@ def test_read_only_database_is_a_clear_error_and_keeps_the_trials(python: str, r
 
 
 def test_full_disk_mid_run_is_a_clear_error_and_keeps_the_trials(
-    python: str, run_env: dict[str, str], tmp_path: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    run_env: dict[str, str], tmp_path: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(CONFIG)
@@ -99,7 +99,7 @@ def test_full_disk_mid_run_is_a_clear_error_and_keeps_the_trials(
     with filler.open("wb") as out:  # leave a few kB: enough to open the study, not to run trials
         free = shutil.disk_usage(small_disk).free
         out.write(b"\0" * max(0, free - 48 * 1024))
-    result = run(python, env, config, url, "--trials", "30")
+    result = run(env, config, url, "--trials", "30", logs=tmp_path / "full")
     assert_one_line_exit_2(result, "resume with")
     assert "full" in result.stderr or "No space" in result.stderr
     filler.unlink()
@@ -158,14 +158,14 @@ def private_postgres() -> Iterator[PrivateServer]:
 
 @pytest.mark.postgres
 def test_postgres_restart_mid_run(
-    python: str, run_env: dict[str, str], tmp_path: Path, private_postgres: PrivateServer, unique_name: str,
+    run_env: dict[str, str], tmp_path: Path, private_postgres: PrivateServer, unique_name: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     postgres_url = private_postgres.url
     config = tmp_path / "c.yaml"
     config.write_text(CONFIG.replace("max_epochs: 2", "max_epochs: 3"))
-    args = [python, "-m", "search.run", "--config", str(config), "--storage", postgres_url, "--study-name", unique_name, "--no-export", "--trials", "6"]
-    process = subprocess.Popen(args, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = ["--config", str(config), "--storage", postgres_url, "--study-name", unique_name, "--no-export", "--trials", "6"]
+    process = SearchProcess(args, run_env, tmp_path / "run")
     try:
         deadline = time.monotonic() + 120
         storage = None
@@ -190,7 +190,7 @@ def test_postgres_restart_mid_run(
     study = optuna.load_study(study_name=unique_name, storage=reader_storage(postgres_url))
     complete_before = {t.number: t.value for t in study.trials if t.state == TrialState.COMPLETE}
     assert len(complete_before) >= 2
-    resumed = run_main(args[3:], capsys)  # the resume needs no process of its own: the fault was in the first
+    resumed = run_main(args, capsys)  # the resume needs no process of its own: the fault was in the first
     assert resumed.returncode == 0, resumed.stderr
     study = optuna.load_study(study_name=unique_name, storage=reader_storage(postgres_url))
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -255,3 +255,35 @@ def _refused_untouched(path: Path, version: str, missing: str | None, capsys: py
     # Byte for byte as it was: no table added, and its journal not switched to WAL before Optuna's check.
     assert path.read_bytes() == before
     assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.name)) == [path.name]
+
+
+@pytest.mark.postgres
+def test_a_postgres_database_of_another_optuna_schema_gets_no_table(postgres_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """On a server as in a file: Optuna used to create the tables it missed (here Optuna 1.3's
+    `trial_heartbeats`) before its schema check refused the database. A database of its own on
+    the test server, dropped at the end."""
+    import sqlalchemy
+
+    name = f"old_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    url = sqlalchemy.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        optuna.create_study(study_name="mnist", storage=url)
+        old = sqlalchemy.create_engine(url)
+        with old.begin() as connection:
+            connection.execute(sqlalchemy.text("update alembic_version set version_num = 'v1.3.0.a'"))
+            connection.execute(sqlalchemy.text("drop table trial_heartbeats"))
+        before = set(sqlalchemy.inspect(old).get_table_names())
+        done = run_main(["--storage", url], capsys)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.count("\n") == 1 and "optuna storage upgrade" in done.stderr and "Traceback" not in done.stderr
+        assert set(sqlalchemy.inspect(old).get_table_names()) == before  # trial_heartbeats not created
+        with old.connect() as connection:
+            assert connection.execute(sqlalchemy.text("select version_num from alembic_version")).scalar_one() == "v1.3.0.a"
+        old.dispose()
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 from optuna.trial import TrialState
 
 from helpers import reader_storage
+from preloaded import SearchProcess
 from search import record
 from search.export.__main__ import main as export_main
 from search.run import main as run_main
@@ -39,7 +39,7 @@ baseline: {enabled: false}
 """
 
 
-def wait_for_epochs(url: str, name: str, epochs: int, process: subprocess.Popen[str], timeout: float = 300) -> None:
+def wait_for_epochs(url: str, name: str, epochs: int, process: SearchProcess, timeout: float = 300) -> None:
     """Poll until trial 0 has reported `epochs` epochs; fail if the run ends first.
 
     On a fresh database (a new CI machine) the run itself creates Optuna's tables: until then
@@ -60,7 +60,7 @@ def wait_for_epochs(url: str, name: str, epochs: int, process: subprocess.Popen[
 
 
 def test_a_trial_killed_on_one_machine_resumes_on_another_from_the_shared_store(
-    python: str, run_env: dict[str, str], tmp_path: Path, postgres_url: str, unique_name: str,
+    run_env: dict[str, str], tmp_path: Path, postgres_url: str, unique_name: str,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     config, shared = tmp_path / "two.yaml", tmp_path / "shared-artifacts"
@@ -68,10 +68,7 @@ def test_a_trial_killed_on_one_machine_resumes_on_another_from_the_shared_store(
     shared.mkdir()
     argv = ["--config", str(config), "--storage", postgres_url, "--study-name", unique_name, "--trials", "1", "--no-export"]
 
-    first = subprocess.Popen(
-        [python, "-m", "search.run", *argv, "--artifact-store", str(shared)],
-        env={**run_env, "MNIST_SEARCH_HOME": str(tmp_path / "machine-a")}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    first = SearchProcess([*argv, "--artifact-store", str(shared)], {**run_env, "MNIST_SEARCH_HOME": str(tmp_path / "machine-a")}, tmp_path / "machine-a-logs")
     try:
         wait_for_epochs(postgres_url, unique_name, 3, first)  # epochs 1 and 2 are in the store by now
         os.kill(first.pid, signal.SIGKILL)

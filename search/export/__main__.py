@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     url = check_storage_url(getattr(args, "study_storage", None))
     given = check_location(args.artifact_store) if args.artifact_store is not None else None
     name = getattr(args, "study_name", "mnist")
-    from search.storage import load_existing_study, open_existing_storage
+    from search.storage import open_existing_storage
+    from search.studies import load_existing_study
     from search.trial_loop import quiet_optuna
 
     quiet_optuna()

@@ -1,0 +1,27 @@
+"""The studies a storage holds: their names, and the one a command names, which must be there.
+
+Separate from `search/storage.py` (URL -> storage) so that opening a storage and reading what it
+holds stay two small modules; both are used by the export, the dashboard and the warm start.
+"""
+
+from __future__ import annotations
+
+from search.storage import StorageError
+
+
+def study_names(storage: object) -> list[str]:
+    import optuna
+
+    return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]  # type: ignore[arg-type]
+
+
+def load_existing_study(name: str, storage: object, flag: str = "--study-name"):  # noqa: ANN201 - optuna.Study
+    """Load a study that must exist; the error lists the ones that do (and names `flag`)."""
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=name, storage=storage)  # type: ignore[arg-type]
+    except KeyError:
+        names = study_names(storage)
+        listing = ", ".join(repr(n) for n in names[:20]) if names else "none"
+        raise StorageError(f"no study named {name!r} in this storage (studies there: {listing}); pass {flag}") from None
