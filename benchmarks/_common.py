@@ -113,9 +113,10 @@ def machine_line() -> str:
     """CPU, cores, torch threads and load average: printed above every table."""
     import torch
 
-    cores = len(os.sched_getaffinity(0))
+    from lightning_modules.device import usable_cores
+
     return (
-        f"machine: {cpu_model()}, {cores} cores (affinity), torch {torch.__version__}, "
+        f"machine: {cpu_model()}, {usable_cores()} cores (affinity and CPU quota), torch {torch.__version__}, "
         f"torch threads {torch.get_num_threads()}, load average {load_average()}"
     )
 

@@ -42,6 +42,18 @@ def thread_share(workers: int, cores: int) -> int:
     return max(1, cores // max(1, workers))
 
 
+def usable_cores() -> int:
+    """The CPUs this process may use: the least of the machine's, its affinity mask's and a
+    container's CPU quota (cgroup v1 or v2), as joblib (loky) counts them.
+
+    A container limited to 2 CPUs on a 64-core host sees 64 cores in its affinity mask: 64 torch
+    threads per worker would spend most of each scheduling period throttled. `LOKY_MAX_CPU_COUNT`
+    lowers the count further (loky's documented limit)."""
+    import joblib
+
+    return int(joblib.cpu_count())
+
+
 def threads_per_worker(workers: int, cores: int | None = None) -> int:
     """The torch threads each of `workers` processes gets: OMP_NUM_THREADS when it is a positive
     count, else an equal share of the cores. One function, so the run's first line says the
@@ -54,7 +66,7 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
     explicit = os.environ.get("OMP_NUM_THREADS", "").strip()
     if explicit.isdigit() and int(explicit) > 0:
         return int(explicit)
-    return thread_share(workers, cores or len(os.sched_getaffinity(0)))
+    return thread_share(workers, cores or usable_cores())
 
 
 def configure_torch(workers: int = 1, cores: int | None = None) -> int:

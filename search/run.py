@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lightning_modules.device import Device, physical_ids, resolve_device, threads_per_worker, visible_gpus, worker_visible_devices
+from lightning_modules.device import Device, physical_ids, resolve_device, threads_per_worker, usable_cores, visible_gpus, worker_visible_devices
 from lightning_modules.errors import UserInputError
 from search.options import RUN_FLAGS, OneLineParser, add_flags, overrides_from_args
 from search.redaction import mask, mask_known, redact, redact_words, secrets_in
 from search.settings import Settings
-from search.workers import StopRequest, cores, describe_exit_codes
+from search.workers import StopRequest, describe_exit_codes
 
 MAX_WORKERS_PER_CORE = 4  # beyond this each worker's share of a core makes every trial crawl
 EXIT_WORKERS_DIED = 1
@@ -51,10 +51,11 @@ def parse_settings(argv: list[str]) -> Settings:
 
 
 def check_workers(settings: Settings) -> None:
-    limit = MAX_WORKERS_PER_CORE * cores()
+    cores = usable_cores()
+    limit = MAX_WORKERS_PER_CORE * cores
     if settings.study.workers > limit:
         raise UserInputError(
-            f"--workers {settings.study.workers} on {cores()} cores: at most {limit} ({MAX_WORKERS_PER_CORE} per core); "
+            f"--workers {settings.study.workers} on {cores} cores: at most {limit} ({MAX_WORKERS_PER_CORE} per core); "
             "to scale further, run search.run on more machines against one PostgreSQL study"
         )
 
@@ -64,7 +65,7 @@ def check_device(settings: Settings) -> Device:
     on them, before any study is created: a GPU asked for and missing is a one-line error."""
     training, workers = settings.training, settings.study.workers
     gpus = [] if training.accelerator == "cpu" else visible_gpus()  # torch only when a GPU may be wanted
-    device = resolve_device(training.accelerator, training.devices, gpus, threads_per_worker(workers, cores()))
+    device = resolve_device(training.accelerator, training.devices, gpus, threads_per_worker(workers, usable_cores()))
     if device.kind == "cuda" and workers > 1:
         worker_visible_devices(workers, physical_ids(device.indices), training.workers_per_device)
     return device

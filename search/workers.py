@@ -96,10 +96,6 @@ def worker_main(target: Callable[..., None], parent_pid: int, args: tuple[Any, .
     target(stop, *args)
 
 
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 @contextmanager
 def environment(values: Mapping[str, str]) -> Iterator[None]:
     """`values` in os.environ for the moment a worker is spawned, then as before: the child's

@@ -24,6 +24,7 @@ from lightning_modules.device import (
     resolve_device,
     thread_share,
     threads_per_worker,
+    usable_cores,
     worker_visible_devices,
 )
 from lightning_modules.hyperparams import HyperParams
@@ -105,7 +106,7 @@ def test_a_device_the_machine_lacks_is_refused_before_any_study_is_created(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Faked GPUs (this machine has none): the check is the runner's own, only the list is injected."""
-    monkeypatch.setattr(search.run, "cores", lambda: 4)  # so --workers 3 passes the per-core check
+    monkeypatch.setattr(search.run, "usable_cores", lambda: 4)  # so --workers 3 passes the per-core check
     monkeypatch.setattr(search.run, "visible_gpus", lambda: list(gpus))
     db = tmp_path / "s.db"
     assert search.run.main([*argv, "--storage", f"sqlite:///{db}"]) == 2
@@ -176,6 +177,17 @@ def test_the_first_line_counts_the_threads_torch_is_given(omp: str | None, threa
     else:
         monkeypatch.setenv("OMP_NUM_THREADS", omp)
     assert threads_per_worker(2, cores=16) == threads
+
+
+def test_the_cores_counted_are_the_ones_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The affinity mask alone let a container capped at 2 CPUs on a 64-core host give each worker
+    64 threads. The count is joblib's: affinity, a cgroup CPU quota and LOKY_MAX_CPU_COUNT (its
+    user limit, which goes through the same least-of), so the limit below stands for a quota."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert 1 <= usable_cores() <= len(os.sched_getaffinity(0))
+    monkeypatch.setenv("LOKY_MAX_CPU_COUNT", "1")
+    assert usable_cores() == 1
+    assert threads_per_worker(1) == 1
 
 
 @pytest.mark.slow

@@ -175,7 +175,7 @@ def test_export_of_a_mistyped_storage_path_creates_nothing(tmp_path: Path, capsy
 
 
 def test_workers_are_bounded_by_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(run, "cores", lambda: 2)
+    monkeypatch.setattr(run, "usable_cores", lambda: 2)
     run.check_workers(load_settings(None, {"study": {"workers": 2 * run.MAX_WORKERS_PER_CORE}}))
     with pytest.raises(UserInputError, match="at most 8 .4 per core"):
         run.check_workers(load_settings(None, {"study": {"workers": 2 * run.MAX_WORKERS_PER_CORE + 1}}))
