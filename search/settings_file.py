@@ -28,7 +28,7 @@ class ConfigError(UserInputError):
 
 
 class _BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader without aliases, duplicate keys or deep nesting."""
+    """PyYAML's safe loader without aliases, merge keys, duplicate keys or deep nesting."""
 
     def __init__(self, stream: str, origin: str) -> None:
         super().__init__(stream)
@@ -51,6 +51,10 @@ class _BoundedLoader(yaml.SafeLoader):
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # was "not valid YAML": it is, only not taken
+                raise ConfigError(
+                    f"config file {self.origin} uses a YAML merge key (<<) at line {key_node.start_mark.line + 1}; write the keys out instead"
+                )
             key = self.construct_object(key_node, deep=True)
             if not isinstance(key, (str, int, float, bool)):
                 continue  # unhashable keys: validation names them

@@ -60,6 +60,7 @@ def test_settings_round_trip_through_their_dict_form() -> None:
         ("study: {name: " + "x" * 300 + "}\n", ["study.name", "at most 100 characters"]),
         ("study: {trials: 3}\nstudy: {trials: 4}\n", ["repeats the key 'study'", "line 2"]),
         ("a: &x [1, 2]\nb: *x\n", ["alias", "line 2"]),
+        ("training:\n  max_epochs: 2\n  <<: {max_epochs: 3}\n", ["merge key (<<)", "line 3", "write the keys out"]),
         ("x: " + "[" * 50 + "]" * 50 + "\n", ["nests deeper than"]),
         ("study: 5\n", ["study", "valid dictionary"]),
     ],
