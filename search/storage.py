@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from lightning_modules.errors import UserInputError
+from search import sqlite_file
 from search.paths import default_storage_url
 from search.redaction import mask, normalise_url, redact, remember_secrets, url_secrets
-from search.sqlite_file import OPTUNA_TABLES, SQLITE_BUSY_TIMEOUT_SECONDS, foreign_in, foreign_tables, serialise_writers, switch_to_wal, table_names
 
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 10  # a host that never answers is an error, not a hang (libpq waits for ever)
 SQLITE_WAL_ATTEMPTS = 10
@@ -99,7 +99,7 @@ def refuse_a_foreign_sqlite_file(url: str) -> None:
     if path is None:
         return
     try:
-        foreign = foreign_tables(path)
+        foreign = sqlite_file.foreign_tables(path)
     except sqlite3.Error:
         return
     if foreign:
@@ -116,12 +116,12 @@ def _foreign_file(path: Path, foreign: list[str]) -> StorageError:
     )
 
 
-def _prepare_sqlite(path: Path) -> bool:
+def _prepare_sqlite(path: Path) -> set[str]:
     """Check the file a search will write to, and switch a new one to WAL (set once, it stays
-    with the file; WAL lets the dashboard read while workers write). Returns whether the file
-    already holds a study database: that one is switched only once Optuna has accepted its
-    schema version (`_switch_to_wal` after the open), so a refused file stays byte for byte as
-    it was. A file that holds another application's tables is refused first (`_foreign_file`)."""
+    with the file; WAL lets the dashboard read while workers write). Returns the tables the file
+    holds: a study database is switched only once Optuna has accepted its schema version
+    (`_switch_to_wal` after the open), so a refused file stays byte for byte as it was. A file
+    that holds another application's tables is refused first (`_foreign_file`)."""
     if not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
@@ -130,18 +130,17 @@ def _prepare_sqlite(path: Path) -> bool:
             "make it writable, or copy it somewhere writable and pass that with --storage"
         )
     tables = _sqlite_tables(path)
-    foreign = foreign_in(tables)
+    foreign = sqlite_file.foreign_in(tables)
     if foreign:
         raise _foreign_file(path, foreign)
-    existing = OPTUNA_TABLES <= tables
-    if not existing:
+    if not sqlite_file.OPTUNA_TABLES <= tables:
         _switch_to_wal(path)
-    return existing
+    return tables
 
 
 def _sqlite_tables(path: Path, *, recover: bool = True) -> set[str]:
     try:
-        return table_names(path, recover=recover)
+        return sqlite_file.table_names(path, recover=recover)
     except sqlite3.Error as error:
         raise StorageError(f"SQLite database {path} cannot be read ({error}); check the path and its permissions") from None
 
@@ -150,7 +149,7 @@ def _switch_to_wal(path: Path) -> None:
     try:
         # Workers starting together on a new file race to switch it to WAL; the switch does not
         # wait on the busy timeout, so the losers retry and then find it done.
-        _retry_lost_race(lambda: switch_to_wal(path), lambda e: isinstance(e, sqlite3.OperationalError) and "locked" in str(e), SQLITE_WAL_ATTEMPTS)
+        _retry_lost_race(lambda: sqlite_file.switch_to_wal(path), lambda e: isinstance(e, sqlite3.OperationalError) and "locked" in str(e), SQLITE_WAL_ATTEMPTS)
     except sqlite3.Error as error:
         raise StorageError(f"SQLite database {path} cannot be opened ({error}); check the path and its permissions") from None
 
@@ -213,19 +212,27 @@ def open_study_storage(url: str | None, *, heartbeat_seconds: int, grace_seconds
     engine_kwargs: dict[str, object] = {"pool_pre_ping": True, "connect_args": _server_connect_args(url)}
     path = sqlite_path(url)
     if path is not None:
-        existing = _prepare_sqlite(path)
-        engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}}
+        tables = _prepare_sqlite(path)
+        engine_kwargs = {"connect_args": {"timeout": sqlite_file.SQLITE_BUSY_TIMEOUT_SECONDS}}
     else:
-        existing = _open(url, lambda: OPTUNA_TABLES <= _server_tables(url, engine_kwargs))
-    storage = _open(url, lambda: SilentTrialAwareStorage(
-        url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds, grace_period=grace_seconds,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
-        skip_table_creation=existing,  # a study database's tables are its schema's; Optuna's check judges them, untouched
-    ))
+        tables = _open(url, lambda: _server_tables(url, engine_kwargs))
+    existing = sqlite_file.OPTUNA_TABLES <= tables
+
+    def build(create: bool) -> SilentTrialAwareStorage:
+        return SilentTrialAwareStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds, grace_period=grace_seconds,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY), skip_table_creation=not create,
+        )
+
+    # A study database is opened as it is: Optuna's schema check refuses another version's untouched.
+    storage = _open(url, lambda: build(create=not existing))
+    if existing and not sqlite_file.OPTUNA_SCHEMA <= tables:  # its version, with tables a creation cut short left out
+        storage.engine.dispose()
+        storage = _open(url, lambda: build(create=True))
     if path is not None:
         if existing:
             _switch_to_wal(path)
-        serialise_writers(storage.engine)
+        sqlite_file.serialise_writers(storage.engine)
     return storage
 
 
@@ -242,7 +249,7 @@ def open_existing_storage(url: str | None, *, read_only: bool = False, flag: str
     if path is not None:
         if not path.is_file():
             raise StorageError(f"no study database at {path}; start a search first (python -m search.run) or pass {flag}")
-        engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}}
+        engine_kwargs = {"connect_args": {"timeout": sqlite_file.SQLITE_BUSY_TIMEOUT_SECONDS}}
         if read_only:
             open_url = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
     elif read_only and url.startswith("postgresql"):
@@ -258,7 +265,7 @@ def _require_optuna_tables(
     file is read as `search/sqlite_file.py` reads it, leaving nothing beside another program's file
     (and, unless `recover`, never rolling back a journal a crashed writer left: a read-only command)."""
     tables = _sqlite_tables(path, recover=recover) if path is not None else _server_tables(open_url, engine_kwargs)
-    if not OPTUNA_TABLES <= tables:
+    if not sqlite_file.OPTUNA_TABLES <= tables:
         raise StorageError(f"{redact(url)} is not an Optuna study database (no studies table); pass the {flag} a search wrote")
 
 

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from lightning_modules.data.arrays import MnistArrays, load_idx_dir
 from lightning_modules.data.datasets import MNIST
 from lightning_modules.data.split import DataSplit, split_data
 from lightning_modules.device import threads_per_worker
+from preloaded import kill_started_during
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = Path(os.environ.get("MNIST_DATA_DIR") or ROOT.parent / "shared" / "data" / "mnist").resolve()
@@ -49,6 +51,14 @@ LONG_MODULES = ("test_workers.py", "test_two_machines.py", "test_storage_faults.
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Longest first (a stable sort: the order within each group is kept)."""
     items.sort(key=lambda item: item.path.name not in LONG_MODULES)
+
+
+@pytest.fixture(autouse=True)
+def no_search_outlives_its_test() -> Iterator[None]:
+    """A forked run a test started and did not end (an assertion failed before its kill) is
+    killed with the test, not left training beside the next ones (tests/preloaded.py)."""
+    with kill_started_during():
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -11,19 +11,30 @@ the command line calls.
 What a fork of a warm interpreter cannot check stays a `subprocess` running `python -m`: what a
 command imports before it answers (`test_input_errors_answer_before_torch_is_imported`), a
 signal while the interpreter starts, a worker pool's runner (its workers are spawned by the
-product, which is what those tests check), and the benchmark and GPU-check scripts.
+product, which is what those tests check), the benchmark and GPU-check scripts, and how a
+command ends: a forked run leaves through multiprocessing's bootstrap (`os._exit` after joining
+its threads), so no atexit hook and no interpreter finalization runs, where shutdown noise or an
+abort would show. `test_tiny_run_then_resume_to_a_larger_budget` (a clean end with an export) and
+`test_postgres_restart_mid_run` (an error end while the storage is down) keep `python -m`.
+
+A run a test leaves behind (a failed assertion before its kill) is killed when the test ends
+(`kill_started_during`, an autouse fixture in conftest.py) and at exit: multiprocessing's own
+exit hook would otherwise wait for it without a limit.
 """
 
 from __future__ import annotations
 
+import atexit
 import io
 import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
 
@@ -36,6 +47,7 @@ PRELOAD = [
 
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(PRELOAD)
+_started: set[SearchProcess] = set()  # every run, until it is known to have ended
 
 
 def _text_stream(fd: int) -> io.TextIOWrapper:
@@ -45,7 +57,8 @@ def _text_stream(fd: int) -> io.TextIOWrapper:
 
 def _search_process(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str, new_session: bool) -> None:
     """Body of the forked process: the command line's environment, streams and folder, then
-    `search.run.main(argv)` and its exit code, as `python -m search.run ARGV` would end."""
+    `search.run.main(argv)` and its exit code. What the forkserver fixed at its start and a new
+    interpreter would not have is reset: multiprocessing's start method and the temp folder."""
     if new_session:
         os.setsid()
     for fd, path in ((1, out), (2, err)):
@@ -55,6 +68,8 @@ def _search_process(argv: list[str], env: dict[str, str], cwd: str, out: str, er
     sys.stdout, sys.stderr = _text_stream(1), _text_stream(2)
     os.environ.clear()
     os.environ.update(env)
+    multiprocessing.set_start_method(None, force=True)  # the platform's default, as in `python -m`
+    tempfile.tempdir = None  # read again from this environment's TMPDIR
     os.chdir(cwd)
     sys.argv = [str(Path(cwd) / "search" / "run.py"), *argv]
     from search.run import main
@@ -81,6 +96,7 @@ class SearchProcess:
         )
         self._process.start()
         self.pid: int = self._process.pid  # type: ignore[assignment]
+        _started.add(self)
 
     @property
     def returncode(self) -> int | None:
@@ -133,3 +149,32 @@ def run_search(argv: Sequence[str], env: Mapping[str, str], logs: Path, timeout:
     finally:
         process.kill()
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def _end(processes: set[SearchProcess]) -> None:
+    """Kill each that still runs and wait for it (a killed run ends at once)."""
+    for process in processes:
+        process.kill()
+    for process in processes:
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            pass
+        _started.discard(process)
+
+
+def _kill_all() -> None:
+    _end(set(_started))
+
+
+atexit.register(_kill_all)  # runs before multiprocessing's exit hook, which joins its children
+
+
+@contextmanager
+def kill_started_during() -> Iterator[None]:
+    """Kill every run started inside the block that is still running when it ends."""
+    before = set(_started)
+    try:
+        yield
+    finally:
+        _end(set(_started) - before)

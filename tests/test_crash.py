@@ -6,7 +6,6 @@ sleeping a guessed time. Trials are tiny so each kill-and-resume cycle takes sec
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -171,7 +170,7 @@ def test_kill_9_then_resume_retries_from_the_last_epoch(setup: Callable[..., Sea
     process = setup()
     condition = {"before_first_report": running(1), "last_epoch": reported(1, 3)}[moment]
     wait_for(setup.url, condition, process)
-    os.kill(process.pid, signal.SIGKILL)
+    process.kill()  # SIGKILL
     process.wait(timeout=30)
     killed = load(setup.url).trials[1]
     assert killed.state == TrialState.RUNNING  # what Optuna alone leaves behind

@@ -422,6 +422,8 @@ def test_all_interfaces_prints_a_loopback_url_that_answers(tmp_path: Path, host:
     serving.start()
     try:
         assert board.base.startswith("http://127.0.0.1:"), board.base
+        if ":" in host:  # dual stack whatever net.ipv6.bindv6only says (it is 0 here: the URL alone would pass)
+            assert board.server.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
         with urllib.request.urlopen(f"{board.base}/api/studies", timeout=30) as response:  # noqa: S310 - a local test server
             assert [s["study_name"] for s in json.load(response)["study_summaries"]] == ["mnist"]
     finally:

@@ -22,7 +22,7 @@ import pytest
 from optuna.trial import TrialState
 
 from helpers import reader_storage, run_main
-from preloaded import SearchProcess, run_search
+from preloaded import run_search
 from search.storage import StorageError, open_study_storage
 
 pytestmark = pytest.mark.slow
@@ -158,14 +158,16 @@ def private_postgres() -> Iterator[PrivateServer]:
 
 @pytest.mark.postgres
 def test_postgres_restart_mid_run(
-    run_env: dict[str, str], tmp_path: Path, private_postgres: PrivateServer, unique_name: str,
+    python: str, run_env: dict[str, str], tmp_path: Path, private_postgres: PrivateServer, unique_name: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     postgres_url = private_postgres.url
     config = tmp_path / "c.yaml"
     config.write_text(CONFIG.replace("max_epochs: 2", "max_epochs: 3"))
     args = ["--config", str(config), "--storage", postgres_url, "--study-name", unique_name, "--no-export", "--trials", "6"]
-    process = SearchProcess(args, run_env, tmp_path / "run")
+    # `python -m`: an error end while the storage is down, through the interpreter's own exit
+    # (heartbeat threads, atexit hooks), which a forked run skips (tests/preloaded.py)
+    process = subprocess.Popen([python, "-m", "search.run", *args], env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         storage = None
@@ -283,6 +285,58 @@ def test_a_postgres_database_of_another_optuna_schema_gets_no_table(postgres_url
         with old.connect() as connection:
             assert connection.execute(sqlalchemy.text("select version_num from alembic_version")).scalar_one() == "v1.3.0.a"
         old.dispose()
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _drop_heartbeats(url: str) -> set[str]:
+    """A study database of this Optuna's version without `trial_heartbeats`, as a creation cut
+    short (a killed worker, MySQL's DDL outside any transaction) leaves one; its other tables."""
+    import sqlalchemy
+
+    optuna.create_study(study_name="mnist", storage=url)
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text("drop table trial_heartbeats"))
+    tables = set(sqlalchemy.inspect(engine).get_table_names())
+    engine.dispose()
+    return tables
+
+
+def _tables(url: str) -> set[str]:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        return set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_a_study_file_of_this_version_missing_a_table_gets_it_back(tmp_path: Path) -> None:
+    """Only another version's database is opened without table creation; one of this version
+    with a table missing had it recreated by Optuna before, and still does."""
+    url = f"sqlite:///{tmp_path / 'cut-short.db'}"
+    assert "trial_heartbeats" not in _drop_heartbeats(url)
+    open_study_storage(url, heartbeat_seconds=5, grace_seconds=20).engine.dispose()
+    assert "trial_heartbeats" in _tables(url)
+
+
+@pytest.mark.postgres
+def test_a_postgres_study_database_of_this_version_missing_a_table_gets_it_back(postgres_url: str) -> None:
+    import sqlalchemy
+
+    name = f"cut_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    url = sqlalchemy.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        assert "trial_heartbeats" not in _drop_heartbeats(url)
+        open_study_storage(url, heartbeat_seconds=5, grace_seconds=20).engine.dispose()
+        assert "trial_heartbeats" in _tables(url)
     finally:
         with admin.connect() as connection:
             connection.execute(sqlalchemy.text(f'DROP DATABASE "{name}" WITH (FORCE)'))

@@ -9,8 +9,6 @@ The moment to kill is found by polling the storage, never by sleeping a guessed 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -71,7 +69,7 @@ def test_a_trial_killed_on_one_machine_resumes_on_another_from_the_shared_store(
     first = SearchProcess([*argv, "--artifact-store", str(shared)], {**run_env, "MNIST_SEARCH_HOME": str(tmp_path / "machine-a")}, tmp_path / "machine-a-logs")
     try:
         wait_for_epochs(postgres_url, unique_name, 3, first)  # epochs 1 and 2 are in the store by now
-        os.kill(first.pid, signal.SIGKILL)
+        first.kill()  # SIGKILL
     finally:
         first.kill()
         first.communicate(timeout=60)
