@@ -48,10 +48,15 @@ def usable_cores() -> int:
 
     A container limited to 2 CPUs on a 64-core host sees 64 cores in its affinity mask: 64 torch
     threads per worker would spend most of each scheduling period throttled. `LOKY_MAX_CPU_COUNT`
-    lowers the count further (loky's documented limit)."""
+    lowers the count further (loky's documented limit); a value that is not a whole number is a
+    DeviceError here rather than joblib's ValueError traceback."""
     import joblib
 
-    return int(joblib.cpu_count())
+    try:
+        return int(joblib.cpu_count())
+    except ValueError:
+        shown = os.environ.get("LOKY_MAX_CPU_COUNT", "")[:40]
+        raise DeviceError(f"LOKY_MAX_CPU_COUNT={shown!r} is not a whole number of CPUs; unset it or set a count like 2") from None
 
 
 def threads_per_worker(workers: int, cores: int | None = None) -> int:

@@ -190,6 +190,18 @@ def test_the_cores_counted_are_the_ones_this_process_may_use(monkeypatch: pytest
     assert threads_per_worker(1) == 1
 
 
+def test_a_cpu_limit_that_is_not_a_count_is_one_line_before_any_study(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """joblib raised ValueError from int('1.5'): the run printed a traceback."""
+    monkeypatch.setenv("LOKY_MAX_CPU_COUNT", "1.5")
+    db = tmp_path / "s.db"
+    assert search.run.main(["--storage", f"sqlite:///{db}"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: LOKY_MAX_CPU_COUNT='1.5' is not a whole number of CPUs; unset it or set a count like 2\n"
+    assert not db.exists()
+
+
 @pytest.mark.slow
 def test_a_spawned_worker_starts_with_its_cuda_visible_devices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(CUDA_VISIBLE_DEVICES, raising=False)
