@@ -33,6 +33,7 @@ import pytest
 from helpers import writer_storage
 from preloaded import SearchProcess
 from search.dashboard import LOOPBACK, UNSPECIFIED, Dashboard, allowed_hosts, main, open_dashboard, parse_args
+from search.export.exporter import FILES
 from search.export.note import RunSummary, study_note, write_study_note
 from search.studies import load_existing_study
 
@@ -41,7 +42,7 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-TRIALS = 5  # enough for the median pruner (3 start-up trials) to cut one short
+TRIALS = 5  # a few trials of both classifiers for the pages to show
 MAX_EPOCHS = 2
 TINY_CONFIG = """\
 data:
@@ -193,7 +194,7 @@ def test_dashboard_reads_while_a_search_writes(live_run: LiveRun) -> None:
 # ---- as a person sees it in Chromium ---------------------------------------------------------
 
 def check_trials(detail: dict[str, Any]) -> dict[str, Any]:
-    """Every trial has its classifier and validation accuracy per epoch; pruned ones stop early. Returns the best."""
+    """Every trial has its classifier and validation accuracy per epoch, within its epoch budget. Returns the best."""
     trials = detail["trials"]
     assert len(trials) == TRIALS
     for trial in trials:
@@ -202,8 +203,6 @@ def check_trials(detail: dict[str, Any]) -> dict[str, Any]:
         assert steps, f"trial {trial['number']} has no intermediate values"
         promoted = any(attr["key"] == "promoted_from" for attr in trial["user_attrs"])  # shown: it trains 3 x longer
         assert len(steps) <= MAX_EPOCHS * (3 if promoted else 1)
-        if trial["state"] == "Pruned":
-            assert len(steps) < MAX_EPOCHS, f"pruned trial {trial['number']} ran every epoch"
     best_number = detail["best_trials"][0]["number"]
     return next(t for t in trials if t["number"] == best_number)
 
@@ -245,8 +244,10 @@ def detail_after_export(base: str, sid: int, timeout: float = 30) -> dict[str, A
         detail = get_json(f"{base}/api/studies/{sid}")
         best_number = detail["best_trials"][0]["number"]
         best = next(t for t in detail["trials"] if t["number"] == best_number)
-        if any(a["mimetype"] == "image/png" for a in best["artifacts"]) or time.monotonic() > deadline:
+        if any(a["mimetype"] == "image/png" for a in best["artifacts"]):
             return detail
+        # returning here instead made every PNG check below pass on an empty list
+        assert time.monotonic() < deadline, f"no PNG linked to the best trial after {timeout:.0f} s: {best['artifacts']}"
         time.sleep(0.5)
 
 
@@ -264,6 +265,8 @@ def test_browser_shows_trials_note_and_the_best_trials_artifacts(live_run: LiveR
     base, sid = live_run.base, live_run.study_id
     best = check_trials(detail_after_export(base, sid))
     png_artifacts = [a for a in best["artifacts"] if a["mimetype"] == "image/png"]
+    linked = {a["filename"] for a in best["artifacts"]}
+    assert {name for name in FILES if name.endswith(".png")} <= linked, linked  # every picture of the export
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright)
         try:

@@ -7,6 +7,7 @@ Every URL form is checked in `redact` (what is shown and stored), in `url_secret
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,60 @@ def test_a_url_given_to_the_wrong_flag_is_masked_in_the_argument_error(capsys: p
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "--trials" in err
     assert "Zq7Xflagpw" not in err
+
+
+RUN_CONFIG = """
+study: {heartbeat_seconds: 1, stale_after_seconds: 3, target_accuracy: null}
+data: {val_size: 300, train_size: 1000}
+training: {max_epochs: 3, snapshot_steps: [5]}
+pruner: {name: none}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_search_on_a_url_with_a_password_writes_it_nowhere(
+    postgres_url: str, unique_name: str, isolated_home: Path, run_env: dict[str, str], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every other password test is an error path. Here a search runs on a URL with a password
+    (the local server trusts any): stopped by Ctrl-C (a process of its own), resumed and exported
+    (in this process). The password is in nothing it printed, stored or wrote."""
+    import json
+    import signal
+
+    import optuna
+
+    from helpers import reader_storage, run_main
+    from preloaded import SearchProcess
+
+    secret = "Pw9Leak7"
+    url = postgres_url.replace("postgres@", f"postgres:{secret}@")
+    config = tmp_path / "c.yaml"
+    config.write_text(RUN_CONFIG)
+    argv = ["--config", str(config), "--storage", url, "--study-name", unique_name, "--trials", "3"]
+    process = SearchProcess(argv, run_env, tmp_path / "logs")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:  # trial 1 has started: stop mid-search
+        try:
+            if len(optuna.load_study(study_name=unique_name, storage=reader_storage(postgres_url)).trials) >= 2:
+                break
+        except (KeyError, StorageError):
+            pass  # not created yet
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(120)
+    assert process.returncode == 130 and "Resume with: python -m search.run" in err, err
+    done = run_main(argv, capsys)
+    assert done.returncode == 0, done.stderr
+    printed = out + err + done.stdout + done.stderr
+    assert secret not in printed and "***" in printed
+
+    storage = reader_storage(postgres_url)
+    study = optuna.load_study(study_name=unique_name, storage=storage)
+    system = storage.get_study_system_attrs(storage.get_study_id_from_name(unique_name))  # the dashboard's note lives here
+    stored = json.dumps([study.user_attrs, system, [(t.user_attrs, t.system_attrs) for t in study.trials]], default=str)
+    assert secret not in stored and "***" in stored
+    written = [p for p in isolated_home.rglob("*") if p.is_file()]
+    assert any(p.name == "metrics.json" for p in written)  # the export, the artifacts and the checkpoints were written
+    assert not [p for p in written if secret.encode() in p.read_bytes()]
