@@ -16,6 +16,7 @@ from lightning_modules.errors import UserInputError
 
 ACCELERATORS = ("auto", "cpu", "gpu")
 CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
+MAX_TORCH_THREADS = 1024  # an OMP_NUM_THREADS above it is a typo, not a machine
 
 
 class DeviceError(UserInputError):
@@ -70,6 +71,8 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
     """
     explicit = os.environ.get("OMP_NUM_THREADS", "").strip()
     if explicit.isdigit() and int(explicit) > 0:
+        if int(explicit) > MAX_TORCH_THREADS:  # 100000 was a MemoryError, 99999999 a segfault, after the study existed
+            raise DeviceError(f"OMP_NUM_THREADS={explicit[:20]} is more than {MAX_TORCH_THREADS} threads per process; set at most the cores, or unset it")
         return int(explicit)
     return thread_share(workers, cores or usable_cores())
 

@@ -24,7 +24,7 @@ _HASHED = re.compile(rf"-[0-9a-f]{{{HASH_CHARS}}}$")  # what study_dir_name appe
 
 def runtime_dir() -> Path:
     """The folder for the default database, artifacts, checkpoints and exports (git-ignored `storage/`)."""
-    return Path(os.environ.get(HOME_ENV, "storage")).expanduser().resolve()
+    return Path(os.environ.get(HOME_ENV) or "storage").expanduser().resolve()  # set but empty: unset, not the cwd
 
 
 def default_storage_url() -> str:

@@ -64,6 +64,11 @@ def check_storage_url(url: str | None) -> str:
             raise StorageError("an in-memory SQLite database loses every trial when the process ends; use sqlite:///path/to/file.db")
         if "\x00" in database:
             raise StorageError("the SQLite path contains a NUL byte; pass a real file path")
+        if parsed.query or database.startswith("file:"):  # ?mode=ro&uri=true put the study in a file named "a.db?mode=ro"
+            raise StorageError(
+                f"storage URL {redact(url)}: SQLite options in the URL (?{'&'.join(parsed.query)[:80]} or file:) are not supported; "
+                "pass the plain path, e.g. sqlite:///runs/study.db"
+            )
     return url
 
 

@@ -190,6 +190,20 @@ def test_the_cores_counted_are_the_ones_this_process_may_use(monkeypatch: pytest
     assert threads_per_worker(1) == 1
 
 
+@pytest.mark.parametrize("omp", ["100000", "99999999"])
+def test_a_thread_count_no_machine_has_is_one_line_before_any_study(
+    omp: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """OMP_NUM_THREADS=100000 was a MemoryError traceback and 99999999 a segfault, each after the
+    study (and its first trials) had been created."""
+    monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    db = tmp_path / "s.db"
+    assert search.run.main(["--storage", f"sqlite:///{db}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: OMP_NUM_THREADS={omp} is more than 1024 threads") and err.count("\n") == 1, err
+    assert not db.exists()
+
+
 def test_a_cpu_limit_that_is_not_a_count_is_one_line_before_any_study(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -79,6 +79,18 @@ def test_bad_data_creates_no_database(tmp_path: Path, capsys: pytest.CaptureFixt
     assert not (tmp_path / "s.db").exists()
 
 
+@pytest.mark.parametrize("query", ["?mode=ro&uri=true", "?timeout=abc", "?cache=shared"])
+def test_sqlite_options_in_the_url_are_refused_before_any_file(
+    tmp_path: Path, query: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`?mode=ro&uri=true` put the trials in a new file named "a.db?mode=ro" while saying "a.db";
+    `?timeout=abc` was a traceback after creating the file; `file:` URIs a folder tree in the cwd."""
+    monkeypatch.chdir(tmp_path)
+    for url in (f"sqlite:///{tmp_path / 'a.db'}{query}", f"sqlite:///file:{tmp_path / 'b.db'}{query}"):
+        assert_one_line_error(in_process(["--storage", url], capsys), "SQLite options in the URL", "pass the plain path")
+    assert list(tmp_path.iterdir()) == []
+
+
 BAD_INPUTS = (
     ["--trials", "many"],
     ["--bogus-flag"],
@@ -88,6 +100,7 @@ BAD_INPUTS = (
     ["--storage", "postgresql://u@host:notaport/db"],
     ["--workers", "100000"],
     ["--storage", "sqlite:///:memory:", "--workers", "2"],
+    ["--storage", "sqlite:///a.db?mode=ro&uri=true"],
     ["--warm-start", "earlier", "--warm-start-storage", "sqlite:////nowhere/earlier.db"],
     ["--warm-start-storage", "sqlite:////nowhere/earlier.db"],
     ["--sampler", "bogus"],

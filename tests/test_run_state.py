@@ -227,3 +227,13 @@ def test_a_pickle_planted_as_a_model_is_refused_in_one_line(tmp_path: Path, caps
     assert predict_main(["--model", str(planted), "--csv", str(digit)]) == 2
     one_line_error(capsys)
     assert not marker.exists()
+
+
+def test_an_empty_home_variable_is_the_default_home_not_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`MNIST_SEARCH_HOME=` (set, empty) put the database, artifacts and checkpoints in the
+    current folder, where the repository's .gitignore does not cover them."""
+    from search.paths import runtime_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MNIST_SEARCH_HOME", "")
+    assert runtime_dir() == tmp_path / "storage"
