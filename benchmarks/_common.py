@@ -17,6 +17,7 @@ import statistics
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data" / "mnist"
@@ -33,6 +34,20 @@ _INTEGER = re.compile(r"-?[0-9]{1,30}")
 class BenchmarkError(Exception):
     """A run that ended without results (a search killed, interrupted or failed): main prints its
     message as one line; a traceback would point at the benchmark's code, not at the run."""
+
+
+def cli(main: Callable[[], int]) -> NoReturn:
+    """A benchmark's `__main__`: bad input it meets past its flags (a data folder without MNIST,
+    MNIST_DATA_DIR naming the wrong folder, a results file that is not one) is one line and exit
+    2, as in the product's commands, instead of a traceback through the benchmark's code."""
+    from lightning_modules.errors import UserInputError
+
+    try:
+        code = main()
+    except UserInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        code = 2
+    raise SystemExit(code)
 
 
 def integer(low: int, high: int) -> Callable[[str], int]:

@@ -45,6 +45,7 @@ from benchmarks._common import (
     BenchmarkError,
     at_most,
     bench_env,
+    cli,
     exit_words,
     home_storage_url,
     integer,
@@ -272,4 +273,4 @@ def _run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli(main)

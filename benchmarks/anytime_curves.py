@@ -155,9 +155,22 @@ def shortfalls(ours: Sequence[Run], others: dict[str, Sequence[Run]], horizon_mi
 
 
 def read_runs(path: Path) -> list[Run]:
-    if not path.is_file():
+    """The runs in a results file (none when it does not exist yet); a folder, or a line that is
+    not a run this script wrote, is a one-line UserInputError naming it (it was a traceback)."""
+    from lightning_modules.errors import UserInputError
+
+    if not path.exists():
         return []
-    return [Run.from_json(line) for line in path.read_text().splitlines() if line.strip()]
+    if not path.is_file():
+        raise UserInputError(f"--results {path} is not a file; pass the JSON-lines file the runs are appended to")
+    runs = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if line.strip():
+            try:
+                runs.append(Run.from_json(line))
+            except (ValueError, KeyError, TypeError, AttributeError) as error:
+                raise UserInputError(f"--results {path}, line {number}, is not a run record ({str(error)[:80]}); pass a results file of this script") from None
+    return runs
 
 
 def latest_runs(runs: Sequence[Run], horizon_minutes: float, train_size: int | None) -> dict[str, list[Run]]:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import PYTHON, ROOT, bench_env, integer, load_mnist_split, machine_line, number, parser, table
+from benchmarks._common import PYTHON, ROOT, bench_env, cli, integer, load_mnist_split, machine_line, number, parser, table
 from benchmarks.throughput import BATCH, DROPOUT, HIDDEN, LR, SEED, _epoch_timer, hyperparams
 
 HEADER = "| measurement"
@@ -157,4 +157,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli(main)

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._common import PYTHON, ROOT, bench_env, integer, machine_line, parser, table
+from benchmarks._common import PYTHON, ROOT, bench_env, cli, integer, machine_line, parser, table
 
 TINY_CONFIG = """\
 study: {{trials: {trials}, target_accuracy: null}}
@@ -94,4 +94,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli(main)

@@ -14,14 +14,13 @@ the table gives medians and each kernel's ratio to the per-tensor loop measured 
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import integer, machine_line, median, parser, table
+from benchmarks._common import cli, integer, machine_line, median, parser, table
 
 STEP_COLUMN = "ms per training step"
 HEADER = f"| {STEP_COLUMN} |"  # as the table prints it (the column is as wide as its title)
@@ -106,4 +105,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli(main)

@@ -39,7 +39,7 @@ from optuna_integration import PyTorchLightningPruningCallback  # noqa: E402
 from torch import nn, optim  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from benchmarks._common import MAX_TRAIN_ROWS, data_dir, integer, load_mnist_split, number, parser  # noqa: E402
+from benchmarks._common import MAX_TRAIN_ROWS, cli, data_dir, integer, load_mnist_split, number, parser  # noqa: E402
 from search.settings import MAX_SEED
 
 BATCHSIZE = 128
@@ -174,4 +174,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli(main)

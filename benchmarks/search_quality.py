@@ -30,6 +30,7 @@ from benchmarks._common import (
     BenchmarkError,
     at_most,
     bench_env,
+    cli,
     exit_words,
     home_storage_url,
     integer,
@@ -151,4 +152,4 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli(main)

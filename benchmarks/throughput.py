@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from benchmarks._common import (
     at_most,
+    cli,
     integer,
     load_average,
     load_mnist_split,
@@ -315,4 +316,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli(main)

@@ -27,6 +27,7 @@ from benchmarks._common import (
     PYTHON,
     ROOT,
     bench_env,
+    cli,
     home_storage_url,
     integer,
     load_average,
@@ -203,4 +204,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli(main)

@@ -24,6 +24,7 @@ from benchmarks._common import (
     PYTHON,
     ROOT,
     bench_env,
+    cli,
     integer,
     load_average,
     machine_line,
@@ -106,4 +107,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli(main)

@@ -170,3 +170,34 @@ def test_search_quality_says_which_search_failed_in_one_line(capsys: pytest.Capt
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith("error: ours with broken, seed 4: python -m search.run gave no results, exit code 2: error: "), err
+
+
+def _cli_code(script: str, argv: list[str]) -> int:
+    """`python -m benchmarks.SCRIPT ARGV` in this process: its exit code."""
+    from benchmarks._common import cli
+
+    module = importlib.import_module(f"benchmarks.{script}")
+    with pytest.raises(SystemExit) as ended:
+        cli(lambda: module.main(argv))
+    return int(ended.value.code)
+
+
+@pytest.mark.parametrize("results", ["{bad json", '{"search": "ours"}', None])
+def test_a_results_file_that_is_not_one_is_one_line_and_exit_2(results: str | None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A corrupt results file was a JSONDecodeError traceback; a folder was "no runs in it", exit 1."""
+    path = tmp_path / "runs.jsonl"
+    if results is None:
+        path.mkdir()
+    else:
+        path.write_text(results + "\n")
+    assert _cli_code("anytime", ["--report", "--results", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: --results {path}") and "Traceback" not in err, err
+
+
+def test_a_data_folder_without_mnist_is_one_line_and_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """MNIST_DATA_DIR naming a folder without the IDX files was a DataError traceback, exit 1."""
+    monkeypatch.setenv("MNIST_DATA_DIR", str(tmp_path))
+    assert _cli_code("throughput", ["--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {tmp_path}: missing train-images"), err

@@ -282,3 +282,34 @@ def test_ctrl_c_during_the_export_stops_it_and_keeps_the_study(
     assert not exports.exists() or list(exports.iterdir()) == []  # no export, no staging folder left
     study = optuna.load_study(study_name="mnist", storage=reader_storage(url))
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_standalone_export_leaves_the_previous_one(
+    tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m search.export` under Ctrl-C printed a KeyboardInterrupt traceback (SIGTERM, a
+    TrainingInterrupted one), and a signal could land inside the folder's swap. Now it stops at
+    the export's next step: one line, exit 130, the previous export byte for byte as it was."""
+    import os
+    import signal
+
+    from search.export import exporter
+    from search.export.__main__ import main as export_main
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert run_main(["--config", str(tiny_config), "--storage", url, "--trials", "2", "--target-accuracy", "none"], capsys).returncode == 0
+    exports = Path(os.environ["MNIST_SEARCH_HOME"]) / "exports"
+    before = {p.relative_to(exports): p.read_bytes() for p in exports.rglob("*") if p.is_file()}
+    draw = exporter.draw_study_plots
+
+    def draw_then_ctrl_c(*args: object) -> object:
+        os.kill(os.getpid(), signal.SIGINT)
+        return draw(*args)
+
+    monkeypatch.setattr(exporter, "draw_study_plots", draw_then_ctrl_c)
+    assert export_main(["--storage", url]) == 128 + signal.SIGINT
+    err = capsys.readouterr().err
+    assert err.strip() == "stopped on request before the end of the export; the previous export is as it was: run the same command again"
+    assert {p.relative_to(exports): p.read_bytes() for p in exports.rglob("*") if p.is_file()} == before
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,7 +76,7 @@ def _settings(study: optuna.Study, args: argparse.Namespace) -> Settings:
         raise ConfigError(f"invalid data option: {str(error).splitlines()[-1][:200]}") from None
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, stop_requested: Callable[[], bool] = lambda: False) -> int:
     from search.artifact_stores import check_location, open_store, recorded_location
     from search.storage import check_storage_url
 
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
     checked_target(study, args.out)  # before the store is opened (which may create this machine's folder)
     store = open_store(given or recorded_location(study))  # given: e.g. the study's folder mounted elsewhere here
-    result = export_study(study, args.out, settings=settings, artifact_store=store)
+    result = export_study(study, args.out, settings=settings, artifact_store=store, stop_requested=stop_requested)
     metrics = result.metrics
     if metrics.note:
         print(f"note: {metrics.note}")
@@ -135,12 +136,28 @@ def reproduce_trial(study: optuna.Study, settings: Settings, number: int) -> int
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Ctrl-C or SIGTERM asks the export to stop at its next step, never inside the swap of the
+    folder (it was a traceback, and could land between moving the old export aside and the new
+    one in); --reproduce writes nothing and stops at once."""
+    from lightning_modules.errors import TrainingInterrupted
+    from search.export.errors import ExportInterrupted
+    from search.workers import StopRequest
+
     args = parse_args(argv)
+    stop = StopRequest()
+    if args.reproduce is None:
+        stop.install()
     try:
-        return run(args)
+        return run(args, stop.event.is_set)
     except UserInputError as error:
         print(f"error: {mask_known(str(error))}", file=sys.stderr)
         return 2
+    except (ExportInterrupted, TrainingInterrupted, KeyboardInterrupt):
+        what = "reproduction" if args.reproduce is not None else "export; the previous export is as it was"
+        print(f"\nstopped on request before the end of the {what}: run the same command again", file=sys.stderr)
+        return stop.exit_code
+    finally:
+        stop.uninstall()
 
 
 if __name__ == "__main__":
