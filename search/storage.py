@@ -1,8 +1,8 @@
 """Storage URLs -> Optuna storages.
 
 SQLite is the embedded default; PostgreSQL (psycopg 3, the driver SQLAlchemy 2.1 picks for
-`postgresql://`) scales out. A URL is checked (`check_storage_url`) before anything is imported
-or opened. The runner opens a storage to write (`open_study_storage`: creates the SQLite file,
+`postgresql://`) scales out. A URL is checked (`check_storage_url`, search/storage_url.py) before
+anything is imported or opened. The runner opens a storage to write (`open_study_storage`: creates the SQLite file,
 switches it to WAL, adds heartbeats); export, dashboard and benchmarks open an existing one
 (`open_existing_storage`): they never create a file, a folder or a table, and the dashboard's
 connection is read-only.
@@ -17,69 +17,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from lightning_modules.errors import UserInputError
 from search import sqlite_file
-from search.paths import default_storage_url
-from search.redaction import mask, normalise_url, redact, remember_secrets, url_secrets
+from search.redaction import mask, redact, url_secrets
+from search.storage_url import StorageError, check_storage_url, sqlite_path
 
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 10  # a host that never answers is an error, not a hang (libpq waits for ever)
 SQLITE_WAL_ATTEMPTS = 10
 SCHEMA_ATTEMPTS = 5
 MAX_RETRY = 3  # times a dead worker's trial is retried before it stays failed
-BACKENDS = ("sqlite", "postgresql", "mysql")
 # What a database says when another process created the same table, or stamped the same
 # schema version, a moment earlier (SQLite's and PostgreSQL's wording).
 _SCHEMA_RACE_MARKERS = ("already exists", "UNIQUE constraint failed", "duplicate key value")
 
 T = TypeVar("T")
-
-
-class StorageError(UserInputError):
-    """A storage URL that is malformed, unreachable, or names a study that is not there."""
-
-
-def check_storage_url(url: str | None) -> str:
-    """The URL to use (the default when None), with its password escaped; StorageError if it
-    cannot name a persistent study database. Imports SQLAlchemy only."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    url = normalise_url(url or default_storage_url())
-    remember_secrets(url)
-    example = "e.g. sqlite:///path.db or postgresql://user@host/db"
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise StorageError(f"storage URL {redact(url)} is not a valid SQLAlchemy URL ({example})") from None
-    except ValueError:
-        raise StorageError(f"storage URL {redact(url)} has a port that is not a number ({example})") from None
-    backend = parsed.get_backend_name()
-    if backend not in BACKENDS:
-        raise StorageError(f"storage URL {redact(url)}: {backend!r} is not a database Optuna stores studies in ({example})")
-    if parsed.port is not None and not 0 < parsed.port < 65536:
-        raise StorageError(f"storage URL {redact(url)}: port {parsed.port} is outside 1-65535")
-    if backend == "sqlite":
-        database = parsed.database or ""
-        if database in ("", ":memory:") or parsed.query.get("mode") == "memory":
-            raise StorageError("an in-memory SQLite database loses every trial when the process ends; use sqlite:///path/to/file.db")
-        if "\x00" in database:
-            raise StorageError("the SQLite path contains a NUL byte; pass a real file path")
-        if parsed.query or database.startswith("file:"):  # ?mode=ro&uri=true put the study in a file named "a.db?mode=ro"
-            raise StorageError(
-                f"storage URL {redact(url)}: SQLite options in the URL (?{'&'.join(parsed.query)[:80]} or file:) are not supported; "
-                "pass the plain path, e.g. sqlite:///runs/study.db"
-            )
-    return url
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The file of a SQLite URL, or None for any other database."""
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
-        return None
-    return Path(parsed.database)
 
 
 def _retry_lost_race(action: Callable[[], T], lost_race: Callable[[Exception], bool], attempts: int) -> T:
@@ -170,10 +120,15 @@ def _lost_schema_race(error: Exception) -> bool:
 
 def _open(url: str, build: Callable[[], T]) -> T:
     """Run `build` (an RDBStorage constructor), turning driver and connection failures into one line."""
+    from optuna.exceptions import StorageInternalError
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
         return _retry_lost_race(build, _lost_schema_race, SCHEMA_ATTEMPTS)
+    except StorageInternalError as error:  # Optuna's wrapper of a failed commit (e.g. a read-only database)
+        cause = error.__cause__
+        reason = str(getattr(cause, "orig", None) or cause or error).strip().splitlines()[0][:200]
+        raise StorageError(f"cannot open storage {redact(url)} ({mask(reason, url_secrets(url))}); check that this user can write beside it") from None
     except ImportError as error:
         module = error.name or getattr(error.__cause__, "name", None)  # Optuna wraps the driver's ImportError
         if module is None:
@@ -255,8 +210,18 @@ def open_existing_storage(url: str | None, *, read_only: bool = False, flag: str
         if not path.is_file():
             raise StorageError(f"no study database at {path}; start a search first (python -m search.run) or pass {flag}")
         engine_kwargs = {"connect_args": {"timeout": sqlite_file.SQLITE_BUSY_TIMEOUT_SECONDS}}
+        real = path.resolve()
+        writable = os.access(real.parent, os.W_OK) and os.access(real, os.W_OK)
         if read_only:
-            open_url = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
+            # A WAL file with no writer, where this user cannot create its -shm (a read-only disk,
+            # another user's folder), is read as it is; the -shm was a traceback for every reader.
+            quiet = not writable and not real.with_name(real.name + "-wal").exists()
+            open_url = f"sqlite:///file:{real}?mode=ro&uri=true" + ("&immutable=1" if quiet else "")
+        elif not writable:
+            raise StorageError(
+                f"SQLite database {path} is on a read-only file system or not writable, and this command writes to it "
+                f"(an export links its files to the best trial): copy it somewhere writable and pass that with {flag}"
+            )
     elif read_only and url.startswith("postgresql"):
         engine_kwargs["connect_args"] = {**_server_connect_args(url), "options": "-c default_transaction_read_only=on"}
     _open(url, lambda: _require_optuna_tables(path, open_url, engine_kwargs, url, flag, recover=not read_only))

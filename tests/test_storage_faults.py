@@ -10,6 +10,7 @@ import importlib.util
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -341,3 +342,43 @@ def test_a_postgres_study_database_of_this_version_missing_a_table_gets_it_back(
         with admin.connect() as connection:
             connection.execute(sqlalchemy.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_a_study_on_a_read_only_disk_is_watched_and_warm_started_from_and_refused_for_export(
+    run_env: dict[str, str], tmp_path: Path, small_disk: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A finished study (WAL mode, its -wal and -shm gone) on a read-only disk, or in a folder
+    this user cannot write: every reader failed with a 60-line StorageInternalError traceback
+    (SQLite could not create the -shm), and a warm start from it said "the study's storage
+    failed mid-run". Readers now read the file as it is; the export, which writes, is one line."""
+    from search.dashboard import open_dashboard, parse_args
+    from search.export.__main__ import main as export_main
+    from search.settings_file import load_settings
+    from search.warm_start import read_warm_start
+
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG)
+    url = f"sqlite:///{small_disk / 's.db'}"
+    assert run(run_env, config, url, "--trials", "2", logs=tmp_path / "first").returncode == 0
+    # the last connection closing removes the -wal and -shm, as when `python -m search.run` ends
+    # (a forked run leaves through os._exit, its connections unclosed: tests/preloaded.py)
+    last = sqlite3.connect(small_disk / "s.db")
+    last.execute("select count(*) from sqlite_master").fetchall()  # a connection that read the file
+    last.close()
+    assert sorted(p.name for p in small_disk.iterdir() if p.name.startswith("s.db")) == ["s.db"]
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    try:
+        board = open_dashboard(parse_args(["--storage", url, "--port", "0"]))
+        try:
+            assert list(board.storage.get_all_studies()[0].user_attrs) and board.storage.get_all_studies()[0].study_name == "mnist"
+        finally:
+            board.server.server_close()
+        settings = load_settings(None, {"warm_start": {"study": "mnist", "storage": url}, "study": {"name": "next"}})
+        warm = read_warm_start(settings, f"sqlite:///{tmp_path / 'next.db'}")
+        assert warm is not None and warm.params  # the first DNN (the linear baseline lies outside the default space)
+        capsys.readouterr()
+        assert export_main(["--storage", url, "--out", str(tmp_path / "export")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "read-only file system or not writable" in err and "Traceback" not in err, err
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
