@@ -4,6 +4,11 @@ pool's parent) catches without importing Lightning."""
 
 from __future__ import annotations
 
+import os
+
+NAME_MAX = 255  # bytes in one folder or file name (Linux's file systems)
+PATH_MAX = 4096  # bytes in a whole path, its end included
+
 
 class UserInputError(Exception):
     """Bad input a user can fix; the message names the problem and the fix in one line."""
@@ -11,6 +16,21 @@ class UserInputError(Exception):
 
 class DataError(UserInputError):
     """Data files that are missing, corrupt, or not what they claim to be."""
+
+
+def check_path_length(path: str | os.PathLike[str], what: str) -> None:
+    """UserInputError if `path` cannot name a file here: a folder or file name over NAME_MAX bytes,
+    or the whole over PATH_MAX. Checked where a path comes in, before anything is made on the way
+    to it: creating its parents left folders behind and then died with an ENAMETOOLONG traceback."""
+    raw = os.fsencode(path)
+    longest = max((len(part) for part in raw.split(b"/")), default=0)
+    if longest > NAME_MAX:
+        why = f"holds a name of {longest} bytes (at most {NAME_MAX} per folder or file name)"
+    elif len(raw) >= PATH_MAX:
+        why = f"is {len(raw)} bytes long (at most {PATH_MAX - 1})"
+    else:
+        return
+    raise UserInputError(f"{what} {os.fsdecode(raw)[:60]!r}... {why}; pass a shorter path")
 
 
 class TrainingInterrupted(Exception):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from lightning_modules.errors import UserInputError
+from lightning_modules.errors import UserInputError, check_path_length
 from search.paths import artifact_dir
 from search.redaction import redact
 
@@ -79,6 +79,7 @@ def parse_location(text: str | None) -> StoreLocation:
         raise ArtifactStoreError(f"artifact store {shown!r} is empty or holds control characters; pass {FORMS}")
     scheme = _SCHEME.match(text)
     if scheme is None:
+        check_path_length(text, "artifact store")
         return StoreLocation(folder=Path(text).expanduser().resolve())
     if not text.startswith(S3_SCHEME):
         raise ArtifactStoreError(f"artifact store {shown}: {scheme.group(1)}:// is not supported; pass {FORMS}")

@@ -13,6 +13,8 @@ import re
 import unicodedata
 from pathlib import Path
 
+from lightning_modules.errors import check_path_length
+
 HOME_ENV = "MNIST_SEARCH_HOME"
 DB_NAME = "mnist-search.db"
 _UNSAFE = re.compile(r"[^\w.-]+")  # \w is Unicode-aware: letters of any script are kept
@@ -24,7 +26,9 @@ _HASHED = re.compile(rf"-[0-9a-f]{{{HASH_CHARS}}}$")  # what study_dir_name appe
 
 def runtime_dir() -> Path:
     """The folder for the default database, artifacts, checkpoints and exports (git-ignored `storage/`)."""
-    return Path(os.environ.get(HOME_ENV) or "storage").expanduser().resolve()  # set but empty: unset, not the cwd
+    home = os.environ.get(HOME_ENV) or "storage"  # set but empty: unset, not the current folder
+    check_path_length(home, HOME_ENV)
+    return Path(home).expanduser().resolve()
 
 
 def default_storage_url() -> str:

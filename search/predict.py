@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from lightning_modules.data.format import CSV_COLUMNS, N_PIXELS
-from lightning_modules.errors import UserInputError
+from lightning_modules.errors import UserInputError, check_path_length
 from search.digit_inputs import (  # re-exported (__all__): the predictor's public names
     MAX_IMAGE_PIXELS,
     MAX_IMAGE_SIDE,
@@ -90,6 +90,7 @@ class Model:
 
 def load_model(path: Path) -> Model:
     """The export folder's model.onnx (or an .onnx file given directly), checked for its input shape."""
+    check_path_length(path, "--model")
     file = path / MODEL_FILE if path.is_dir() else path
     if not file.exists():
         where = f"no {MODEL_FILE} in {path}" if path.is_dir() else f"{path} does not exist"

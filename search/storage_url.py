@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lightning_modules.errors import UserInputError
+from lightning_modules.errors import UserInputError, check_path_length
 from search.paths import default_storage_url
 from search.redaction import normalise_url, redact, remember_secrets
 
@@ -46,6 +46,7 @@ def check_storage_url(url: str | None) -> str:
             raise StorageError("an in-memory SQLite database loses every trial when the process ends; use sqlite:///path/to/file.db")
         if "\x00" in database:
             raise StorageError("the SQLite path contains a NUL byte; pass a real file path")
+        check_path_length(database, "the SQLite path")
         if parsed.query or database.startswith("file:"):  # ?mode=ro&uri=true put the study in a file named "a.db?mode=ro"
             raise StorageError(
                 f"storage URL {redact(url)}: SQLite options in the URL (?{'&'.join(parsed.query)[:80]} or file:) are not supported; "

@@ -225,3 +225,40 @@ def test_the_runner_answers_any_input_in_a_few_lines(
     if password is not None:
         assert not leaks(out + err, password), (argv, out + err)
     assert tree(tmp_path.parent) == before, "the run created or changed files"
+
+
+LONG_NAME = "d" * 300  # over NAME_MAX (255 bytes)
+
+
+@pytest.mark.parametrize(
+    ("command", "argv", "env", "words"),
+    [
+        ("run", ["--storage", "sqlite:///{tmp}/a/{long}/s.db"], {}, "the SQLite path"),
+        ("run", ["--data", "{tmp}/{long}"], {}, "--data"),
+        ("run", ["--data-dir", "{tmp}/b/{long}"], {}, "--data-dir"),
+        ("run", ["--artifact-store", "{tmp}/c/{long}"], {}, "artifact store"),
+        ("run", [], {"MNIST_SEARCH_HOME": "{tmp}/h/{long}"}, "MNIST_SEARCH_HOME"),
+        ("run", [], {"MNIST_DATA_DIR": "{tmp}/" + "e/" * 2100}, "bytes long"),  # the flags' own bound is 4096 characters
+        ("export", [], {"MNIST_SEARCH_HOME": "{tmp}/h/{long}"}, "MNIST_SEARCH_HOME"),
+        ("dashboard", [], {"MNIST_SEARCH_HOME": "{tmp}/h/{long}"}, "MNIST_SEARCH_HOME"),
+        ("predict", ["--model", "{tmp}/{long}", "x.png"], {}, "--model"),
+    ],
+)
+def test_a_path_the_file_system_cannot_take_is_one_line_and_creates_nothing(
+    command: str, argv: list[str], env: dict[str, str], words: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A name over 255 bytes was an ENAMETOOLONG traceback from every command, after the run had
+    created the folders on the way to it."""
+    import importlib
+
+    def fill(text: str) -> str:
+        return text.format(tmp=tmp_path, long=LONG_NAME)
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, fill(value))
+    module = {"run": "search.run", "export": "search.export.__main__", "dashboard": "search.dashboard", "predict": "search.predict"}[command]
+    assert importlib.import_module(module).main([fill(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err and "pass a shorter path" in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lightning_modules.data.datasets import DATA_DIR_ENV, DATASETS, MNIST, DatasetSpec
-from lightning_modules.errors import DataError
+from lightning_modules.errors import DataError, check_path_length
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,9 @@ def resolve_data_source(
 ) -> DataSource:
     """Pick the data: --data (dir, CSV or name), then --data-dir, MNIST_DATA_DIR, the cache."""
     env = os.environ if env is None else env
+    for given, what in ((data, "--data"), (data_dir, "--data-dir"), (env.get(DATA_DIR_ENV), DATA_DIR_ENV)):
+        if given:
+            check_path_length(given, what)
     spec = MNIST
     if data:
         if data.lower() in DATASETS:

@@ -26,6 +26,7 @@ import optuna
 import torch
 
 from lightning_modules.data.split import DataSplit
+from lightning_modules.errors import check_path_length
 from search import record
 from search.artifact_stores import open_store, recorded_location
 from search.data import (
@@ -197,6 +198,8 @@ def _load_models(study: optuna.Study, store: ArtifactStore, split: DataSplit, se
 def checked_target(study: optuna.Study, out_dir: Path | str | None) -> Path:
     """The export folder, absolute ("." has no name to stage a sibling beside), once it is known
     to be one an export may write (`check_target`): before anything else is opened or written."""
+    if out_dir is not None:
+        check_path_length(out_dir, "--out")
     target = Path(os.path.abspath(out_dir)) if out_dir is not None else default_export_dir(study.study_name)
     check_target(target, FILES, export_identity(study))
     return target
