@@ -81,7 +81,9 @@ def _keep_model_if_best(trial: optuna.Trial, result: FitResult, classifier: str,
     if result.metrics[MONITOR] <= _best_value_of(trial.study, classifier):
         return
     with tempfile.TemporaryDirectory() as tmp:
-        path = save_model_file(result.model, Path(tmp) / f"trial-{trial.number}.safetensors", result.snapshots)
+        path = save_model_file(
+            result.model, Path(tmp) / f"trial-{trial.number}.safetensors", result.snapshots, extra={record.MODEL_TRIAL: str(trial.number)},
+        )
         artifact_id = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial, mimetype="application/octet-stream")
     record.write(trial, record.MODEL_ARTIFACT, artifact_id)
 

@@ -55,6 +55,7 @@ HYPERPARAMS = "hyperparams"  # HyperParams.to_dict()
 CHECKPOINT_KEY = "checkpoint_key"  # the first attempt's number: every retry resumes its file
 FIT = "fit"  # the arguments `fit` ran with: max_epochs, target_accuracy, snapshot_steps
 MODEL_ARTIFACT = "model_artifact_id"  # the stored weights of a new best trial of its classifier
+MODEL_TRIAL = "trial"  # in those weights' metadata: the trial number they belong to (absent in older files)
 FAILED_TRIAL = "failed_trial"  # Optuna's retry link (RetryFailedTrialCallback), also set by requeue
 RETRY_HISTORY = "retry_history"  # Optuna's: every earlier attempt's number, oldest first
 DIED = "died"  # why the attempt ended without a result ("interrupted" or "stale")

@@ -477,6 +477,31 @@ def test_missing_weights_are_retrained_checked_and_reported(tiny_study: TinyStud
     assert html.escape(metrics["note"]) in (tmp_path / "export" / "report.html").read_text()
 
 
+def test_weights_of_another_trial_are_not_exported_as_the_best_ones(tiny_study: TinyStudy, tiny_split: DataSplit, tmp_path: Path) -> None:
+    """The best trial's weights file replaced by another trial's (a swapped or restored store):
+    the export said "exported trial N (linear)" for a DNN trial and paired the DNN's parameters
+    with the linear model's weights. Now the file is checked against the trial and retrained."""
+    trained = best_trials(tiny_study.load())
+    best = trained["best"]
+    other = next(t for key, t in trained.items() if key != "best" and t.number != best.number)
+    store_copy = tmp_path / "artifacts"
+    shutil.copytree(tiny_study.home / "artifacts", store_copy)
+    shutil.copyfile(store_copy / record.read(other, record.MODEL_ARTIFACT), store_copy / record.read(best, record.MODEL_ARTIFACT))
+    result = export_study(tiny_study.load(), tmp_path / "export", artifact_store=build_artifact_store(store_copy), split=tiny_split)
+    metrics = result.metrics.model_dump()
+    assert metrics["weights"] == "retrained" and metrics["reproduced"] is True, metrics["note"]
+    assert metrics["note"].startswith(f"Trial {best.number} was retrained: its stored weights") and " are " in metrics["note"]
+    assert metrics["classifier"] == best.params["classifier"]
+    # the same network under another trial's number: the number the file carries tells them apart
+    from lightning_modules.model_file import load_model_file
+    from search.export.trained import _not_the_trials
+
+    own = load_model_file(tiny_study.home / "artifacts" / record.read(best, record.MODEL_ARTIFACT))
+    assert own.metadata[record.MODEL_TRIAL] == str(best.number) and _not_the_trials(own, best) is None
+    own.metadata[record.MODEL_TRIAL] = "999"
+    assert _not_the_trials(own, best) == "trial 999's"
+
+
 def test_retrain_note_says_when_the_result_differs() -> None:
     assert "DIFFERS from the recorded 0.9000" in retrain_note(3, "no weights", 0.9, 0.85)
     assert retrain_note(3, "no weights", 0.9, 0.9).startswith("Trial 3 was retrained: no weights.")

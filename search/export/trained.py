@@ -14,6 +14,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial
 
 from lightning_modules.data.split import DataSplit
+from lightning_modules.hyperparams import HyperParams
 from lightning_modules.metric_names import MONITOR
 from lightning_modules.model_file import ModelFile, ModelFileError, load_model_file
 from lightning_modules.training import Evaluation, evaluate
@@ -72,6 +73,19 @@ def _with_recorded_history(model_file: ModelFile, trial: FrozenTrial) -> ModelFi
     return model_file
 
 
+def _not_the_trials(model_file: ModelFile, trial: FrozenTrial) -> str | None:
+    """Why stored weights are not this trial's model, or None: another network than the trial's
+    recorded hyperparameters, or another trial's number in the file. A swapped file was exported
+    as the trial's, a linear model reported under a DNN trial's number and parameters."""
+    recorded = record.read(trial, record.HYPERPARAMS)
+    if recorded and HyperParams.from_dict(recorded) != model_file.hp:
+        return f"another model's ({model_file.hp.classifier}, hidden units {list(model_file.hp.hidden_units)}) than the trial's"
+    number = model_file.metadata.get(record.MODEL_TRIAL)
+    if number is not None and number != str(trial.number):
+        return f"trial {number[:12]}'s"
+    return None
+
+
 def load_trial_model(trial: FrozenTrial, artifact_store: ArtifactStore, split: DataSplit, settings: Settings) -> TrainedTrial:
     """Stored weights when they are readable, else retrain and check against the recorded value."""
     artifact_id = record.read(trial, record.MODEL_ARTIFACT)
@@ -82,7 +96,10 @@ def load_trial_model(trial: FrozenTrial, artifact_store: ArtifactStore, split: D
         except (ArtifactNotFound, ModelFileError, OSError) as error:
             reason = f"its stored weights ({artifact_id}) could not be read: {str(error).splitlines()[0]}"
         else:
-            return TrainedTrial(trial, model_file, False, evaluate(model_file.model, split.x_test, split.y_test))
+            mismatch = _not_the_trials(model_file, trial)
+            if mismatch is None:
+                return TrainedTrial(trial, model_file, False, evaluate(model_file.model, split.x_test, split.y_test))
+            reason = f"its stored weights ({artifact_id}) are {mismatch}"
     result = refit(trial, split, settings)
     val_accuracy = float(result.metrics.get(MONITOR, float("nan")))
     model_file = _with_recorded_history(ModelFile(result.model, result.model.hp, result.snapshots, {}), trial)
