@@ -256,6 +256,10 @@ def recorded_location(study: optuna.Study) -> StoreLocation:
     from search.record import ARTIFACT_STORE
 
     recorded = study.user_attrs.get(ARTIFACT_STORE)
+    if recorded and not isinstance(recorded, str):  # a number there was a TypeError traceback
+        raise ArtifactStoreError(
+            f"study {study.study_name!r} records an artifact store that is not a location ({str(recorded)[:40]!r}); pass --artifact-store"
+        )
     return parse_location(recorded) if recorded else local_location()
 
 

@@ -414,3 +414,18 @@ def test_the_dashboard_shows_the_store_the_studies_recorded(tmp_path: Path) -> N
     optuna.create_study(study_name="c", storage=url).set_user_attr(record.ARTIFACT_STORE, "s3://other-bucket/x")
     with pytest.raises(ArtifactStoreError, match="in 2 stores .*pass --artifact-store"):
         storage_location(reader_storage(url))
+
+
+def test_a_recorded_store_that_is_not_a_location_is_one_line() -> None:
+    """A number recorded as the study's artifact store (a hand-edited or foreign database) was a
+    TypeError traceback from the export and the dashboard."""
+    import optuna
+
+    from search.artifact_stores import ArtifactStoreError, recorded_location
+    from search.record import ARTIFACT_STORE
+
+    study = optuna.create_study(study_name="odd")
+    study.set_user_attr(ARTIFACT_STORE, 42)
+    with pytest.raises(ArtifactStoreError, match="records an artifact store that is not a location") as error:
+        recorded_location(study)
+    assert "\n" not in str(error.value) and "--artifact-store" in str(error.value)
