@@ -21,6 +21,7 @@ import importlib.util
 import os
 import re
 import shutil
+import stat
 import unicodedata
 import uuid
 from collections.abc import Callable
@@ -142,10 +143,10 @@ def build_artifact_store(directory: Path | None = None, create: bool = True) -> 
     return AtomicFolderStore(directory)
 
 
-def _not_found(artifact_id: str) -> Exception:
+def _not_found(artifact_id: str, why: str = "not found") -> Exception:
     from optuna.artifacts.exceptions import ArtifactNotFound
 
-    return ArtifactNotFound(f"artifact {artifact_id} not found")
+    return ArtifactNotFound(f"artifact {artifact_id} {why}")
 
 
 class AtomicFolderStore:
@@ -171,10 +172,17 @@ class AtomicFolderStore:
         return Path(path)
 
     def open_reader(self, artifact_id: str) -> BinaryIO:
+        """The artifact's file, which must be a regular file: a FIFO put in its place blocked an
+        export for ever (opened without blocking, then checked), a device would read without end."""
         try:
-            return open(self.path_of(artifact_id), "rb")  # noqa: SIM115 - the caller closes it
+            fd = os.open(self.path_of(artifact_id), os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             raise _not_found(artifact_id) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise _not_found(artifact_id, "is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
         path = self.path_of(artifact_id)

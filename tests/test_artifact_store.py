@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -429,3 +430,15 @@ def test_a_recorded_store_that_is_not_a_location_is_one_line() -> None:
     with pytest.raises(ArtifactStoreError, match="records an artifact store that is not a location") as error:
         recorded_location(study)
     assert "\n" not in str(error.value) and "--artifact-store" in str(error.value)
+
+
+def test_an_artifact_that_is_not_a_regular_file_is_not_found_at_once(tmp_path: Path) -> None:
+    """A FIFO in the place of the best trial's weights blocked the export for ever on open."""
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
+    from search.artifact_stores import build_artifact_store
+
+    store = build_artifact_store(tmp_path / "store")
+    os.mkfifo(tmp_path / "store" / "weights")
+    with pytest.raises(ArtifactNotFound, match="artifact weights is not a regular file"):
+        store.open_reader("weights")

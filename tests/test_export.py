@@ -502,6 +502,19 @@ def test_weights_of_another_trial_are_not_exported_as_the_best_ones(tiny_study: 
     assert _not_the_trials(own, best) == "trial 999's"
 
 
+def test_unreadable_weights_are_named_by_their_artifact_not_a_deleted_copy(tiny_study: TinyStudy, tiny_split: DataSplit, tmp_path: Path) -> None:
+    """The retrain note quoted the temporary copy's path (/tmp/tmpXXXX/model.safetensors), gone
+    before anyone read the report."""
+    best = best_trials(tiny_study.load())["best"]
+    store_copy = tmp_path / "artifacts"
+    shutil.copytree(tiny_study.home / "artifacts", store_copy)
+    artifact = record.read(best, record.MODEL_ARTIFACT)
+    (store_copy / artifact).write_bytes(b"not a model")
+    note = export_study(tiny_study.load(), tmp_path / "export", artifact_store=build_artifact_store(store_copy), split=tiny_split).metrics.note
+    assert f"its stored weights ({artifact}) could not be read: not a readable safetensors model file" in note, note
+    assert "model.safetensors" not in note, note  # the temporary copy's name
+
+
 def test_retrain_note_says_when_the_result_differs() -> None:
     assert "DIFFERS from the recorded 0.9000" in retrain_note(3, "no weights", 0.9, 0.85)
     assert retrain_note(3, "no weights", 0.9, 0.9).startswith("Trial 3 was retrained: no weights.")

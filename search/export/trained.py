@@ -53,7 +53,10 @@ def _download_model(store: ArtifactStore, artifact_id: str) -> ModelFile:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.safetensors"
         download_artifact(artifact_store=store, file_path=str(path), artifact_id=artifact_id)
-        return load_model_file(path)
+        try:
+            return load_model_file(path)
+        except ModelFileError as error:  # its message named this temporary copy, gone by the time it is read
+            raise ModelFileError(str(error).replace(f"{path}: ", "")) from None
 
 
 def retrain_note(trial_number: int, reason: str, recorded: float | None, retrained: float) -> str:
