@@ -380,36 +380,10 @@ def test_port_in_use_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Captu
     assert capsys.readouterr().err == f"error: cannot listen on 127.0.0.1:{port} (Address already in use); pass a free --port\n"
 
 
-@pytest.mark.parametrize("host", LOOPBACK)
-def test_every_loopback_host_it_accepts_listens_and_answers(tmp_path: Path, host: str) -> None:
-    """--host ::1 passed the loopback check and then failed to listen (WSGIServer's socket is IPv4
-    only), with advice to pass an address of this machine, which ::1 is."""
-    import optuna
-
-    if ":" in host:
-        try:
-            with socket.socket(socket.AF_INET6) as probe:
-                probe.bind((host, 0))
-        except OSError:
-            pytest.skip("this machine has no IPv6 loopback")
-    db = tmp_path / "s.db"
-    optuna.create_study(study_name="mnist", storage=writer_storage(f"sqlite:///{db}"))
-    board = open_dashboard(parse_args(["--storage", f"sqlite:///{db}", "--host", host, "--port", "0"]))
-    serving = threading.Thread(target=board.server.serve_forever, daemon=True)
-    serving.start()
-    try:
-        assert board.base.startswith(f"http://{'[::1]' if host == '::1' else host}:")
-        with urllib.request.urlopen(f"{board.base}/api/studies", timeout=30) as response:  # noqa: S310 - a local test server
-            assert [s["study_name"] for s in json.load(response)["study_summaries"]] == ["mnist"]
-    finally:
-        board.server.shutdown()
-        board.server.server_close()
-
-
-@pytest.mark.parametrize("host", UNSPECIFIED)
-def test_all_interfaces_prints_a_loopback_url_that_answers(tmp_path: Path, host: str) -> None:
-    """--host :: printed http://127.0.0.1:PORT whether or not its socket took IPv4 (it does not
-    where net.ipv6.bindv6only is 1); now it takes IPv4 too, and the URL printed is one it answers."""
+@contextmanager
+def serving_one_study(tmp_path: Path, host: str, *extra: str) -> Iterator[Dashboard]:
+    """A dashboard on `host` (port 0) over a study 'mnist', serving in a thread until the block
+    ends; skips where `host` is IPv6 and this machine has no IPv6."""
     import optuna
 
     if ":" in host:
@@ -420,18 +394,38 @@ def test_all_interfaces_prints_a_loopback_url_that_answers(tmp_path: Path, host:
             pytest.skip("this machine has no IPv6")
     db = tmp_path / "s.db"
     optuna.create_study(study_name="mnist", storage=writer_storage(f"sqlite:///{db}"))
-    board = open_dashboard(parse_args(["--storage", f"sqlite:///{db}", "--host", host, "--allow-remote", "--port", "0"]))
-    serving = threading.Thread(target=board.server.serve_forever, daemon=True)
-    serving.start()
+    board = open_dashboard(parse_args(["--storage", f"sqlite:///{db}", "--host", host, *extra, "--port", "0"]))
+    threading.Thread(target=board.server.serve_forever, daemon=True).start()
     try:
-        assert board.base.startswith("http://127.0.0.1:"), board.base
-        if ":" in host:  # dual stack whatever net.ipv6.bindv6only says (it is 0 here: the URL alone would pass)
-            assert board.server.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
-        with urllib.request.urlopen(f"{board.base}/api/studies", timeout=30) as response:  # noqa: S310 - a local test server
-            assert [s["study_name"] for s in json.load(response)["study_summaries"]] == ["mnist"]
+        yield board
     finally:
         board.server.shutdown()
         board.server.server_close()
+
+
+def studies_listed(board: Dashboard) -> list[str]:
+    with urllib.request.urlopen(f"{board.base}/api/studies", timeout=30) as response:  # noqa: S310 - a local test server
+        return [s["study_name"] for s in json.load(response)["study_summaries"]]
+
+
+@pytest.mark.parametrize("host", LOOPBACK)
+def test_every_loopback_host_it_accepts_listens_and_answers(tmp_path: Path, host: str) -> None:
+    """--host ::1 passed the loopback check and then failed to listen (WSGIServer's socket is IPv4
+    only), with advice to pass an address of this machine, which ::1 is."""
+    with serving_one_study(tmp_path, host) as board:
+        assert board.base.startswith(f"http://{'[::1]' if host == '::1' else host}:")
+        assert studies_listed(board) == ["mnist"]
+
+
+@pytest.mark.parametrize("host", UNSPECIFIED)
+def test_all_interfaces_prints_a_loopback_url_that_answers(tmp_path: Path, host: str) -> None:
+    """--host :: printed http://127.0.0.1:PORT whether or not its socket took IPv4 (it does not
+    where net.ipv6.bindv6only is 1); now it takes IPv4 too, and the URL printed is one it answers."""
+    with serving_one_study(tmp_path, host, "--allow-remote") as board:
+        assert board.base.startswith("http://127.0.0.1:"), board.base
+        if ":" in host:  # dual stack whatever net.ipv6.bindv6only says (it is 0 here: the URL alone would pass)
+            assert board.server.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+        assert studies_listed(board) == ["mnist"]
 
 
 # ---- read-only unless --allow-writes -----------------------------------------------------------

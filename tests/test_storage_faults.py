@@ -16,6 +16,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -260,19 +261,30 @@ def _refused_untouched(path: Path, version: str, missing: str | None, capsys: py
     assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.name)) == [path.name]
 
 
-@pytest.mark.postgres
-def test_a_postgres_database_of_another_optuna_schema_gets_no_table(postgres_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """On a server as in a file: Optuna used to create the tables it missed (here Optuna 1.3's
-    `trial_heartbeats`) before its schema check refused the database. A database of its own on
-    the test server, dropped at the end."""
+@contextmanager
+def fresh_postgres_database(postgres_url: str) -> Iterator[str]:
+    """The URL of a new, empty database on the test server, dropped when the block ends."""
     import sqlalchemy
 
-    name = f"old_{uuid.uuid4().hex[:10]}"
+    name = f"fresh_{uuid.uuid4().hex[:10]}"
     admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    url = sqlalchemy.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
     try:
+        yield sqlalchemy.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.mark.postgres
+def test_a_postgres_database_of_another_optuna_schema_gets_no_table(postgres_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """On a server as in a file: Optuna used to create the tables it missed (here Optuna 1.3's
+    `trial_heartbeats`) before its schema check refused the database."""
+    import sqlalchemy
+
+    with fresh_postgres_database(postgres_url) as url:
         optuna.create_study(study_name="mnist", storage=url)
         old = sqlalchemy.create_engine(url)
         with old.begin() as connection:
@@ -286,10 +298,6 @@ def test_a_postgres_database_of_another_optuna_schema_gets_no_table(postgres_url
         with old.connect() as connection:
             assert connection.execute(sqlalchemy.text("select version_num from alembic_version")).scalar_one() == "v1.3.0.a"
         old.dispose()
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sqlalchemy.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _drop_heartbeats(url: str) -> set[str]:
@@ -327,21 +335,10 @@ def test_a_study_file_of_this_version_missing_a_table_gets_it_back(tmp_path: Pat
 
 @pytest.mark.postgres
 def test_a_postgres_study_database_of_this_version_missing_a_table_gets_it_back(postgres_url: str) -> None:
-    import sqlalchemy
-
-    name = f"cut_{uuid.uuid4().hex[:10]}"
-    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    url = sqlalchemy.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    try:
+    with fresh_postgres_database(postgres_url) as url:
         assert "trial_heartbeats" not in _drop_heartbeats(url)
         open_study_storage(url, heartbeat_seconds=5, grace_seconds=20).engine.dispose()
         assert "trial_heartbeats" in _tables(url)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sqlalchemy.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def test_a_study_on_a_read_only_disk_is_watched_and_warm_started_from_and_refused_for_export(
