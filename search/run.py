@@ -50,8 +50,9 @@ def parse_settings(argv: list[str]) -> Settings:
     return load_settings(args.config, overrides)
 
 
-def check_workers(settings: Settings) -> None:
-    cores = usable_cores()
+def check_workers(settings: Settings, cores: int | None = None) -> None:
+    """--workers within MAX_WORKERS_PER_CORE per usable core (`cores`: the count `run` read once)."""
+    cores = cores or usable_cores()
     limit = MAX_WORKERS_PER_CORE * cores
     if settings.study.workers > limit:
         raise UserInputError(
@@ -60,12 +61,12 @@ def check_workers(settings: Settings) -> None:
         )
 
 
-def check_device(settings: Settings) -> Device:
+def check_device(settings: Settings, cores: int | None = None) -> Device:
     """Resolve --accelerator/--devices against this machine's GPUs, and check that --workers fit
     on them, before any study is created: a GPU asked for and missing is a one-line error."""
     training, workers = settings.training, settings.study.workers
     gpus = [] if training.accelerator == "cpu" else visible_gpus()  # torch only when a GPU may be wanted
-    device = resolve_device(training.accelerator, training.devices, gpus, threads_per_worker(workers, usable_cores()))
+    device = resolve_device(training.accelerator, training.devices, gpus, threads_per_worker(workers, cores or usable_cores()))
     if device.kind == "cuda" and workers > 1:
         worker_visible_devices(workers, physical_ids(device.indices), training.workers_per_device)
     return device
@@ -102,11 +103,12 @@ def run(argv: list[str], stop: StopRequest) -> int:
     refuse_a_foreign_sqlite_file(url)  # before the data is loaded: a mistyped path answers at once
     source = check_data(settings.data)
     settings = check_artifact_store(settings)
-    check_workers(settings)
+    cores = usable_cores()  # read once: joblib reads the cgroup's files each time
+    check_workers(settings, cores)
     from search.warm_start import read_warm_start
 
     warm = read_warm_start(settings, url)  # read-only, before this run's study exists and before torch
-    device = check_device(settings)
+    device = check_device(settings, cores)
 
     from search.trial_loop import quiet_optuna, start_run
 

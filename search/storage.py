@@ -1,11 +1,11 @@
 """Storage URLs -> Optuna storages.
 
 SQLite is the embedded default; PostgreSQL (psycopg 3, the driver SQLAlchemy 2.1 picks for
-`postgresql://`) scales out. A URL is checked (`check_storage_url`, search/storage_url.py) before
-anything is imported or opened. The runner opens a storage to write (`open_study_storage`: creates the SQLite file,
-switches it to WAL, adds heartbeats); export, dashboard and benchmarks open an existing one
-(`open_existing_storage`): they never create a file, a folder or a table, and the dashboard's
-connection is read-only.
+`postgresql://`) scales out. A URL is checked (`check_storage_url`, search/storage_url.py)
+before anything is imported or opened. The runner opens a storage to write
+(`open_study_storage`: creates the SQLite file, switches it to WAL, adds heartbeats); export,
+dashboard and benchmarks open an existing one (`open_existing_storage`): they never create a
+file, a folder or a table, and the dashboard's connection is read-only.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def _prepare_sqlite(path: Path) -> set[str]:
     that holds another application's tables is refused first (`_foreign_file`)."""
     if not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    if not _writable(path):
         raise StorageError(
             f"SQLite database {path} is on a read-only file system or not writable; a study writes to it: "
             "make it writable, or copy it somewhere writable and pass that with --storage"
@@ -91,6 +91,12 @@ def _prepare_sqlite(path: Path) -> set[str]:
     if not sqlite_file.OPTUNA_TABLES <= tables:
         _switch_to_wal(path)
     return tables
+
+
+def _writable(path: Path) -> bool:
+    """Whether this user can write the SQLite file and beside it (its -wal, -shm and -journal);
+    False on a read-only file system too."""
+    return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
 
 
 def _sqlite_tables(path: Path, *, recover: bool = True) -> set[str]:
@@ -211,7 +217,7 @@ def open_existing_storage(url: str | None, *, read_only: bool = False, flag: str
             raise StorageError(f"no study database at {path}; start a search first (python -m search.run) or pass {flag}")
         engine_kwargs = {"connect_args": {"timeout": sqlite_file.SQLITE_BUSY_TIMEOUT_SECONDS}}
         real = path.resolve()
-        writable = os.access(real.parent, os.W_OK) and os.access(real, os.W_OK)
+        writable = _writable(real)
         if read_only:
             # A WAL file with no writer, where this user cannot create its -shm (a read-only disk,
             # another user's folder), is read as it is; the -shm was a traceback for every reader.
