@@ -90,12 +90,23 @@ def host_name(value: str) -> str:
     return name.lower()
 
 
+def port_number(value: str) -> int:
+    """A --port value, checked before the storage is opened (the bind was the first to refuse it)."""
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {value[:20]!r}")
+    return port
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineParser(prog="python -m search.dashboard", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--storage", default=None, help="storage URL (default: the SQLite file under storage/, or $MNIST_SEARCH_HOME)")
+    parser.add_argument("--storage", default=None, help="storage URL (default: storage/mnist-search.db, or $MNIST_SEARCH_HOME/mnist-search.db)")
     add_artifact_store_flag(parser, "show artifacts from")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}: this machine only)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT}; 0 picks a free one)")
+    parser.add_argument("--port", type=port_number, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT}; 0 picks a free one)")
     parser.add_argument(
         "--allow-writes", action="store_true",
         help="let the page save notes and upload or delete artifacts (default: read-only, only GET and HEAD answered)",

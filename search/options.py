@@ -125,7 +125,7 @@ STORAGE = Flag(("study", "storage"))
 RECORDED = "(default: what the study recorded)"
 READ_FLAGS = (  # commands that read a study: its own record is the default
     Flag(("study", "name"), "--study-name", help="the study to read (default mnist)"),
-    Flag(("study", "storage"), help="storage URL of the study (default: sqlite:///storage/mnist-search.db under $MNIST_SEARCH_HOME)"),
+    Flag(("study", "storage"), help="storage URL of the study (default: storage/mnist-search.db, or $MNIST_SEARCH_HOME/mnist-search.db)"),
 )
 DATA_FLAGS = (
     Flag(("data", "source"), "--data"),

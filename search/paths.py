@@ -13,7 +13,7 @@ import re
 import unicodedata
 from pathlib import Path
 
-from lightning_modules.errors import check_path_length
+from lightning_modules.errors import UserInputError, check_path_length
 
 HOME_ENV = "MNIST_SEARCH_HOME"
 DB_NAME = "mnist-search.db"
@@ -28,7 +28,12 @@ def runtime_dir() -> Path:
     """The folder for the default database, artifacts, checkpoints and exports (git-ignored `storage/`)."""
     home = os.environ.get(HOME_ENV) or "storage"  # set but empty: unset, not the current folder
     check_path_length(home, HOME_ENV)
-    return Path(home).expanduser().resolve()
+    folder = Path(home).expanduser().resolve()
+    blocker = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+    if not blocker.is_dir():  # every command then said "no study database ... start a search first"
+        named = f"{HOME_ENV}={home}" if os.environ.get(HOME_ENV) else "the default run-state folder storage"
+        raise UserInputError(f"{named} is not a folder ({blocker} is a file); move it aside or point {HOME_ENV} at a folder")
+    return folder
 
 
 def default_storage_url() -> str:

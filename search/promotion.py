@@ -101,7 +101,9 @@ def drop_queued_promotions(study: optuna.Study) -> int:
         if record.promoted_from(trial) is None:
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-        try:
+        try:  # claimed first, as a worker pops a queued trial: one another worker took is its to run
+            if not storage.set_trial_state_values(trial_id, TrialState.RUNNING):
+                continue
             storage.set_trial_user_attr(trial_id, record.SURPLUS, True)
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:

@@ -20,7 +20,7 @@ from lightning_modules.data.split import DataSplit
 from lightning_modules.device import CUDA_VISIBLE_DEVICES, Device, configure_torch, physical_ids, worker_visible_devices
 from search import record
 from search.artifact_stores import location_for_run, open_store
-from search.data import DataIdentity, data_identity, load_split, require_same_data
+from search.data import DataIdentity, data_identity, load_split
 from search.paths import checkpoints_dir
 from search.redaction import redact
 from search.settings import Settings
@@ -33,6 +33,7 @@ from search.study import (
     run_worker,
     study_status,
 )
+from search.study_data import require_same_data
 from search.warm_start import WarmStart
 from search.workers import StopRequest, WorkerPool
 

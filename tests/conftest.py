@@ -122,6 +122,7 @@ def postgres_url(request: pytest.FixtureRequest) -> str:
     import sqlalchemy
 
     assert request.node.get_closest_marker("postgres"), f"{request.node.nodeid} uses PostgreSQL: mark it @pytest.mark.postgres"
+    assert request.node.get_closest_marker("slow"), f"{request.node.nodeid} uses a second storage backend: mark it slow (the fast subset is SQLite only)"
 
     engine = sqlalchemy.create_engine(POSTGRES_URL)
     try:

@@ -7,6 +7,7 @@ cannot slip a dependency back up the chain.
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,28 @@ def under(name: str, package: str) -> bool:
 @pytest.mark.parametrize("path", modules("lightning_modules"), ids=name_of)
 def test_lightning_modules_import_nothing_from_the_search(path: Path) -> None:
     assert not {n for n in imported(path) if under(n, "search") or under(n, "optuna")}
+
+
+def third_party(path: Path) -> set[str]:
+    return {n.split(".")[0] for n in imported(path)} - set(sys.stdlib_module_names) - {"__future__", "search", "lightning_modules"}
+
+
+def test_lightning_modules_import_only_the_packages_the_doc_names() -> None:
+    doc = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    allowed = doc.split("### `lightning_modules/`", 1)[1].split("May import:", 1)[1].split("\n", 1)[0].lower()
+    used = {package: name_of(path) for path in modules("lightning_modules") for package in third_party(path)}
+    assert not {package: module for package, module in used.items() if package not in allowed}
+
+
+SETTINGS_AND_DATA = ("search.settings", "search.settings_space", "search.settings_file", "search.options", "search.paths", "search.redaction", "search.data")
+
+
+@pytest.mark.parametrize("name", SETTINGS_AND_DATA)
+def test_the_settings_and_data_modules_import_nothing_of_the_study(name: str) -> None:
+    """The first links of the chain: no Optuna, and of `search` only each other."""
+    path = ROOT / Path(*name.split(".")).with_suffix(".py")
+    ours = {".".join(n.split(".")[:2]) for n in imported(path) if under(n, "search")}
+    assert "optuna" not in third_party(path) and ours <= set(SETTINGS_AND_DATA), ours
 
 
 def test_the_network_is_plain_torch() -> None:

@@ -641,13 +641,15 @@ def test_allowed_hosts_include_the_bound_address_and_the_default_port() -> None:
         (["--allowed-host", "localhost:8080"], "argument --allowed-host: expected a host name or IP address without a port"),
         (["--allowed-host", "*"], "argument --allowed-host: expected a host name or IP address without a port"),
         (["--allowed-host", "a b\nc"], "argument --allowed-host: expected a host name or IP address without a port"),
+        (["--port", "70000"], "argument --port: expected a port number 0-65535, got '70000'"),
+        (["--port", "-1"], "argument --port: expected a port number 0-65535, got '-1'"),
     ],
-    ids=["any-address", "lan-address", "host-with-port", "wildcard", "space-and-newline"],
+    ids=["any-address", "lan-address", "host-with-port", "wildcard", "space-and-newline", "port-too-high", "port-negative"],
 )
 def test_bad_host_options_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
     """Refused before anything is opened or bound: the missing database is never reported."""
     with pytest.raises(SystemExit) as exit_info:
-        main(["--storage", f"sqlite:///{tmp_path / 'missing.db'}", "--port", "0", *argv])
+        main(["--storage", f"sqlite:///{tmp_path / 'missing.db'}", *(["--port", "0"] if "--port" not in argv else []), *argv])
     assert exit_info.value.code == 2
     out, err = capsys.readouterr()
     assert out == ""

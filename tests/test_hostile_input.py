@@ -262,3 +262,28 @@ def test_a_path_the_file_system_cannot_take_is_one_line_and_creates_nothing(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err and "pass a shorter path" in err and "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["run", "export", "dashboard"])
+@pytest.mark.parametrize("home", ["file", "file/below", None])
+def test_a_run_state_home_that_is_a_file_is_named_as_one(
+    command: str, home: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """MNIST_SEARCH_HOME naming a file (or the default storage/ being one) made the export and the
+    dashboard say "no study database ...; start a search first", and the search "cannot be opened"."""
+    import importlib
+
+    (tmp_path / "file").write_bytes(b"mine")
+    (tmp_path / "storage").write_bytes(b"mine too")
+    monkeypatch.chdir(tmp_path)
+    if home is None:
+        monkeypatch.delenv("MNIST_SEARCH_HOME", raising=False)
+    else:
+        monkeypatch.setenv("MNIST_SEARCH_HOME", str(tmp_path / home))
+    module = {"run": "search.run", "export": "search.export.__main__", "dashboard": "search.dashboard"}[command]
+    assert importlib.import_module(module).main([]) == 2
+    err = capsys.readouterr().err
+    blocker = tmp_path / ("storage" if home is None else "file")
+    assert err.count("\n") == 1 and f"({blocker} is a file)" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "storage"]
+    assert (tmp_path / "file").read_bytes() == b"mine" and (tmp_path / "storage").read_bytes() == b"mine too"

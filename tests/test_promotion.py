@@ -18,7 +18,7 @@ from search import record
 from search.objective import make_objective
 from search.options import RUN_FLAGS, overrides_from_args
 from search.progress import trial_line
-from search.promotion import Promoter, promotion_attrs, room_for_one_more
+from search.promotion import Promoter, drop_queued_promotions, promotion_attrs, room_for_one_more
 from search.run import build_parser
 from search.settings_file import ConfigError, load_settings
 from search.space import suggest_params
@@ -162,6 +162,31 @@ def test_no_promotion_is_queued_without_room_for_it(tmp_path: Path) -> None:
     assert len(study.trials) == 2
     Promoter(settings.study, settings.training)(study, study.trials[1])
     assert record.promoted_from(study.trials[2]) == 1 and study.trials[2].state == TrialState.WAITING
+
+
+def test_dropping_queued_promotions_leaves_one_another_worker_just_took(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that pops the queued promotion between the drop's listing and its write trains it:
+    the drop failed it under the worker (FAIL and surplus while it ran); it now claims a trial as
+    a worker does, so only one of the two gets it."""
+    settings = load_settings(None, {"study": {"name": "r", "trials": 5, "target_accuracy": None}})
+    study = open_study(settings, writer_storage(f"sqlite:///{tmp_path / 'r.db'}")).study
+    study.optimize(quick_objective, n_trials=1)
+    study.enqueue_trial(study.trials[0].params, user_attrs={record.MAX_EPOCHS: 24, record.PROMOTED_FROM: 0})
+    study.enqueue_trial(study.trials[0].params, user_attrs={record.MAX_EPOCHS: 24, record.PROMOTED_FROM: 0})
+    listed = study.get_trials
+
+    def listing_then_another_worker_pops_the_first(*args: object, **kwargs: object) -> list[FrozenTrial]:
+        trials = listed(*args, **kwargs)  # type: ignore[arg-type]
+        first = next(t for t in trials if record.promoted_from(t) is not None)
+        assert study._storage.set_trial_state_values(first._trial_id, TrialState.RUNNING)
+        return trials
+
+    monkeypatch.setattr(study, "get_trials", listing_then_another_worker_pops_the_first)
+    assert drop_queued_promotions(study) == 1
+    monkeypatch.undo()
+    taken, dropped = (t for t in study.trials if record.promoted_from(t) is not None)
+    assert taken.state == TrialState.RUNNING and not record.is_surplus(taken)
+    assert dropped.state == TrialState.FAIL and record.is_surplus(dropped)
 
 
 def test_a_promotion_that_meets_a_full_budget_is_dropped_not_left_waiting(tmp_path: Path, tiny_split: DataSplit) -> None:

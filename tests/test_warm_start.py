@@ -127,6 +127,7 @@ def test_without_a_dnn_in_the_warm_start_the_first_dnn_still_runs(tmp_path: Path
     assert queued_params(study) == [baseline_params(settings.baseline), linear, first_dnn_params(settings.first_dnn)]
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_a_warm_start_from_postgres_records_no_password(tmp_path: Path, postgres_url: str, unique_name: str) -> None:
     """Another storage, with a password in its URL (the server trusts any): the study's record

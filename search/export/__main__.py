@@ -113,9 +113,10 @@ def reproduce_trial(study: optuna.Study, settings: Settings, number: int) -> int
     from optuna.trial import TrialState
 
     from search import record
-    from search.data import check_data, data_identity, load_split, require_same_data
+    from search.data import check_data, data_identity, load_split
     from search.export.errors import ExportError
     from search.export.reproduce import reproduce
+    from search.study_data import require_same_data
 
     trials = study.get_trials(deepcopy=False)
     if number >= len(trials):

@@ -29,13 +29,7 @@ from lightning_modules.data.split import DataSplit
 from lightning_modules.errors import check_path_length
 from search import record
 from search.artifact_stores import open_store, recorded_location
-from search.data import (
-    DataIdentity,
-    check_data,
-    data_identity,
-    load_split,
-    require_same_data,
-)
+from search.data import DataIdentity, check_data, data_identity, load_split
 from search.export import figures, plots
 from search.export.artifacts import ARTIFACT_MIMETYPES, attach_artifacts
 from search.export.errors import ExportError, ExportInterrupted
@@ -58,6 +52,7 @@ from search.paths import exports_dir, study_dir_name
 from search.redaction import redact
 from search.settings import Settings
 from search.study import best_trials, study_status
+from search.study_data import require_same_data
 
 FIGURES = (
     "confusion_matrix.png", "weight_tiles.png", "weight_snapshots.png", "learning_curves.png",
