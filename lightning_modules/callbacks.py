@@ -59,8 +59,12 @@ class EpochCheckpoint(pl.Callback):
             return  # the trial ends now; nothing will resume from here
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        trainer.save_checkpoint(tmp)
-        os.replace(tmp, self.path)
+        try:
+            trainer.save_checkpoint(tmp)
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk left most of a checkpoint here, named for no later run to find
+            raise
         if self.on_saved is not None:
             self.on_saved(self.path)
 

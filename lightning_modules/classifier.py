@@ -35,6 +35,8 @@ from lightning_modules.metric_names import (
 from lightning_modules.network import build_network
 
 SGD_MOMENTUM = 0.9  # without it SGD needs far more epochs than the search gives a trial
+TORCH_RNG, CUDA_RNG = "torch_rng_state", "cuda_rng_state"  # the random state a trial's checkpoint carries
+RNG_KEYS = (TORCH_RNG, CUDA_RNG)
 
 
 def _epoch_value(metric: MeanMetric | MulticlassAccuracy) -> float:
@@ -160,16 +162,16 @@ class Classifier(pl.LightningModule):
         # History and the RNG (dropout) travel with the weights: a resumed run then continues
         # exactly as the uninterrupted one would have.
         checkpoint["history"] = list(self.history)
-        checkpoint["torch_rng_state"] = torch.get_rng_state()
+        checkpoint[TORCH_RNG] = torch.get_rng_state()
         if self.device.type == "cuda":  # dropout on a GPU draws from that GPU's generator
-            checkpoint["cuda_rng_state"] = (torch.cuda.get_rng_state(self.device).cpu(), self.device.index or 0)
+            checkpoint[CUDA_RNG] = (torch.cuda.get_rng_state(self.device).cpu(), self.device.index or 0)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = list(checkpoint.get("history", []))
-        if "torch_rng_state" in checkpoint:
-            torch.set_rng_state(checkpoint["torch_rng_state"])
-        if "cuda_rng_state" in checkpoint and torch.cuda.is_available():  # restored before the model moves
-            state, index = checkpoint["cuda_rng_state"]
+        if TORCH_RNG in checkpoint:
+            torch.set_rng_state(checkpoint[TORCH_RNG])
+        if CUDA_RNG in checkpoint and torch.cuda.is_available():  # restored before the model moves
+            state, index = checkpoint[CUDA_RNG]
             torch.cuda.set_rng_state(state.cpu(), int(index))
 
     def configure_optimizers(self) -> dict[str, Any]:

@@ -33,5 +33,11 @@ def check_path_length(path: str | os.PathLike[str], what: str) -> None:
     raise UserInputError(f"{what} {os.fsdecode(raw)[:60]!r}... {why}; pass a shorter path")
 
 
+def one_line(text: str) -> str:
+    """`text` with its line breaks and other control characters escaped (a file named "a\nb" is
+    shown as a\nb), so an error that quotes a user's name stays the one line it promises."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 class TrainingInterrupted(Exception):
     """Training stopped between two batches because the process was asked to stop."""

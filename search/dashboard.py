@@ -24,7 +24,7 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from lightning_modules.errors import UserInputError
+from lightning_modules.errors import UserInputError, one_line
 from search.options import OneLineParser, add_artifact_store_flag
 from search.redaction import mask_known, redact
 
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return serve(args)
     except UserInputError as error:
-        print(f"error: {mask_known(str(error))}", file=sys.stderr)
+        print(f"error: {one_line(mask_known(str(error)))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C is how a user stops it, even while it starts
         print("\ndashboard stopped", file=sys.stderr)

@@ -3,7 +3,7 @@
 The one place run, export, report and benchmarks get their split. `check_data` resolves and
 checks the source without importing torch, so a missing folder is reported at once;
 `load_split` reads and splits it. `DataIdentity` is what a study records of its data (source,
-sizes and a SHA-256 of every row it uses); `search/study_data.py` compares it with a run's.
+sizes and a SHA-256 of every row it uses); `search/study_identity.py` compares it with a run's.
 """
 
 from __future__ import annotations

@@ -75,6 +75,21 @@ def _bomb_size(error: Exception) -> str:
     return f"the image is {int(found[1]):,} pixels" if found else f"the image is more than {Image.MAX_IMAGE_PIXELS:,} pixels"
 
 
+DEEP_MODES = {"F": 1.0, "I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535}  # mode -> its white
+
+
+def _deep_to_gray(path: Path, image: Any) -> np.ndarray:
+    """A float (0-1) or 16-bit grayscale image scaled to 0-255. Pillow's convert("L") clips
+    instead, so a float image of 0-1 became all but black, and was still predicted."""
+    values = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise PredictError(f"{path}: the image holds NaN or infinite pixel values")
+    white = DEEP_MODES[image.mode]
+    if image.mode == "F" and values.max(initial=0.0) > 1.0:  # a float image already on the 0-255 scale
+        white = 255.0
+    return np.clip(np.rint(values / white * 255.0), 0, 255).astype(np.uint8)
+
+
 def read_image(path: Path) -> np.ndarray:
     """A grayscale uint8 array of any image file Pillow reads; PredictError if it cannot."""
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -88,7 +103,7 @@ def read_image(path: Path) -> np.ndarray:
                 opened.load()
                 image = ImageOps.exif_transpose(opened)  # a phone photo is stored on its side
                 has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-                gray = _flatten_alpha(image) if has_alpha else image.convert("L")
+                gray = _flatten_alpha(image) if has_alpha else _deep_to_gray(path, image) if image.mode in DEEP_MODES else image.convert("L")
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
         raise PredictError(f"{path}: {_bomb_size(error)}, more than {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}; {_SHRINK}") from None
     except FileNotFoundError:

@@ -7,6 +7,7 @@ model upload sit behind named helpers, so the main path reads like optuna-exampl
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import threading
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from lightning_modules.model_file import save_model_file
 from lightning_modules.training import FitResult, fit
 from search import record
 from search.cost import prune_if_over_cost
+from search.failures import disk_failure
 from search.optuna_compat import ArtifactStore
 from search.resume import (
     TrialCheckpoint,
@@ -36,7 +38,7 @@ from search.resume import (
     return_to_queue,
 )
 from search.sampling import seed_scheme, trial_seed
-from search.settings import Settings
+from search.settings import FULL_PRECISION, Settings
 from search.space import suggest_params
 from search.stopping import SurplusTrial, over_budget, trial_at_target
 from search.trial_callbacks import EpochRecorder, ReportEpochs, StopAtStudyTarget
@@ -61,7 +63,7 @@ def fit_arguments(trial: optuna.Trial, settings: Settings) -> dict[str, object]:
         "target_accuracy": settings.study.target_accuracy,
         "snapshot_steps": list(settings.training.snapshot_steps),
     }
-    if settings.training.precision != "32-true":
+    if settings.training.precision != FULL_PRECISION:
         arguments["precision"] = settings.training.precision
     return arguments
 
@@ -94,6 +96,16 @@ def _trial_checkpoint(trial: optuna.Trial, key: int, checkpoint_dir: Path, store
     if retry:
         checkpoint.fetch()
     return checkpoint
+
+
+def hand_back(trial: optuna.Trial, checkpoint: TrialCheckpoint) -> None:
+    """Queue a retry of a trial a full or read-only disk stopped, keeping its checkpoint. Each
+    step may hit the same disk: then the trial stays running, and the heartbeat check retries it
+    on the next run; the disk error is what the run reports either way."""
+    with contextlib.suppress(Exception):
+        checkpoint.close(trial, keep=True)
+    with contextlib.suppress(Exception):
+        requeue(trial, died=record.DISK_ERROR)
 
 
 def make_objective(
@@ -141,6 +153,11 @@ def make_objective(
         except TrainingInterrupted:
             checkpoint.close(trial, keep=True)
             requeue(trial)
+            raise
+        except OSError as error:
+            if not disk_failure(error):
+                raise
+            hand_back(trial, checkpoint)  # a full disk is fixed and resumed: the trial was not at fault
             raise
         except optuna.TrialPruned:
             checkpoint.close(trial, keep=False)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from lightning_modules.errors import one_line
 from search.redaction import redact
 from search.settings import field_info
 
@@ -31,7 +32,7 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         shown = " ".join(redact(word) if "://" in word else word for word in message.split(" "))  # a URL given to the wrong flag
-        print(f"error: {shown[:300]} (see {self.prog} --help)", file=sys.stderr)
+        print(f"error: {one_line(shown[:300])} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
 
 

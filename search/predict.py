@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from lightning_modules.data.format import CSV_COLUMNS, N_PIXELS
-from lightning_modules.errors import UserInputError, check_path_length
+from lightning_modules.errors import UserInputError, check_path_length, one_line
 from search.digit_inputs import (  # re-exported (__all__): the predictor's public names
     MAX_IMAGE_PIXELS,
     MAX_IMAGE_SIDE,
@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         predictions = predict_images(model, args.images) if args.images else []
         csv_predictions = predict_csv(model, args.csv) if args.csv is not None else []
     except UserInputError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(str(error))}", file=sys.stderr)
         return 2
     for prediction in [*predictions, *csv_predictions]:
         print(prediction.line())

@@ -26,6 +26,7 @@ MAX_HIDDEN_LAYERS = 4
 MAX_UNITS = 8192
 MAX_BATCH_SIZE = 65536
 NUMBER_WIDTH = 3  # trial numbers below 1000 align without a budget to size them by
+NO_EPOCH_WIDTH = len("val_acc=0.0000 epochs=0")  # "failed" in the column of a trial that reached an epoch
 
 
 def describe_params(params: dict[str, object]) -> str:
@@ -60,17 +61,21 @@ PARAMS_WIDTH = len(describe_params(_widest_params()))  # "dnn 8192-8192-8192-819
 def failure_note(trial: FrozenTrial, trials: list[FrozenTrial]) -> str:
     """Why a trial failed, in plain words, and which trial retries it (or that none does).
 
-    Only two things retry a trial: a stop request (which marks it interrupted) and Optuna's
-    heartbeat check, which finds a dead worker's trial; a failure without a retry may also be an
-    error the objective raised, so its note does not claim the heartbeat.
+    Three things retry a trial: a stop request and a full or read-only disk (each marks why, in
+    record.DIED), and Optuna's heartbeat check, which finds a dead worker's trial; a failure
+    without a retry may also be an error the objective raised, so its note does not claim the
+    heartbeat.
     """
     retry = retry_of(trials, trial)
-    if trial.user_attrs.get(record.DIED) == "interrupted":
+    died = trial.user_attrs.get(record.DIED)
+    if died == record.INTERRUPTED:
         cause = "interrupted by a stop request"
+    elif died == record.DISK_ERROR:
+        cause = "stopped by a full or read-only disk"
+    elif retry is not None:
+        cause = "found dead (its worker stopped sending heartbeats)" + ("" if trial.params else " before it trained")
     elif not trial.params:
         cause = "failed before training"
-    elif retry is not None:
-        cause = "found dead (its worker stopped sending heartbeats)"
     else:
         cause = "ended without a result (its worker died or raised an error)"
     then = f"retried as trial {retry.number}" if retry is not None else "not retried"
@@ -88,8 +93,9 @@ def trial_line(trial: FrozenTrial, trials: list[FrozenTrial] | None = None, done
     number_width = max(NUMBER_WIDTH, len(str(budget))) if counted else NUMBER_WIDTH
     head = f"trial {trial.number:>{number_width}}{count} {describe_params(trial.params):<{PARAMS_WIDTH}}"
     epochs = record.epochs_run(trial)
-    if trial.state == TrialState.FAIL:
-        return f"{head} val_acc={record.last_value(trial):.4f} epochs={epochs} failed: {failure_note(trial, trials or [])}"
+    if trial.state == TrialState.FAIL:  # no epoch finished: no value to show ("val_acc=nan epochs=0" read as a result)
+        reached = f"val_acc={record.last_value(trial):.4f} epochs={epochs}" if epochs else f"{'no epoch finished':<{NO_EPOCH_WIDTH}}"
+        return f"{head} {reached} failed: {failure_note(trial, trials or [])}"
     seconds = trial.duration.total_seconds() if trial.duration else float("nan")
     resumed, promoted = record.read(trial, record.RESUMED_FROM_EPOCH), record.promoted_from(trial)
     notes = [f"resumed after epoch {resumed}"] if resumed else []

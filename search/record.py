@@ -58,7 +58,9 @@ MODEL_ARTIFACT = "model_artifact_id"  # the stored weights of a new best trial o
 MODEL_TRIAL = "trial"  # in those weights' metadata: the trial number they belong to (absent in older files)
 FAILED_TRIAL = "failed_trial"  # Optuna's retry link (RetryFailedTrialCallback), also set by requeue
 RETRY_HISTORY = "retry_history"  # Optuna's: every earlier attempt's number, oldest first
-DIED = "died"  # why the attempt ended without a result ("interrupted" or "stale")
+DIED = "died"  # why the attempt ended without a result: INTERRUPTED or DISK_ERROR
+INTERRUPTED = "interrupted"  # a stop request (Ctrl-C, SIGTERM) between two batches
+DISK_ERROR = "disk error"  # a full or read-only disk (search/failures.py)
 CHECKPOINT_SECONDS = "checkpoint_seconds"  # this attempt's seconds copying checkpoints to the artifact store
 
 SYSTEM_KEYS = (HISTORY, HYPERPARAMS, CHECKPOINT_KEY, FIT, MODEL_ARTIFACT, CHECKPOINT_SECONDS)

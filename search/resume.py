@@ -129,8 +129,9 @@ def resume_point(trial: optuna.Trial, checkpoint: Path, hyperparams: dict[str, o
     return checkpoint
 
 
-def requeue(trial: optuna.Trial) -> None:
-    """Queue a copy of an interrupted trial (same params, seeds and checkpoint key) for the next worker.
+def requeue(trial: optuna.Trial, died: str = record.INTERRUPTED) -> None:
+    """Queue a copy of an interrupted trial (same params, seeds and checkpoint key) for the next
+    worker; `died` says why this attempt ended (record.DIED).
 
     The copy carries Optuna's retry link, as `RetryFailedTrialCallback` writes it for a dead
     worker's trial, so both kinds of retry read the same way.
@@ -147,7 +148,7 @@ def requeue(trial: optuna.Trial) -> None:
             system_attrs=system,
         )
     )
-    record.write(trial, record.DIED, "interrupted")
+    record.write(trial, record.DIED, died)
 
 
 def retry_of(trials: list[FrozenTrial], failed: FrozenTrial) -> FrozenTrial | None:

@@ -7,7 +7,6 @@ finished (complete or pruned) trials, so a study with 60 of 100 finished runs th
 from __future__ import annotations
 
 import argparse
-import errno
 import shlex
 import sys
 import time
@@ -15,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from lightning_modules.device import Device, physical_ids, resolve_device, threads_per_worker, usable_cores, visible_gpus, worker_visible_devices
-from lightning_modules.errors import UserInputError
+from lightning_modules.errors import UserInputError, one_line
+from search.failures import describe_storage_failure, quiet_storage_failures_in_threads, storage_failure
 from search.options import RUN_FLAGS, OneLineParser, add_flags, overrides_from_args
 from search.redaction import mask, mask_known, redact, redact_words, secrets_in
 from search.settings import Settings
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse: --help, or a bad flag already printed in one line
         return exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 2
     except UserInputError as error:
-        print(f"error: {mask_known(mask(str(error), secrets_in(argv)))}", file=sys.stderr)
+        print(f"error: {one_line(mask_known(mask(str(error), secrets_in(argv))))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\ninterrupted before the search started. Run again with: {resume_command(argv)}", file=sys.stderr)
@@ -203,55 +203,13 @@ def main(argv: list[str] | None = None) -> int:
         if cause is None:
             raise
         print(
-            f"error: {describe_storage_failure(cause, argv)}; finished trials are kept. "
+            f"error: {describe_storage_failure(cause, secrets_in(argv))}; finished trials are kept. "
             f"Fix it, then resume with: {resume_command(argv)}",
             file=sys.stderr,
         )
         return 2
     finally:
         stop.uninstall()
-
-
-_DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT}
-
-
-def quiet_storage_failures_in_threads() -> None:
-    """Optuna's heartbeat thread hits the same database failure as the main thread, which
-    reports it in one line; the thread's traceback would only bury that line."""
-    import threading
-
-    default = threading.excepthook
-
-    def hook(args: threading.ExceptHookArgs) -> None:
-        if args.exc_value is None or storage_failure(args.exc_value) is None:
-            default(args)
-
-    threading.excepthook = hook
-
-
-def storage_failure(error: BaseException) -> BaseException | None:
-    """The database or disk failure behind `error`, if any: Optuna may re-raise such a failure
-    as another exception while handling it, so the whole chain is searched."""
-    database_errors: tuple[type[BaseException], ...] = ()
-    if "sqlalchemy" in sys.modules:  # not imported yet: no database failure can be behind it
-        from sqlalchemy.exc import SQLAlchemyError
-
-        database_errors = (SQLAlchemyError,)
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, database_errors) or (isinstance(current, OSError) and current.errno in _DISK_ERRORS):
-            return current
-        current = current.__cause__ or current.__context__
-    return None
-
-
-def describe_storage_failure(cause: BaseException, argv: list[str]) -> str:
-    if isinstance(cause, OSError):
-        return f"cannot write {cause.filename or 'run state'} ({cause.strerror})"
-    reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0][:200]
-    return f"the study's storage failed mid-run ({mask_known(mask(reason, secrets_in(argv)))})"
 
 
 if __name__ == "__main__":

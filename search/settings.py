@@ -150,6 +150,7 @@ class DataConfig(Strict):
 
 Accelerator = Literal["auto", "cpu", "gpu"]  # lightning_modules.device.ACCELERATORS (a test keeps them equal)
 Precision = Literal["32-true", "bf16-mixed"]
+FULL_PRECISION: Precision = "32-true"  # no autocast: the arithmetic of the exported float32 model
 
 
 MAX_TRIAL_EPOCHS = 1000  # no trial trains longer: max_epochs and a promotion's epochs
@@ -169,7 +170,7 @@ class TrainingConfig(Strict):
         default=None, min_length=1, max_length=MAX_WORKERS, description="GPU indices to train on, e.g. 0,1 (null: every visible GPU)",
     )
     workers_per_device: int = Field(default=1, gt=0, le=MAX_WORKERS, description="worker processes sharing one GPU (--workers at most GPUs x this)")
-    precision: Precision = Field(default="32-true", description="32-true | bf16-mixed (bfloat16 autocast: faster on a GPU, other results)")
+    precision: Precision = Field(default=FULL_PRECISION, description="32-true | bf16-mixed (bfloat16 autocast: faster on a GPU, other results)")
 
     @field_validator("snapshot_steps")
     @classmethod
@@ -242,6 +243,13 @@ class Settings(Strict):
         if problem:
             raise ValueError(f"{problem} (or set first_dnn.enabled: false)")
         return self
+
+
+# The settings that make a study's trials what they are: a resume runs with the ones the study
+# was created with (search/study_identity.py), or a study would hold trials of two searches and
+# record only the last. The others belong to one run and may change (budget, target, timeout,
+# workers, device, storage, snapshots, export); the data and the warm start have checks of their own.
+TRIAL_DEFINING = ("study.seed", "sampler", "pruner", "training.max_epochs", "training.promote_factor", "training.precision", "space", "baseline", "first_dnn")
 
 
 def settings_as_dict(settings: Settings) -> dict[str, Any]:

@@ -143,9 +143,10 @@ def _open(url: str, build: Callable[[], T]) -> T:
         raise StorageError(f"no database driver for {redact(url)} (module {module!r} is missing); {hint}") from None
     except SQLAlchemyError as error:
         reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0][:200]
-        raise StorageError(
-            f"cannot open storage {redact(url)} ({mask(reason, url_secrets(url))}); check that the server is running and the URL is right"
-        ) from None
+        hint = "check that the server is running and the URL is right"
+        if url.startswith("sqlite"):  # no server: the file's disk or folder is what failed
+            hint = "free space on its disk" if "full" in reason else "check the path, its permissions and its disk"
+        raise StorageError(f"cannot open storage {redact(url)} ({mask(reason, url_secrets(url))}); {hint}") from None
     except RuntimeError as error:  # Optuna's schema check: another Optuna version's tables
         reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
         raise StorageError(f"cannot open storage {redact(url)}: {mask(reason, url_secrets(url))} (back the database up first)") from None

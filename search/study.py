@@ -9,8 +9,9 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -68,13 +69,15 @@ def _wait_for_uid(study: optuna.Study) -> None:
 
 def open_study(
     settings: Settings, storage: optuna.storages.BaseStorage, on_existing: Callable[[optuna.Study], None] = lambda study: None,
-    warm: WarmStart | None = None,
+    warm: WarmStart | None = None, created_with: Mapping[str, Any] | None = None,
 ) -> OpenedStudy:
     """Create the study (with its uid and the baseline enqueued) or resume it; never a duplicate.
 
     `on_existing` checks a study that already exists before anything is written to it. `warm`
     (read by search/warm_start.py) is enqueued after the baseline in a new study, in place of
     the first DNN when it holds a DNN; an existing study must have been created with it.
+    `created_with` are user attributes a new study gets before its uid, so a run that opens it
+    a moment later (and waits for the uid) checks itself against them.
     """
     pruner = build_pruner(settings.pruner, settings.training.max_epochs)
     sampler = build_sampler(settings.sampler, settings.study.seed)
@@ -104,6 +107,8 @@ def open_study(
             study.enqueue_trial(first_dnn, skip_if_exists=True)
         if settings.study.artifact_store is not None:
             study.set_user_attr(record.ARTIFACT_STORE, str(parse_location(settings.study.artifact_store)))
+        for key, value in (created_with or {}).items():
+            study.set_user_attr(key, value)
         study.set_user_attr(record.UID, new_study_uid())  # last: the uid says "ready", the baseline is queued
     else:
         _wait_for_uid(study)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from lightning_modules.data.sources import DataSource
 from lightning_modules.data.split import DataSplit
@@ -21,8 +22,9 @@ from lightning_modules.device import CUDA_VISIBLE_DEVICES, Device, configure_tor
 from search import record
 from search.artifact_stores import location_for_run, open_store
 from search.data import DataIdentity, data_identity, load_split
+from search.failures import describe_storage_failure, quiet_storage_failures_in_threads, storage_failure
 from search.paths import checkpoints_dir
-from search.redaction import redact
+from search.redaction import redact, url_secrets
 from search.settings import Settings
 from search.stopping import stop_reason
 from search.storage import open_study_storage, storage_guard
@@ -33,9 +35,11 @@ from search.study import (
     run_worker,
     study_status,
 )
-from search.study_data import require_same_data
+from search.study_identity import require_same_data, require_same_settings
 from search.warm_start import WarmStart
 from search.workers import StopRequest, WorkerPool
+
+EXIT_STORAGE_FAILED = 2  # a worker that stopped on a full disk or a failed database (it said which)
 
 
 def quiet_optuna() -> None:
@@ -68,7 +72,7 @@ class StartedRun:
     split: DataSplit
     identity: DataIdentity
     first_line: str
-    nothing_to_do: str | None  # why no trial will start, with what to do about it
+    nothing_to_do: str | None  # why no new trial will start (now or at all), with what to do about it
 
 
 def _storage(settings: Settings, url: str) -> optuna.storages.RDBStorage:
@@ -79,6 +83,13 @@ def _nothing_to_do(study: optuna.Study, settings: Settings) -> str | None:
     reason = stop_reason(study, settings.study)
     if reason is None:
         return None
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    if reason.startswith("budget") and running:  # run_worker waits for them: "nothing to run" was untrue
+        return (
+            f"the budget of {settings.study.trials} trials is taken by finished trials and {running} marked running "
+            "(another worker's, or a run's that stopped): waiting for them; one whose worker is gone is retried here "
+            f"once it has been silent {settings.study.stale_after_seconds} s"
+        )
     if reason.startswith("target"):
         hint = "to search on, raise --target-accuracy or pass --target-accuracy none"
     else:
@@ -103,16 +114,20 @@ def start_run(
     split = load_split(settings.data, source)
     identity = data_identity(split, source)
 
+    stored = stored_settings(settings, url, source)
+
     def require_same(study: optuna.Study) -> None:
         require_same_data(study, identity)
+        require_same_settings(study, stored)
         location_for_run(study, settings.study.artifact_store)
 
-    opened = open_study(settings, _storage(settings, url), on_existing=require_same, warm=warm)
+    created_with = {record.DATA: identity.as_dict(), record.SETTINGS: stored}  # before the uid: a racing run checks them
+    opened = open_study(settings, _storage(settings, url), on_existing=require_same, warm=warm, created_with=created_with)
     study = opened.study
     location = location_for_run(study, settings.study.artifact_store)
-    if record.DATA not in study.user_attrs:
+    if record.DATA not in study.user_attrs:  # a study from before identities were recorded
         study.set_user_attr(record.DATA, identity.as_dict())
-    study.set_user_attr(record.SETTINGS, stored_settings(settings, url, source))
+    study.set_user_attr(record.SETTINGS, stored)  # this run's budget, target, workers: what the export reports
     status = study_status(study)
     target = settings.study.target_accuracy
     data = settings.data
@@ -160,10 +175,17 @@ def worker_process(stop: StopRequest, settings_json: dict[str, Any], url: str, t
     settings = Settings.model_validate(settings_json)
     configure_worker(threads)
     quiet_optuna()
+    quiet_storage_failures_in_threads()
     try:
         run_trials(settings, url, stop, device=device)
     except WorkerInterrupted:
         sys.exit(stop.exit_code)
+    except Exception as error:  # a full disk or a failed database: one line, as the runner says it, not a traceback
+        cause = storage_failure(error)
+        if cause is None:
+            raise
+        print(f"error: worker {index}: {describe_storage_failure(cause, url_secrets(url))}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_STORAGE_FAILED)
 
 
 def worker_environments(settings: Settings, device: Device) -> list[dict[str, str]]:

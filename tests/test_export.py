@@ -154,6 +154,8 @@ def test_every_file_exists_and_parses(folder: Path, exported: dict, tiny_study: 
     assert checkpoint["hyper_parameters"]["hp"] == metrics["hyperparams"]
     recorded = record.history(best["best"])  # the search's own record, not a second run's
     assert recorded and checkpoint["history"] == recorded
+    assert (checkpoint["epoch"], checkpoint["global_step"]) == (recorded[-1]["epoch"], recorded[-1]["step"])  # not a fresh trainer's 0, 0
+    assert not {"torch_rng_state", "cuda_rng_state"} & checkpoint.keys()  # the exporter's: loading it reset the user's random state
     weights = load_model_file(folder / "model.safetensors")
     assert weights.hp.to_dict() == metrics["hyperparams"]
 
@@ -526,6 +528,10 @@ def test_study_plots_with_too_few_trials_become_notes(tmp_path: Path) -> None:
     study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
     notes = study_plots.draw_study_plots(study, tmp_path)
     assert set(notes) == {"param_importances.png"} and "this study has 1, too few" in notes["param_importances.png"]
+    assert "completed trials on" in notes["param_importances.png"]  # a study without DNNs: not "DNN trials"
+    choice = optuna.distributions.CategoricalDistribution(["linear", "dnn"])
+    study.add_trial(optuna.trial.create_trial(params={"classifier": "dnn"}, distributions={"classifier": choice}, value=0.5))
+    assert "completed DNN trials on; this study has 1" in study_plots.draw_study_plots(study, tmp_path)["param_importances.png"]
     for name in study_plots.STUDY_PLOTS:
         with Image.open(tmp_path / name) as image:
             assert image.size == plots.STUDY_PLOT_PX
@@ -643,3 +649,66 @@ def test_export_help_names_the_recorded_defaults(capsys: pytest.CaptureFixture[s
     assert "create or resume" not in text  # the export reads a study, it creates none
     assert "--val-fraction" in text and "(default: what the study recorded)" in text
     assert "default 0.2" not in text  # the study's own split is the default, not the run's built-in one
+
+
+def test_a_bf16_trial_export_says_what_the_float32_model_scores(tmp_path: Path, tiny_split: DataSplit) -> None:
+    """A trial trained in bf16-mixed had its validation accuracy measured under autocast; the
+    export gave that number as the exported float32 model's (0.8448 where the weights score 0.8451)."""
+    from lightning_modules.training import evaluate
+
+    url = f"sqlite:///{tmp_path / 'bf16.db'}"
+    settings = load_settings(None, {
+        "study": {"name": "bf16", "storage": url, "trials": 1, "target_accuracy": None},
+        "data": {"val_size": 200, "train_size": 600}, "training": {"max_epochs": 1, "precision": "bf16-mixed", "promote_factor": None},
+        "baseline": {"enabled": False}, "first_dnn": {"enabled": False},
+    })
+    study = open_study(settings, writer_storage(url)).study
+    study.set_user_attr(record.SETTINGS, settings_as_dict(settings))
+    study.enqueue_trial(DNN_TRIAL)
+    store = build_artifact_store(tmp_path / "artifacts")
+    run_worker(study, make_objective(settings, tiny_split, store, tmp_path / "checkpoints"), settings)
+    result = export_study(study, tmp_path / "export", artifact_store=store, split=tiny_split)
+    exported = load_model_file(tmp_path / "export" / "model.safetensors").model.eval()
+    float32 = evaluate(exported, tiny_split.x_val, tiny_split.y_val).accuracy
+    assert (
+        f"Trial 0 trained and was validated in bf16-mixed, which measured validation accuracy {study.trials[0].value:.4f}; "
+        f"the exported float32 model scores {float32:.4f} on the same rows"
+    ) in result.metrics.note, result.metrics.note
+    assert result.metrics.note in (tmp_path / "export" / "report.html").read_text()
+
+
+def test_an_export_clears_what_a_killed_export_left_and_nothing_else(tiny_study: TinyStudy, tiny_split: DataSplit, tmp_path: Path) -> None:
+    """kill -9 during an export left its `.export.*.partial` staging folder for good (one more per
+    kill), and a kill between its two renames left the previous export aside as `.export.old-*`."""
+    import socket
+
+    dead = subprocess.Popen(["true"])  # exits and is reaped: a pid no process has
+    dead.wait()
+    host, out = socket.gethostname(), tmp_path / "export"
+    export_study(tiny_study.load(), out, artifact_store=tiny_study.store, split=tiny_split)
+    previous = (out / "metrics.json").read_bytes()
+    aside = tmp_path / f".export.old-{host}-{dead.pid}"
+    out.rename(aside)  # killed between moving the previous export aside and moving the new one in
+    staged = tmp_path / f".export.{host}-{dead.pid}.abcd1234.partial"
+    staged.mkdir()
+    (staged / "model.onnx").write_bytes(b"half")
+    kept = {
+        tmp_path / f".export.{host}-{dead.pid}.mine0000.partial": "notes.txt",  # not only an export's files
+        tmp_path / f".export.{host}-{os.getpid()}.live0000.partial": "model.onnx",  # its process still runs
+        tmp_path / f".export.another-host-{dead.pid}.abcd1234.partial": "model.onnx",  # another machine's
+    }
+    for folder, name in kept.items():
+        folder.mkdir()
+        (folder / name).write_text("keep")
+    from search.export.folder import staging_dir, sweep_leftovers
+
+    identity = exporter.export_identity(tiny_study.load())
+    sweep_leftovers(out, FILES, identity)
+    assert (out / "metrics.json").read_bytes() == previous and not aside.exists()  # put back, not deleted
+    mine = staging_dir(out, FILES, identity)  # what a kill of this export would leave: named to be swept
+    assert re.fullmatch(rf"\.export\.{re.escape(host)}-{os.getpid()}\.\w+\.partial", mine.name), mine.name
+    mine.rmdir()
+    assert not staged.exists()
+    export_study(tiny_study.load(), out, artifact_store=tiny_study.store, split=tiny_split)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".export.")) == sorted(p.name for p in kept)
+    assert all((folder / name).read_text() == "keep" for folder, name in kept.items())

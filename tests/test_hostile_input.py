@@ -287,3 +287,25 @@ def test_a_run_state_home_that_is_a_file_is_named_as_one(
     assert err.count("\n") == 1 and f"({blocker} is a file)" in err and "Traceback" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "storage"]
     assert (tmp_path / "file").read_bytes() == b"mine" and (tmp_path / "storage").read_bytes() == b"mine too"
+
+
+@pytest.mark.parametrize(
+    ("command", "argv"),
+    [
+        ("run", ["--config", "{tmp}/a\nb.yaml"]),
+        ("export", ["--storage", "sqlite:///{tmp}/a\nb.db"]),
+        ("dashboard", ["--storage", "sqlite:///{tmp}/a\nb.db"]),
+        ("predict", ["--model", "{tmp}/a\nb", "x.png"]),
+        ("predict", ["--model", "{tmp}/a\rb", "x.png"]),
+    ],
+)
+def test_a_name_with_a_line_break_stays_on_the_error_line(
+    command: str, argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A file name holding a line break split the one-line error in two."""
+    import importlib
+
+    module = {"run": "search.run", "export": "search.export.__main__", "dashboard": "search.dashboard", "predict": "search.predict"}[command]
+    assert importlib.import_module(module).main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and ("a\\nb" in err or "a\\rb" in err), err

@@ -90,6 +90,25 @@ def test_larger_images_are_framed_like_mnist(known: Known, tmp_path: Path) -> No
     assert sum(p.digit == label for p, label in zip(predictions, known.labels, strict=True)) >= len(known.labels) - 1
 
 
+def test_float_and_16_bit_images_read_as_their_8_bit_originals(known: Known, tmp_path: Path) -> None:
+    """Pillow's convert("L") clips: a float image of 0-1 became all but black and was still
+    predicted (a 7 at 12.5%), a 16-bit one lost every shade above 255 of 65535."""
+    model = predict.load_model(known.folder)
+    paths = []
+    for index, image in enumerate(known.images[:4]):
+        for kind, array in (("float", image.astype(np.float32) / 255), ("float255", image.astype(np.float32)), ("16bit", image.astype(np.uint16) * 257)):
+            paths.append(tmp_path / f"{kind}{index}.{'tiff' if kind.startswith('float') else 'png'}")
+            Image.fromarray(array).save(paths[-1])
+    predictions = predict.predict_images(model, paths)
+    assert digits(predictions) == np.repeat(known.labels[:4], 3).tolist()
+    probabilities = np.array([p.probability for p in predictions])
+    assert np.allclose(probabilities, np.repeat(known.probabilities[:4].max(axis=1), 3), atol=1e-4)
+    nan = np.full((28, 28), np.nan, dtype=np.float32)
+    Image.fromarray(nan).save(tmp_path / "nan.tiff")
+    with pytest.raises(PredictError, match="NaN or infinite"):
+        predict.predict_images(model, [tmp_path / "nan.tiff"])
+
+
 def test_transparent_images_use_their_strokes(known: Known, tmp_path: Path) -> None:
     paths = []
     for index, image in enumerate(known.images[:4]):  # black ink on a transparent background

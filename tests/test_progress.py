@@ -85,7 +85,7 @@ def test_val_acc_stands_in_one_column_for_one_to_four_hidden_layers() -> None:
     trials = study.get_trials()
     assert [t.params for t in trials[:-1]] == PARAM_SETS  # the space suggested exactly these
     lines = [trial_line(t, trials, done, 100) for done, t in enumerate(trials, start=1)]
-    columns = {line.index(" val_acc=") for line in lines}
+    columns = {line.index(" val_acc=") if " val_acc=" in line else line.index(" no epoch finished") for line in lines}
     assert len(columns) == 1, "\n".join(lines)
     for trial, line in zip(trials, lines, strict=True):
         assert describe_params(trial.params) in line  # padded, never cut
@@ -161,4 +161,8 @@ def test_failures_without_a_retry_say_so_without_guessing_the_heartbeat() -> Non
     trials = study.get_trials()
     assert trial_line(trials[0], trials).endswith(" failed: ended without a result (its worker died or raised an error); not retried")
     line = trial_line(trials[1], trials)
-    assert "(no parameters: failed before sampling)" in line and line.endswith(" failed: failed before training; not retried")
+    assert "(no parameters: failed before sampling)" in line and line.endswith(" no epoch finished       failed: failed before training; not retried")
+    assert "nan" not in line and line.index("failed:") == trial_line(trials[0], trials).index("failed:")  # one column
+    RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, trials[1])  # a run killed as its trial began
+    trials = study.get_trials()
+    assert trial_line(trials[1], trials).endswith(" failed: found dead (its worker stopped sending heartbeats) before it trained; retried as trial 2")

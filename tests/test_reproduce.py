@@ -146,7 +146,7 @@ def test_a_trial_resumed_after_an_interruption_reproduces(tmp_path: Path, capsys
         run_trials(settings, url, stop, split=started.split)
     trials = load(url).trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
-    assert len(trials[0].intermediate_values) == 1 and trials[0].user_attrs[record.DIED] == "interrupted"
+    assert len(trials[0].intermediate_values) == 1 and trials[0].user_attrs[record.DIED] == record.INTERRUPTED
 
     assert run_main(argv) == 0, capsys.readouterr().err  # the resume
     trials = load(url).trials

@@ -313,3 +313,70 @@ def test_ctrl_c_during_a_standalone_export_leaves_the_previous_one(
     assert err.strip() == "stopped on request before the end of the export; the previous export is as it was: run the same command again"
     assert {p.relative_to(exports): p.read_bytes() for p in exports.rglob("*") if p.is_file()} == before
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+
+
+def study_attrs(url: str) -> tuple[int, dict[str, object]]:
+    study = optuna.load_study(study_name="mnist", storage=reader_storage(url))
+    return len(study.trials), study.user_attrs
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (["--seed", "5"], ("study.seed 0 (this run: 5)",)),
+        (["--max-epochs", "1"], ("training.max_epochs 2 (this run: 1)",)),
+        (["--pruner", "none"], ('pruner.name "median" (this run: "none")',)),
+        (["--config", "{changed_space}"], ('baseline.optimizer "adam" (this run: "sgd")', 'space.optimizer ["adam", ', '(this run: ["sgd"])')),
+    ],
+    ids=["seed", "epochs", "pruner", "choice-list"],
+)
+def test_a_resume_with_other_trial_settings_is_refused_and_changes_nothing(
+    change: list[str], words: tuple[str, ...], tmp_path: Path, tiny_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A changed choice list failed a trial with Optuna's "CategoricalDistribution does not support
+    dynamic value space" traceback and recorded the refused run's settings; any other change (seed,
+    epochs, pruner, space) was mixed into the study without a word."""
+    changed_space = tmp_path / "changed.yaml"
+    changed_space.write_text(TINY + "space: {optimizer: [sgd]}\nbaseline: {optimizer: sgd}\nfirst_dnn: {enabled: false}\n")
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    base = ["--config", str(tiny_config), "--storage", url, "--target-accuracy", "none", "--no-export", "--promote-factor", "none"]
+    assert in_process([*base, "--trials", "1"], capsys).returncode == 0
+    before = study_attrs(url)
+    argv = [*base, "--trials", "3", *[a.format(changed_space=changed_space) for a in change]]
+    result = in_process(argv, capsys)
+    assert_one_line_error(result, "was created with other trial settings than this run's", *words, "pass a new --study-name")
+    assert study_attrs(url) == before
+    assert in_process([*base, "--trials", "2", "--workers", "2"], capsys).returncode == 0  # budget and workers may change
+    assert study_attrs(url)[0] == 2
+
+
+def test_a_new_study_records_its_settings_and_data_before_its_uid(tmp_path: Path, tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run that opens a study another run is creating waits for its uid, then checks itself
+    against the study's data and settings: they were written after the uid, so a racing run with
+    other settings or data could find none and join."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert in_process(["--config", str(tiny_config), "--storage", url, "--trials", "1", "--no-export"], capsys).returncode == 0
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        order = [key for (key,) in db.execute("SELECT key FROM study_user_attributes ORDER BY study_user_attribute_id")]
+    assert order.index("settings") < order.index("uid") and order.index("data") < order.index("uid"), order
+
+
+def test_a_budget_held_by_a_stopped_runs_trial_waits_for_it_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A resume right after a crash printed "nothing to run: budget ... spent; pass a larger --trials",
+    then waited and retried the crashed run's trial: the trial still marked running holds the budget."""
+    from helpers import writer_storage
+
+    config = tmp_path / "c.yaml"
+    config.write_text(TINY + "study: {heartbeat_seconds: 1, stale_after_seconds: 2}\n")
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    argv = ["--config", str(config), "--storage", url, "--target-accuracy", "none", "--no-export", "--promote-factor", "none"]
+    assert in_process([*argv, "--trials", "1"], capsys).returncode == 0
+    optuna.load_study(study_name="mnist", storage=writer_storage(url)).ask()  # a run killed as its trial began
+    result = in_process([*argv, "--trials", "2"], capsys)
+    assert result.returncode == 0, result.stderr
+    assert "nothing to run" not in result.stdout
+    assert "taken by finished trials and 1 marked running" in result.stdout and "silent 2 s" in result.stdout, result.stdout
+    states = [t.state for t in optuna.load_study(study_name="mnist", storage=reader_storage(url)).trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE], states

@@ -111,6 +111,43 @@ def test_full_disk_mid_run_is_a_clear_error_and_keeps_the_trials(
     assert resumed.returncode == 0, resumed.stderr
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_full_checkpoint_disk_hands_the_trial_back_and_names_the_file(
+    workers: int, run_env: dict[str, str], tmp_path: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The run state on a full disk, the database on another. The error named Lightning's temporary
+    file in /tmp, which had room; each worker printed a traceback; the trial was failed for good
+    ("not retried"), so a resume never ran it; and most of a checkpoint stayed behind as a hidden
+    .tmp file no later run looks for."""
+    from search import record
+    from search.progress import trial_line
+
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG)
+    home = small_disk / "home"
+    monkeypatch.setenv("MNIST_SEARCH_HOME", str(home))  # also for the resume in this process
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    argv = ["--config", str(config), "--storage", url, "--no-export", "--promote-factor", "none"]
+    with (small_disk / "filler").open("wb") as out:  # a few kB: no checkpoint fits
+        out.write(b"\0" * max(0, shutil.disk_usage(small_disk).free - 16 * 1024))
+    result = run_search([*argv, "--trials", "3", "--workers", str(workers)], dict(run_env, MNIST_SEARCH_HOME=str(home)), tmp_path / "full")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert all(line.startswith(("error: ", "warning: ")) for line in lines), result.stderr
+    assert f"cannot write {home}/" in result.stderr and "(No space left on device)" in result.stderr, result.stderr
+    assert not [p for p in home.rglob("*") if p.name.endswith(".tmp")]
+    (small_disk / "filler").unlink()
+    handed_back = [t for t in optuna.load_study(study_name="mnist", storage=reader_storage(url)).trials if t.user_attrs.get(record.DIED)]
+    assert handed_back and {t.user_attrs[record.DIED] for t in handed_back} == {record.DISK_ERROR}
+    resumed = run_main([*argv, "--trials", "3"], capsys)
+    assert resumed.returncode == 0, resumed.stderr
+    trials = optuna.load_study(study_name="mnist", storage=reader_storage(url)).trials
+    retried = {record.retried_from(t) for t in trials if t.state == TrialState.COMPLETE}
+    assert {t.number for t in handed_back} <= retried  # each trial the disk stopped was run to the end
+    assert " failed: stopped by a full or read-only disk; retried as trial " in trial_line(trials[handed_back[0].number], trials)
+
+
 class PrivateServer:
     """A PostgreSQL server of this test's own (initdb in a temporary folder, a free port on
     127.0.0.1): stopping it cannot break another test using the shared server at the same time

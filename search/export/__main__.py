@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lightning_modules.errors import UserInputError
+from lightning_modules.errors import UserInputError, one_line
 from search.options import (
     READ_FLAGS,
     RECORDED_DATA_FLAGS,
@@ -116,7 +116,7 @@ def reproduce_trial(study: optuna.Study, settings: Settings, number: int) -> int
     from search.data import check_data, data_identity, load_split
     from search.export.errors import ExportError
     from search.export.reproduce import reproduce
-    from search.study_data import require_same_data
+    from search.study_identity import require_same_data
 
     trials = study.get_trials(deepcopy=False)
     if number >= len(trials):
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args, stop.event.is_set)
     except UserInputError as error:
-        print(f"error: {mask_known(str(error))}", file=sys.stderr)
+        print(f"error: {one_line(mask_known(str(error)))}", file=sys.stderr)
         return 2
     except (ExportInterrupted, TrainingInterrupted, KeyboardInterrupt):
         what = "reproduction" if args.reproduce is not None else "export; the previous export is as it was"

@@ -52,7 +52,7 @@ from search.paths import exports_dir, study_dir_name
 from search.redaction import redact
 from search.settings import Settings
 from search.study import best_trials, study_status
-from search.study_data import require_same_data
+from search.study_identity import require_same_data
 
 FIGURES = (
     "confusion_matrix.png", "weight_tiles.png", "weight_snapshots.png", "learning_curves.png",
@@ -239,7 +239,7 @@ def export_study(
     top = trained["best"]
     with torch.inference_mode():
         probabilities = torch.softmax(top.model_file.model(split.x_test), dim=1)
-    staging = staging_dir(out_dir)
+    staging = staging_dir(out_dir, FILES, owner)
     try:
         onnx_check = write_model_files(top.model_file, top.trial, top.test_accuracy, study.study_name, staging, split.x_test, probabilities)
         write_confusion_csv(top.evaluation.confusion.numpy(), staging / "confusion_matrix.csv")

@@ -17,7 +17,9 @@ import ast
 import itertools
 import json
 import os
+import re
 import shutil
+import socket
 import stat
 import tempfile
 from collections.abc import Collection
@@ -156,11 +158,58 @@ def _holds_the_current_folder(folder: Path) -> bool:
         return False
 
 
-def staging_dir(out_dir: Path) -> Path:
-    """A private temporary folder next to the target, on the same file system."""
+def _owner() -> str:
+    """This process, as the leftovers of an export name it: `host-pid`."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
+
+
+def sweep_leftovers(out_dir: Path, export_files: Collection[str], identity: ExportIdentity) -> None:
+    """Clear what an export killed on this machine left beside `out_dir` (kill -9 leaves each for good):
+    its staging folder, when it holds only files an export writes, and the previous export it had
+    moved aside, which goes back in place when nothing took its place (or is removed when something
+    did). Only leftovers named by this host and by a process that is gone; anything else stays."""
+    host = re.escape(socket.gethostname())
+    name = re.escape(out_dir.name)
+    partial, aside = re.compile(rf"\.{name}\.{host}-(\d+)\.\w+\.partial"), re.compile(rf"\.{name}\.old-{host}-(\d+)")
+    try:
+        entries = [e for e in out_dir.parent.iterdir() if e.name.startswith(f".{out_dir.name}.")]
+    except OSError:
+        return
+    for entry in entries:
+        found = partial.fullmatch(entry.name) or aside.fullmatch(entry.name)
+        if found is None or entry.is_symlink() or not entry.is_dir() or not _gone(int(found[1])):
+            continue
+        try:
+            if found.re is partial:
+                if not {p.name for p in entry.iterdir()} <= set(export_files) | {MARKER}:
+                    continue
+            else:
+                _check_contents(entry, export_files, identity, entry)
+                if not out_dir.exists():
+                    os.replace(entry, out_dir)
+                    continue
+        except (OSError, ExportError):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def staging_dir(out_dir: Path, export_files: Collection[str], identity: ExportIdentity) -> Path:
+    """A private temporary folder next to the target, on the same file system, named for this
+    host and process (after clearing what a killed export left there)."""
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+        sweep_leftovers(out_dir, export_files, identity)
+        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{_owner()}.", suffix=".partial", dir=out_dir.parent))
     except OSError as error:
         raise ExportError(f"cannot create the export folder under {out_dir.parent} ({error.strerror})") from None
 
@@ -185,7 +234,7 @@ def replace_dir(staging: Path, out_dir: Path, export_files: Collection[str], ide
     check_target(out_dir, export_files, identity)
     old = None
     if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        old = out_dir.with_name(f".{out_dir.name}.old-{_owner()}")
         os.replace(out_dir, old)
         try:
             _check_contents(old, export_files, identity, out_dir)

@@ -20,8 +20,9 @@ import torch
 from optuna.trial import FrozenTrial
 from torch import nn
 
-from lightning_modules.classifier import Classifier
+from lightning_modules.classifier import RNG_KEYS, Classifier
 from lightning_modules.data.format import IMAGE_SIDE, N_CLASSES, N_PIXELS
+from lightning_modules.metric_names import EPOCH, STEP
 from lightning_modules.model_file import FORMAT, ModelFile, save_model_file
 from lightning_modules.training import build_trainer
 from search.export.errors import ExportError
@@ -119,11 +120,20 @@ def save_checkpoint(model: Classifier, path: Path) -> Path:
     """A Lightning checkpoint (weights + hyperparameters) that `load_from_checkpoint` rebuilds.
 
     weights_only: no optimizer or loop state, and nothing that needs unpickling code to load
-    (torch.load(path, weights_only=True) reads it).
+    (torch.load(path, weights_only=True) reads it). Written by a fresh trainer, it would say
+    epoch 0, step 0 and carry this process's random state, which loading it would then impose on
+    the user's process (Classifier.on_load_checkpoint restores it for resumed trials); so the
+    epoch and step are the training's last (from the model's history) and the random state goes.
     """
     trainer = build_trainer(1)
     trainer.strategy.connect(model)
     trainer.save_checkpoint(path, weights_only=True)
+    checkpoint = torch.load(path, weights_only=True)
+    for key in RNG_KEYS:
+        checkpoint.pop(key, None)
+    if model.history:
+        checkpoint["epoch"], checkpoint["global_step"] = int(model.history[-1][EPOCH]), int(model.history[-1][STEP])
+    torch.save(checkpoint, path)
     return path
 
 

@@ -1,8 +1,9 @@
 """Optuna's study plots for the export: optimization history, parameter importances, intermediate values.
 
 Importances are computed over the completed DNN trials alone (the family whose parameters are
-searched; a linear trial has none of them) and only once there are enough of them to mean
-something; the plot's title says how many trials it rests on.
+searched; a linear trial has none of them), over every completed trial in a study without DNNs,
+and only once there are enough of them to mean something; the plot's title says how many trials,
+and of which family, it rests on.
 """
 
 from __future__ import annotations
@@ -18,18 +19,19 @@ MIN_IMPORTANCE_TRIALS = 10  # below this, fANOVA's ranking changes from one seed
 STUDY_PLOTS = ("optimization_history.png", "param_importances.png", "intermediate_values.png")
 
 
-def _importance_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+def _importance_trials(study: optuna.Study) -> tuple[list[optuna.trial.FrozenTrial], str]:
+    """The trials importances rest on, and what to call them ("DNN trials", "trials")."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     dnn = [t for t in complete if t.params.get("classifier") == "dnn"]
-    return dnn if dnn else complete
+    return (dnn, "DNN trials") if dnn else (complete, "trials")
 
 
 def importance_problem(study: optuna.Study) -> str | None:
     """Why parameter importances are not shown, or None when they are."""
-    trials = _importance_trials(study)
+    trials, family = _importance_trials(study)
     if len(trials) < MIN_IMPORTANCE_TRIALS:
         return (
-            f"Parameter importances are shown from {MIN_IMPORTANCE_TRIALS} completed DNN trials on; this study has "
+            f"Parameter importances are shown from {MIN_IMPORTANCE_TRIALS} completed {family} on; this study has "
             f"{len(trials)}, too few for a ranking that means anything."
         )
     shared = set.intersection(*(set(t.params) for t in trials))
@@ -42,13 +44,13 @@ def _importances(study: optuna.Study) -> Callable[[], object]:
     """Optuna's importance plot over the DNN trials, titled with how many it rests on."""
     from optuna.visualization import matplotlib as optuna_plots
 
-    trials = _importance_trials(study)
+    trials, family = _importance_trials(study)
     view = optuna.create_study(direction=study.direction)
     view.add_trials(trials)
 
     def draw() -> object:
         ax = optuna_plots.plot_param_importances(view)
-        ax.set_title(f"Hyperparameter importances (fANOVA over {len(trials)} completed DNN trials)")
+        ax.set_title(f"Hyperparameter importances (fANOVA over {len(trials)} completed {family})")
         return ax
 
     return draw

@@ -1,0 +1,60 @@
+"""Failures of the disk or the database under a run: found behind any exception, told in one line.
+
+A full or read-only disk, or a database that fails mid-run, is not a bug to show as a traceback:
+the runner, each worker and the objective (which hands the running trial back for a retry)
+recognise it here and say which file or storage failed.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+import threading
+from collections.abc import Iterable
+
+from search.redaction import mask, mask_known
+
+DISK_ERRORS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT})
+
+
+def disk_failure(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in DISK_ERRORS
+
+
+def storage_failure(error: BaseException) -> BaseException | None:
+    """The database or disk failure behind `error`, if any: Optuna may re-raise such a failure
+    as another exception while handling it, so the whole chain is searched."""
+    database_errors: tuple[type[BaseException], ...] = ()
+    if "sqlalchemy" in sys.modules:  # not imported yet: no database failure can be behind it
+        from sqlalchemy.exc import SQLAlchemyError
+
+        database_errors = (SQLAlchemyError,)
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, database_errors) or disk_failure(current):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def describe_storage_failure(cause: BaseException, secrets: Iterable[str] = ()) -> str:
+    """'cannot write /x/trial-3.ckpt (No space left on device)': for a copy or a rename, the
+    file it was writing (the second name), not the temporary file it came from."""
+    if isinstance(cause, OSError):
+        return f"cannot write {cause.filename2 or cause.filename or 'run state'} ({cause.strerror})"
+    reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0][:200]
+    return f"the study's storage failed mid-run ({mask_known(mask(reason, secrets))})"
+
+
+def quiet_storage_failures_in_threads() -> None:
+    """Optuna's heartbeat thread hits the same database failure as the main thread, which
+    reports it in one line; the thread's traceback would only bury that line."""
+    default = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is None or storage_failure(args.exc_value) is None:
+            default(args)
+
+    threading.excepthook = hook

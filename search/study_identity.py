@@ -1,0 +1,115 @@
+"""What a study was created with, and the refusal to continue it (or export it) on anything else.
+
+A study records its data's identity (`search.data.DataIdentity`) and its settings when it is
+created. `require_same_data` refuses to go on, or to export, on data with another checksum; a
+study created before identities were recorded is compared with the data its recorded settings
+load, so it never adopts whatever data the next run brings. `require_same_settings` refuses a
+resume whose trial-defining settings (`search.settings.TRIAL_DEFINING`: seed, sampler, pruner,
+epochs, space, ...) differ from the recorded ones: Optuna failed a trial on a changed choice
+list with a traceback, and any other change mixed two searches in one study without a word.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from lightning_modules.errors import DataError, UserInputError
+from search.data import DataIdentity, check_data, data_identity, load_split
+from search.record import DATA, SETTINGS, study_settings
+from search.settings import TRIAL_DEFINING
+
+SHOWN_DIFFERENCES = 3
+
+if TYPE_CHECKING:
+    import optuna
+
+
+def recorded_identity(study: optuna.Study) -> DataIdentity | None:
+    """The identity the study recorded, or None for a study created before identities existed."""
+    raw = study.user_attrs.get(DATA)
+    try:
+        return DataIdentity(**raw) if isinstance(raw, dict) else None
+    except TypeError:
+        return None
+
+
+def identity_from_settings(study: optuna.Study) -> DataIdentity | None:
+    """For a study created before identities were recorded: the identity of the data its recorded
+    settings describe (source, data folder, sizes, split seed), read the way its runs read it; None
+    for a study that recorded no settings either. A DataError when that data cannot be read, since
+    then nothing says which data the study's trials trained on."""
+    if not study.user_attrs.get(SETTINGS):
+        return None
+    config = study_settings(study).data
+    try:
+        source = check_data(config)
+        if source.download:  # never fetch data only to compare it
+            raise DataError(f"{source.path} holds no {source.spec.name if source.spec else 'data'} files")
+        split = load_split(config, source)
+    except DataError as error:
+        raise DataError(
+            f"study {study.study_name!r} recorded no data identity, and the data its recorded settings name cannot be read "
+            f"to compare with this run's ({str(error)[:200]}); restore that data, or use another --study-name"
+        ) from None
+    return data_identity(split, source)
+
+
+def require_same_data(study: optuna.Study, identity: DataIdentity) -> None:
+    """Refuse, in one line, to continue or export a study on data other than its own.
+
+    A study without a recorded identity is compared with the data its recorded settings load, so
+    it never adopts whatever data the next run brings.
+    """
+    recorded, whose = recorded_identity(study), ""
+    if recorded is None:
+        recorded, whose = identity_from_settings(study), " (as its recorded settings read it)"
+    if recorded is None or recorded.sha256 == identity.sha256:
+        return
+    raise DataError(
+        f"study {study.study_name!r} was trained on {recorded.source}{whose} ({recorded.sizes()}, sha256 {recorded.sha256[:12]}) "
+        f"but this run loads {identity.source} ({identity.sizes()}, sha256 {identity.sha256[:12]}); pass the study's "
+        "data options (--data, --data-dir, --train-size, --val-fraction, --val-size), or another --study-name"
+    )
+
+
+def flat(raw: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys ("space.learning_rate.low"); lists stay values."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, Mapping):
+            out |= flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def settings_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """The trial-defining settings whose recorded value differs from this run's, one phrase each.
+    A key the study did not record (a setting newer than the study) is not compared."""
+    old, new = flat(recorded), flat(current)
+
+    def shown(value: Any) -> str:
+        text = json.dumps(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    return [
+        f"{key} {shown(old[key])} (this run: {shown(value)})"
+        for key, value in sorted(new.items())
+        if any(key == p or key.startswith(p + ".") for p in TRIAL_DEFINING) and key in old and old[key] != value
+    ]
+
+
+def require_same_settings(study: optuna.Study, current: Mapping[str, Any]) -> None:
+    """Refuse, in one line, to resume `study` with other trial-defining settings than it recorded."""
+    recorded = study.user_attrs.get(SETTINGS)
+    differences = settings_differences(recorded, current) if isinstance(recorded, Mapping) else []
+    if not differences:
+        return
+    more = len(differences) - SHOWN_DIFFERENCES
+    listed = "; ".join(differences[:SHOWN_DIFFERENCES]) + (f"; and {more} more" if more > 0 else "")
+    raise UserInputError(
+        f"study {study.study_name!r} was created with other trial settings than this run's: {listed}; resume it with "
+        "the options and config that created it, or pass a new --study-name"
+    )
