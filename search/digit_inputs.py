@@ -75,18 +75,29 @@ def _bomb_size(error: Exception) -> str:
     return f"the image is {int(found[1]):,} pixels" if found else f"the image is more than {Image.MAX_IMAGE_PIXELS:,} pixels"
 
 
-DEEP_MODES = {"F": 1.0, "I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535}  # mode -> its white
+DEEP_MODES = ("F", "I", "I;16", "I;16L", "I;16B", "I;16N")  # float, 32-bit and 16-bit grayscale
+FLOAT_UNIT_MAX = 2.0  # a float image brighter than this is on the 0-255 scale, else on 0-1 (overshoot allowed)
+
+
+def _white(path: Path, mode: str, brightest: float) -> float:
+    """The value that means white: 1.0 or 255 for a float image, 65535 for 16 bits; a 32-bit
+    integer image (a 16-bit PNG opens so in older Pillow) by the range its values fit."""
+    if mode == "F":
+        return 1.0 if brightest <= FLOAT_UNIT_MAX else 255.0
+    if mode.startswith("I;16") or 255 < brightest <= 65535:
+        return 65535.0
+    if brightest <= 255:
+        return 255.0
+    raise PredictError(f"{path}: pixel values up to {brightest:.0f}, beyond 16 bits; save the digit as an 8- or 16-bit grayscale image")
 
 
 def _deep_to_gray(path: Path, image: Any) -> np.ndarray:
-    """A float (0-1) or 16-bit grayscale image scaled to 0-255. Pillow's convert("L") clips
-    instead, so a float image of 0-1 became all but black, and was still predicted."""
+    """A float (0-1 or 0-255), 16-bit or 32-bit grayscale image scaled to 0-255. Pillow's
+    convert("L") clips instead, so a float image of 0-1 became all but black, and was still predicted."""
     values = np.asarray(image, dtype=np.float64)
     if not np.isfinite(values).all():
         raise PredictError(f"{path}: the image holds NaN or infinite pixel values")
-    white = DEEP_MODES[image.mode]
-    if image.mode == "F" and values.max(initial=0.0) > 1.0:  # a float image already on the 0-255 scale
-        white = 255.0
+    white = _white(path, image.mode, float(values.max(initial=0.0)))
     return np.clip(np.rint(values / white * 255.0), 0, 255).astype(np.uint8)
 
 

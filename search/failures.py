@@ -12,9 +12,11 @@ import sys
 import threading
 from collections.abc import Iterable
 
+from lightning_modules.errors import one_line
 from search.redaction import mask, mask_known
 
 DISK_ERRORS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT})
+EXIT_STORAGE_FAILED = 2  # the runner's and each worker's exit status after such a failure
 
 
 def disk_failure(error: BaseException) -> bool:
@@ -43,9 +45,10 @@ def describe_storage_failure(cause: BaseException, secrets: Iterable[str] = ()) 
     """'cannot write /x/trial-3.ckpt (No space left on device)': for a copy or a rename, the
     file it was writing (the second name), not the temporary file it came from."""
     if isinstance(cause, OSError):
-        return f"cannot write {cause.filename2 or cause.filename or 'run state'} ({cause.strerror})"
+        verb = "cannot access" if cause.errno == errno.EACCES else "cannot write"  # a denied read, too
+        return one_line(f"{verb} {cause.filename2 or cause.filename or 'run state'} ({cause.strerror})")
     reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0][:200]
-    return f"the study's storage failed mid-run ({mask_known(mask(reason, secrets))})"
+    return one_line(f"the study's storage failed mid-run ({mask_known(mask(reason, secrets))})")
 
 
 def quiet_storage_failures_in_threads() -> None:

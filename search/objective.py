@@ -98,12 +98,13 @@ def _trial_checkpoint(trial: optuna.Trial, key: int, checkpoint_dir: Path, store
     return checkpoint
 
 
-def hand_back(trial: optuna.Trial, checkpoint: TrialCheckpoint) -> None:
+def hand_back(trial: optuna.Trial, checkpoint: TrialCheckpoint | None) -> None:
     """Queue a retry of a trial a full or read-only disk stopped, keeping its checkpoint. Each
     step may hit the same disk: then the trial stays running, and the heartbeat check retries it
     on the next run; the disk error is what the run reports either way."""
     with contextlib.suppress(Exception):
-        checkpoint.close(trial, keep=True)
+        if checkpoint is not None:
+            checkpoint.close(trial, keep=True)
     with contextlib.suppress(Exception):
         requeue(trial, died=record.DISK_ERROR)
 
@@ -138,33 +139,35 @@ def make_objective(
         prune_if_over_cost(trial, settings.space.max_cost_ratio)
         seeds, key, arguments = trial_seeds(trial, settings), checkpoint_key(trial), fit_arguments(trial, settings)
         record.record_start(trial, seeds, key, hp.to_dict(), arguments)
-        checkpoint = _trial_checkpoint(trial, key, checkpoint_dir, artifact_store, retry)
-        promoted = record.promoted_from(trial) is not None  # never pruned: its epochs do not compare (search/promotion.py)
-        callbacks = [
-            EpochRecorder(trial),
-            ReportEpochs(trial) if promoted else PyTorchLightningPruningCallback(trial, monitor=MONITOR),
-            StopAtStudyTarget(trial.study, target),
-            EpochCheckpoint(checkpoint.path, on_saved=checkpoint.upload),
-            StopOnRequest(stop_event),
-        ]
-        try:
-            resume_from = resume_point(trial, checkpoint.path, hp.to_dict())
-            result = fit(hp, split, seed=seeds.training, callbacks=callbacks, resume_from=resume_from, device=device, **arguments)  # type: ignore[arg-type]
-        except TrainingInterrupted:
-            checkpoint.close(trial, keep=True)
-            requeue(trial)
-            raise
+        checkpoint: TrialCheckpoint | None = None
+        try:  # from the checkpoint's fetch to the best weights' upload: a full disk anywhere hands the trial back
+            checkpoint = _trial_checkpoint(trial, key, checkpoint_dir, artifact_store, retry)
+            promoted = record.promoted_from(trial) is not None  # never pruned: its epochs do not compare (search/promotion.py)
+            callbacks = [
+                EpochRecorder(trial),
+                ReportEpochs(trial) if promoted else PyTorchLightningPruningCallback(trial, monitor=MONITOR),
+                StopAtStudyTarget(trial.study, target),
+                EpochCheckpoint(checkpoint.path, on_saved=checkpoint.upload),
+                StopOnRequest(stop_event),
+            ]
+            try:
+                resume_from = resume_point(trial, checkpoint.path, hp.to_dict())
+                result = fit(hp, split, seed=seeds.training, callbacks=callbacks, resume_from=resume_from, device=device, **arguments)  # type: ignore[arg-type]
+            except TrainingInterrupted:
+                checkpoint.close(trial, keep=True)
+                requeue(trial)
+                raise
+            except optuna.TrialPruned:
+                checkpoint.close(trial, keep=False)
+                raise
+            record.record_result(trial, result.seconds, result.model.parameter_count())
+            _keep_model_if_best(trial, result, hp.classifier, artifact_store)
+            checkpoint.close(trial, keep=False)
         except OSError as error:
             if not disk_failure(error):
                 raise
             hand_back(trial, checkpoint)  # a full disk is fixed and resumed: the trial was not at fault
             raise
-        except optuna.TrialPruned:
-            checkpoint.close(trial, keep=False)
-            raise
-        record.record_result(trial, result.seconds, result.model.parameter_count())
-        _keep_model_if_best(trial, result, hp.classifier, artifact_store)
-        checkpoint.close(trial, keep=False)
         return result.metrics[MONITOR]
 
     return objective

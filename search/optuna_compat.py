@@ -81,12 +81,26 @@ def enqueued(trial: optuna.Trial | FrozenTrial) -> bool:
 class SilentTrialAwareStorage(RDBStorage):
     """4. RDBStorage whose stale check (the private `_get_stale_trial_ids`, which
     `optuna.storages.fail_stale_trials` calls) also catches RUNNING trials that never wrote a
-    heartbeat, read through the private `optuna.storages._rdb.models`.
+    heartbeat, read through the private `optuna.storages._rdb.models`; and whose heartbeat
+    survives a database error (`record_heartbeat`, public, overridden).
 
     Optuna only fails trials whose last heartbeat is old; a worker that died (or whose disk
     filled) before its first heartbeat would leave its trial RUNNING forever, and a resumed
     study would wait for it.
     """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        """A beat the database refused (a dropped connection, a server restart, a full disk) is
+        skipped: Optuna's heartbeat thread has no handler, so one passing error ended it for the
+        rest of the trial, which other workers then failed as stale and retried while it still
+        trained. Beats that keep failing leave the trial stale, as a dead worker's would be."""
+        from optuna.exceptions import StorageInternalError
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            super().record_heartbeat(trial_id)
+        except (StorageInternalError, SQLAlchemyError):
+            pass
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         from optuna.storages._rdb import models

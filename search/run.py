@@ -15,7 +15,7 @@ from typing import Any
 
 from lightning_modules.device import Device, physical_ids, resolve_device, threads_per_worker, usable_cores, visible_gpus, worker_visible_devices
 from lightning_modules.errors import UserInputError, one_line
-from search.failures import describe_storage_failure, quiet_storage_failures_in_threads, storage_failure
+from search.failures import EXIT_STORAGE_FAILED, describe_storage_failure, quiet_storage_failures_in_threads, storage_failure
 from search.options import RUN_FLAGS, OneLineParser, add_flags, overrides_from_args
 from search.redaction import mask, mask_known, redact, redact_words, secrets_in
 from search.settings import Settings
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             f"Fix it, then resume with: {resume_command(argv)}",
             file=sys.stderr,
         )
-        return 2
+        return EXIT_STORAGE_FAILED
     finally:
         stop.uninstall()
 

@@ -110,6 +110,6 @@ def require_same_settings(study: optuna.Study, current: Mapping[str, Any]) -> No
     more = len(differences) - SHOWN_DIFFERENCES
     listed = "; ".join(differences[:SHOWN_DIFFERENCES]) + (f"; and {more} more" if more > 0 else "")
     raise UserInputError(
-        f"study {study.study_name!r} was created with other trial settings than this run's: {listed}; resume it with "
-        "the options and config that created it, or pass a new --study-name"
+        f"study {study.study_name!r} records other trial settings than this run's: {listed}; resume it with the "
+        "options and config it was run with (its `settings` study attribute holds them), or pass a new --study-name"
     )

@@ -22,7 +22,7 @@ from lightning_modules.device import CUDA_VISIBLE_DEVICES, Device, configure_tor
 from search import record
 from search.artifact_stores import location_for_run, open_store
 from search.data import DataIdentity, data_identity, load_split
-from search.failures import describe_storage_failure, quiet_storage_failures_in_threads, storage_failure
+from search.failures import EXIT_STORAGE_FAILED, describe_storage_failure, quiet_storage_failures_in_threads, storage_failure
 from search.paths import checkpoints_dir
 from search.redaction import redact, url_secrets
 from search.settings import Settings
@@ -38,8 +38,6 @@ from search.study import (
 from search.study_identity import require_same_data, require_same_settings
 from search.warm_start import WarmStart
 from search.workers import StopRequest, WorkerPool
-
-EXIT_STORAGE_FAILED = 2  # a worker that stopped on a full disk or a failed database (it said which)
 
 
 def quiet_optuna() -> None:

@@ -679,36 +679,39 @@ def test_a_bf16_trial_export_says_what_the_float32_model_scores(tmp_path: Path, 
 
 def test_an_export_clears_what_a_killed_export_left_and_nothing_else(tiny_study: TinyStudy, tiny_split: DataSplit, tmp_path: Path) -> None:
     """kill -9 during an export left its `.export.*.partial` staging folder for good (one more per
-    kill), and a kill between its two renames left the previous export aside as `.export.old-*`."""
+    kill), and a kill between its two renames left the previous export aside as `.export.old-*`.
+    Only this machine's and pid namespace's leftovers of processes that are gone are cleared."""
     import socket
+
+    from search.export.folder import _pid_space, staging_dir, sweep_leftovers
 
     dead = subprocess.Popen(["true"])  # exits and is reaped: a pid no process has
     dead.wait()
-    host, out = socket.gethostname(), tmp_path / "export"
+    here, out = f"{socket.gethostname()}.{_pid_space()}", tmp_path / "export"
     export_study(tiny_study.load(), out, artifact_store=tiny_study.store, split=tiny_split)
     previous = (out / "metrics.json").read_bytes()
-    aside = tmp_path / f".export.old-{host}-{dead.pid}"
+    aside = tmp_path / f".export.old-{here}-{dead.pid}.0a1b2c3d"
     out.rename(aside)  # killed between moving the previous export aside and moving the new one in
-    staged = tmp_path / f".export.{host}-{dead.pid}.abcd1234.partial"
-    staged.mkdir()
-    (staged / "model.onnx").write_bytes(b"half")
+    swept = [tmp_path / f".export.{here}-{dead.pid}.abcd1234.partial", tmp_path / f".export.{here}-{os.getpid()}.efgh5678.partial"]
+    for folder in swept:  # the second: an earlier process with this one's pid (a container's pid 1)
+        folder.mkdir()
+        (folder / "model.onnx").write_bytes(b"half")
     kept = {
-        tmp_path / f".export.{host}-{dead.pid}.mine0000.partial": "notes.txt",  # not only an export's files
-        tmp_path / f".export.{host}-{os.getpid()}.live0000.partial": "model.onnx",  # its process still runs
-        tmp_path / f".export.another-host-{dead.pid}.abcd1234.partial": "model.onnx",  # another machine's
+        tmp_path / f".export.{here}-{dead.pid}.mine0000.partial": "notes.txt",  # not only an export's files
+        tmp_path / f".export.{here}-{os.getppid()}.live0000.partial": "model.onnx",  # its process still runs
+        tmp_path / f".export.{socket.gethostname()}.0000beef-{dead.pid}.abcd1234.partial": "model.onnx",  # another pid namespace
+        tmp_path / f".export.another-host.{_pid_space()}-{dead.pid}.abcd1234.partial": "model.onnx",  # another machine
     }
     for folder, name in kept.items():
         folder.mkdir()
         (folder / name).write_text("keep")
-    from search.export.folder import staging_dir, sweep_leftovers
-
     identity = exporter.export_identity(tiny_study.load())
     sweep_leftovers(out, FILES, identity)
     assert (out / "metrics.json").read_bytes() == previous and not aside.exists()  # put back, not deleted
+    assert not any(folder.exists() for folder in swept)
     mine = staging_dir(out, FILES, identity)  # what a kill of this export would leave: named to be swept
-    assert re.fullmatch(rf"\.export\.{re.escape(host)}-{os.getpid()}\.\w+\.partial", mine.name), mine.name
+    assert re.fullmatch(rf"\.export\.{re.escape(here)}-{os.getpid()}\.\w+\.partial", mine.name), mine.name
     mine.rmdir()
-    assert not staged.exists()
     export_study(tiny_study.load(), out, artifact_store=tiny_study.store, split=tiny_split)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".export.")) == sorted(p.name for p in kept)
     assert all((folder / name).read_text() == "keep" for folder, name in kept.items())

@@ -79,6 +79,25 @@ def test_4_a_running_trial_that_never_beat_is_failed_as_stale(url: str) -> None:
     assert states[beating.number] == TrialState.RUNNING
 
 
+def test_4_a_heartbeat_survives_a_database_error(url: str) -> None:
+    """Optuna's heartbeat thread calls record_heartbeat with no handler: one failed beat ended it,
+    and the live trial was then failed as stale and retried elsewhere while it still trained."""
+    import sqlalchemy
+
+    storage = SilentTrialAwareStorage(url, heartbeat_interval=1, grace_period=1)
+    trial = optuna.create_study(storage=storage).ask()
+    with storage.engine.begin() as connection:  # the database refuses the next beat
+        connection.execute(sqlalchemy.text("ALTER TABLE trial_heartbeats RENAME TO heartbeats_away"))
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        RDBStorage.record_heartbeat(storage, trial._trial_id)  # what Optuna's own storage does
+    storage.record_heartbeat(trial._trial_id)  # skipped, not raised
+    with storage.engine.begin() as connection:
+        connection.execute(sqlalchemy.text("ALTER TABLE heartbeats_away RENAME TO trial_heartbeats"))
+    storage.record_heartbeat(trial._trial_id)  # the next beat is written
+    with storage.engine.connect() as connection:
+        assert connection.execute(sqlalchemy.text("SELECT COUNT(*) FROM trial_heartbeats")).scalar_one() == 1
+
+
 def test_4_plain_rdb_storage_still_lacks_the_silent_check(url: str) -> None:
     """The reason the subclass exists: if Optuna starts catching silent trials itself, this fails
     and the subclass can go."""

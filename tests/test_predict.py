@@ -96,13 +96,20 @@ def test_float_and_16_bit_images_read_as_their_8_bit_originals(known: Known, tmp
     model = predict.load_model(known.folder)
     paths = []
     for index, image in enumerate(known.images[:4]):
-        for kind, array in (("float", image.astype(np.float32) / 255), ("float255", image.astype(np.float32)), ("16bit", image.astype(np.uint16) * 257)):
-            paths.append(tmp_path / f"{kind}{index}.{'tiff' if kind.startswith('float') else 'png'}")
+        versions = {
+            "float.tiff": image.astype(np.float32) / 255, "float255.tiff": image.astype(np.float32),
+            "16bit.png": image.astype(np.uint16) * 257, "32bit.tiff": image.astype(np.int32) * 257,  # mode I
+        }
+        for name, array in versions.items():
+            paths.append(tmp_path / f"{index}-{name}")
             Image.fromarray(array).save(paths[-1])
     predictions = predict.predict_images(model, paths)
-    assert digits(predictions) == np.repeat(known.labels[:4], 3).tolist()
+    assert digits(predictions) == np.repeat(known.labels[:4], len(versions)).tolist()
     probabilities = np.array([p.probability for p in predictions])
-    assert np.allclose(probabilities, np.repeat(known.probabilities[:4].max(axis=1), 3), atol=1e-4)
+    assert np.allclose(probabilities, np.repeat(known.probabilities[:4].max(axis=1), len(versions)), atol=1e-4)
+    overshoot = known.images[0].astype(np.float32) / 255 * 1.001  # a 0-1 image rounded a hair past 1
+    Image.fromarray(overshoot).save(tmp_path / "overshoot.tiff")
+    assert digits(predict.predict_images(model, [tmp_path / "overshoot.tiff"])) == known.labels[:1].tolist()
     nan = np.full((28, 28), np.nan, dtype=np.float32)
     Image.fromarray(nan).save(tmp_path / "nan.tiff")
     with pytest.raises(PredictError, match="NaN or infinite"):

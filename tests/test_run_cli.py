@@ -344,7 +344,7 @@ def test_a_resume_with_other_trial_settings_is_refused_and_changes_nothing(
     before = study_attrs(url)
     argv = [*base, "--trials", "3", *[a.format(changed_space=changed_space) for a in change]]
     result = in_process(argv, capsys)
-    assert_one_line_error(result, "was created with other trial settings than this run's", *words, "pass a new --study-name")
+    assert_one_line_error(result, "records other trial settings than this run's", *words, "pass a new --study-name")
     assert study_attrs(url) == before
     assert in_process([*base, "--trials", "2", "--workers", "2"], capsys).returncode == 0  # budget and workers may change
     assert study_attrs(url)[0] == 2

@@ -148,6 +148,38 @@ def test_a_full_checkpoint_disk_hands_the_trial_back_and_names_the_file(
     assert " failed: stopped by a full or read-only disk; retried as trial " in trial_line(trials[handed_back[0].number], trials)
 
 
+def test_a_full_disk_after_training_hands_the_trial_back_too(tmp_path: Path, tiny_split) -> None:  # noqa: ANN001
+    """Only fit() handed a trial back: a full disk when its best weights were stored (right after
+    training) or when a retry fetched its checkpoint failed the trial for good, "not retried"."""
+    import errno
+
+    from helpers import writer_storage
+    from search import record
+    from search.artifact_stores import AtomicFolderStore
+    from search.objective import make_objective
+    from search.settings_file import load_settings
+    from search.study import open_study, run_worker
+
+    class WeightsOnAFullDisk(AtomicFolderStore):
+        """A real folder store whose disk has room for checkpoints but not for weights."""
+
+        def write(self, artifact_id: str, content_body) -> None:  # noqa: ANN001
+            if not artifact_id.startswith("checkpoints/"):
+                raise OSError(errno.ENOSPC, "No space left on device", str(self.path_of(artifact_id)))
+            super().write(artifact_id, content_body)
+
+    settings = load_settings(None, {"study": {"name": "w", "trials": 1, "target_accuracy": None}, "data": {"val_size": 200, "train_size": 600},
+                                    "training": {"max_epochs": 1, "promote_factor": None}, "first_dnn": {"enabled": False}})
+    study = open_study(settings, writer_storage(f"sqlite:///{tmp_path / 'w.db'}")).study
+    objective = make_objective(settings, tiny_split, WeightsOnAFullDisk(tmp_path / "artifacts"), tmp_path / "checkpoints")
+    with pytest.raises(OSError, match="No space left"):
+        run_worker(study, objective, settings)
+    first, retry = study.trials
+    assert first.state == TrialState.FAIL and first.user_attrs[record.DIED] == record.DISK_ERROR
+    assert retry.state == TrialState.WAITING and record.retried_from(retry) == 0
+    assert list((tmp_path / "checkpoints").rglob("*.ckpt"))  # kept for the retry
+
+
 class PrivateServer:
     """A PostgreSQL server of this test's own (initdb in a temporary folder, a free port on
     127.0.0.1): stopping it cannot break another test using the shared server at the same time

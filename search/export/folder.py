@@ -14,6 +14,7 @@ storages do not replace each other's exports.
 from __future__ import annotations
 
 import ast
+import hashlib
 import itertools
 import json
 import os
@@ -22,6 +23,7 @@ import shutil
 import socket
 import stat
 import tempfile
+import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,12 +160,28 @@ def _holds_the_current_folder(folder: Path) -> bool:
         return False
 
 
+def _pid_space() -> str:
+    """This machine's boot and this process's pid namespace, hashed: two containers (or cloned
+    machines) with one host name share an export folder without reading each other's pids as
+    their own. "" where Linux's /proc does not say (then nothing is swept)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        space = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return ""
+    return hashlib.sha256(f"{boot}:{space}".encode()).hexdigest()[:8]
+
+
 def _owner() -> str:
-    """This process, as the leftovers of an export name it: `host-pid`."""
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """This process, as an export's temporary folders name it: `host.space-pid`."""
+    return f"{socket.gethostname()}.{_pid_space()}-{os.getpid()}"
 
 
 def _gone(pid: int) -> bool:
+    """No process of ours has this pid; ours is gone too (a leftover named by our pid was left by
+    an earlier process that had it: a container's exports all run as pid 1)."""
+    if pid == os.getpid():
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -177,10 +195,13 @@ def sweep_leftovers(out_dir: Path, export_files: Collection[str], identity: Expo
     """Clear what an export killed on this machine left beside `out_dir` (kill -9 leaves each for good):
     its staging folder, when it holds only files an export writes, and the previous export it had
     moved aside, which goes back in place when nothing took its place (or is removed when something
-    did). Only leftovers named by this host and by a process that is gone; anything else stays."""
-    host = re.escape(socket.gethostname())
+    did). Only leftovers named by this host and pid namespace and by a process that is gone;
+    anything else stays (a Kubernetes job's next pod, another machine, a live export)."""
+    if not _pid_space():
+        return
+    here = re.escape(f"{socket.gethostname()}.{_pid_space()}")
     name = re.escape(out_dir.name)
-    partial, aside = re.compile(rf"\.{name}\.{host}-(\d+)\.\w+\.partial"), re.compile(rf"\.{name}\.old-{host}-(\d+)")
+    partial, aside = re.compile(rf"\.{name}\.{here}-(\d+)\.\w+\.partial"), re.compile(rf"\.{name}\.old-{here}-(\d+)\.\w+")
     try:
         entries = [e for e in out_dir.parent.iterdir() if e.name.startswith(f".{out_dir.name}.")]
     except OSError:
@@ -234,7 +255,7 @@ def replace_dir(staging: Path, out_dir: Path, export_files: Collection[str], ide
     check_target(out_dir, export_files, identity)
     old = None
     if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{_owner()}")
+        old = out_dir.with_name(f".{out_dir.name}.old-{_owner()}.{uuid.uuid4().hex[:8]}")
         os.replace(out_dir, old)
         try:
             _check_contents(old, export_files, identity, out_dir)
