@@ -195,6 +195,10 @@ class AtomicFolderStore:
                     out.flush()
                     os.fsync(out.fileno())
             os.replace(tmp, path)
+        except OSError as error:
+            if error.filename is None and error.errno is not None:  # a disk error naming no file: "cannot write run state"
+                raise OSError(error.errno, error.strerror, str(path)) from error
+            raise
         finally:
             tmp.unlink(missing_ok=True)
 

@@ -7,6 +7,7 @@ becomes one short line that names the key.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,16 @@ class _BoundedLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 (PyYAML) reads 1e-3 as the string "1e-3": a float needs a dot there (1.0e-3), and the
+# settings then said "Input should be a valid number". YAML 1.2 and every config user read 1e-3 as
+# a number, so a float without a dot is one here too.
+_BoundedLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9_]+|[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def _shown(value: Any) -> str:

@@ -9,6 +9,8 @@ import optuna
 from lightning_modules.hyperparams import HyperParams
 from search.settings_space import BaselineConfig, FirstDnnConfig, FloatRange, SpaceConfig
 
+CATEGORICAL_FIELDS = {"classifier": "classifier", "optimizer": "optimizer", "batch_size": "batch_size"}  # parameter -> space field
+
 
 def _suggest_float(trial: optuna.trial.BaseTrial, name: str, span: FloatRange) -> float:
     return trial.suggest_float(name, span.low, span.high, log=span.log)

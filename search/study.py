@@ -16,6 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from lightning_modules.errors import UserInputError
 from search import record
 from search.artifact_stores import parse_location
 from search.promotion import Promoter, drop_queued_promotions
@@ -28,7 +29,6 @@ from search.stopping import SurplusTrial, stop_reason
 from search.warm_start import WarmStart, enqueue_warm_start, require_same_warm_start
 
 GC_EVERY_TRIALS = 10  # a full collection costs ~0.3 s; every trial would double tiny trials' time
-UID_WAIT_SECONDS = 5.0  # a study created a moment ago by another process gets its uid this soon
 TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 
 
@@ -56,15 +56,28 @@ class OpenedStudy:
     created: bool
 
 
-def _wait_for_uid(study: optuna.Study) -> None:
+def _wait_for_uid(study: optuna.Study, seconds: float) -> None:
     """Wait until the process that created the study a moment ago has set it up (its uid is set
-    last, after the baseline is queued and the artifact store recorded), so no other process
-    asks for a trial before the baseline is trial 0, or checks the store before it is recorded."""
-    deadline = time.monotonic() + UID_WAIT_SECONDS
+    last, after the baseline is queued and its settings, data and artifact store recorded), so no
+    other process asks for a trial before the baseline is trial 0, or checks itself against the
+    study before those are recorded. A creator silent for `seconds` (the time after which a
+    silent worker counts as dead) is taken as dead, and the study as this run's to set up."""
+    deadline = time.monotonic() + seconds
     while record.UID not in study.user_attrs and time.monotonic() < deadline:
         if any(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False)):
             break  # trials ran: an old study, not one being set up
         time.sleep(0.05)
+
+
+def _still_creating(study: optuna.Study, seconds: float) -> None:
+    """The creator's check before each write of its set-up: a run that waited `seconds` for the
+    uid took the study over (this one stalled: a paused terminal, a slow database); writing on
+    would mix this run's baseline and settings into that run's study."""
+    if record.UID in study.user_attrs:
+        raise UserInputError(
+            f"study {study.study_name!r} was taken over by another run while this one was creating it (this one "
+            f"stalled for over {seconds:g} s); run the command again to resume it"
+        )
 
 
 def open_study(
@@ -91,9 +104,11 @@ def open_study(
             created = True
         except optuna.exceptions.DuplicatedStudyError:
             study = optuna.load_study(study_name=name, storage=storage, pruner=pruner, sampler=sampler)
+    wait = settings.study.stale_after_seconds
     if created:
         study.set_metric_names([record.OBJECTIVE_NAME])
         study.set_user_attr(record.SEED_SCHEME, INDEPENDENT)
+        _still_creating(study, wait)
         if settings.baseline.enabled:
             study.enqueue_trial(
                 baseline_params(settings.baseline),
@@ -107,16 +122,19 @@ def open_study(
             study.enqueue_trial(first_dnn, skip_if_exists=True)
         if settings.study.artifact_store is not None:
             study.set_user_attr(record.ARTIFACT_STORE, str(parse_location(settings.study.artifact_store)))
+        _still_creating(study, wait)
         for key, value in (created_with or {}).items():
             study.set_user_attr(key, value)
         study.set_user_attr(record.UID, new_study_uid())  # last: the uid says "ready", the baseline is queued
     else:
-        _wait_for_uid(study)
+        _wait_for_uid(study, wait)
         on_existing(study)
         require_same_warm_start(study, warm)
-        sampler.scheme = seed_scheme(study)
-        if record.UID not in study.user_attrs:  # a study from before uids existed (it has trials that ran)
+        if record.UID not in study.user_attrs:  # a study from before uids existed, or one whose creator died setting it up
+            if not any(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False)):
+                study.set_user_attr(record.SEED_SCHEME, INDEPENDENT)  # nothing sampled yet: today's scheme
             study.set_user_attr(record.UID, new_study_uid())
+        sampler.scheme = seed_scheme(study)
     return OpenedStudy(study, created)
 
 

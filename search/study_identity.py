@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import optuna
+from optuna.distributions import CategoricalDistribution
 
 from lightning_modules.errors import DataError, UserInputError
 from search.data import DataIdentity, check_data, data_identity, load_split
 from search.record import DATA, SETTINGS, study_settings
 from search.settings import TRIAL_DEFINING
+from search.space import CATEGORICAL_FIELDS
 
 SHOWN_DIFFERENCES = 3
-
-if TYPE_CHECKING:
-    import optuna
+SHOWN_CHARS = 40  # of each value, around where the two first differ
 
 
 def recorded_identity(study: optuna.Study) -> DataIdentity | None:
@@ -85,17 +87,41 @@ def flat(raw: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def settings_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """The trial-defining settings whose recorded value differs from this run's, one phrase each.
-    A key the study did not record (a setting newer than the study) is not compared."""
-    old, new = flat(recorded), flat(current)
+def _shown_pair(old: Any, new: Any) -> tuple[str, str]:
+    """Two differing values in JSON, each cut to about 40 characters around where they first
+    differ (two long lists cut at their start read the same)."""
+    a, b = json.dumps(old), json.dumps(new)
+    if len(a) <= SHOWN_CHARS and len(b) <= SHOWN_CHARS:
+        return a, b
+    common = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    start = max(0, common - SHOWN_CHARS // 2)
 
-    def shown(value: Any) -> str:
-        text = json.dumps(value)
-        return text if len(text) <= 40 else text[:37] + "..."
+    def cut(text: str) -> str:
+        return ("..." if start else "") + text[start:start + SHOWN_CHARS] + ("..." if len(text) > start + SHOWN_CHARS else "")
 
+    return cut(a), cut(b)
+
+
+def sampled_choices(study: optuna.Study) -> dict[str, list[Any]]:
+    """The choice lists the study's trials were sampled from, by settings key ("space.optimizer"):
+    what Optuna holds a later trial to, whatever a record says (a resume of an older version that
+    crashed on a changed list had recorded that list)."""
+    found: dict[str, list[Any]] = {}
+    for trial in study.get_trials(deepcopy=False):
+        for param, field in CATEGORICAL_FIELDS.items():
+            distribution = trial.distributions.get(param)
+            if isinstance(distribution, CategoricalDistribution):
+                found[f"space.{field}"] = list(distribution.choices)
+    return found
+
+
+def settings_differences(recorded: Mapping[str, Any], current: Mapping[str, Any], sampled: Mapping[str, list[Any]] | None = None) -> list[str]:
+    """The trial-defining settings whose recorded value (or, for a choice list, the one the trials
+    were `sampled` from) differs from this run's, one phrase each. A key the study did not record
+    (a setting newer than the study) is not compared."""
+    old, new = flat(recorded) | dict(sampled or {}), flat(current)
     return [
-        f"{key} {shown(old[key])} (this run: {shown(value)})"
+        "{} {} (this run: {})".format(key, *_shown_pair(old[key], value))
         for key, value in sorted(new.items())
         if any(key == p or key.startswith(p + ".") for p in TRIAL_DEFINING) and key in old and old[key] != value
     ]
@@ -104,7 +130,7 @@ def settings_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]
 def require_same_settings(study: optuna.Study, current: Mapping[str, Any]) -> None:
     """Refuse, in one line, to resume `study` with other trial-defining settings than it recorded."""
     recorded = study.user_attrs.get(SETTINGS)
-    differences = settings_differences(recorded, current) if isinstance(recorded, Mapping) else []
+    differences = settings_differences(recorded if isinstance(recorded, Mapping) else {}, current, sampled_choices(study))
     if not differences:
         return
     more = len(differences) - SHOWN_DIFFERENCES

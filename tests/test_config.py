@@ -158,3 +158,13 @@ def test_the_first_dnn_is_enqueued_after_the_baseline_and_only_where_it_fits(tmp
     with pytest.raises(ConfigError, match=r"first_dnn.units 512 lies outside space.units \[16, 32\].*first_dnn.enabled: false"):
         load_settings(None, {"space": {"units": {"low": 16, "high": 32}}, "first_dnn": {"dropout": 0.1}})
     assert not load_settings(None, {"space": {"classifier": ["linear"]}}).first_dnn.enabled
+
+
+def test_an_exponent_without_a_dot_is_a_number(tmp_path: Path) -> None:
+    """YAML 1.1 read `1e-3` as the string "1e-3", and the settings refused it ("Input should be a
+    valid number"): a user has to know to write 1.0e-3."""
+    path = tmp_path / "exp.yaml"
+    path.write_text("space: {learning_rate: {low: 1e-4, high: 1E-1}, weight_decay: {low: 1e-8, high: 1.0e-3}}\n")
+    settings = load_settings(path, {})
+    assert (settings.space.learning_rate.low, settings.space.learning_rate.high) == (1e-4, 1e-1)
+    assert (settings.space.weight_decay.low, settings.space.weight_decay.high) == (1e-8, 1e-3)

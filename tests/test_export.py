@@ -698,13 +698,15 @@ def test_an_export_clears_what_a_killed_export_left_and_nothing_else(tiny_study:
         (folder / "model.onnx").write_bytes(b"half")
     kept = {
         tmp_path / f".export.{here}-{dead.pid}.mine0000.partial": "notes.txt",  # not only an export's files
+        tmp_path / f".export.{here}-{dead.pid}.mine1111.partial": "report.html/thesis.txt",  # an export's name, but a folder
+        tmp_path / f".export.{here}-{dead.pid}.other000.partial": MARKER,  # another study's export, named like one
         tmp_path / f".export.{here}-{os.getppid()}.live0000.partial": "model.onnx",  # its process still runs
         tmp_path / f".export.{socket.gethostname()}.0000beef-{dead.pid}.abcd1234.partial": "model.onnx",  # another pid namespace
         tmp_path / f".export.another-host.{_pid_space()}-{dead.pid}.abcd1234.partial": "model.onnx",  # another machine
     }
     for folder, name in kept.items():
-        folder.mkdir()
-        (folder / name).write_text("keep")
+        (folder / name).parent.mkdir(parents=True)
+        (folder / name).write_text(ExportIdentity("another study").marker_text() if name == MARKER else "keep")
     identity = exporter.export_identity(tiny_study.load())
     sweep_leftovers(out, FILES, identity)
     assert (out / "metrics.json").read_bytes() == previous and not aside.exists()  # put back, not deleted
@@ -714,4 +716,4 @@ def test_an_export_clears_what_a_killed_export_left_and_nothing_else(tiny_study:
     mine.rmdir()
     export_study(tiny_study.load(), out, artifact_store=tiny_study.store, split=tiny_split)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".export.")) == sorted(p.name for p in kept)
-    assert all((folder / name).read_text() == "keep" for folder, name in kept.items())
+    assert all((folder / name).read_text() in ("keep", ExportIdentity("another study").marker_text()) for folder, name in kept.items())

@@ -11,6 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from helpers import reader_storage, run_main
+from lightning_modules.errors import UserInputError
 from preloaded import run_search
 from search.run import main
 
@@ -380,3 +381,70 @@ def test_a_budget_held_by_a_stopped_runs_trial_waits_for_it_and_says_so(tmp_path
     assert "taken by finished trials and 1 marked running" in result.stdout and "silent 2 s" in result.stdout, result.stdout
     states = [t.state for t in optuna.load_study(study_name="mnist", storage=reader_storage(url)).trials]
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE], states
+
+
+def test_the_choice_lists_trials_were_sampled_from_outrank_a_record_a_crashed_resume_left(
+    tmp_path: Path, tiny_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An older version recorded a resume's settings before Optuna crashed on its reordered choice
+    list: the command that created the study was then refused, and the recorded one accepted, to
+    crash again with Optuna's traceback."""
+    from helpers import writer_storage
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    base = ["--config", str(tiny_config), "--storage", url, "--target-accuracy", "none", "--no-export", "--promote-factor", "none"]
+    assert in_process([*base, "--trials", "1"], capsys).returncode == 0
+    study = optuna.load_study(study_name="mnist", storage=writer_storage(url))
+    recorded = study.user_attrs["settings"]
+    reordered = list(reversed(recorded["space"]["optimizer"]))
+    recorded["space"]["optimizer"] = reordered  # what the crashed resume recorded
+    study.set_user_attr("settings", recorded)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(TINY + f"space: {{optimizer: {json.dumps(reordered)}}}\n")
+    assert_one_line_error(in_process([*base, "--config", str(broken), "--trials", "2"], capsys), "space.optimizer", "(this run: [")
+    assert in_process([*base, "--trials", "2"], capsys).returncode == 0  # the command that created it
+
+
+def test_a_long_setting_that_differs_is_shown_where_it_differs() -> None:
+    from search.study_identity import settings_differences
+
+    sizes = list(range(16, 200, 8))
+    (phrase,) = settings_differences({"space": {"batch_size": sizes}}, {"space": {"batch_size": [*sizes[:-1], 999]}})
+    assert "192]" in phrase and "999]" in phrase, phrase  # cut at their start, both read "[16, 24, 32, ..."
+
+
+def test_a_run_whose_creator_stalled_takes_the_study_over_and_the_creator_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A creator paused between creating the study and recording its settings and uid let another
+    run (with other settings) in after 5 s: both then wrote, the creator its baseline, seed scheme
+    and settings over the other's trials, and each printed a first line that was untrue."""
+    from helpers import writer_storage
+    from search import record
+    from search.settings_file import load_settings
+    from search.study import open_study
+
+    config = tmp_path / "c.yaml"
+    config.write_text(TINY + "study: {heartbeat_seconds: 1, stale_after_seconds: 2}\n")
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    optuna.create_study(study_name="mnist", storage=writer_storage(url), direction="maximize")  # the creator stalls here
+    result = in_process(["--config", str(config), "--storage", url, "--target-accuracy", "none", "--no-export", "--trials", "2", "--seed", "7"], capsys)
+    assert result.returncode == 0, result.stderr
+    taken = optuna.load_study(study_name="mnist", storage=reader_storage(url))
+    assert taken.user_attrs[record.SEED_SCHEME] == "independent" and taken.user_attrs[record.SETTINGS]["study"]["seed"] == 7
+    assert record.UID in taken.user_attrs
+
+    created = optuna.create_study
+
+    def create_then_stall(*args: object, **kwargs: object) -> optuna.Study:
+        study = created(*args, **kwargs)  # type: ignore[arg-type]
+        study.set_user_attr(record.UID, "taken-over")  # another run, while this one was paused
+        return study
+
+    monkeypatch.setattr(optuna, "create_study", create_then_stall)
+    settings = load_settings(None, {"study": {"name": "second", "storage": url, "stale_after_seconds": 2, "heartbeat_seconds": 1}})
+    with pytest.raises(UserInputError, match="was taken over by another run while this one was creating it"):
+        open_study(settings, writer_storage(url), created_with={record.SETTINGS: {"mine": True}})
+    monkeypatch.undo()
+    second = optuna.load_study(study_name="second", storage=reader_storage(url))
+    assert second.trials == [] and record.SETTINGS not in second.user_attrs  # no baseline, no settings of the stalled run

@@ -148,6 +148,22 @@ def test_a_full_checkpoint_disk_hands_the_trial_back_and_names_the_file(
     assert " failed: stopped by a full or read-only disk; retried as trial " in trial_line(trials[handed_back[0].number], trials)
 
 
+def test_a_store_write_on_a_full_disk_names_the_artifact_and_leaves_nothing(small_disk: Path) -> None:
+    """A write that failed for space named no file, so the run said "cannot write run state"."""
+    import errno
+    import io
+
+    from search.artifact_stores import AtomicFolderStore
+
+    store = AtomicFolderStore(small_disk / "artifacts")
+    with (small_disk / "filler").open("wb") as out:
+        out.write(b"\0" * max(0, shutil.disk_usage(small_disk).free - 16 * 1024))
+    with pytest.raises(OSError) as raised:
+        store.write("checkpoints/s-1/trial-0.ckpt", io.BytesIO(b"\1" * (1 << 20)))
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(store.path_of("checkpoints/s-1/trial-0.ckpt"))
+    assert [p.name for p in (small_disk / "artifacts").rglob("*") if p.is_file()] == []
+
+
 def test_a_full_disk_after_training_hands_the_trial_back_too(tmp_path: Path, tiny_split) -> None:  # noqa: ANN001
     """Only fit() handed a trial back: a full disk when its best weights were stored (right after
     training) or when a retry fetched its checkpoint failed the trial for good, "not retried"."""

@@ -191,6 +191,16 @@ def _gone(pid: int) -> bool:
     return False
 
 
+def _staged_export(folder: Path, export_files: Collection[str], identity: ExportIdentity) -> bool:
+    """`folder` holds nothing but regular files an export writes, and a marker, if any, of
+    `identity`: another study's export or a user's folder named like a staging one is not one."""
+    allowed = set(export_files) | {MARKER}
+    entries = list(itertools.islice(folder.iterdir(), len(allowed) + 1))
+    if any(e.name not in allowed or e.is_symlink() or not e.is_file() for e in entries):
+        return False
+    return not (folder / MARKER).exists() or read_marker(folder).same_study(identity)
+
+
 def sweep_leftovers(out_dir: Path, export_files: Collection[str], identity: ExportIdentity) -> None:
     """Clear what an export killed on this machine left beside `out_dir` (kill -9 leaves each for good):
     its staging folder, when it holds only files an export writes, and the previous export it had
@@ -212,7 +222,7 @@ def sweep_leftovers(out_dir: Path, export_files: Collection[str], identity: Expo
             continue
         try:
             if found.re is partial:
-                if not {p.name for p in entry.iterdir()} <= set(export_files) | {MARKER}:
+                if not _staged_export(entry, export_files, identity):
                     continue
             else:
                 _check_contents(entry, export_files, identity, entry)
