@@ -56,6 +56,11 @@ class OpenedStudy:
     created: bool
 
 
+def _nothing_ran(study: optuna.Study) -> bool:
+    """Only queued trials, if any: a study being set up (or whose creator died doing so)."""
+    return all(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
+
+
 def _wait_for_uid(study: optuna.Study, seconds: float) -> None:
     """Wait until the process that created the study a moment ago has set it up (its uid is set
     last, after the baseline is queued and its settings, data and artifact store recorded), so no
@@ -64,7 +69,7 @@ def _wait_for_uid(study: optuna.Study, seconds: float) -> None:
     silent worker counts as dead) is taken as dead, and the study as this run's to set up."""
     deadline = time.monotonic() + seconds
     while record.UID not in study.user_attrs and time.monotonic() < deadline:
-        if any(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False)):
+        if not _nothing_ran(study):
             break  # trials ran: an old study, not one being set up
         time.sleep(0.05)
 
@@ -131,7 +136,7 @@ def open_study(
         on_existing(study)
         require_same_warm_start(study, warm)
         if record.UID not in study.user_attrs:  # a study from before uids existed, or one whose creator died setting it up
-            if not any(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False)):
+            if _nothing_ran(study):
                 study.set_user_attr(record.SEED_SCHEME, INDEPENDENT)  # nothing sampled yet: today's scheme
             study.set_user_attr(record.UID, new_study_uid())
         sampler.scheme = seed_scheme(study)
