@@ -347,7 +347,15 @@ def test_a_resume_with_other_trial_settings_is_refused_and_changes_nothing(
     result = in_process(argv, capsys)
     assert_one_line_error(result, "records other trial settings than this run's", *words, "pass a new --study-name")
     assert study_attrs(url) == before
-    assert in_process([*base, "--trials", "2", "--workers", "2"], capsys).returncode == 0  # budget and workers may change
+
+
+@pytest.mark.slow  # two worker processes, each importing Lightning
+def test_a_resume_may_change_the_budget_target_timeout_and_workers(tmp_path: Path, tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    base = ["--config", str(tiny_config), "--storage", url, "--no-export", "--promote-factor", "none"]
+    assert in_process([*base, "--trials", "1", "--target-accuracy", "none"], capsys).returncode == 0
+    result = in_process([*base, "--trials", "2", "--workers", "2", "--target-accuracy", "0.999", "--timeout", "600"], capsys)
+    assert result.returncode == 0, result.stderr
     assert study_attrs(url)[0] == 2
 
 
@@ -364,6 +372,7 @@ def test_a_new_study_records_its_settings_and_data_before_its_uid(tmp_path: Path
     assert order.index("settings") < order.index("uid") and order.index("data") < order.index("uid"), order
 
 
+@pytest.mark.slow  # waits out a 2-second stale limit
 def test_a_budget_held_by_a_stopped_runs_trial_waits_for_it_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A resume right after a crash printed "nothing to run: budget ... spent; pass a larger --trials",
     then waited and retried the crashed run's trial: the trial still marked running holds the budget."""
@@ -413,6 +422,7 @@ def test_a_long_setting_that_differs_is_shown_where_it_differs() -> None:
     assert "192]" in phrase and "999]" in phrase, phrase  # cut at their start, both read "[16, 24, 32, ..."
 
 
+@pytest.mark.slow  # waits out a 2-second stale limit
 def test_a_run_whose_creator_stalled_takes_the_study_over_and_the_creator_stops(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
