@@ -33,6 +33,7 @@ from search.resume import (
     checkpoint_artifact_id,
     checkpoint_key,
     checkpoint_path,
+    duplicate_attempt,
     requeue,
     resume_point,
     return_to_queue,
@@ -129,6 +130,9 @@ def make_objective(
 
     def objective(trial: optuna.Trial) -> float:
         retry = record.retried_from(trial) is not None
+        if retry and (twin := duplicate_attempt(trial.study.get_trials(deepcopy=False), trial)) is not None:
+            trial.set_user_attr(record.SURPLUS, True)  # a second copy of one retry: never trained, never requeued
+            raise SurplusTrial(f"trial {trial.number} retries what trial {twin.number} already runs or ran")
         at_target = trial_at_target(trial.study, target) is not None
         if at_target or over_budget(trial.study, settings.study.trials, retry=retry):
             trial.set_user_attr(record.SURPLUS, True)

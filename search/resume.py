@@ -159,6 +159,21 @@ def retry_of(trials: list[FrozenTrial], failed: FrozenTrial) -> FrozenTrial | No
     return None
 
 
+def duplicate_attempt(trials: list[FrozenTrial], trial: FrozenTrial | optuna.Trial) -> FrozenTrial | None:
+    """Another attempt at the trial `trial` retries that finished, or runs with a lower number:
+    an attempt handed back on a full disk whose worker could not then mark it failed is retried
+    twice, by its hand-back and by the heartbeat check, and both copies would train."""
+    origin = record.retried_from(trial)
+    if origin is None:
+        return None
+    for other in trials:
+        if other.number == trial.number or record.retried_from(other) != origin:
+            continue
+        if other.state in (TrialState.COMPLETE, TrialState.PRUNED) or (other.state == TrialState.RUNNING and other.number < trial.number):
+            return other
+    return None
+
+
 def return_to_queue(trial: optuna.Trial) -> None:
     """Put a retry that stepped aside (another trial held the last slot) back in the queue, with
     everything it carries (its fixed parameters, seeds, checkpoint key and retry link), so the

@@ -362,3 +362,25 @@ def test_two_retries_for_one_slot_both_go_back_to_the_queue(storage_url: str, na
     again = study.ask()
     suggest_params(again, settings.space)  # its fixed parameters, not new ones
     assert again.params == (first.params if record.retried_from(again) == first.number else second.params)
+
+
+def test_one_attempt_retried_twice_trains_once(storage_url: str, name: str, tiny_split: DataSplit, tmp_path: Path) -> None:
+    """A trial handed back on a full disk whose worker could not then mark it failed stays
+    running, goes stale, and the heartbeat check queues a second retry beside the hand-back's:
+    both copies trained, with the same parameters and seeds, and took two slots of the budget."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    from search.storage import MAX_RETRY
+
+    settings = load_settings(None, {
+        "study": {"name": name, "trials": 2, "target_accuracy": None}, "baseline": {"enabled": False},
+        "first_dnn": {"enabled": False}, "training": {"max_epochs": 1, "snapshot_steps": [5], "promote_factor": None},
+    })
+    study = open_study(settings, writer_storage(storage_url)).study
+    failed = interrupted_then_queued(study, settings)  # the hand-back's retry
+    RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, failed)  # and the heartbeat check's
+    objective = make_objective(settings, tiny_split, build_artifact_store(tmp_path / "artifacts"), tmp_path / "checkpoints")
+    run_worker(study, objective, settings)
+    retries = [t for t in study.trials if record.retried_from(t) == failed.number]
+    assert sorted((t.state, record.is_surplus(t)) for t in retries) == [(TrialState.COMPLETE, False), (TrialState.FAIL, True)]
+    assert study_status(study).complete == 2  # the second slot went to a new trial
