@@ -140,6 +140,12 @@ def record_result(trial: optuna.Trial, train_seconds: float, param_count: int) -
     write(trial, PARAM_COUNT, param_count)
 
 
+def first_attempt(trial: AnyTrial) -> int | None:
+    """The number of the first attempt a retry (of any depth) repeats, or None for a first attempt."""
+    failed = read(trial, FAILED_TRIAL)
+    return None if failed is None else int(failed)
+
+
 def retried_from(trial: AnyTrial) -> int | None:
     """The attempt this trial retries (the latest one), or None for a first attempt."""
     chain = read(trial, RETRY_HISTORY) or []

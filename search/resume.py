@@ -160,14 +160,15 @@ def retry_of(trials: list[FrozenTrial], failed: FrozenTrial) -> FrozenTrial | No
 
 
 def duplicate_attempt(trials: list[FrozenTrial], trial: FrozenTrial | optuna.Trial) -> FrozenTrial | None:
-    """Another attempt at the trial `trial` retries that finished, or runs with a lower number:
-    an attempt handed back on a full disk whose worker could not then mark it failed is retried
-    twice, by its hand-back and by the heartbeat check, and both copies would train."""
-    origin = record.retried_from(trial)
+    """Another attempt at the same first trial that finished, or runs with a lower number: an
+    attempt handed back on a full disk whose worker could not then mark it failed is retried
+    twice, by its hand-back and by the heartbeat check, and both copies (or their own retries)
+    would train. Attempts are matched by the first attempt's number, which every retry carries."""
+    origin = record.first_attempt(trial)
     if origin is None:
         return None
     for other in trials:
-        if other.number == trial.number or record.retried_from(other) != origin:
+        if other.number == trial.number or record.first_attempt(other) != origin:
             continue
         if other.state in (TrialState.COMPLETE, TrialState.PRUNED) or (other.state == TrialState.RUNNING and other.number < trial.number):
             return other

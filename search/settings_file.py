@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from lightning_modules.errors import UserInputError
 from search.redaction import redact, redact_value
-from search.settings import Settings
+from search.settings import Settings, field_info
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 MAX_CONFIG_BYTES = 64 * 1024
@@ -67,14 +67,22 @@ class _BoundedLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-# YAML 1.1 (PyYAML) reads 1e-3 as the string "1e-3": a float needs a dot there (1.0e-3), and the
-# settings then said "Input should be a valid number". YAML 1.2 and every config user read 1e-3 as
-# a number, so a float without a dot is one here too.
-_BoundedLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9_]+|[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
+_EXPONENT = re.compile(r"[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9_]+|[0-9][0-9_]*)[eE][-+]?[0-9]+")
+
+
+def exponent_floats(raw: Any, path: tuple[str, ...] = ()) -> Any:
+    """`raw` with "1e-3" made a number where the setting is a float. YAML 1.1 (PyYAML) reads
+    1e-3 as a string, a float needing a dot (1.0e-3), and the settings then said "Input should be
+    a valid number"; read so everywhere, a study name like 1e5 became a number and was refused."""
+    if isinstance(raw, dict):
+        return {key: exponent_floats(value, (*path, key)) if isinstance(key, str) else value for key, value in raw.items()}
+    if isinstance(raw, str) and _EXPONENT.fullmatch(raw):
+        try:
+            kind = field_info(path)[2]
+        except (KeyError, AttributeError, IndexError):
+            return raw  # not a settings field: validation names it
+        return float(raw) if kind is float else raw
+    return raw
 
 
 def _shown(value: Any) -> str:
@@ -144,6 +152,6 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
     raw = read_config_file(path) if path is not None else {}
     origin = f"in {path}" if path is not None else "value"
     try:
-        return Settings.model_validate(merge_settings(raw, overrides or {}))
+        return Settings.model_validate(merge_settings(exponent_floats(raw), overrides or {}))
     except ValidationError as error:
         raise ConfigError(_describe(error, origin)) from None

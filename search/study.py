@@ -110,37 +110,46 @@ def open_study(
         except optuna.exceptions.DuplicatedStudyError:
             study = optuna.load_study(study_name=name, storage=storage, pruner=pruner, sampler=sampler)
     wait = settings.study.stale_after_seconds
-    if created:
-        study.set_metric_names([record.OBJECTIVE_NAME])
-        study.set_user_attr(record.SEED_SCHEME, INDEPENDENT)
-        _still_creating(study, wait)
-        if settings.baseline.enabled:
-            study.enqueue_trial(
-                baseline_params(settings.baseline),
-                user_attrs={record.MAX_EPOCHS: min(settings.baseline.max_epochs, settings.training.max_epochs)},
-                skip_if_exists=True,
-            )
-        if warm is not None:
-            enqueue_warm_start(study, warm)
-        first_dnn = first_dnn_params(settings.first_dnn)
-        if first_dnn is not None and not (warm is not None and warm.has_dnn):
-            study.enqueue_trial(first_dnn, skip_if_exists=True)
-        if settings.study.artifact_store is not None:
-            study.set_user_attr(record.ARTIFACT_STORE, str(parse_location(settings.study.artifact_store)))
-        _still_creating(study, wait)
-        for key, value in (created_with or {}).items():
-            study.set_user_attr(key, value)
-        study.set_user_attr(record.UID, new_study_uid())  # last: the uid says "ready", the baseline is queued
-    else:
+    if not created:
         _wait_for_uid(study, wait)
+        created = record.UID not in study.user_attrs and _nothing_ran(study)  # its creator died setting it up
+    if created:
+        _set_up(study, settings, wait, warm, created_with)
+    else:
         on_existing(study)
         require_same_warm_start(study, warm)
-        if record.UID not in study.user_attrs:  # a study from before uids existed, or one whose creator died setting it up
-            if _nothing_ran(study):
-                study.set_user_attr(record.SEED_SCHEME, INDEPENDENT)  # nothing sampled yet: today's scheme
+        if record.UID not in study.user_attrs:  # a study from before uids existed (it has trials that ran)
             study.set_user_attr(record.UID, new_study_uid())
         sampler.scheme = seed_scheme(study)
     return OpenedStudy(study, created)
+
+
+def _set_up(
+    study: optuna.Study, settings: Settings, wait: float, warm: WarmStart | None, created_with: Mapping[str, Any] | None,
+) -> None:
+    """A new study's first trials and records, the uid last (it says "ready"). Also run by a
+    process that takes over a study whose creator died (or stalled `wait` s) setting it up:
+    what the creator queued already is not queued twice (`skip_if_exists`)."""
+    study.set_metric_names([record.OBJECTIVE_NAME])
+    study.set_user_attr(record.SEED_SCHEME, INDEPENDENT)
+    _still_creating(study, wait)
+    if settings.baseline.enabled:
+        study.enqueue_trial(
+            baseline_params(settings.baseline),
+            user_attrs={record.MAX_EPOCHS: min(settings.baseline.max_epochs, settings.training.max_epochs)},
+            skip_if_exists=True,
+        )
+    if warm is not None:
+        enqueue_warm_start(study, warm)
+    first_dnn = first_dnn_params(settings.first_dnn)
+    if first_dnn is not None and not (warm is not None and warm.has_dnn):
+        study.enqueue_trial(first_dnn, skip_if_exists=True)
+    if settings.study.artifact_store is not None:
+        study.set_user_attr(record.ARTIFACT_STORE, str(parse_location(settings.study.artifact_store)))
+    _still_creating(study, wait)
+    for key, value in (created_with or {}).items():
+        study.set_user_attr(key, value)
+    study.set_user_attr(record.UID, new_study_uid())
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ def sampled_choices(study: optuna.Study) -> dict[str, list[Any]]:
         for param, field in CATEGORICAL_FIELDS.items():
             distribution = trial.distributions.get(param)
             if isinstance(distribution, CategoricalDistribution):
-                found[f"space.{field}"] = list(distribution.choices)
+                found.setdefault(f"space.{field}", list(distribution.choices))  # the first, as Optuna checks against
     return found
 
 
@@ -137,5 +137,5 @@ def require_same_settings(study: optuna.Study, current: Mapping[str, Any]) -> No
     listed = "; ".join(differences[:SHOWN_DIFFERENCES]) + (f"; and {more} more" if more > 0 else "")
     raise UserInputError(
         f"study {study.study_name!r} records other trial settings than this run's: {listed}; resume it with the "
-        "options and config it was run with (its `settings` study attribute holds them), or pass a new --study-name"
+        "study's values shown first, or pass a new --study-name"
     )

@@ -164,7 +164,8 @@ def test_an_exponent_without_a_dot_is_a_number(tmp_path: Path) -> None:
     """YAML 1.1 read `1e-3` as the string "1e-3", and the settings refused it ("Input should be a
     valid number"): a user has to know to write 1.0e-3."""
     path = tmp_path / "exp.yaml"
-    path.write_text("space: {learning_rate: {low: 1e-4, high: 1E-1}, weight_decay: {low: 1e-8, high: 1.0e-3}}\n")
+    path.write_text("space: {learning_rate: {low: 1e-4, high: 1E-1}, weight_decay: {low: 1e-8, high: 1.0e-3}}\nstudy: {name: 1e5, timeout: 6e2}\n")
     settings = load_settings(path, {})
+    assert settings.study.name == "1e5" and settings.study.timeout == 600.0  # a name stays a name
     assert (settings.space.learning_rate.low, settings.space.learning_rate.high) == (1e-4, 1e-1)
     assert (settings.space.weight_decay.low, settings.space.weight_decay.high) == (1e-8, 1e-3)

@@ -443,6 +443,7 @@ def test_a_run_whose_creator_stalled_takes_the_study_over_and_the_creator_stops(
     taken = optuna.load_study(study_name="mnist", storage=reader_storage(url))
     assert taken.user_attrs[record.SEED_SCHEME] == "independent" and taken.user_attrs[record.SETTINGS]["study"]["seed"] == 7
     assert record.UID in taken.user_attrs
+    assert record.MAX_EPOCHS in taken.trials[0].user_attrs and taken.trials[0].params["classifier"] == "linear"  # set up as its creator would have: the baseline queued first
 
     created = optuna.create_study
 

@@ -384,3 +384,29 @@ def test_one_attempt_retried_twice_trains_once(storage_url: str, name: str, tiny
     retries = [t for t in study.trials if record.retried_from(t) == failed.number]
     assert sorted((t.state, record.is_surplus(t)) for t in retries) == [(TrialState.COMPLETE, False), (TrialState.FAIL, True)]
     assert study_status(study).complete == 2  # the second slot went to a new trial
+
+
+def test_a_retry_of_one_of_two_copies_still_trains_once(storage_url: str, name: str, tiny_split: DataSplit, tmp_path: Path) -> None:
+    """The first copy is itself interrupted and retried: its retry and the second copy are still
+    attempts at one trial (matched by the first attempt, not by the attempt each repeats)."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    from search.resume import requeue
+    from search.storage import MAX_RETRY
+
+    settings = load_settings(None, {
+        "study": {"name": name, "trials": 2, "target_accuracy": None}, "baseline": {"enabled": False},
+        "first_dnn": {"enabled": False}, "training": {"max_epochs": 1, "snapshot_steps": [5], "promote_factor": None},
+    })
+    study = open_study(settings, writer_storage(storage_url)).study
+    failed = interrupted_then_queued(study, settings)
+    RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, failed)
+    first_copy = study.ask()  # popped, then interrupted and queued again
+    suggest_params(first_copy, settings.space)
+    requeue(first_copy)
+    study.tell(first_copy, state=TrialState.FAIL)
+    objective = make_objective(settings, tiny_split, build_artifact_store(tmp_path / "artifacts"), tmp_path / "checkpoints")
+    run_worker(study, objective, settings)
+    attempts = [t for t in study.trials if record.first_attempt(t) == failed.number]
+    assert [t.state for t in attempts].count(TrialState.COMPLETE) == 1, [(t.number, t.state) for t in attempts]
+    assert study_status(study).complete == 2
