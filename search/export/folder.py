@@ -110,8 +110,9 @@ def _shown(names: list[str], more: bool = False) -> str:
     return ", ".join(first) + rest
 
 
-def _check_contents(folder: Path, export_files: Collection[str], identity: ExportIdentity, shown: Path) -> None:
-    """`folder` (shown to the user as `shown`) is empty, or `identity`'s export and nothing else."""
+def _check_contents(folder: Path, export_files: Collection[str], identity: ExportIdentity, shown: Path, *, marked: bool = True) -> None:
+    """`folder` (shown to the user as `shown`) is empty, or `identity`'s export and nothing else;
+    unless `marked`, a folder of export files without the marker (an export being built) passes."""
     allowed = set(export_files) | {MARKER}
     try:  # an export holds at most len(allowed) entries: a folder of millions is not listed in full
         entries = list(itertools.islice(folder.iterdir(), len(allowed) + 1))
@@ -126,6 +127,8 @@ def _check_contents(folder: Path, export_files: Collection[str], identity: Expor
             "nothing was changed: choose another --out"
         )
     if not any(entry.name == MARKER for entry in entries):
+        if not marked:
+            return
         names = sorted(entry.name for entry in entries)
         raise ExportError(
             f"{shown} holds {_shown(names)} but no {MARKER} marker, so it is not an export folder; "
@@ -191,25 +194,16 @@ def _gone(pid: int) -> bool:
     return False
 
 
-def _staged_export(folder: Path, export_files: Collection[str], identity: ExportIdentity) -> bool:
-    """`folder` holds nothing but regular files an export writes, and a marker, if any, of
-    `identity`: another study's export or a user's folder named like a staging one is not one."""
-    allowed = set(export_files) | {MARKER}
-    entries = list(itertools.islice(folder.iterdir(), len(allowed) + 1))
-    if any(e.name not in allowed or e.is_symlink() or not e.is_file() for e in entries):
-        return False
-    return not (folder / MARKER).exists() or read_marker(folder).same_study(identity)
-
-
 def sweep_leftovers(out_dir: Path, export_files: Collection[str], identity: ExportIdentity) -> None:
     """Clear what an export killed on this machine left beside `out_dir` (kill -9 leaves each for good):
     its staging folder, when it holds only files an export writes, and the previous export it had
     moved aside, which goes back in place when nothing took its place (or is removed when something
     did). Only leftovers named by this host and pid namespace and by a process that is gone;
     anything else stays (a Kubernetes job's next pod, another machine, a live export)."""
-    if not _pid_space():
+    space = _pid_space()
+    if not space:
         return
-    here = re.escape(f"{socket.gethostname()}.{_pid_space()}")
+    here = re.escape(f"{socket.gethostname()}.{space}")
     name = re.escape(out_dir.name)
     partial, aside = re.compile(rf"\.{name}\.{here}-(\d+)\.\w+\.partial"), re.compile(rf"\.{name}\.old-{here}-(\d+)\.\w+")
     try:
@@ -221,14 +215,11 @@ def sweep_leftovers(out_dir: Path, export_files: Collection[str], identity: Expo
         if found is None or entry.is_symlink() or not entry.is_dir() or not _gone(int(found[1])):
             continue
         try:
-            if found.re is partial:
-                if not _staged_export(entry, export_files, identity):
-                    continue
-            else:
-                _check_contents(entry, export_files, identity, entry)
-                if not out_dir.exists():
-                    os.replace(entry, out_dir)
-                    continue
+            # only export files, and a marker, if any, of this study: not a user's folder or another study's export
+            _check_contents(entry, export_files, identity, entry, marked=found.re is aside)
+            if found.re is aside and not out_dir.exists():
+                os.replace(entry, out_dir)
+                continue
         except (OSError, ExportError):
             continue
         shutil.rmtree(entry, ignore_errors=True)
