@@ -26,7 +26,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from lightning_modules.errors import UserInputError, one_line
 from search.options import OneLineParser, add_artifact_store_flag
-from search.redaction import mask_known, redact
+from search.redaction import clip, mask_known, redact
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -86,7 +86,7 @@ def host_name(value: str) -> str:
     except ValueError:
         pass
     if not _HOST_NAME.fullmatch(name):
-        raise argparse.ArgumentTypeError(f"expected a host name or IP address without a port, got {value[:60]!r}")
+        raise argparse.ArgumentTypeError(f"expected a host name or IP address without a port, got {clip(value, 60)!r}")
     return name.lower()
 
 
@@ -97,7 +97,7 @@ def port_number(value: str) -> int:
     except ValueError:
         port = -1
     if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {value[:20]!r}")
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {clip(value, 20)!r}")
     return port
 
 
@@ -120,7 +120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.host not in LOOPBACK and not args.allow_remote:
         parser.error(
-            f"--host {args.host[:60]} makes the dashboard reachable from other machines, without a password; "
+            f"--host {clip(args.host, 60)} makes the dashboard reachable from other machines, without a password; "
             "add --allow-remote if that is what you want, or use an SSH tunnel to 127.0.0.1"
         )
     return args

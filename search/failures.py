@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterable
 
 from lightning_modules.errors import one_line
-from search.redaction import mask, mask_known
+from search.redaction import clip
 
 DISK_ERRORS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT})
 EXIT_STORAGE_FAILED = 2  # the runner's and each worker's exit status after such a failure
@@ -47,8 +47,8 @@ def describe_storage_failure(cause: BaseException, secrets: Iterable[str] = ()) 
     if isinstance(cause, OSError):
         verb = "cannot access" if cause.errno == errno.EACCES else "cannot write"  # a denied read, too
         return one_line(f"{verb} {cause.filename2 or cause.filename or 'run state'} ({cause.strerror})")
-    reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0][:200]
-    return one_line(f"the study's storage failed mid-run ({mask_known(mask(reason, secrets))})")
+    reason = clip(str(getattr(cause, "orig", None) or cause).strip().splitlines()[0], 200, secrets)
+    return one_line(f"the study's storage failed mid-run ({reason})")
 
 
 def quiet_storage_failures_in_threads() -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from lightning_modules.errors import one_line
-from search.redaction import redact
+from search.redaction import clip, redact
 from search.settings import field_info
 
 
@@ -45,7 +45,7 @@ def _optional(convert: Callable[[str], Any], what: str) -> Callable[[str], Any]:
         try:
             return convert(value)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what} or 'none', got {value[:40]!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {what} or 'none', got {clip(value, 40)!r}") from None
 
     return parse
 
@@ -118,7 +118,7 @@ def device_indices(value: str) -> list[int] | None:
     try:
         return [int(part) for part in value.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected GPU indices like 0 or 0,1 (or 'all'), got {value[:40]!r}") from None
+        raise argparse.ArgumentTypeError(f"expected GPU indices like 0 or 0,1 (or 'all'), got {clip(value, 40)!r}") from None
 
 
 STUDY_NAME = Flag(("study", "name"), "--study-name")

@@ -119,18 +119,54 @@ def url_secrets(url: str) -> list[str]:
 def redact(url: str) -> str:
     """The URL with every password and secret query value replaced by ***, safe to show and store.
 
-    The user-info password is masked up to the last '@' (the widest reading); a text that is not
-    a URL comes back as it is, unless it holds something shaped like `user:password@`."""
+    Masked by position, never by searching for the secret's text: a password equal to the user
+    name, the host or the database (`optuna:optuna@db/optuna`) would otherwise be masked there
+    too, and the mask would tell it. The user-info password is masked up to the last '@' (the
+    widest reading, which holds every other reading's password); a query value is masked after
+    every '?' or '&' whose key names a secret (the widest reading of the query too). A text that
+    is not a URL comes back as it is, unless it holds something shaped like `user:password@`."""
     prefix, scheme, rest = _locate(url)
     userinfo = _userinfo_end(rest)
     head, tail = ("", rest) if userinfo is None else (f"{rest[: userinfo[0]]}:{MASK}@", rest[userinfo[1] + 1 :])
     location, question, query = tail.partition("?")
-    if question:
-        pairs = [pair.partition("=") for pair in query.split("&")]
-        query = "&".join(
-            f"{key}{equals}{MASK if equals and SECRET_QUERY_KEYS.search(unquote_plus(key)) else value}" for key, equals, value in pairs
-        )
-    return mask(f"{prefix}{scheme}{head}{location}{question}{query}", url_secrets(url))
+    return f"{prefix}{scheme}{head}{location}{_masked_query(question + query)}"
+
+
+def _masked_query(query: str) -> str:
+    """`?...` with the value after each secret-named key masked, at every '?' or '&' (as
+    `_query_secrets` reads them), so `?a=1?password=s` shows no `s` either."""
+    spans = []
+    for start, char in enumerate(query):
+        if char not in "?&":
+            continue
+        end = query.find("&", start + 1)
+        end = len(query) if end < 0 else end
+        key, equals, _ = query[start + 1 : end].partition("=")
+        if equals and SECRET_QUERY_KEYS.search(unquote_plus(key)):
+            spans.append((start + 1 + len(key) + 1, end))
+    shown, kept_to = [], 0
+    for begin, end in spans:  # a span inside an earlier one's value (`?password=a?token=b`) is masked with it
+        if begin >= kept_to:
+            shown.append(query[kept_to:begin] + MASK)
+            kept_to = end
+    return "".join(shown) + query[kept_to:]
+
+
+def message_secrets(url: str) -> list[str]:
+    """The secrets of `url` to mask in a message (a driver's error, a printed argument): every
+    form `url_secrets` finds but those that are also a piece of the URL's shown, public parts.
+    Masking `test` in a message when the database is named `test` as well would tell the
+    password; a text equal to a public part tells nothing when it stays."""
+    shown = redact(url)
+    return [secret for secret in url_secrets(url) if secret not in shown]
+
+
+def clip(text: str, limit: int, secrets: Iterable[str] = ()) -> str:
+    """`text` with its URLs redacted and `secrets` masked, then cut to `limit` characters: in that
+    order, since a cut can drop the '@' that marks a password, and a cut password is no longer
+    found by the mask."""
+    shown = " ".join(redact(word) if "://" in word or "@" in word else word for word in text.split(" "))
+    return mask_known(mask(shown, secrets))[:limit]
 
 
 def redact_value(value: object) -> object:
@@ -154,7 +190,7 @@ def mask(text: str, secrets: Iterable[str]) -> str:
 
 def secrets_in(words: Iterable[str]) -> list[str]:
     """Secrets inside any URL among `words` (e.g. argv), to mask them in messages."""
-    return [secret for word in words if "://" in word for secret in url_secrets(word)]
+    return [secret for word in words if "://" in word for secret in message_secrets(word)]
 
 
 _KNOWN: set[str] = set()
@@ -162,7 +198,7 @@ _KNOWN: set[str] = set()
 
 def remember_secrets(url: str) -> None:
     """Note the secrets of a URL this process uses, so `mask_known` hides them in any message."""
-    _KNOWN.update(url_secrets(url))
+    _KNOWN.update(message_secrets(url))
 
 
 def mask_known(text: str) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from search import sqlite_file
-from search.redaction import mask, redact, url_secrets
+from search.redaction import clip, message_secrets, redact
 from search.storage_url import StorageError, check_storage_url, sqlite_path
 
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 10  # a host that never answers is an error, not a hang (libpq waits for ever)
@@ -133,8 +133,8 @@ def _open(url: str, build: Callable[[], T]) -> T:
         return _retry_lost_race(build, _lost_schema_race, SCHEMA_ATTEMPTS)
     except StorageInternalError as error:  # Optuna's wrapper of a failed commit (e.g. a read-only database)
         cause = error.__cause__
-        reason = str(getattr(cause, "orig", None) or cause or error).strip().splitlines()[0][:200]
-        raise StorageError(f"cannot open storage {redact(url)} ({mask(reason, url_secrets(url))}); check that this user can write beside it") from None
+        reason = clip(str(getattr(cause, "orig", None) or cause or error).strip().splitlines()[0], 200, message_secrets(url))
+        raise StorageError(f"cannot open storage {redact(url)} ({reason}); check that this user can write beside it") from None
     except ImportError as error:
         module = error.name or getattr(error.__cause__, "name", None)  # Optuna wraps the driver's ImportError
         if module is None:
@@ -142,14 +142,14 @@ def _open(url: str, build: Callable[[], T]) -> T:
         hint = "pip install -e '.[postgres]'" if module.startswith("psycopg") and module != "psycopg2" else f"pip install the package that provides {module!r}"
         raise StorageError(f"no database driver for {redact(url)} (module {module!r} is missing); {hint}") from None
     except SQLAlchemyError as error:
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0][:200]
+        reason = clip(str(getattr(error, "orig", None) or error).strip().splitlines()[0], 200, message_secrets(url))
         hint = "check that the server is running and the URL is right"
         if url.startswith("sqlite"):  # no server: the file's disk or folder is what failed
             hint = "free space on its disk" if "full" in reason else "check the path, its permissions and its disk"
-        raise StorageError(f"cannot open storage {redact(url)} ({mask(reason, url_secrets(url))}); {hint}") from None
+        raise StorageError(f"cannot open storage {redact(url)} ({reason}); {hint}") from None
     except RuntimeError as error:  # Optuna's schema check: another Optuna version's tables
-        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-        raise StorageError(f"cannot open storage {redact(url)}: {mask(reason, url_secrets(url))} (back the database up first)") from None
+        reason = clip(str(error).strip().splitlines()[0], 300, message_secrets(url)) if str(error).strip() else type(error).__name__
+        raise StorageError(f"cannot open storage {redact(url)}: {reason} (back the database up first)") from None
 
 
 def _server_connect_args(url: str) -> dict[str, object]:

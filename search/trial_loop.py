@@ -24,7 +24,7 @@ from search.artifact_stores import location_for_run, open_store
 from search.data import DataIdentity, data_identity, load_split
 from search.failures import EXIT_STORAGE_FAILED, describe_storage_failure, quiet_storage_failures_in_threads, storage_failure
 from search.paths import checkpoints_dir
-from search.redaction import redact, url_secrets
+from search.redaction import message_secrets, redact
 from search.settings import Settings
 from search.stopping import stop_reason
 from search.storage import open_study_storage, storage_guard
@@ -182,7 +182,7 @@ def worker_process(stop: StopRequest, settings_json: dict[str, Any], url: str, t
         cause = storage_failure(error)
         if cause is None:
             raise
-        print(f"error: worker {index}: {describe_storage_failure(cause, url_secrets(url))}", file=sys.stderr, flush=True)
+        print(f"error: worker {index}: {describe_storage_failure(cause, message_secrets(url))}", file=sys.stderr, flush=True)
         sys.exit(EXIT_STORAGE_FAILED)
 
 

@@ -182,6 +182,66 @@ def test_a_url_given_to_the_wrong_flag_is_masked_in_the_argument_error(capsys: p
     assert "Zq7Xflagpw" not in err
 
 
+LONG = "postgresql://postgres:LongPassw0rdXyzAbcDef123LongerStillSecret99@db.example/optuna"
+
+
+def _pieces(secret: str, size: int = 6) -> list[str]:
+    return [secret[start : start + size] for start in range(len(secret) - size + 1)]
+
+
+@pytest.mark.parametrize(
+    ("module", "argv"),
+    [
+        ("search.run", ["--timeout", LONG]),
+        ("search.run", ["--target-accuracy", LONG]),
+        ("search.run", ["--devices", LONG]),
+        ("search.dashboard", ["--host", LONG]),
+        ("search.dashboard", ["--allowed-host", LONG]),
+        ("search.dashboard", ["--port", LONG]),
+    ],
+)
+def test_a_long_url_given_to_the_wrong_flag_shows_no_piece_of_its_password(
+    module: str, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The value is cut short in the message: cut before it was masked, the '@' that marks the
+    password went with the cut and 18 of its characters were shown."""
+    import importlib
+
+    entry = importlib.import_module(module)
+    with pytest.raises(SystemExit) as exited:
+        code = entry.main(argv)
+        raise SystemExit(code)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not [piece for piece in _pieces("LongPassw0rdXyzAbcDef123LongerStillSecret99") if piece in err], err
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://postgres:postgres@127.0.0.1:5432/test", "postgresql://postgres:***@127.0.0.1:5432/test"),
+        ("postgresql://optuna:optuna@db:5432/optuna", "postgresql://optuna:***@db:5432/optuna"),
+        ("postgresql://u:db@dbhost/db", "postgresql://u:***@dbhost/db"),
+        ("postgresql://u:test@127.0.0.1/test?application_name=test", "postgresql://u:***@127.0.0.1/test?application_name=test"),
+        ("postgresql://h/db?a=1?password=Pq9&x=2", "postgresql://h/db?a=1?password=***&x=2"),
+        ("postgresql://h/db?password=a?token=b&x=2&token=zz", "postgresql://h/db?password=***&x=2&token=***"),
+    ],
+)
+def test_a_password_equal_to_another_part_of_the_url_is_masked_only_where_it_is_the_password(url: str, shown: str) -> None:
+    """Masking each occurrence of the password's text showed `***ql://postgres:***@...` for the
+    password `postgres`, and `/***` for a password equal to the database: the mask told it."""
+    assert redact(url) == shown
+
+
+def test_a_storage_error_does_not_tell_a_password_equal_to_the_database(tmp_path: Path) -> None:
+    with pytest.raises(StorageError) as caught:
+        open_existing_storage("postgresql://postgres:test@127.0.0.1:1/test")
+    message = str(caught.value)
+    assert "postgresql://postgres:***@127.0.0.1:1/test" in message
+    assert message.count("***") == 1, message  # the database's name and the driver's words stay as they are
+
+
 RUN_CONFIG = """
 study: {heartbeat_seconds: 1, stale_after_seconds: 3, target_accuracy: null}
 data: {val_size: 300, train_size: 1000}
