@@ -7,20 +7,38 @@ into a storage and calls these on the file it names.
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 60
 # Tables every Optuna study database has: a database without them is not one.
 OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})
-# Every table Optuna's RDB storage creates (Optuna 5; tests/test_optuna_compat.py checks the list
-# against Optuna's own models). A file holding only some of them is a study database another
-# process is creating right now.
-OPTUNA_SCHEMA = OPTUNA_TABLES | frozenset({
-    "study_directions", "study_user_attributes", "study_system_attributes", "trial_user_attributes",
-    "trial_system_attributes", "trial_params", "trial_values", "trial_intermediate_values", "trial_heartbeats",
-    "alembic_version",
-})
+# Every table Optuna's RDB storage creates, with its key column (Optuna 5;
+# tests/test_optuna_compat.py checks both against Optuna's own models). A file holding only
+# some of them is a study database another process is creating right now; a table with one of
+# these names but without its key column is an application's (`trials(id, patient, outcome)`).
+OPTUNA_KEYS = {
+    "studies": "study_id", "trials": "trial_id", "version_info": "version_info_id", "study_directions": "study_direction_id",
+    "study_user_attributes": "study_user_attribute_id", "study_system_attributes": "study_system_attribute_id",
+    "trial_user_attributes": "trial_user_attribute_id", "trial_system_attributes": "trial_system_attribute_id",
+    "trial_params": "param_id", "trial_values": "trial_value_id", "trial_intermediate_values": "trial_intermediate_value_id",
+    "trial_heartbeats": "trial_heartbeat_id", "alembic_version": "version_num",
+}
+OPTUNA_SCHEMA = frozenset(OPTUNA_KEYS)
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What a database holds, as far as telling a study database from an application's goes."""
+
+    tables: dict[str, frozenset[str]] = field(default_factory=dict)  # name -> its columns
+    others: tuple[str, ...] = ()  # views and triggers ("view totals"): Optuna makes none
+    user_version: int = 0  # an application's schema mark (PRAGMA user_version); Optuna sets none
+
+    @property
+    def names(self) -> set[str]:
+        return set(self.tables)
 
 
 def switch_to_wal(path: Path) -> None:
@@ -31,38 +49,53 @@ def switch_to_wal(path: Path) -> None:
 
 
 def foreign_tables(path: Path) -> list[str]:
-    """The tables of an existing SQLite file that is not a study database (an application's
-    database named by mistake), as `foreign_in` tells them."""
-    return foreign_in(table_names(path))
+    """What an existing SQLite file that is not a study database (an application's database
+    named by mistake) holds, as `foreign_in` tells it."""
+    return foreign_in(read_schema(path))
 
 
-def foreign_in(tables: set[str]) -> list[str]:
-    """`tables` (a file's) when they are not a study database's, sorted; empty when there are
-    none (a new, empty or non-SQLite file: the open that follows says so), when they are a study
-    database's (Optuna's tables, with or without others) or one being created (only Optuna's
-    tables so far)."""
-    if OPTUNA_TABLES <= tables or tables <= OPTUNA_SCHEMA:
+def foreign_in(schema: Schema) -> list[str]:
+    """What makes `schema` (a database's) another application's, sorted: its tables, views and
+    triggers; empty when it is a study database (Optuna's tables, with or without others) or one
+    being created (only some of Optuna's tables so far, nothing else), or new or empty. A table
+    named as one of Optuna's but without its key column, anything but tables, or a schema
+    version, make it an application's unless it already holds a whole study database."""
+    borrowed = bool(borrowed_names(schema))
+    if OPTUNA_TABLES <= schema.names and not borrowed:
         return []
-    return sorted(tables)
+    if schema.names <= OPTUNA_SCHEMA and not (borrowed or schema.others or schema.user_version):
+        return []
+    version = [f"user_version {schema.user_version}"] if schema.user_version else []
+    return sorted(schema.names) + sorted(schema.others) + version
+
+
+def borrowed_names(schema: Schema) -> list[str]:
+    """Tables named as one of Optuna's but without its key column: Optuna would take them for its
+    own, skip creating them, and fail at the first trial."""
+    return sorted(name for name, columns in schema.tables.items() if name in OPTUNA_KEYS and OPTUNA_KEYS[name] not in columns)
 
 
 def table_names(path: Path, *, recover: bool = True) -> set[str]:
-    """The tables of an SQLite file (none: missing, empty or not SQLite), SQLite's own left out.
+    """The tables of an SQLite file (none: missing, empty or not SQLite), SQLite's own left out."""
+    return read_schema(path, recover=recover).names
+
+
+def read_schema(path: Path, *, recover: bool = True) -> Schema:
+    """The schema of an SQLite file (empty: missing, empty or not SQLite), SQLite's own tables left out.
 
     Read without writing first; a file the read-only open cannot read (a hot journal left by a
     crashed writer) is read on an ordinary connection, which only does SQLite's own recovery,
     unless `recover` is false (a read-only command: the error goes to the caller)."""
     if not path.is_file() or path.stat().st_size == 0:
-        return set()
+        return Schema()
     try:
-        rows = _table_names(_read_only_uri(path), uri=True)
+        return _read_schema(_read_only_uri(path), uri=True)
     except sqlite3.DatabaseError as error:
         if "not a database" in str(error):
-            return set()
+            return Schema()
         if not recover:
             raise
-        rows = _table_names(str(path), uri=False)
-    return {name for name in rows if not name.startswith("sqlite_")}
+        return _read_schema(str(path), uri=False)
 
 
 def _read_only_uri(path: Path) -> str:
@@ -78,10 +111,16 @@ def _read_only_uri(path: Path) -> str:
     return uri if any(p.exists() for p in beside) else uri + "&immutable=1"
 
 
-def _table_names(database: str, *, uri: bool) -> list[str]:
+def _read_schema(database: str, *, uri: bool) -> Schema:
     connection = sqlite3.connect(database, uri=uri, timeout=SQLITE_BUSY_TIMEOUT_SECONDS)
     try:
-        return [name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        rows = connection.execute("SELECT type, name FROM sqlite_master WHERE type IN ('table', 'view', 'trigger')").fetchall()
+        tables = {
+            name: frozenset(column for (_, column, *_) in connection.execute("SELECT * FROM pragma_table_info(?)", (name,)))
+            for kind, name in rows if kind == "table" and not name.startswith("sqlite_")
+        }
+        others = tuple(f"{kind} {name}" for kind, name in rows if kind != "table")
+        return Schema(tables, others, connection.execute("PRAGMA user_version").fetchone()[0])
     finally:
         connection.close()
 

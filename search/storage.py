@@ -66,7 +66,7 @@ def _foreign_file(path: Path, foreign: list[str]) -> StorageError:
     someone else's database (and switch it to WAL)."""
     shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
     return StorageError(
-        f"SQLite database {path} holds other tables ({shown}) and no Optuna study; a search adds its tables only to "
+        f"SQLite database {path} holds another application's tables ({shown}) and no Optuna study; a search adds its tables only to "
         "a new file or a study database: pass another path with --storage"
     )
 
@@ -84,13 +84,13 @@ def _prepare_sqlite(path: Path) -> set[str]:
             f"SQLite database {path} is on a read-only file system or not writable; a study writes to it: "
             "make it writable, or copy it somewhere writable and pass that with --storage"
         )
-    tables = _sqlite_tables(path)
-    foreign = sqlite_file.foreign_in(tables)
+    schema = _sqlite_schema(path)
+    foreign = sqlite_file.foreign_in(schema)
     if foreign:
         raise _foreign_file(path, foreign)
-    if not sqlite_file.OPTUNA_TABLES <= tables:
+    if not sqlite_file.OPTUNA_TABLES <= schema.names:
         _switch_to_wal(path)
-    return tables
+    return schema.names
 
 
 def _writable(path: Path) -> bool:
@@ -100,8 +100,12 @@ def _writable(path: Path) -> bool:
 
 
 def _sqlite_tables(path: Path, *, recover: bool = True) -> set[str]:
+    return _sqlite_schema(path, recover=recover).names
+
+
+def _sqlite_schema(path: Path, *, recover: bool = True) -> sqlite_file.Schema:
     try:
-        return sqlite_file.table_names(path, recover=recover)
+        return sqlite_file.read_schema(path, recover=recover)
     except sqlite3.Error as error:
         raise StorageError(f"SQLite database {path} cannot be read ({error}); check the path and its permissions") from None
 
@@ -158,12 +162,22 @@ def _server_connect_args(url: str) -> dict[str, object]:
 
 
 def _server_tables(url: str, engine_kwargs: dict[str, object]) -> set[str]:
-    """The tables of a database server's database, in the schema Optuna would create its own in."""
+    return _server_schema(url, engine_kwargs).names
+
+
+def _server_schema(url: str, engine_kwargs: dict[str, object]) -> sqlite_file.Schema:
+    """The tables of a database server's database, in the schema Optuna would create its own in;
+    the columns of those named as Optuna's (the others' do not matter: a server database is
+    often shared with other applications' tables)."""
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(url, **engine_kwargs)
     try:
-        return set(sqlalchemy.inspect(engine).get_table_names())
+        inspector = sqlalchemy.inspect(engine)
+        return sqlite_file.Schema({
+            name: frozenset(column["name"] for column in inspector.get_columns(name)) if name in sqlite_file.OPTUNA_KEYS else frozenset()
+            for name in inspector.get_table_names()
+        })
     finally:
         engine.dispose()
 
@@ -182,7 +196,13 @@ def open_study_storage(url: str | None, *, heartbeat_seconds: int, grace_seconds
         tables = _prepare_sqlite(path)
         engine_kwargs = {"connect_args": {"timeout": sqlite_file.SQLITE_BUSY_TIMEOUT_SECONDS}}
     else:
-        tables = _open(url, lambda: _server_tables(url, engine_kwargs))
+        schema = _open(url, lambda: _server_schema(url, engine_kwargs))
+        if borrowed := sqlite_file.borrowed_names(schema):
+            raise StorageError(
+                f"database {redact(url)} holds tables named as Optuna's that are another application's ({', '.join(borrowed[:5])}); "
+                "a search cannot add its own beside them: pass another database with --storage"
+            )
+        tables = schema.names
     existing = sqlite_file.OPTUNA_TABLES <= tables
 
     def build(create: bool) -> SilentTrialAwareStorage:

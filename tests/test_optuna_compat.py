@@ -142,7 +142,7 @@ def test_the_tables_a_foreign_file_is_told_by_are_optunas_own(tmp_path: Path) ->
     created) from an application's: they must be the tables this Optuna creates."""
     import sqlite3
 
-    from search.sqlite_file import OPTUNA_SCHEMA, OPTUNA_TABLES
+    from search.sqlite_file import OPTUNA_KEYS, OPTUNA_SCHEMA, OPTUNA_TABLES, foreign_tables, read_schema
 
     path = tmp_path / "s.db"
     RDBStorage(f"sqlite:///{path}")
@@ -150,3 +150,7 @@ def test_the_tables_a_foreign_file_is_told_by_are_optunas_own(tmp_path: Path) ->
         created = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert created == OPTUNA_SCHEMA
     assert OPTUNA_TABLES < created
+    schema = read_schema(path)
+    for table, key in OPTUNA_KEYS.items():  # each key column is its table's, as Optuna creates it
+        assert key in schema.tables[table], table
+    assert schema.user_version == 0 and not schema.others and foreign_tables(path) == []

@@ -71,22 +71,31 @@ def test_a_study_name_becomes_a_checkpoint_folder_inside_the_checkpoints(name: s
         assert path.parent.name.startswith("名前")  # letters of any script are kept
 
 
-@pytest.mark.parametrize("journal", ["delete", "wal"])
-def test_run_export_and_dashboard_leave_a_foreign_sqlite_file_as_it_was(tmp_path: Path, capsys: pytest.CaptureFixture[str], journal: str) -> None:
+@pytest.mark.parametrize(("journal", "table", "shown"), [
+    ("delete", "orders", "orders"),
+    ("wal", "orders", "orders"),
+    # named as one of Optuna's tables: taken for a study database being created, given Optuna's
+    # other tables and switched to WAL, then the first trial failed ("no such column")
+    ("delete", "trials", "trials"),
+    ("delete", "studies", "studies"),
+])
+def test_run_export_and_dashboard_leave_a_foreign_sqlite_file_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], journal: str, table: str, shown: str
+) -> None:
     """An application's database named by mistake: the search adds none of its tables to it
     (it did, and switched the file to WAL, before the runner looked), export and dashboard read
     nothing from it, and none leaves a -wal or -shm beside it (a read-only open of a WAL file did)."""
     foreign = tmp_path / "app.db"
     with closing(sqlite3.connect(foreign)) as connection:  # closed: the last connection to a WAL file removes its -wal
         connection.execute(f"PRAGMA journal_mode={journal}")
-        connection.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, total REAL)")
-        connection.execute("INSERT INTO orders (total) VALUES (9.5)")
+        connection.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, total REAL)")
+        connection.execute(f"INSERT INTO {table} (total) VALUES (9.5)")
         connection.commit()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]
     before = digest(foreign)
     url = f"sqlite:///{foreign}"
     assert run_main(["--storage", url, "--trials", "1", "--no-export"]) == 2
-    assert "holds other tables (orders) and no Optuna study" in one_line_error(capsys)
+    assert f"holds another application's tables ({shown}) and no Optuna study" in one_line_error(capsys)
     assert export_main(["--storage", url]) == 2
     assert "not an Optuna study database" in one_line_error(capsys)
     assert dashboard_main(["--storage", url]) == 2
@@ -97,19 +106,35 @@ def test_run_export_and_dashboard_leave_a_foreign_sqlite_file_as_it_was(tmp_path
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == journal  # never switched to WAL
 
 
-@pytest.mark.parametrize(("tables", "foreign"), [
+STUDY = ["studies", "trials", "version_info"]
+
+
+@pytest.mark.parametrize(("statements", "foreign"), [
     (["orders"], ["orders"]),
     (["version_info", "patients"], ["patients", "version_info"]),  # one of Optuna's names is not a study
     (["trials", "patients"], ["patients", "trials"]),
     (["studies"], []),  # a study database another process is creating right now
-    (["studies", "trials", "version_info", "my_notes"], []),  # a study database with a table of the user's
+    ([*STUDY, "my_notes"], []),  # a study database with a table of the user's
+    ([*STUDY, "CREATE VIEW best AS SELECT 1"], []),  # ... or a view
     ([], []),
+    # an application's, although every table is named as one of Optuna's
+    (["CREATE TABLE trials (id INTEGER, patient TEXT)"], ["trials"]),
+    (["CREATE TABLE studies (id INTEGER)", "version_info"], ["studies", "version_info"]),
+    ([*STUDY[:2], "CREATE TABLE version_info (v TEXT)"], [*STUDY[:2], "version_info"]),
+    (["CREATE VIEW v AS SELECT 1"], ["view v"]),
+    (["studies", "CREATE TRIGGER t AFTER INSERT ON studies BEGIN SELECT 1; END"], ["studies", "trigger t"]),
+    (["PRAGMA user_version = 7"], ["user_version 7"]),
 ])
-def test_a_file_is_a_study_database_only_with_optunas_tables(tmp_path: Path, tables: list[str], foreign: list[str]) -> None:
+def test_a_file_is_a_study_database_only_with_optunas_tables(tmp_path: Path, statements: list[str], foreign: list[str]) -> None:
+    """A bare name is a table of that name with Optuna's key column for it (and `id` otherwise)."""
+    from search.sqlite_file import OPTUNA_KEYS
+
     path = tmp_path / "f.db"
-    with sqlite3.connect(path) as connection:
-        for table in tables:
-            connection.execute(f"CREATE TABLE {table} (id INTEGER)")
+    with closing(sqlite3.connect(path)) as connection:
+        for statement in statements:
+            bare = " " not in statement
+            connection.execute(f"CREATE TABLE {statement} ({OPTUNA_KEYS.get(statement, 'id')} INTEGER)" if bare else statement)
+        connection.commit()
     assert foreign_tables(path) == foreign
 
 

@@ -385,6 +385,23 @@ def test_a_postgres_database_of_another_optuna_schema_gets_no_table(postgres_url
         old.dispose()
 
 
+@pytest.mark.postgres
+def test_a_postgres_database_whose_trials_table_is_an_applications_gets_no_table(postgres_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Optuna took an application's `trials` for its own, created its other tables beside it and
+    failed at the first trial ("no such column: trials.trial_id"), telling the user to resume."""
+    import sqlalchemy
+
+    with fresh_postgres_database(postgres_url) as url:
+        engine = sqlalchemy.create_engine(url)
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text("create table trials (id integer, patient text)"))
+        done = run_main(["--storage", url, "--trials", "1", "--no-export"], capsys)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.count("\n") == 1 and "named as Optuna's that are another application's (trials)" in done.stderr
+        assert set(sqlalchemy.inspect(engine).get_table_names()) == {"trials"}
+        engine.dispose()
+
+
 def _drop_heartbeats(url: str) -> set[str]:
     """A study database of this Optuna's version without `trial_heartbeats`, as a creation cut
     short (a killed worker, MySQL's DDL outside any transaction) leaves one; its other tables."""
