@@ -22,6 +22,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.y
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_CONFIG_DEPTH = 8  # the deepest key of the settings is three levels down
 MAX_SHOWN = 60  # characters of a bad value quoted in an error
+MAX_INT_CHARS = 100  # the largest setting (a seed) has 10 digits
 
 
 class ConfigError(UserInputError):
@@ -66,6 +67,20 @@ class _BoundedLoader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
+
+def _bounded_int(loader: _BoundedLoader, node: Any) -> int:
+    """A YAML integer of at most MAX_INT_CHARS characters: Python refuses to convert (or print)
+    one of over 4,300 digits with a ValueError, which escaped as a traceback."""
+    text = loader.construct_scalar(node)
+    if len(text) > MAX_INT_CHARS:
+        raise ConfigError(
+            f"config file {loader.origin} has a {len(text):,}-character number at line {node.start_mark.line + 1}; "
+            f"no setting takes more than {MAX_INT_CHARS} digits"
+        )
+    return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _bounded_int)
 
 _EXPONENT = re.compile(r"[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9_]+|[0-9][0-9_]*)[eE][-+]?[0-9]+")
 

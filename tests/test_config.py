@@ -63,6 +63,14 @@ def test_settings_round_trip_through_their_dict_form() -> None:
         ("training:\n  max_epochs: 2\n  <<: {max_epochs: 3}\n", ["merge key (<<)", "line 3", "write the keys out"]),
         ("x: " + "[" * 50 + "]" * 50 + "\n", ["nests deeper than"]),
         ("study: 5\n", ["study", "valid dictionary"]),
+        # a NaN bound passed every comparison, then failed the first trial and blocked the resume
+        ("space: {dropout: {low: .nan, high: 0.5}}\n", ["space.dropout.low", "finite number"]),
+        ("space: {learning_rate: {low: 1.0e-4, high: .inf, log: true}}\n", ["space.learning_rate.high", "finite number"]),
+        ("space: {weight_decay: {low: -.inf, high: 0.1}}\n", ["space.weight_decay.low", "finite number"]),
+        ("space: {learning_rate: {low: 1e-4, high: 1e999}}\n", ["space.learning_rate.high", "finite number"]),
+        # over 4,300 digits Python refuses to convert or print an integer: a ValueError traceback
+        ("study:\n  seed: " + "9" * 5000 + "\n", ["5,000-character number at line 2", "no setting takes"]),
+        ("study:\n  seed: 0b" + "1" * 14300 + "\n", ["14,302-character number at line 2"]),
     ],
 )
 def test_invalid_config_is_one_line_naming_the_key(tmp_path: Path, content: str, words: list[str]) -> None:
