@@ -101,20 +101,41 @@ def _deep_to_gray(path: Path, image: Any) -> np.ndarray:
     return np.clip(np.rint(values / white * 255.0), 0, 255).astype(np.uint8)
 
 
+def first_line(error: BaseException) -> str:
+    """An error's message as one short reason: its first line, or its type where it has none
+    (Pillow's plugins and ONNX Runtime raise some errors bare, or with pages of detail)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _decode(path: Path) -> np.ndarray:
+    """Open `path` (its size judged from the header), decode it and make it 8-bit grayscale."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as opened:  # reads the header only
+        _check_image_size(path, *opened.size)
+        opened.load()
+        image = ImageOps.exif_transpose(opened)  # a phone photo is stored on its side
+        has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+        gray = _flatten_alpha(image) if has_alpha else _deep_to_gray(path, image) if image.mode in DEEP_MODES else image.convert("L")
+        return np.asarray(gray, dtype=np.uint8)
+
+
 def read_image(path: Path) -> np.ndarray:
-    """A grayscale uint8 array of any image file Pillow reads; PredictError if it cannot."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """A grayscale uint8 array of any image file Pillow reads; PredictError if it cannot.
+
+    Pillow's warnings (a TIFF tag with too many entries, ...) are recorded, not printed: the
+    user gets the prediction, or one line. Its decompression-bomb warning becomes that line."""
+    from PIL import Image, UnidentifiedImageError
 
     _regular_file(path, MAX_IMAGE_BYTES, "an image file")
     try:
-        with warnings.catch_warnings():  # Pillow's own (higher) bound would print a warning: one line here
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # raised by Image.open itself
-            with Image.open(path) as opened:  # reads the header only
-                _check_image_size(path, *opened.size)
-                opened.load()
-                image = ImageOps.exif_transpose(opened)  # a phone photo is stored on its side
-                has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-                gray = _flatten_alpha(image) if has_alpha else _deep_to_gray(path, image) if image.mode in DEEP_MODES else image.convert("L")
+            return _decode(path)
+    except PredictError:
+        raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
         raise PredictError(f"{path}: {_bomb_size(error)}, more than {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}; {_SHRINK}") from None
     except FileNotFoundError:
@@ -123,9 +144,9 @@ def read_image(path: Path) -> np.ndarray:
         raise PredictError(f"{path}: is a folder, not an image") from None
     except UnidentifiedImageError:
         raise PredictError(f"{path}: not an image file Pillow can read (corrupt or unknown format)") from None
-    except (OSError, ValueError) as error:
-        raise PredictError(f"{path}: corrupt or truncated image ({str(error).splitlines()[0]})") from None
-    return np.asarray(gray, dtype=np.uint8)
+    except Exception as error:  # noqa: BLE001 - a corrupt file makes Pillow's ~40 plugins raise almost anything:
+        # OSError, ValueError, SyntaxError, EOFError, NotImplementedError (DDS, BLP), struct.error, IndexError, bare Exception
+        raise PredictError(f"{path}: corrupt or truncated image ({first_line(error)})") from None
 
 
 def is_light_background(image: np.ndarray) -> bool:
@@ -170,7 +191,7 @@ def to_model_input(image: np.ndarray, source: str) -> np.ndarray:
     image = to_white_on_black(image)
     if image.shape != (IMAGE_SIDE, IMAGE_SIDE):
         image = frame_digit(image)
-    return (image.reshape(N_PIXELS).astype(np.float32) / 255.0)
+    return image.reshape(N_PIXELS).astype(np.float32) / 255.0
 
 
 # ---------------------------------------------------------------- predicting

@@ -11,7 +11,7 @@ tutorial's rows (label in column 0, then 784 pixels 0-255), at most 10,000 rows 
 set) at a time, counted before the file is parsed.
 
 Runs the export's model.onnx in ONNX Runtime, without importing PyTorch, so it starts fast.
-Bad input (a missing model, a corrupt or too small image, a bad CSV) prints one line on stderr
+Bad input (a missing model or one of another kind, a corrupt or too small image, a bad CSV) prints one line on stderr
 and exits with code 2.
 """
 
@@ -26,13 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from lightning_modules.data.format import CSV_COLUMNS, N_PIXELS
+from lightning_modules.data.format import CSV_COLUMNS, N_CLASSES, N_PIXELS
 from lightning_modules.errors import UserInputError, check_path_length, one_line
 from search.digit_inputs import (  # re-exported (__all__): the predictor's public names
     MAX_IMAGE_PIXELS,
     MAX_IMAGE_SIDE,
     PredictError,
     _regular_file,
+    first_line,
     frame_digit,
     is_light_background,
     read_image,
@@ -52,6 +53,9 @@ _CSV_CHUNK = 1024 * 1024
 MAX_IMAGES = 10_000  # files on one command line (a CSV has its own row bound)
 MAX_MODEL_BYTES = 1024 * 1024 * 1024  # the largest searchable MLP is ~850 MB of float32 weights
 MODEL_FILE = "model.onnx"
+PROBABILITIES = "probabilities"  # the export's softmax output; any other is read as logits
+OUTPUT_TYPES = ("tensor(float)", "tensor(double)", "tensor(float16)")  # scores numpy can softmax
+PROBABILITY_SUM_TOLERANCE = 1e-3  # float32 softmax rows sum to 1 within ~1e-6; float16 within ~1e-3
 
 
 @dataclass(frozen=True)
@@ -71,25 +75,74 @@ class Prediction:
 # ---------------------------------------------------------------- model
 
 
+def _not_ours(file: Path, reason: str) -> PredictError:
+    """An ONNX file that loads but is no digit classifier: ONNX Runtime or numpy would fail on it
+    with a traceback, or print nonsense ("0 (inf%)"). One line says what is wrong and the fix."""
+    return PredictError(f"{file}: not an mnist-search model ({reason}); export one with python -m search.export")
+
+
 @dataclass
 class Model:
     """An ONNX Runtime session on an exported model: float32 (N, 784) in [0, 1] -> probabilities."""
 
     session: Any
     path: Path
+    output: str = PROBABILITIES  # the output read: the export's probabilities, or bare logits
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        outputs = [o.name for o in self.session.get_outputs()]
-        wanted = "probabilities" if "probabilities" in outputs else outputs[0]
-        (result,) = self.session.run([wanted], {self.session.get_inputs()[0].name: pixels.astype(np.float32)})
-        if wanted != "probabilities":  # a bare-logits model: softmax here
+        """(N, 10) probabilities, checked: a graph's declared shapes may be dynamic or wrong, and
+        its scores NaN, so what it gives is judged at run time too."""
+        try:
+            (result,) = self.session.run([self.output], {self.session.get_inputs()[0].name: pixels.astype(np.float32)})
+        except Exception as error:  # noqa: BLE001 - ORT raises its own untyped errors (a fixed batch size, a bad node)
+            raise _not_ours(self.path, f"it fails on {len(pixels)} images: {first_line(error)}") from None
+        result = np.asarray(result, dtype=np.float64)
+        if result.shape != (len(pixels), N_CLASSES):
+            raise _not_ours(self.path, f"it gives {self.output!r} of shape {result.shape} for {len(pixels)} images, not (N, 10)")
+        if not np.isfinite(result).all():
+            raise _not_ours(self.path, f"its {self.output!r} holds NaN or infinite values")
+        if self.output != PROBABILITIES:  # a bare-logits model: softmax here
             shifted = np.exp(result - result.max(axis=1, keepdims=True))
-            result = shifted / shifted.sum(axis=1, keepdims=True)
+            return shifted / shifted.sum(axis=1, keepdims=True)
+        if result.min() < 0 or result.max() > 1 or not np.allclose(result.sum(axis=1), 1.0, atol=PROBABILITY_SUM_TOLERANCE):
+            raise _not_ours(self.path, f"its {self.output!r} are not probabilities (each row in [0, 1], summing to 1)")
         return result
 
 
+def _dims(shape: Sequence[Any]) -> str:
+    """A graph's declared shape as (N, 784): a dynamic size by its name, ? where it has none."""
+    return "(" + ", ".join("?" if size is None else str(size) for size in shape) + ")"
+
+
+def _check_input(file: Path, session: Any) -> None:
+    """Exactly one input, float32 (N, 784): the pixels predict feeds. Anything else fails in ONNX Runtime."""
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise _not_ours(file, f"it takes {len(inputs)} inputs ({', '.join(i.name for i in inputs)}), not one")
+    (pixels,) = inputs
+    if pixels.type != "tensor(float)":
+        raise _not_ours(file, f"its input {pixels.name!r} is {pixels.type}, not tensor(float)")
+    if len(pixels.shape) != 2 or pixels.shape[1] != N_PIXELS:
+        raise _not_ours(file, f"its input has shape {_dims(pixels.shape)}, not (N, 784)")
+
+
+def _chosen_output(file: Path, session: Any) -> str:
+    """The export's "probabilities", else the first output as logits; float scores of rank 2, 10
+    classes where the graph says its size."""
+    outputs = session.get_outputs()
+    if not outputs:
+        raise _not_ours(file, "it has no outputs")
+    output = next((o for o in outputs if o.name == PROBABILITIES), outputs[0])
+    if output.type not in OUTPUT_TYPES:
+        raise _not_ours(file, f"its output {output.name!r} is {output.type}, not float scores")
+    shape = output.shape
+    if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != N_CLASSES):
+        raise _not_ours(file, f"its output {output.name!r} has shape {_dims(shape)}, not (N, 10)")
+    return output.name
+
+
 def load_model(path: Path) -> Model:
-    """The export folder's model.onnx (or an .onnx file given directly), checked for its input shape."""
+    """The export folder's model.onnx (or an .onnx file given directly), checked for its inputs and outputs."""
     check_path_length(path, "--model")
     file = path / MODEL_FILE if path.is_dir() else path
     if not file.exists():
@@ -103,12 +156,9 @@ def load_model(path: Path) -> Model:
     try:
         session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # noqa: BLE001 - ORT raises its own untyped errors for bad files
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise PredictError(f"{file}: not a loadable ONNX model ({reason})") from None
-    shape = session.get_inputs()[0].shape
-    if len(shape) != 2 or shape[1] != N_PIXELS:
-        raise PredictError(f"{file}: the model takes input of shape {shape}, not (N, 784); not an mnist-search model")
-    return Model(session, file)
+        raise PredictError(f"{file}: not a loadable ONNX model ({first_line(error)})") from None
+    _check_input(file, session)
+    return Model(session, file, _chosen_output(file, session))
 
 
 def predict_pixels(model: Model, pixels: np.ndarray, sources: Sequence[str], labels: Sequence[int] | None = None) -> list[Prediction]:
@@ -200,8 +250,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = [
-    "MAX_IMAGE_PIXELS", "MAX_IMAGE_SIDE", "Model", "PredictError", "Prediction", "frame_digit", "is_light_background",
-    "load_model", "main", "predict_csv", "predict_images", "read_image", "to_model_input", "to_white_on_black",
+    "MAX_IMAGE_PIXELS",
+    "MAX_IMAGE_SIDE",
+    "Model",
+    "PredictError",
+    "Prediction",
+    "frame_digit",
+    "is_light_background",
+    "load_model",
+    "main",
+    "predict_csv",
+    "predict_images",
+    "read_image",
+    "to_model_input",
+    "to_white_on_black",
 ]
 
 

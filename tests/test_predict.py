@@ -14,14 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
-from PIL import Image
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image, ImageFile
 from PIL.Image import DecompressionBombWarning
 
-from lightning_modules.hyperparams import HyperParams
 from lightning_modules.data.readers import write_csv
 from lightning_modules.data.split import DataSplit
+from lightning_modules.hyperparams import HyperParams
 from lightning_modules.training import fit
 from search import predict
 from search.export.model_formats import export_onnx
@@ -97,8 +99,10 @@ def test_float_and_16_bit_images_read_as_their_8_bit_originals(known: Known, tmp
     paths = []
     for index, image in enumerate(known.images[:4]):
         versions = {
-            "float.tiff": image.astype(np.float32) / 255, "float255.tiff": image.astype(np.float32),
-            "16bit.png": image.astype(np.uint16) * 257, "32bit.tiff": image.astype(np.int32) * 257,  # mode I
+            "float.tiff": image.astype(np.float32) / 255,
+            "float255.tiff": image.astype(np.float32),
+            "16bit.png": image.astype(np.uint16) * 257,
+            "32bit.tiff": image.astype(np.int32) * 257,  # mode I
         }
         for name, array in versions.items():
             paths.append(tmp_path / f"{index}-{name}")
@@ -289,7 +293,12 @@ def test_the_csv_row_bound_allows_a_header_and_exactly_its_rows(known: Known, tm
 
 def run_cli(python: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [python, "-m", "search.predict", *args], capture_output=True, text=True, env=env, timeout=120,
+        [python, "-m", "search.predict", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
         cwd=Path(__file__).resolve().parents[1],
     )
 
@@ -313,4 +322,230 @@ def test_cli_huge_image_is_one_line_without_pillows_warning(known: Known, tmp_pa
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [
         f"error: {big}: the image is 169,000,000 pixels, more than 4096x4096; scale it down to at most 4096x4096 pixels (a digit needs only 28x28)"
+    ], result.stderr
+
+
+# ---------------------------------------------------------------- models of the wrong kind
+
+
+def onnx_folder(folder: Path, nodes: list, inputs: list, outputs: list, weights: dict[str, np.ndarray] | None = None) -> Path:
+    """An export-like folder holding a small hand-built ONNX graph (opset 17, as the export writes)."""
+    initializers = [numpy_helper.from_array(array, name) for name, array in (weights or {}).items()]
+    graph = helper.make_graph(nodes, "hostile", inputs, outputs, initializers)
+    folder.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), folder / "model.onnx")
+    return folder
+
+
+def value(name: str, kind: int, shape: list[int | str]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, kind, shape)
+
+
+PIXELS = value("x", TensorProto.FLOAT, ["N", 784])
+FLOAT = TensorProto.FLOAT
+
+
+def matmul_folder(folder: Path, weights: np.ndarray, output: str, pixels: onnx.ValueInfoProto = PIXELS) -> Path:
+    """x (N, 784) @ weights (784, 10) as the model's one output, named `output`."""
+    n = pixels.type.tensor_type.shape.dim[0]
+    scores = value(output, FLOAT, [n.dim_value or n.dim_param, 10])
+    return onnx_folder(folder, [helper.make_node("MatMul", ["x", "w"], [output])], [pixels], [scores], {"w": weights.astype(np.float32)})
+
+
+WRONG_KINDS = {  # the red-team's models: each once passed load_model and then crashed with a traceback
+    "int64-input": (
+        [helper.make_node("Identity", ["x"], ["y"])],
+        [value("x", TensorProto.INT64, ["N", 784])],
+        [value("y", TensorProto.INT64, ["N", 784])],
+        "is tensor(int64), not tensor(float)",
+    ),
+    "1-d-output": (
+        [helper.make_node("ReduceMax", ["x"], ["y"], axes=[1], keepdims=0)],
+        [PIXELS],
+        [value("y", FLOAT, ["N"])],
+        "has shape (N), not (N, 10)",
+    ),
+    "bool-output": (
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.BOOL)],
+        [PIXELS],
+        [value("y", TensorProto.BOOL, ["N", 784])],
+        "is tensor(bool), not float scores",
+    ),
+    "no-classes": (
+        [helper.make_node("Slice", ["x", "zero", "zero", "one"], ["y"])],
+        [PIXELS],
+        [value("y", FLOAT, ["N", 0])],
+        "has shape (N, 0), not (N, 10)",
+    ),
+    "two-inputs": (
+        [helper.make_node("Add", ["x", "z"], ["y"])],
+        [PIXELS, value("z", FLOAT, ["N", 784])],
+        [value("y", FLOAT, ["N", 784])],
+        "takes 2 inputs (x, z), not one",
+    ),
+    "784-probabilities": (
+        [helper.make_node("Identity", ["x"], ["probabilities"])],
+        [PIXELS],
+        [value("probabilities", FLOAT, ["N", 784])],
+        "has shape (N, 784)",
+    ),
+}
+
+
+def two_digits(folder: Path) -> list[Path]:
+    """Two 28x28 images: a bar and a blank, enough to run any model on a batch of two."""
+    bar = np.zeros((28, 28), dtype=np.uint8)
+    bar[5:23, 12:16] = 255
+    return save(np.stack([bar, np.zeros_like(bar)]), folder, "digit")
+
+
+def assert_one_line_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert predict.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1, captured.err
+    assert message in captured.err and "export one with python -m search.export" in captured.err, captured.err
+
+
+@pytest.mark.parametrize("kind", list(WRONG_KINDS))
+def test_a_model_of_the_wrong_kind_is_refused_when_loaded(kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Only the first input's shape was checked: an int64 input, a 1-D, bool or empty output and a
+    second input crashed in ONNX Runtime or numpy with a traceback."""
+    nodes, inputs, outputs, message = WRONG_KINDS[kind]
+    zero, one = np.array([0], dtype=np.int64), np.array([1], dtype=np.int64)
+    folder = onnx_folder(tmp_path / "model", nodes, inputs, outputs, {"zero": zero, "one": one} if kind == "no-classes" else None)
+    with pytest.raises(PredictError, match="not an mnist-search model"):
+        predict.load_model(folder)
+    assert_one_line_exit_2(["--model", str(folder), *map(str, two_digits(tmp_path))], message, capsys)
+
+
+RUNTIME_FAULTS = {  # graphs that look right when loaded and go wrong when run
+    "nan-probabilities": (lambda folder: matmul_folder(folder, np.full((784, 10), np.nan), "probabilities"), "holds NaN or infinite values"),
+    "negative-probabilities": (lambda folder: matmul_folder(folder, -np.ones((784, 10)), "probabilities"), "are not probabilities"),
+    "fixed-batch-of-1": (
+        lambda folder: matmul_folder(folder, np.zeros((784, 10)), "logits", value("x", FLOAT, [1, 784])),
+        "it fails on 2 images",
+    ),
+    "784-scores-at-run-time": (
+        lambda folder: onnx_folder(  # reshaped to its own shape: the graph cannot say its output is 784 wide
+            folder,
+            [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Reshape", ["x", "s"], ["y"])],
+            [PIXELS],
+            [value("y", FLOAT, ["N", "C"])],
+        ),
+        "gives 'y' of shape (2, 784) for 2 images",
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", list(RUNTIME_FAULTS))
+def test_a_model_that_goes_wrong_when_run_is_one_line(fault: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A model giving NaN once printed "0 (inf%)" and exited 0; its output is checked when it is run."""
+    build, message = RUNTIME_FAULTS[fault]
+    folder = build(tmp_path / "model")
+    model = predict.load_model(folder)
+    with pytest.raises(PredictError, match="not an mnist-search model"):
+        predict.predict_images(model, two_digits(tmp_path))
+    assert_one_line_exit_2(["--model", str(folder), *map(str, two_digits(tmp_path))], message, capsys)
+
+
+def test_a_bare_logits_model_is_softmaxed(tmp_path: Path) -> None:
+    """The checks refuse nothing that works: logits of a size the graph leaves open are read."""
+    weights = np.random.default_rng(0).normal(size=(784, 10)).astype(np.float32)
+    folder = onnx_folder(
+        tmp_path / "model", [helper.make_node("MatMul", ["x", "w"], ["scores"])], [PIXELS], [value("scores", FLOAT, ["N", "C"])], {"w": weights}
+    )
+    paths = two_digits(tmp_path)
+    predictions = predict.predict_images(predict.load_model(folder), paths)
+    logits = np.stack([predict.to_model_input(predict.read_image(path), "x") for path in paths]) @ weights
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    assert digits(predictions) == expected.argmax(axis=1).tolist()
+    assert np.allclose([p.probability for p in predictions], expected.max(axis=1), atol=1e-5)
+
+
+# ---------------------------------------------------------------- images Pillow cannot decode
+
+
+CORRUPT_HEADERS = {  # a corrupt header where Pillow's plugin raises NotImplementedError, not OSError
+    "pixel-format-flags-0.dds": b"DDS " + struct.pack("<7I", 124, 0x1007, 40, 40, 0, 0, 0) + bytes(96),
+    "compression-161.blp": b"BLP2" + struct.pack("<i4B2I", 161, 1, 0, 0, 0, 40, 40) + bytes(16 * 4 * 2 + 1024),
+}
+
+
+@pytest.mark.parametrize("name", list(CORRUPT_HEADERS))
+def test_a_corrupt_dds_or_blp_is_one_line(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """DDS's "Unknown pixel format flags 0" and BLP's BLPFormatError once ended in a traceback."""
+    path = tmp_path / name
+    path.write_bytes(CORRUPT_HEADERS[name])
+    with pytest.raises(PredictError, match=f"{name}: corrupt or truncated image \\(Unknown"):
+        predict.read_image(path)
+    bar = np.zeros((784, 10), dtype=np.float32)
+    assert predict.main(["--model", str(matmul_folder(tmp_path / "model", bar, "logits")), str(path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        struct.error("unpack requires a buffer of 4 bytes"),
+        SyntaxError("not a PSD file"),
+        EOFError(),
+        IndexError("list index out of range"),
+        KeyError(7),
+        TypeError("bad tile"),
+        ZeroDivisionError("division by zero"),
+        RuntimeError("decoder"),
+        Exception("bare"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_any_decoder_failure_is_one_line(error: Exception, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow's plugins raise many types on a corrupt file (a bare EOFError has no message at all)."""
+    (path,) = save(np.zeros((1, 28, 28), dtype=np.uint8), tmp_path, "digit")
+
+    def fail(self: ImageFile.ImageFile) -> None:
+        raise error
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", fail)
+    reason = str(error) or type(error).__name__
+    with pytest.raises(PredictError, match=f"corrupt or truncated image \\({reason}"):
+        predict.read_image(path)
+
+
+def tiff_with_rows_per_strip(path: Path, count: int, keep: int | None = None) -> Path:
+    """A 28x28 TIFF whose RowsPerStrip tag (278) claims `count` entries: Pillow warns, then decodes
+    it; cut to `keep` bytes, it warns and then fails."""
+    image = np.zeros((28, 28), dtype=np.uint8)
+    image[5:23, 12:16] = 255
+    Image.fromarray(image).save(path)
+    data = bytearray(path.read_bytes())
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    entry = next(
+        ifd + 2 + 12 * i for i in range(struct.unpack_from("<H", data, ifd)[0]) if struct.unpack_from("<H", data, ifd + 2 + 12 * i)[0] == 278
+    )
+    struct.pack_into("<II", data, entry + 4, count, 8)
+    path.write_bytes(bytes(data[:keep]))
+    return path
+
+
+def test_pillows_warnings_are_not_printed(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
+    """A TIFF with a bad tag printed Pillow's UserWarning and its source line before the prediction
+    or the one-line error."""
+    assert predict.read_image(tiff_with_rows_per_strip(tmp_path / "large.tif", 100_000)).max() == 255  # "Tag data larger than file"
+    assert predict.read_image(tiff_with_rows_per_strip(tmp_path / "many.tif", 2)).max() == 255  # "tag 278 had too many entries"
+    with pytest.raises(PredictError, match="corrupt or truncated image"):
+        predict.read_image(tiff_with_rows_per_strip(tmp_path / "cut.tif", 2, keep=130))
+    assert not [str(w.message) for w in recwarn]
+
+
+@pytest.mark.slow
+def test_cli_pillows_warnings_stay_off_stderr(tmp_path: Path, python: str, run_env: dict[str, str]) -> None:
+    folder = matmul_folder(tmp_path / "model", np.zeros((784, 10)), "logits")
+    result = run_cli(python, run_env, "--model", str(folder), str(tiff_with_rows_per_strip(tmp_path / "warns.tif", 2)))
+    assert result.returncode == 0 and result.stderr == "" and len(result.stdout.splitlines()) == 1, result.stderr
+    cut = tiff_with_rows_per_strip(tmp_path / "cut.tif", 2, keep=130)
+    result = run_cli(python, run_env, "--model", str(folder), str(cut))
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"error: {cut}: corrupt or truncated image (image file is truncated (8 bytes not processed))"
     ], result.stderr
