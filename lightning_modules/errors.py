@@ -5,6 +5,7 @@ pool's parent) catches without importing Lightning."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 NAME_MAX = 255  # bytes in one folder or file name (Linux's file systems)
 PATH_MAX = 4096  # bytes in a whole path, its end included
@@ -31,6 +32,15 @@ def check_path_length(path: str | os.PathLike[str], what: str) -> None:
     else:
         return
     raise UserInputError(f"{what} {os.fsdecode(raw)[:60]!r}... {why}; pass a shorter path")
+
+
+def expand_home(path: str | os.PathLike[str], what: str) -> Path:
+    """`path` with a leading ~ or ~user made the home folder; UserInputError for a user this
+    machine does not know (Path.expanduser raised a RuntimeError traceback for `~nouser/x`)."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        raise UserInputError(f"{what} {os.fsdecode(path)[:60]!r}: no such user's home folder here; write the path out in full") from None
 
 
 def one_line(text: str) -> str:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from lightning_modules.errors import UserInputError, check_path_length
+from lightning_modules.errors import UserInputError, check_path_length, expand_home
 from search.paths import artifact_dir
 from search.redaction import redact
 
@@ -81,7 +81,7 @@ def parse_location(text: str | None) -> StoreLocation:
     scheme = _SCHEME.match(text)
     if scheme is None:
         check_path_length(text, "artifact store")
-        return StoreLocation(folder=Path(text).expanduser().resolve())
+        return StoreLocation(folder=expand_home(text, "--artifact-store").resolve())
     if not text.startswith(S3_SCHEME):
         raise ArtifactStoreError(f"artifact store {shown}: {scheme.group(1)}:// is not supported; pass {FORMS}")
     bucket, _, prefix = text[len(S3_SCHEME):].partition("/")

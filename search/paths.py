@@ -13,7 +13,7 @@ import re
 import unicodedata
 from pathlib import Path
 
-from lightning_modules.errors import UserInputError, check_path_length
+from lightning_modules.errors import UserInputError, check_path_length, expand_home
 
 HOME_ENV = "MNIST_SEARCH_HOME"
 DB_NAME = "mnist-search.db"
@@ -28,7 +28,7 @@ def runtime_dir() -> Path:
     """The folder for the default database, artifacts, checkpoints and exports (git-ignored `storage/`)."""
     home = os.environ.get(HOME_ENV) or "storage"  # set but empty: unset, not the current folder
     check_path_length(home, HOME_ENV)
-    folder = Path(home).expanduser().resolve()
+    folder = expand_home(home, HOME_ENV).resolve()
     blocker = next((p for p in (folder, *folder.parents) if p.exists()), folder)
     if not blocker.is_dir():  # every command then said "no study database ... start a search first"
         named = f"{HOME_ENV}={home}" if os.environ.get(HOME_ENV) else "the default run-state folder storage"
@@ -51,6 +51,14 @@ def exports_dir() -> Path:
 def checkpoints_dir() -> Path:
     """Per-epoch checkpoints of running trials, kept until the trial finishes (for resume)."""
     return runtime_dir() / "checkpoints"
+
+
+def check_run_folders(folders: list[Path]) -> None:
+    """UserInputError if one of the folders a run writes in under the runtime folder is a file
+    (or anything but a folder): found before the study is made, where it was a traceback after."""
+    for folder in folders:
+        if os.path.lexists(folder) and not folder.is_dir():
+            raise UserInputError(f"{folder} is not a folder, and the run keeps its {folder.name} there; move it aside, or point {HOME_ENV} elsewhere")
 
 
 def study_dir_name(study_name: str) -> str:

@@ -17,6 +17,7 @@ from lightning_modules.device import Device, physical_ids, resolve_device, threa
 from lightning_modules.errors import UserInputError, one_line
 from search.failures import EXIT_STORAGE_FAILED, describe_storage_failure, quiet_storage_failures_in_threads, storage_failure
 from search.options import RUN_FLAGS, OneLineParser, add_flags, overrides_from_args
+from search.paths import artifact_dir, check_run_folders, checkpoints_dir, exports_dir
 from search.redaction import mask, mask_known, redact, redact_words, secrets_in
 from search.settings import Settings
 from search.workers import StopRequest, describe_exit_codes
@@ -84,6 +85,11 @@ def check_artifact_store(settings: Settings) -> Settings:
     return settings.model_copy(update={"study": settings.study.model_copy(update={"artifact_store": str(location)})})
 
 
+def run_folders(settings: Settings) -> list[Path]:
+    """The folders under the runtime folder this run writes in."""
+    return [checkpoints_dir()] + ([artifact_dir()] if settings.study.artifact_store is None else []) + ([exports_dir()] if settings.export else [])
+
+
 def resume_command(argv: list[str]) -> str:
     """The command that resumes this run, with any storage password masked."""
     return "python -m search.run " + " ".join(shlex.quote(a) for a in redact_words(argv))
@@ -101,6 +107,7 @@ def run(argv: list[str], stop: StopRequest) -> int:
 
     url = check_storage_url(settings.study.storage)
     refuse_a_foreign_sqlite_file(url)  # before the data is loaded: a mistyped path answers at once
+    check_run_folders(run_folders(settings))
     source = check_data(settings.data)
     settings = check_artifact_store(settings)
     cores = usable_cores()  # read once: joblib reads the cgroup's files each time

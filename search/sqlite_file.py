@@ -6,10 +6,13 @@ into a storage and calls these on the file it names.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from search.storage_url import StorageError
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 60
 # Tables every Optuna study database has: a database without them is not one.
@@ -39,6 +42,50 @@ class Schema:
     @property
     def names(self) -> set[str]:
         return set(self.tables)
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_location(path: Path) -> None:
+    """StorageError unless `path` can be a study file: absent (with a folder on the way this
+    process can make it in), empty, or an SQLite database. A folder, a file of another kind or a
+    file where a folder should be were found only after the data was loaded, some as tracebacks."""
+    if path.is_dir():
+        raise StorageError(f"SQLite database {path} is a folder; pass a file's path with --storage, e.g. {path / 'mnist-search.db'}")
+    if path.is_file():
+        try:
+            with path.open("rb") as handle:
+                head = handle.read(len(SQLITE_HEADER))
+        except OSError:
+            return  # unreadable: the open names it
+        if head and head != SQLITE_HEADER:
+            raise StorageError(f"{path} is not an SQLite database (a file of another kind); pass another path with --storage")
+        return
+    if os.path.lexists(path):
+        raise StorageError(f"SQLite database {path} is not a regular file; pass another path with --storage")
+    folder = path.parent
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        why = "is not a folder" if not folder.is_dir() else "is not writable here"
+        raise StorageError(f"{folder} {why}, so SQLite database {path} cannot be made there; pass another path with --storage")
+
+
+def writable(path: Path) -> bool:
+    """Whether this user can write the SQLite file and beside it (its -wal, -shm and -journal);
+    False on a read-only file system too."""
+    return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+
+
+def foreign_file(path: Path, foreign: list[str]) -> StorageError:
+    """Refused before anything is written to it: a search would otherwise add its tables to
+    someone else's database (and switch it to WAL)."""
+    shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+    return StorageError(
+        f"SQLite database {path} holds another application's tables ({shown}) and no Optuna study; a search adds its tables only to "
+        "a new file or a study database: pass another path with --storage"
+    )
 
 
 def switch_to_wal(path: Path) -> None:

@@ -10,7 +10,6 @@ file, a folder or a table, and the dashboard's connection is read-only.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -46,29 +45,21 @@ def _retry_lost_race(action: Callable[[], T], lost_race: Callable[[Exception], b
 
 
 def refuse_a_foreign_sqlite_file(url: str) -> None:
-    """StorageError if the URL names an existing SQLite file of another application: for the
-    runner to answer before it loads any data (opening the storage checks again). A file it
-    cannot read here (on a read-only disk, a WAL file without its -shm cannot be opened) is left
-    to that open, which names the problem."""
+    """StorageError if the URL names a path a search cannot keep a study in (a folder, a file of
+    another kind, another application's database, a folder it cannot make): for the runner to
+    answer before it loads any data (opening the storage checks again). A file it cannot read
+    here (on a read-only disk, a WAL file without its -shm cannot be opened) is left to that
+    open, which names the problem."""
     path = sqlite_path(url)
     if path is None:
         return
+    sqlite_file.check_location(path)
     try:
         foreign = sqlite_file.foreign_tables(path)
     except sqlite3.Error:
         return
     if foreign:
-        raise _foreign_file(path, foreign)
-
-
-def _foreign_file(path: Path, foreign: list[str]) -> StorageError:
-    """Refused before anything is written to it: a search would otherwise add its tables to
-    someone else's database (and switch it to WAL)."""
-    shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-    return StorageError(
-        f"SQLite database {path} holds another application's tables ({shown}) and no Optuna study; a search adds its tables only to "
-        "a new file or a study database: pass another path with --storage"
-    )
+        raise sqlite_file.foreign_file(path, foreign)
 
 
 def _prepare_sqlite(path: Path) -> set[str]:
@@ -76,10 +67,13 @@ def _prepare_sqlite(path: Path) -> set[str]:
     with the file; WAL lets the dashboard read while workers write). Returns the tables the file
     holds: a study database is switched only once Optuna has accepted its schema version
     (`_switch_to_wal` after the open), so a refused file stays byte for byte as it was. A file
-    that holds another application's tables is refused first (`_foreign_file`)."""
-    if not path.parent.exists():
+    that holds another application's tables is refused first (`sqlite_file.foreign_file`)."""
+    sqlite_file.check_location(path)
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-    if not _writable(path):
+    except OSError as error:
+        raise StorageError(f"cannot make the folder of SQLite database {path} ({error.strerror}); pass another path with --storage") from None
+    if not sqlite_file.writable(path):
         raise StorageError(
             f"SQLite database {path} is on a read-only file system or not writable; a study writes to it: "
             "make it writable, or copy it somewhere writable and pass that with --storage"
@@ -87,16 +81,10 @@ def _prepare_sqlite(path: Path) -> set[str]:
     schema = _sqlite_schema(path)
     foreign = sqlite_file.foreign_in(schema)
     if foreign:
-        raise _foreign_file(path, foreign)
+        raise sqlite_file.foreign_file(path, foreign)
     if not sqlite_file.OPTUNA_TABLES <= schema.names:
         _switch_to_wal(path)
     return schema.names
-
-
-def _writable(path: Path) -> bool:
-    """Whether this user can write the SQLite file and beside it (its -wal, -shm and -journal);
-    False on a read-only file system too."""
-    return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
 
 
 def _sqlite_tables(path: Path, *, recover: bool = True) -> set[str]:
@@ -238,7 +226,7 @@ def open_existing_storage(url: str | None, *, read_only: bool = False, flag: str
             raise StorageError(f"no study database at {path}; start a search first (python -m search.run) or pass {flag}")
         engine_kwargs = {"connect_args": {"timeout": sqlite_file.SQLITE_BUSY_TIMEOUT_SECONDS}}
         real = path.resolve()
-        writable = _writable(real)
+        writable = sqlite_file.writable(real)
         if read_only:
             # A WAL file with no writer, where this user cannot create its -shm (a read-only disk,
             # another user's folder), is read as it is; the -shm was a traceback for every reader.

@@ -13,6 +13,7 @@ import re
 import string
 import unicodedata
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -287,6 +288,73 @@ def test_a_run_state_home_that_is_a_file_is_named_as_one(
     assert err.count("\n") == 1 and f"({blocker} is a file)" in err and "Traceback" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "storage"]
     assert (tmp_path / "file").read_bytes() == b"mine" and (tmp_path / "storage").read_bytes() == b"mine too"
+
+
+@pytest.mark.parametrize("folder", ["checkpoints", "artifacts", "exports"])
+def test_a_run_state_folder_that_is_a_file_answers_before_the_study_is_made(
+    folder: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A file named checkpoints or artifacts in the run-state folder was a traceback after the
+    study had been made (its trial 0 failed, or left waiting)."""
+    from search.run import main
+
+    (tmp_path / folder).write_bytes(b"mine")
+    monkeypatch.setenv("MNIST_SEARCH_HOME", str(tmp_path))
+    assert main(["--trials", "1", "--data-dir", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path / folder} is not a folder" in err and "move it aside" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [folder] and (tmp_path / folder).read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize(
+    ("make", "url", "words"),
+    [
+        (lambda d: (d / "adir").mkdir(), "adir", "is a folder"),
+        (lambda d: (d / "afile").write_bytes(b"x"), "afile/sub/x.db", "afile is not a folder"),
+        (lambda d: (d / "notes.db").write_bytes(b"my notes, not SQLite"), "notes.db", "not an SQLite database"),
+        (lambda d: os.mkfifo(d / "pipe"), "pipe", "not a regular file"),
+    ],
+)
+def test_a_storage_path_no_study_can_live_at_answers_before_the_data_is_loaded(
+    make: Any, url: str, words: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """These were found after torch was imported and the data loaded, some as tracebacks (a file
+    where a folder should be). Here the data folder is missing, so only a check made before the
+    data can give the storage's error."""
+    from search.run import main
+
+    (tmp_path / "w").mkdir()
+    make(tmp_path / "w")
+    before = tree(tmp_path)
+    monkeypatch.setenv("MNIST_SEARCH_HOME", str(tmp_path / "home"))
+    assert main(["--storage", f"sqlite:///{tmp_path / 'w' / url}", "--data-dir", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err and "--storage" in err, err
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "env"),
+    [
+        ("search.run", ["--data-dir", "~nouser-zq7/x"], {}),
+        ("search.run", ["--data", "~nouser-zq7/x.csv"], {}),
+        ("search.run", ["--artifact-store", "~nouser-zq7/x"], {}),
+        ("search.run", [], {"MNIST_DATA_DIR": "~nouser-zq7"}),
+        ("search.export.__main__", [], {"MNIST_SEARCH_HOME": "~nouser-zq7"}),
+        ("search.dashboard", ["--artifact-store", "~nouser-zq7/x"], {}),
+    ],
+)
+def test_a_home_folder_of_an_unknown_user_is_one_line(
+    module: str, argv: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Path.expanduser raised "RuntimeError: Could not determine home directory." as a traceback."""
+    import importlib
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert importlib.import_module(module).main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "~nouser-zq7" in err and "no such user's home folder" in err, err
 
 
 @pytest.mark.parametrize(

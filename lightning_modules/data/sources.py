@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lightning_modules.data.datasets import DATA_DIR_ENV, DATASETS, MNIST, DatasetSpec
-from lightning_modules.errors import DataError, check_path_length
+from lightning_modules.errors import DataError, check_path_length, expand_home
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def resolve_data_source(
         if data.lower() in DATASETS:
             spec = DATASETS[data.lower()]
         else:
-            path = Path(data).expanduser()
+            path = expand_home(data, "--data")
             if path.suffix.lower() == ".csv" or path.is_file():
                 if not path.is_file():
                     raise DataError(f"{path}: file not found")
@@ -72,9 +72,9 @@ def resolve_data_source(
             what = "not a regular file or a directory (a device, pipe or socket)" if path.exists() else "no such file or directory"
             raise DataError(f"--data {data!r}: {what}, and not a dataset name ({', '.join(DATASETS)})")
     if data_dir:
-        return DataSource("idx", Path(data_dir).expanduser(), spec)
+        return DataSource("idx", expand_home(data_dir, "--data-dir"), spec)
     if env.get(DATA_DIR_ENV) and spec is MNIST:
-        return DataSource("idx", Path(env[DATA_DIR_ENV]).expanduser(), spec)
+        return DataSource("idx", expand_home(env[DATA_DIR_ENV], DATA_DIR_ENV), spec)
     for directory in spec.system_dirs:
         if has_all_files(directory, spec):
             return DataSource("idx", directory, spec)
