@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from search import sqlite_file
 from search.redaction import clip, message_secrets, redact
-from search.storage_url import StorageError, check_storage_url, sqlite_path
+from search.storage_url import StorageError, check_storage_url, driver_hint, sqlite_path
 
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 10  # a host that never answers is an error, not a hang (libpq waits for ever)
 SQLITE_WAL_ATTEMPTS = 10
@@ -131,8 +131,7 @@ def _open(url: str, build: Callable[[], T]) -> T:
         module = error.name or getattr(error.__cause__, "name", None)  # Optuna wraps the driver's ImportError
         if module is None:
             raise StorageError(f"no database driver for {redact(url)} ({error}); install the driver its URL names") from None
-        hint = "pip install -e '.[postgres]'" if module.startswith("psycopg") and module != "psycopg2" else f"pip install the package that provides {module!r}"
-        raise StorageError(f"no database driver for {redact(url)} (module {module!r} is missing); {hint}") from None
+        raise StorageError(f"no database driver for {redact(url)} (module {module!r} is missing); {driver_hint(module)}") from None
     except SQLAlchemyError as error:
         reason = clip(str(getattr(error, "orig", None) or error).strip().splitlines()[0], 200, message_secrets(url))
         hint = "check that the server is running and the URL is right"

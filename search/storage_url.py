@@ -8,6 +8,7 @@ error of both, lives here and is imported from either.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from lightning_modules.errors import UserInputError, check_path_length
 from search.paths import default_storage_url
@@ -38,6 +39,7 @@ def check_storage_url(url: str | None) -> str:
     backend = parsed.get_backend_name()
     if backend not in BACKENDS:
         raise StorageError(f"storage URL {redact(url)}: {backend!r} is not a database Optuna stores studies in ({example})")
+    _check_driver(parsed, url)
     if parsed.port is not None and not 0 < parsed.port < 65536:
         raise StorageError(f"storage URL {redact(url)}: port {parsed.port} is outside 1-65535")
     if backend == "sqlite":
@@ -53,6 +55,33 @@ def check_storage_url(url: str | None) -> str:
                 "pass the plain path, e.g. sqlite:///runs/study.db"
             )
     return url
+
+
+def driver_hint(module: str) -> str:
+    """How to install a missing database driver."""
+    return "pip install -e '.[postgres]'" if module.startswith("psycopg") and module != "psycopg2" else f"pip install the package that provides {module!r}"
+
+
+def _check_driver(parsed: Any, url: str) -> None:
+    """The URL's driver exists, is installed and is not an asyncio one (Optuna's storage is
+    synchronous): found here, before a SQLite file and its folders were made for a driver that
+    was then missing, or an async driver printed "coroutine ... was never awaited"."""
+    from sqlalchemy.exc import NoSuchModuleError
+
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        raise StorageError(f"storage URL {redact(url)}: SQLAlchemy knows no driver {parsed.drivername!r}; e.g. postgresql:// or sqlite:///") from None
+    if getattr(dialect, "is_async", False):
+        raise StorageError(
+            f"storage URL {redact(url)}: {parsed.drivername!r} is an asyncio driver, and Optuna's storage is synchronous; "
+            f"pass {parsed.get_backend_name()}:// instead"
+        )
+    try:
+        dialect.import_dbapi()
+    except ImportError as error:
+        module = error.name or parsed.get_driver_name()
+        raise StorageError(f"no database driver for {redact(url)} (module {module!r} is missing); {driver_hint(module)}") from None
 
 
 def sqlite_path(url: str) -> Path | None:

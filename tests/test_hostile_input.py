@@ -334,6 +334,30 @@ def test_a_storage_path_no_study_can_live_at_answers_before_the_data_is_loaded(
 
 
 @pytest.mark.parametrize(
+    ("scheme", "words"),
+    [
+        ("sqlite+aiosqlite", "is an asyncio driver"),
+        ("sqlite+pysqlcipher", "module 'pysqlcipher3' is missing"),
+        ("sqlite+nosuchdriver", "SQLAlchemy knows no driver 'sqlite+nosuchdriver'"),
+    ],
+)
+@pytest.mark.parametrize("flag", ["--storage", "--warm-start-storage"])
+def test_a_driver_that_cannot_store_a_study_answers_before_any_file_is_made(
+    scheme: str, words: str, flag: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A missing driver was found once the SQLite file, its folders and its WAL were made (and
+    after the data was loaded); an asyncio driver printed "coroutine ... was never awaited"."""
+    monkeypatch.setenv("MNIST_SEARCH_HOME", str(tmp_path / "home"))
+    url = f"{scheme}:///{tmp_path / 'new' / 'q' / 'a.db'}"
+    # the warm start is read once the data is checked (not loaded); the run's own storage before
+    extra = ["--warm-start", "old"] if flag == "--warm-start-storage" else ["--data-dir", str(tmp_path / "missing")]
+    assert main([flag, url, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
     ("module", "argv", "env"),
     [
         ("search.run", ["--data-dir", "~nouser-zq7/x"], {}),
