@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from lightning_modules.errors import UserInputError, check_path_length, expand_home
 from search.paths import artifact_dir
-from search.redaction import redact
+from search.redaction import clip, redact
 
 if TYPE_CHECKING:
     import optuna
@@ -249,8 +249,10 @@ class S3Store:
                 "403": "access denied; the search needs s3:ListBucket, GetObject, PutObject and DeleteObject there",
             }.get(code, "check the credentials, the bucket and AWS_ENDPOINT_URL")
             raise ArtifactStoreError(f"artifact store {self.location} answered {code}: {hint}") from None
+        except ValueError as error:  # botocore's "Invalid endpoint: ..." for a malformed AWS_ENDPOINT_URL
+            raise ArtifactStoreError(f"artifact store {self.location}: {clip(str(error), 120)}; check AWS_ENDPOINT_URL") from None
         except BotoCoreError as error:
-            reason = str(error).splitlines()[0][:200]
+            reason = clip(str(error).splitlines()[0], 200)
             raise ArtifactStoreError(f"artifact store {self.location} cannot be reached ({reason}); check AWS_ENDPOINT_URL and the network") from None
 
     def open_reader(self, artifact_id: str) -> BinaryIO:

@@ -22,9 +22,10 @@ import torch
 
 from helpers import data_error
 from lightning_modules.data.arrays import MnistArrays, load_data
-from lightning_modules.data.datasets import MIRRORS_ENV, MNIST
+from lightning_modules.data.datasets import FASHION_MNIST, MIRRORS_ENV, MNIST
 from lightning_modules.data.download import download_dataset, mirrors_for
 from lightning_modules.data.sources import resolve_data_source
+from lightning_modules.errors import DataError
 
 TIMEOUT = 5.0
 FILES = sorted(f"{name}.gz" for name in MNIST.files.values())
@@ -229,3 +230,21 @@ def test_a_cache_folder_that_cannot_be_created(tmp_path: Path) -> None:
     data_error(
         lambda: download_dataset(MNIST, cache, (closed_port_url(),), timeout=TIMEOUT), str(cache), "cannot create"
     )
+
+
+def test_a_mirror_with_credentials_is_shown_without_them(tmp_path: Path) -> None:
+    """MNIST_SEARCH_MIRRORS may carry a user, password or token: the error names the server only."""
+    url = closed_port_url().replace("http://", "http://mirroruser:MirPw55@") + "mnist/"
+    with pytest.raises(DataError) as caught:
+        download_dataset(MNIST, tmp_path / "cache", (url + "?access_token=Tok77&x=",), timeout=TIMEOUT)
+    message = str(caught.value)
+    assert "http://127.0.0.1:" in message  # the server it tried, and why it failed
+    assert "MirPw55" not in message and "mirroruser" not in message and "Tok77" not in message
+
+
+def test_fashion_mnist_that_cannot_be_fetched_points_at_what_it_reads(tmp_path: Path) -> None:
+    """The error said to point MNIST_DATA_DIR at the files, which is read for MNIST only."""
+    with pytest.raises(DataError) as caught:
+        download_dataset(FASHION_MNIST, tmp_path / "cache", (closed_port_url(),), timeout=TIMEOUT)
+    message = str(caught.value)
+    assert "MNIST_DATA_DIR" not in message and "--data-dir" in message and "/usr/share/datasets/fashion-mnist" in message

@@ -9,11 +9,12 @@ import http.client
 import os
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
-from lightning_modules.data.datasets import DATA_DIR_ENV, MIRRORS_ENV, DatasetSpec
+from lightning_modules.data.datasets import DATA_DIR_ENV, MIRRORS_ENV, MNIST, DatasetSpec
 from lightning_modules.data.format import MAX_IDX_BYTES
 from lightning_modules.data.readers import gunzip_bounded, md5_mismatch
 from lightning_modules.data.sources import idx_file
@@ -98,10 +99,29 @@ def download_dataset(spec: DatasetSpec, directory: Path, mirrors: tuple[str, ...
                 _fetch_verified(url, directory / f"{name}.gz", spec.md5[name], timeout)
                 break
             except (OSError, http.client.HTTPException, DataError, ValueError) as error:
-                problems.append(f"{url}: {_download_problem(error)}")
+                problems.append(f"{shown_url(url)}: {_download_problem(error)}")
         else:
             raise DataError(
                 f"{spec.name}: {name}.gz is not in {directory} and could not be downloaded "
-                f"({'; '.join(problems) or 'no mirrors given'}); without network access, point "
-                f"--data-dir or {DATA_DIR_ENV} at a folder holding the four IDX files"
+                f"({'; '.join(problems) or 'no mirrors given'}); without network access, {_offline_fix(spec)}"
             )
+
+
+def shown_url(url: str) -> str:
+    """A mirror's URL as an error shows it: no user name, password or query (a token may be there)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return urllib.parse.urlunsplit((parts.scheme, host + port, parts.path, "", ""))
+
+
+def _offline_fix(spec: DatasetSpec) -> str:
+    """Where the files may come from instead: MNIST_DATA_DIR is read for MNIST only."""
+    if spec is MNIST:
+        return f"point --data-dir or {DATA_DIR_ENV} at a folder holding the four IDX files"
+    installed = f", or install them in {spec.system_dirs[0]}" if spec.system_dirs else ""
+    return f"point --data-dir at a folder holding its four IDX files{installed}"
