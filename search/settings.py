@@ -27,6 +27,7 @@ from search.settings_space import (
 
 MAX_SEED = 2**31 - 1  # older studies add the trial number to it (search/sampling.py); numpy seeds stop at 2**32
 MAX_NAME_LENGTH = 100
+MAX_URL_LENGTH = 2000  # a storage URL, from any command (search/storage_url.py checks the ones given as flags)
 MAX_WORKERS = 64
 MAX_GPU_INDEX = 4095  # CUDA numbers a machine's GPUs from 0; no machine has this many
 MAX_SNAPSHOTS = 20
@@ -44,7 +45,7 @@ def _name_problem(name: str) -> str | None:
 class StudyConfig(Strict):
     name: str = Field(default="mnist", min_length=1, max_length=MAX_NAME_LENGTH, description="study to create or resume")
     storage: str | None = Field(
-        default=None, min_length=1, max_length=2000,
+        default=None, min_length=1, max_length=MAX_URL_LENGTH,
         description="storage URL: sqlite:///file.db or postgresql://user@host/db (null: sqlite:///storage/mnist-search.db)",
     )
     artifact_store: str | None = Field(
@@ -93,7 +94,7 @@ class WarmStartConfig(Strict):
         description="earlier study whose best parameter sets a new study runs first (null: none)",
     )
     storage: str | None = Field(
-        default=None, min_length=1, max_length=2000, description="storage URL of that study (null: this run's storage)",
+        default=None, min_length=1, max_length=MAX_URL_LENGTH, description="storage URL of that study (null: this run's storage)",
     )
     trials: int = Field(default=5, gt=0, le=MAX_WARM_START_TRIALS, description="how many of its best distinct parameter sets to enqueue")
 

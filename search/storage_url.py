@@ -13,6 +13,7 @@ from typing import Any
 from lightning_modules.errors import UserInputError, check_path_length
 from search.paths import default_storage_url
 from search.redaction import normalise_url, redact, remember_secrets
+from search.settings import MAX_URL_LENGTH
 
 BACKENDS = ("sqlite", "postgresql", "mysql")
 
@@ -27,6 +28,8 @@ def check_storage_url(url: str | None) -> str:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    if url is not None and len(url) > MAX_URL_LENGTH:  # bounded before it is read, masked or quoted
+        raise StorageError(f"the storage URL is {len(url):,} characters long; a storage URL may have at most {MAX_URL_LENGTH:,}")
     url = normalise_url(url or default_storage_url())
     remember_secrets(url)
     example = "e.g. sqlite:///path.db or postgresql://user@host/db"
