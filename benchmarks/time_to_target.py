@@ -21,7 +21,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from benchmarks._common import (
     PYTHON,
@@ -49,29 +51,37 @@ training: {max_epochs: 2}
 
 
 def _run(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[float, float, list[tuple[float, str]], int]:
-    """Launch, stamp every stdout line, wait; (start, exit, stamped lines, returncode)."""
+    """Launch, stamp every stdout line, wait; (start, exit, stamped lines, returncode).
+
+    One reader thread per pipe and `wait`, not `communicate`: communicate read stdout too, and
+    each line went to whichever reader took it first (a third to a half of them were lost)."""
     lines: list[tuple[float, str]] = []
+    errors: list[str] = []
     start = time.time()
     process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append((time.time(), line.rstrip("\n")))
+    def stamp(line: str) -> None:
+        lines.append((time.time(), line.rstrip("\n")))
 
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    stderr = ""
+    readers = [threading.Thread(target=_pump, args=(stream, sink), daemon=True) for stream, sink in ((process.stdout, stamp), (process.stderr, errors.append))]
+    for reader in readers:
+        reader.start()
     try:
-        _, stderr = process.communicate(timeout=timeout)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
-        process.communicate()
+        process.wait()
     end = time.time()
-    reader.join(5)
+    for reader in readers:
+        reader.join(5)
     if process.returncode not in (0, None):
-        print(f"warning: {' '.join(cmd[:4])} exited {process.returncode}: {stderr.strip()[-800:]}", file=sys.stderr)
+        print(f"warning: {' '.join(cmd[:4])} exited {process.returncode}: {''.join(errors).strip()[-800:]}", file=sys.stderr)
     return start, end, lines, process.returncode or 0
+
+
+def _pump(stream: Any, sink: Callable[[str], None]) -> None:
+    for line in stream:
+        sink(line)
 
 
 def run_ours(quick: bool, timeout: float) -> dict:

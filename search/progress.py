@@ -93,8 +93,9 @@ def trial_line(trial: FrozenTrial, trials: list[FrozenTrial] | None = None, done
     number_width = max(NUMBER_WIDTH, len(str(budget))) if counted else NUMBER_WIDTH
     head = f"trial {trial.number:>{number_width}}{count} {describe_params(trial.params):<{PARAMS_WIDTH}}"
     epochs = record.epochs_run(trial)
-    if trial.state == TrialState.FAIL:  # no epoch finished: no value to show ("val_acc=nan epochs=0" read as a result)
-        reached = f"val_acc={record.last_value(trial):.4f} epochs={epochs}" if epochs else f"{'no epoch finished':<{NO_EPOCH_WIDTH}}"
+    # no epoch finished (a failure, a net pruned untrained for its cost): no value to show ("val_acc=nan epochs=0" read as a result)
+    reached = f"val_acc={record.last_value(trial):.4f} epochs={epochs}" if epochs else f"{'no epoch finished':<{NO_EPOCH_WIDTH}}"
+    if trial.state == TrialState.FAIL:
         return f"{head} {reached} failed: {failure_note(trial, trials or [])}"
     seconds = trial.duration.total_seconds() if trial.duration else float("nan")
     resumed, promoted = record.read(trial, record.RESUMED_FROM_EPOCH), record.promoted_from(trial)
@@ -103,7 +104,7 @@ def trial_line(trial: FrozenTrial, trials: list[FrozenTrial] | None = None, done
     over_cost = trial.user_attrs.get(record.OVER_COST)
     notes += [f"not trained: {over_cost:g}x the median DNN's multiply-adds"] if over_cost is not None else []
     tail = f" ({'; '.join(notes)})" if notes else ""
-    return f"{head} val_acc={record.last_value(trial):.4f} epochs={epochs} {trial.state.name.lower():<8} {seconds:5.1f}s{tail}"
+    return f"{head} {reached} {trial.state.name.lower():<8} {seconds:5.1f}s{tail}"
 
 
 class TrialReporter:

@@ -201,3 +201,17 @@ def test_a_data_folder_without_mnist_is_one_line_and_exit_2(tmp_path: Path, monk
     assert _cli_code("throughput", ["--quick"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: {tmp_path}: missing train-images"), err
+
+
+def test_time_to_target_reads_every_line_a_run_prints() -> None:
+    """`communicate` read stdout beside the stamping thread, and each line went to whichever took
+    it first: a third to a half of 1,000 lines were lost, and with them the reference's trials."""
+    import os
+    import sys
+
+    from benchmarks.time_to_target import _run
+
+    script = "import sys\nfor i in range(2000): print(i, flush=True)\nprint('done', file=sys.stderr)\n"
+    start, end, lines, code = _run([sys.executable, "-c", script], dict(os.environ), 60)
+    assert code == 0 and start <= end
+    assert [line for _, line in lines] == [str(i) for i in range(2000)]

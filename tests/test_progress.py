@@ -166,3 +166,21 @@ def test_failures_without_a_retry_say_so_without_guessing_the_heartbeat() -> Non
     RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, trials[1])  # a run killed as its trial began
     trials = study.get_trials()
     assert trial_line(trials[1], trials).endswith(" failed: found dead (its worker stopped sending heartbeats) before it trained; retried as trial 2")
+
+
+def test_a_net_pruned_untrained_for_its_cost_shows_no_value() -> None:
+    """`val_acc=nan epochs=0 pruned` read like a result; the column says no epoch finished, the
+    note why, and `val_acc=` keeps its place on the trained trials' lines."""
+    study = quiet_study()
+    trained = run_trial(study, dnn(512, 128))
+    study.enqueue_trial(dnn(8192, 8192, 8192))
+    trial = study.ask()
+    suggest_params(trial, WIDEST)
+    record.write(trial, record.OVER_COST, 3.25)  # what search/cost.py records before it prunes
+    study.tell(trial, state=TrialState.PRUNED)
+    trials = study.get_trials()
+    line = trial_line(trials[trial.number], trials, 2, 10)
+    assert "nan" not in line and "epochs=0" not in line
+    assert "no epoch finished" in line and "pruned" in line and "(not trained: 3.25x the median DNN's multiply-adds)" in line
+    shown = trial_line(trials[trained.number], trials, 1, 10)
+    assert line.index("no epoch finished") == shown.index("val_acc=")
