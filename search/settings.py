@@ -224,6 +224,19 @@ class Settings(Strict):
             raise ValueError(problem)
         return self
 
+    @model_validator(mode="after")
+    def _pruner_within_the_epochs(self) -> Settings:
+        """A first rung (or warm-up) at or past the last epoch never prunes: the run would look
+        pruned and train every trial in full."""
+        pruner, last = self.pruner, self.training.max_epochs - 1
+        if pruner.name in ("successive_halving", "hyperband") and pruner.min_resource > last:
+            raise ValueError(f"pruner.min_resource {pruner.min_resource} is past the last epoch index ({last}) of training.max_epochs "
+                             f"{self.training.max_epochs}, so {pruner.name} would never prune; lower it or raise max_epochs")
+        if pruner.name == "median" and pruner.n_warmup_steps > last:
+            raise ValueError(f"pruner.n_warmup_steps {pruner.n_warmup_steps} is past the last epoch index ({last}) of training.max_epochs "
+                             f"{self.training.max_epochs}, so the median pruner would never prune; lower it or raise max_epochs")
+        return self
+
     @model_validator(mode="before")
     @classmethod
     def _default_first_dnn_only_where_it_fits(cls, data: Any) -> Any:

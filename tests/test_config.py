@@ -69,6 +69,9 @@ def test_settings_round_trip_through_their_dict_form() -> None:
         ("space: {weight_decay: {low: -.inf, high: 0.1}}\n", ["space.weight_decay.low", "finite number"]),
         ("space: {learning_rate: {low: 1e-4, high: 1e999}}\n", ["space.learning_rate.high", "finite number"]),
         # over 4,300 digits Python refuses to convert or print an integer: a ValueError traceback
+        ("pruner: {name: hyperband, min_resource: 8}\n", ["pruner.min_resource 8 is past the last epoch index (7)", "never prune"]),
+        ("pruner: {name: successive_halving}\ntraining: {max_epochs: 1}\n", ["min_resource 1", "index (0)"]),
+        ("pruner: {n_warmup_steps: 20}\n", ["pruner.n_warmup_steps 20", "median pruner would never prune"]),
         ("study:\n  seed: " + "9" * 5000 + "\n", ["5,000-character number at line 2", "no setting takes"]),
         ("study:\n  seed: 0b" + "1" * 14300 + "\n", ["14,302-character number at line 2"]),
     ],
