@@ -401,3 +401,14 @@ def test_a_name_with_a_line_break_stays_on_the_error_line(
     assert importlib.import_module(module).main([a.format(tmp=tmp_path) for a in argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and ("a\\nb" in err or "a\\rb" in err), err
+
+
+@pytest.mark.parametrize("module", ["search.dashboard", "search.export.__main__", "search.run"])
+def test_a_storage_url_too_long_to_be_one_is_refused_in_a_short_line(module: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The dashboard and the export echoed a 100,000-character URL back in their error."""
+    import importlib
+
+    url = "postgresql://u@127.0.0.1:1/" + "x" * 100_000
+    assert importlib.import_module(module).main(["--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) < 400 and ("2,000" in err or "2000" in err), err[:400]

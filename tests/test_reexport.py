@@ -8,7 +8,9 @@ best trial stays the same while the study plots and the report change.
 
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -18,10 +20,12 @@ from optuna.trial import TrialState
 import search.progress  # noqa: F401 - see the note below
 from helpers import load, reader_storage, writer_storage
 from search import record
+from search.artifact_stores import build_artifact_store
+from search.export import exporter
+from search.export.__main__ import main as export_main
 from search.export.artifacts import ARTIFACT_MIMETYPES, content_digest
 from search.export.exporter import FILES, default_export_dir
 from search.run import main as run_main
-from search.artifact_stores import build_artifact_store
 
 pytestmark = pytest.mark.slow  # trains models end to end: the full suite runs it, the fast subset does not
 
@@ -88,3 +92,102 @@ def test_a_re_export_after_a_new_trial_replaces_each_linked_file_in_place(tmp_pa
         with store.open_reader(first_ids[name]) as reader:
             assert reader.read() == (folder / name).read_bytes() != first[name]
     assert not links(url, study.trials[1])  # nothing linked to the trial that is not the best
+
+
+# ---------------------------------------------------------------- failures and bad input
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_a_storage_failure_mid_export_is_one_line_and_leaves_the_previous_export(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database failing a few seconds into an export (a dropped connection) was a 151-line
+    traceback; it is the run's one line and exit status, and the previous export stays whole."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(CONFIG)
+    database = tmp_path / "study.db"
+    url = f"sqlite:///{database}"
+    assert run_main(["--config", str(config), "--storage", url, "--target-accuracy", "none", "--trials", "1"]) == 0
+    folder = default_export_dir("mnist")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    linked = sorted(meta.artifact_id for meta in links(url, load(url).trials[0]))
+    draw = exporter.draw_study_plots
+
+    def fail_then_draw(study: optuna.Study, staging: Path) -> object:
+        with closing(sqlite3.connect(database)) as db:  # the model files are in the staging folder already
+            db.execute("ALTER TABLE trials RENAME TO trials_gone")
+        return draw(study, staging)
+
+    monkeypatch.setattr(exporter, "draw_study_plots", fail_then_draw)
+    capsys.readouterr()
+    assert export_main(["--storage", url]) == 2
+    line = one_error_line(capsys)
+    assert "storage failed" in line and "no such table" in line and "previous export is as it was" in line, line
+    with closing(sqlite3.connect(database)) as db:
+        db.execute("ALTER TABLE trials_gone RENAME TO trials")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")], "staging folder left behind"
+    assert sorted(meta.artifact_id for meta in links(url, load(url).trials[0])) == linked
+
+
+BAD_NAMES = ["x" * 10_000, "x" * 101, " mnist", "mnist ", "a\nb", "a\x00b", "a\x1bb"]
+
+
+@pytest.mark.parametrize(("flag", "value"), [
+    *(("--study-name", name) for name in BAD_NAMES),
+    ("--storage", "postgresql://user:Secret99@host/" + "x" * 3000),
+    ("--storage", "postgresql://user:" + "Secret99" * 300 + "@host/db"),
+    ("--storage", "sqlite:///" + "x/" * 10_000),
+], ids=lambda value: repr(value[:12]))
+def test_the_export_refuses_the_names_and_urls_the_run_refuses(
+    flag: str, value: str, isolated_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 100,000-character study name came back as a 100 KB error line: the export checks the
+    name and URL as the run does (search/settings.py), before either is looked up."""
+    assert run_main([flag, value, "--no-export"]) == 2
+    refusal = one_error_line(capsys).removeprefix("error: ")
+    assert export_main([flag, value]) == 2
+    line = one_error_line(capsys)
+    assert len(line) < 400 and flag in line and "Secret99" not in line, line
+    assert refusal in line or "characters long" in line, (refusal, line)  # over the bound: refused without quoting it
+    assert not isolated_home.exists()  # no database, no folder
+
+
+def test_a_name_is_bounded_before_it_is_quoted_or_looked_up(capsys: pytest.CaptureFixture[str]) -> None:
+    assert export_main(["--study-name", "x" * 100]) == 2  # the longest name the run accepts
+    assert "no study database" in one_error_line(capsys)
+    assert export_main(["--study-name", "x" * 100_000]) == 2
+    assert one_error_line(capsys) == (
+        "error: --study-name is 100,000 characters long, over the 100 python -m search.run accepts; "
+        "pass the --study-name the study was run with"
+    )
+
+
+def test_a_url_given_as_a_trial_number_is_masked_before_it_is_cut(capsys: pytest.CaptureFixture[str]) -> None:
+    """Cut to 40 characters first, the URL lost the '@' that marks its password, which was shown."""
+    password = "LongPassw0rdXyzAbcDef123LongerStillSecret99"
+    with pytest.raises(SystemExit) as exit_:
+        export_main(["--reproduce", f"postgresql://postgres:{password}@db.example/optuna"])
+    assert exit_.value.code == 2
+    line = one_error_line(capsys)
+    assert "***" in line and not [password[i : i + 4] for i in range(len(password) - 3) if password[i : i + 4] in line], line
+
+
+def test_an_out_under_a_file_is_refused_before_any_work(
+    tmp_path: Path, isolated_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out a/file/sub worked for 12 s, then failed to create the folder, naming no fix."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="mnist", storage=url)  # no trial: any work would be refused for that
+    (tmp_path / "afile").write_text("a file, not a folder")
+    assert export_main(["--storage", url, "--out", str(tmp_path / "afile" / "sub" / "deeper")]) == 2
+    line = one_error_line(capsys)
+    assert f"{tmp_path / 'afile'} is not a folder" in line and "choose another --out" in line, line
+    assert (tmp_path / "afile").read_text() == "a file, not a folder"
+    assert not isolated_home.exists()  # the artifact store was not opened

@@ -18,9 +18,10 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lightning_modules.errors import UserInputError, one_line
+from search.failures import EXIT_STORAGE_FAILED, describe_storage_failure, storage_failure
 from search.options import (
     READ_FLAGS,
     RECORDED_DATA_FLAGS,
@@ -29,7 +30,7 @@ from search.options import (
     add_flags,
     overrides_from_args,
 )
-from search.redaction import mask_known
+from search.redaction import mask, mask_known, redact, secrets_in
 
 if TYPE_CHECKING:
     import optuna
@@ -37,15 +38,19 @@ if TYPE_CHECKING:
     from search.settings import Settings
 
 MAX_TRIAL_NUMBER = 10**7
+MAX_SHOWN = 40  # characters of a bad value quoted back
+MAX_MASKED = 2000  # a longer bad value is not quoted: masking it costs seconds (search/redaction.py)
 
 
 def _trial_number(text: str) -> int:
     try:
         value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a trial number, got {text[:40]!r}") from None
+    except ValueError:  # masked whole, then cut: a cut URL loses the '@' that marks its password
+        shown = repr(redact(text)[:MAX_SHOWN]) if len(text) <= MAX_MASKED else f"{len(text):,} characters"
+        raise argparse.ArgumentTypeError(f"expected a trial number, got {shown}") from None
     if not 0 <= value <= MAX_TRIAL_NUMBER:
-        raise argparse.ArgumentTypeError(f"trial numbers run from 0, got {value}")
+        shown = text if len(text) <= MAX_SHOWN else f"a number of {len(text.strip())} digits"
+        raise argparse.ArgumentTypeError(f"trial numbers run from 0 to {MAX_TRIAL_NUMBER}, got {shown}")
     return value
 
 
@@ -73,13 +78,46 @@ def _settings(study: optuna.Study, args: argparse.Namespace) -> Settings:
     try:
         return Settings.model_validate(merge_settings(recorded.model_dump(mode="json"), overrides))
     except Exception as error:  # noqa: BLE001 - pydantic's error, one line
-        raise ConfigError(f"invalid data option: {str(error).splitlines()[-1][:200]}") from None
+        given = secrets_in(str(value) for value in vars(args).values())  # masked before the cut, which may split a URL
+        raise ConfigError(f"invalid data option: {mask(mask_known(str(error).splitlines()[-1]), given)[:200]}") from None
+
+
+def _max_length(key: tuple[str, ...]) -> int:
+    """The settings field's own length bound (search/settings.py), read rather than restated."""
+    from search.settings import Settings
+
+    model: Any = Settings
+    for part in key[:-1]:
+        model = model.model_fields[part].annotation
+    return next(rule.max_length for rule in model.model_fields[key[-1]].metadata if getattr(rule, "max_length", None))
+
+
+def check_study_flags(args: argparse.Namespace) -> None:
+    """--study-name and --storage checked as the run checks them (search/settings.py: length,
+    control characters, surrounding spaces), before either is used: the export refuses the names
+    the run refuses, in one short line, and never echoes a 100 KB value or looks it up. A value
+    over the bound is refused unquoted: masking it could take seconds, and cutting it before the
+    mask could show part of a password."""
+    from search.settings_file import ConfigError, load_settings
+
+    for flag in READ_FLAGS:
+        if flag.dest not in vars(args):
+            continue
+        value, limit = getattr(args, flag.dest), _max_length(flag.key)
+        if len(value) > limit:
+            raise ConfigError(f"{flag.name} is {len(value):,} characters long, over the {limit} python -m search.run accepts; "
+                              f"pass the {flag.name} the study was run with")
+        try:
+            load_settings(None, overrides_from_args(args, [flag]))
+        except ConfigError as error:
+            raise ConfigError(f"{error}; pass {flag.name} a value python -m search.run accepts") from None
 
 
 def run(args: argparse.Namespace, stop_requested: Callable[[], bool] = lambda: False) -> int:
     from search.artifact_stores import check_location, open_store, recorded_location
     from search.storage import check_storage_url
 
+    check_study_flags(args)
     url = check_storage_url(getattr(args, "study_storage", None))
     given = check_location(args.artifact_store) if args.artifact_store is not None else None
     name = getattr(args, "study_name", "mnist")
@@ -144,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     from search.export.errors import ExportInterrupted
     from search.workers import StopRequest
 
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     stop = StopRequest()
     if args.reproduce is None:
@@ -157,8 +196,24 @@ def main(argv: list[str] | None = None) -> int:
         what = "reproduction" if args.reproduce is not None else "export; the previous export is as it was"
         print(f"\nstopped on request before the end of the {what}: run the same command again", file=sys.stderr)
         return stop.exit_code
+    except Exception as error:  # only storage and disk failures are handled here; anything else is a bug
+        cause = storage_failure(error)
+        if cause is None:
+            raise
+        print(f"error: {storage_failure_line(cause, args, argv)}", file=sys.stderr)
+        return EXIT_STORAGE_FAILED
     finally:
         stop.uninstall()
+
+
+def storage_failure_line(cause: BaseException, args: argparse.Namespace, argv: list[str]) -> str:
+    """A database or disk that fails under the export (a dropped connection) is not a bug to show
+    as a traceback: one line, as the run says it (search/failures.py). The export is built beside
+    its folder and swapped in only once complete (search/export/folder.py), so the previous one
+    is as it was; --reproduce writes nothing."""
+    kept = "nothing was written" if args.reproduce is not None else "the previous export is as it was"
+    line = f"{describe_storage_failure(cause, secrets_in(argv))}; {kept}. Fix it, then run the same command again"
+    return one_line(mask_known(mask(line, secrets_in(argv))))
 
 
 if __name__ == "__main__":

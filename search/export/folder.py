@@ -146,6 +146,7 @@ def check_target(out_dir: Path, export_files: Collection[str], identity: ExportI
     """Refuse a target that is not absent, empty, or `identity`'s own previous export."""
     if out_dir.is_symlink():
         raise ExportError(f"{out_dir} is a symbolic link; pass --out a real folder")
+    _check_writable_parent(out_dir)
     if not out_dir.exists():
         return
     if _holds_the_current_folder(out_dir):
@@ -153,6 +154,21 @@ def check_target(out_dir: Path, export_files: Collection[str], identity: ExportI
     if not out_dir.is_dir():
         raise ExportError(f"{out_dir} exists and is not a folder; choose another --out")
     _check_contents(out_dir, export_files, identity, out_dir)
+
+
+def _check_writable_parent(out_dir: Path) -> None:
+    """The export makes the missing folders on the way to `out_dir` and its staging folder beside
+    it, so the nearest folder on that way that exists must be one this process can write in:
+    checked before the work, which otherwise failed only at the end (a file where a folder
+    should be: "File exists", after seconds of training and drawing)."""
+    folder = out_dir.parent
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ExportError(f"{folder} is not a folder, so the export cannot be made in {out_dir}; choose another --out")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ExportError(f"{folder} is not writable here (read-only or another user's), so the export cannot be made in "
+                          f"{out_dir}; choose another --out")
 
 
 def _holds_the_current_folder(folder: Path) -> bool:
