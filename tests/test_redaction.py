@@ -242,6 +242,31 @@ def test_a_storage_error_does_not_tell_a_password_equal_to_the_database(tmp_path
     assert message.count("***") == 1, message  # the database's name and the driver's words stay as they are
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x" * 300_000,  # every letter was tried as a scheme's start: 16 s at 100,000
+        "a1" * 150_000 + "://h",
+        "p://h/db" + "?" * 150_000 + "=" * 150_000,  # every '?' read a key to the far '=': 43 s at 100,000
+        "p://h/db" + "?a" * 150_000,
+        "p://u:" + "@" * 300_000,
+    ],
+)
+def test_masking_a_hostile_text_takes_one_pass(text: str) -> None:
+    """An argument error or a config value is masked whatever its size (a config file holds 64 KiB);
+    quadratic passes made a 100,000-character value hang the answer for 16-43 s. The timeout only
+    guards against the hang: the linear passes take milliseconds."""
+    import threading
+
+    from search.redaction import clip
+
+    done: list[object] = []
+    worker = threading.Thread(target=lambda: done.extend([redact(text), url_secrets(text), clip(text, 40)]), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert len(done) == 3
+
+
 RUN_CONFIG = """
 study: {heartbeat_seconds: 1, stale_after_seconds: 3, target_accuracy: null}
 data: {val_size: 300, train_size: 1000}
