@@ -32,7 +32,7 @@ def _scheme_char(char: str) -> bool:
 def _locate(text: str) -> tuple[str, str, str]:
     """(text before the URL, scheme://, the rest); a text with no scheme is all rest.
 
-    The leftmost `[A-Za-z][\w+.-]*://`, found from each '://' backwards: the regular expression
+    The leftmost `[A-Za-z][\\w+.-]*://`, found from each '://' backwards: the regular expression
     tried every letter of a long word as a start, 16 s for 100,000 letters."""
     separator = text.find("://")
     while separator >= 0:
