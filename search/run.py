@@ -17,7 +17,7 @@ from lightning_modules.device import Device, physical_ids, resolve_device, threa
 from lightning_modules.errors import UserInputError, one_line
 from search.failures import EXIT_STORAGE_FAILED, describe_storage_failure, quiet_storage_failures_in_threads, storage_failure
 from search.options import RUN_FLAGS, OneLineParser, add_flags, overrides_from_args
-from search.paths import artifact_dir, check_run_folders, checkpoints_dir, exports_dir
+from search.paths import artifact_dir, check_run_folders, checkpoints_dir, exports_dir, study_dir_name
 from search.redaction import mask, mask_known, redact, redact_words, secrets_in
 from search.settings import Settings
 from search.workers import StopRequest, describe_exit_codes
@@ -90,6 +90,27 @@ def run_folders(settings: Settings) -> list[Path]:
     return [checkpoints_dir()] + ([artifact_dir()] if settings.study.artifact_store is None else []) + ([exports_dir()] if settings.export else [])
 
 
+def check_export_target(settings: Settings, study: Any = None) -> None:
+    """The folder the run exports to when it ends, checked before any trial trains: one holding a
+    user's files, or another study's export, was found only after the whole search. Before the
+    study exists (`study` None): what the folder holds; once it exists: that an export there is its own."""
+    if not settings.export:
+        return
+    from search.export.errors import ExportError
+    from search.export.exporter import FILES, checked_target
+    from search.export.folder import check_target
+
+    try:
+        if study is None:
+            check_target(exports_dir() / study_dir_name(settings.study.name), FILES, None)
+        else:
+            checked_target(study, None)
+    except ExportError as error:
+        problem = str(error).rpartition("; ")[0] or str(error)  # the export's own fix names its --out
+        kept = "nothing was changed" if study is None else "the study is saved and no trial has run"
+        raise UserInputError(f"{problem}; {kept}: move it aside, or pass --no-export or another --study-name") from None
+
+
 def resume_command(argv: list[str]) -> str:
     """The command that resumes this run, with any storage password masked."""
     return "python -m search.run " + " ".join(shlex.quote(a) for a in redact_words(argv))
@@ -121,7 +142,9 @@ def run(argv: list[str], stop: StopRequest) -> int:
 
     quiet_optuna()
 
+    check_export_target(settings)
     started = start_run(settings, url, source, device, warm)  # data first: bad data creates no database
+    check_export_target(settings, started.study)
     print(started.first_line)
     if warm is not None and started.created:
         print(warm.describe())

@@ -412,3 +412,41 @@ def test_a_storage_url_too_long_to_be_one_is_refused_in_a_short_line(module: str
     assert importlib.import_module(module).main(["--storage", url]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and len(err) < 400 and ("2,000" in err or "2000" in err), err[:400]
+
+
+def test_an_export_folder_holding_a_users_files_answers_before_the_study_is_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The run found it only after the whole search (hours at --trials 100), and named the
+    export's own --out, a flag the run does not have."""
+    monkeypatch.setenv("MNIST_SEARCH_HOME", str(tmp_path))
+    (tmp_path / "exports" / "mnist").mkdir(parents=True)
+    (tmp_path / "exports" / "mnist" / "notes.txt").write_text("mine")
+    assert main(["--trials", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds files an export did not write (notes.txt); nothing was changed" in err, err
+    assert "--out" not in err and "--no-export" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exports"]  # no database, no run folders
+    assert (tmp_path / "exports" / "mnist" / "notes.txt").read_text() == "mine"
+
+
+def test_another_studys_export_in_the_way_is_found_before_any_trial_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An export of a deleted study of the same name: which study it is can be told only once
+    this one exists, so the study is made, and no trial runs."""
+    import optuna
+
+    from search.export.folder import MARKER, ExportIdentity
+
+    monkeypatch.setenv("MNIST_SEARCH_HOME", str(tmp_path))
+    folder = tmp_path / "exports" / "mnist"
+    folder.mkdir(parents=True)
+    (folder / MARKER).write_text(ExportIdentity("mnist", "0123456789ab").marker_text())
+    assert main(["--trials", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds the export of study 'mnist' (uid 0123456789ab)" in err, err
+    assert "the study is saved and no trial has run" in err
+    study = optuna.load_study(study_name="mnist", storage=f"sqlite:///{tmp_path / 'mnist-search.db'}")
+    assert not [t for t in study.trials if t.state.is_finished()]
+    assert sorted(p.name for p in folder.iterdir()) == [MARKER]

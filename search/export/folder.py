@@ -110,9 +110,10 @@ def _shown(names: list[str], more: bool = False) -> str:
     return ", ".join(first) + rest
 
 
-def _check_contents(folder: Path, export_files: Collection[str], identity: ExportIdentity, shown: Path, *, marked: bool = True) -> None:
-    """`folder` (shown to the user as `shown`) is empty, or `identity`'s export and nothing else;
-    unless `marked`, a folder of export files without the marker (an export being built) passes."""
+def _check_contents(folder: Path, export_files: Collection[str], identity: ExportIdentity | None, shown: Path, *, marked: bool = True) -> None:
+    """`folder` (shown to the user as `shown`) is empty, or `identity`'s export (any study's when
+    None) and nothing else; unless `marked`, a folder of export files without the marker (an
+    export being built) passes."""
     allowed = set(export_files) | {MARKER}
     try:  # an export holds at most len(allowed) entries: a folder of millions is not listed in full
         entries = list(itertools.islice(folder.iterdir(), len(allowed) + 1))
@@ -135,15 +136,16 @@ def _check_contents(folder: Path, export_files: Collection[str], identity: Expor
             "nothing was changed: choose another --out (a new or empty folder)"
         )
     held = read_marker(folder, shown)
-    if not held.same_study(identity):
+    if identity is not None and not held.same_study(identity):
         raise ExportError(
             f"{shown} holds the export of {held.describe()}, not of {identity.describe()}; "
             "nothing was changed: choose another --out"
         )
 
 
-def check_target(out_dir: Path, export_files: Collection[str], identity: ExportIdentity) -> None:
-    """Refuse a target that is not absent, empty, or `identity`'s own previous export."""
+def check_target(out_dir: Path, export_files: Collection[str], identity: ExportIdentity | None) -> None:
+    """Refuse a target that is not absent, empty, or `identity`'s own previous export (with
+    `identity` None, any study's: a run's check before its study exists)."""
     if out_dir.is_symlink():
         raise ExportError(f"{out_dir} is a symbolic link; pass --out a real folder")
     _check_writable_parent(out_dir)
