@@ -41,14 +41,14 @@ def storage_failure(error: BaseException) -> BaseException | None:
     return None
 
 
-def describe_storage_failure(cause: BaseException, secrets: Iterable[str] = ()) -> str:
+def describe_storage_failure(cause: BaseException, secrets: Iterable[str] = (), during: str = "mid-run") -> str:
     """'cannot write /x/trial-3.ckpt (No space left on device)': for a copy or a rename, the
     file it was writing (the second name), not the temporary file it came from."""
     if isinstance(cause, OSError):
         verb = "cannot access" if cause.errno == errno.EACCES else "cannot write"  # a denied read, too
         return one_line(f"{verb} {cause.filename2 or cause.filename or 'run state'} ({cause.strerror})")
     reason = clip(str(getattr(cause, "orig", None) or cause).strip().splitlines()[0], 200, secrets)
-    return one_line(f"the study's storage failed mid-run ({reason})")
+    return one_line(f"the study's storage failed {during} ({reason})")
 
 
 def quiet_storage_failures_in_threads() -> None:

@@ -128,7 +128,7 @@ def test_a_storage_failure_mid_export_is_one_line_and_leaves_the_previous_export
     capsys.readouterr()
     assert export_main(["--storage", url]) == 2
     line = one_error_line(capsys)
-    assert "storage failed" in line and "no such table" in line and "previous export is as it was" in line, line
+    assert "storage failed during the export" in line and "no such table" in line and "previous export is as it was" in line, line
     with closing(sqlite3.connect(database)) as db:
         db.execute("ALTER TABLE trials_gone RENAME TO trials")
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

@@ -212,7 +212,7 @@ def storage_failure_line(cause: BaseException, args: argparse.Namespace, argv: l
     its folder and swapped in only once complete (search/export/folder.py), so the previous one
     is as it was; --reproduce writes nothing."""
     kept = "nothing was written" if args.reproduce is not None else "the previous export is as it was"
-    line = f"{describe_storage_failure(cause, secrets_in(argv))}; {kept}. Fix it, then run the same command again"
+    line = f"{describe_storage_failure(cause, secrets_in(argv), during='during the export')}; {kept}. Fix it, then run the same command again"
     return one_line(mask_known(mask(line, secrets_in(argv))))
 
 

@@ -49,7 +49,7 @@ from search.export.study_plots import STUDY_PLOTS, draw_study_plots
 from search.export.trained import TrainedTrial, load_trial_model
 from search.optuna_compat import ArtifactStore, storage_url
 from search.paths import exports_dir, study_dir_name
-from search.redaction import redact
+from search.redaction import clip, redact
 from search.settings import Settings
 from search.study import best_trials, study_status
 from search.study_identity import require_same_data
@@ -289,7 +289,7 @@ def export_study(
     try:
         linked_to, artifact_ids = attach_artifacts(study, top.trial, uploads, store)
     except Exception as error:  # noqa: BLE001 - any store or database failure: the export itself is done
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        reason = clip((str(error).strip().splitlines() or [type(error).__name__])[0], 200)  # masked, then cut
         raise ExportError(f"the export is in {out_dir} (it replaced the previous one), but linking its files to trial "
                           f"{top.trial.number} in the artifact store failed ({reason}); export again to link them") from None
     return ExportResult(metrics, str(out_dir), time.perf_counter() - start, artifact_ids, linked_to)
