@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial
 
 from lightning_modules.metric_names import MONITOR
 from search.optuna_compat import set_trial_system_attr, trial_system_attrs
-from search.settings import Settings
+from search.settings import RECORDED, Settings
 
 AnyTrial = optuna.Trial | FrozenTrial
 
@@ -169,10 +169,10 @@ def study_settings(study: optuna.Study) -> Settings:
 
     raw = study.user_attrs.get(SETTINGS)
     try:
-        return Settings.model_validate(raw) if raw else Settings()
+        return Settings.model_validate(raw, context=RECORDED) if raw else Settings()
     except ValidationError as error:
         first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
+        where = ".".join(str(part) for part in first["loc"]) or "settings"  # a check across sections names no field
         raise UserInputError(
             f"study {study.study_name!r} records settings this version cannot read ({where}: {first['msg'][:100]})"
         ) from None

@@ -22,7 +22,7 @@ from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 MASK = "***"
 SECRET_QUERY_KEYS = re.compile(r"pass|pwd|secret|token|key|auth|cred", re.IGNORECASE)
-MAX_KEY = 64  # characters of a query key looked at: a secret's name is short, a hostile text is not
+MAX_KEY = 64  # characters of a query key read; a longer key's value is masked unread (a secret's name is short, a hostile text is not)
 
 
 def _scheme_char(char: str) -> bool:
@@ -50,8 +50,9 @@ def _locate(text: str) -> tuple[str, str, str]:
 def _secret_values(text: str) -> list[tuple[int, int]]:
     """(start, end) of the value after each secret-named key that follows a '?' or '&' in `text`,
     the value running to the next '&': every start is read, since the query's start is ambiguous
-    when a password is not escaped. Linear: the next '&' and '=' come from one backward pass,
-    and a key is looked at for at most MAX_KEY characters."""
+    when a password is not escaped. A value inside an earlier one (`?password=a?token=b`) is
+    masked with it and not given apart. Linear: the next '&' and '=' come from one backward pass,
+    a key is read for at most MAX_KEY characters, and the values given never overlap."""
     next_amp, next_eq = [len(text)] * (len(text) + 1), [len(text)] * (len(text) + 1)
     for index in range(len(text) - 1, -1, -1):
         next_amp[index] = index if text[index] == "&" else next_amp[index + 1]
@@ -61,8 +62,9 @@ def _secret_values(text: str) -> list[tuple[int, int]]:
         if char not in "?&":
             continue
         end, equals = next_amp[start + 1], next_eq[start + 1]
-        if equals < end and equals - start - 1 <= MAX_KEY and SECRET_QUERY_KEYS.search(unquote_plus(text[start + 1 : equals])):
-            spans.append((equals + 1, end))
+        if equals < end and (equals - start - 1 > MAX_KEY or SECRET_QUERY_KEYS.search(unquote_plus(text[start + 1 : equals]))):
+            if not spans or (equals + 1 >= spans[-1][1] and equals + 1 != spans[-1][0]):
+                spans.append((equals + 1, end))  # a key too long to read is taken for a secret's: masked, never shown
     return spans
 
 
@@ -160,10 +162,9 @@ def _masked_query(query: str) -> str:
     """`?...` with the value after each secret-named key masked, at every '?' or '&' (as
     `_query_secrets` reads them), so `?a=1?password=s` shows no `s` either."""
     shown, kept_to = [], 0
-    for begin, end in _secret_values(query):  # a span inside an earlier one's value (`?password=a?token=b`) is masked with it
-        if begin >= kept_to:
-            shown.append(query[kept_to:begin] + MASK)
-            kept_to = end
+    for begin, end in _secret_values(query):
+        shown.append(query[kept_to:begin] + MASK)
+        kept_to = end
     return "".join(shown) + query[kept_to:]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from search.settings_space import (
     BaselineConfig,
@@ -31,6 +31,9 @@ MAX_URL_LENGTH = 2000  # a storage URL, from any command (search/storage_url.py 
 MAX_WORKERS = 64
 MAX_GPU_INDEX = 4095  # CUDA numbers a machine's GPUs from 0; no machine has this many
 MAX_SNAPSHOTS = 20
+# Validation context for settings a study recorded: checks added after it was made (one that only
+# saves a user from a setting with no effect) must not strand its trials, which export reads back.
+RECORDED: dict[str, bool] = {"recorded": True}
 
 
 
@@ -225,10 +228,12 @@ class Settings(Strict):
         return self
 
     @model_validator(mode="after")
-    def _pruner_within_the_epochs(self) -> Settings:
+    def _pruner_within_the_epochs(self, info: ValidationInfo) -> Settings:
         """A first rung (or warm-up) at or past the last epoch never prunes: the run would look
-        pruned and train every trial in full."""
+        pruned and train every trial in full. A new run's settings only (`RECORDED`)."""
         pruner, last = self.pruner, self.training.max_epochs - 1
+        if info.context == RECORDED:
+            return self
         if pruner.name in ("successive_halving", "hyperband") and pruner.min_resource > last:
             raise ValueError(f"pruner.min_resource {pruner.min_resource} is past the last epoch index ({last}) of training.max_epochs "
                              f"{self.training.max_epochs}, so {pruner.name} would never prune; lower it or raise max_epochs")

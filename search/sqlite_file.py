@@ -50,7 +50,9 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 def check_location(path: Path) -> None:
     """StorageError unless `path` can be a study file: absent (with a folder on the way this
     process can make it in), empty, or an SQLite database. A folder, a file of another kind or a
-    file where a folder should be were found only after the data was loaded, some as tracebacks."""
+    file where a folder should be were found only after the data was loaded, some as tracebacks.
+    A symbolic link is judged by where it points (SQLite makes a missing target)."""
+    path = Path(os.path.realpath(path))
     if path.is_dir():
         raise StorageError(f"SQLite database {path} is a folder; pass a file's path with --storage, e.g. {path / 'mnist-search.db'}")
     if path.is_file():

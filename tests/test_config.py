@@ -68,10 +68,11 @@ def test_settings_round_trip_through_their_dict_form() -> None:
         ("space: {learning_rate: {low: 1.0e-4, high: .inf, log: true}}\n", ["space.learning_rate.high", "finite number"]),
         ("space: {weight_decay: {low: -.inf, high: 0.1}}\n", ["space.weight_decay.low", "finite number"]),
         ("space: {learning_rate: {low: 1e-4, high: 1e999}}\n", ["space.learning_rate.high", "finite number"]),
-        # over 4,300 digits Python refuses to convert or print an integer: a ValueError traceback
+        # a rung past the last epoch never prunes
         ("pruner: {name: hyperband, min_resource: 8}\n", ["pruner.min_resource 8 is past the last epoch index (7)", "never prune"]),
         ("pruner: {name: successive_halving}\ntraining: {max_epochs: 1}\n", ["min_resource 1", "index (0)"]),
         ("pruner: {n_warmup_steps: 20}\n", ["pruner.n_warmup_steps 20", "median pruner would never prune"]),
+        # over 4,300 digits Python refuses to convert or print an integer: a ValueError traceback
         ("study:\n  seed: " + "9" * 5000 + "\n", ["5,000-character number at line 2", "no setting takes"]),
         ("study:\n  seed: 0b" + "1" * 14300 + "\n", ["14,302-character number at line 2"]),
     ],
@@ -180,3 +181,22 @@ def test_an_exponent_without_a_dot_is_a_number(tmp_path: Path) -> None:
     assert settings.study.name == "1e5" and settings.study.timeout == 600.0  # a name stays a name
     assert (settings.space.learning_rate.low, settings.space.learning_rate.high) == (1e-4, 1e-1)
     assert (settings.space.weight_decay.low, settings.space.weight_decay.high) == (1e-8, 1e-3)
+
+
+def test_a_study_recorded_before_a_new_check_is_still_read(tmp_path: Path) -> None:
+    """The pruner check came after studies that break it were made: their recorded settings must
+    still be read (export, reproduce), though a new run with them is refused."""
+    import optuna
+
+    from search import record
+
+    raw = Settings().model_dump(mode="json")
+    raw["pruner"] = {**raw["pruner"], "name": "successive_halving", "min_resource": 1}
+    raw["training"] = {**raw["training"], "max_epochs": 1}
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    study.set_user_attr(record.SETTINGS, raw)
+    assert record.study_settings(study).pruner.min_resource == 1
+    path = tmp_path / "c.yaml"
+    path.write_text("pruner: {name: successive_halving}\ntraining: {max_epochs: 1}\n")
+    with pytest.raises(ConfigError, match="never prune"):
+        load_settings(path)

@@ -234,6 +234,17 @@ def test_a_password_equal_to_another_part_of_the_url_is_masked_only_where_it_is_
     assert redact(url) == shown
 
 
+@pytest.mark.parametrize("key", ["x" * 60 + "_password", "%70%61%73%73%77%6F%72%64" * 4, "k" * 65])
+def test_a_query_value_after_a_key_too_long_to_read_is_masked(key: str) -> None:
+    """Keys are read for at most 64 characters (a hostile text made every read quadratic); a
+    longer one's value was then shown, and, being shown, was no longer masked in messages."""
+    url = f"postgresql://u@127.0.0.1:1/db?{key}=S3cretVal&sslmode=disable"
+    assert redact(url) == f"postgresql://u@127.0.0.1:1/db?{key}=***&sslmode=disable"
+    with pytest.raises(StorageError) as caught:
+        open_existing_storage(url)
+    assert "S3cretVal" not in str(caught.value)
+
+
 def test_a_storage_error_does_not_tell_a_password_equal_to_the_database(tmp_path: Path) -> None:
     with pytest.raises(StorageError) as caught:
         open_existing_storage("postgresql://postgres:test@127.0.0.1:1/test")
@@ -250,6 +261,8 @@ def test_a_storage_error_does_not_tell_a_password_equal_to_the_database(tmp_path
         "p://h/db" + "?" * 150_000 + "=" * 150_000,  # every '?' read a key to the far '=': 43 s at 100,000
         "p://h/db" + "?a" * 150_000,
         "p://u:" + "@" * 300_000,
+        "p://h/db" + "?password=x" * 30_000,  # every value holds the later ones: kept whole, once
+        "p://h/db" + "?" + "k" * 300_000 + "=v",
     ],
 )
 def test_masking_a_hostile_text_takes_one_pass(text: str) -> None:

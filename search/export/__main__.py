@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _settings(study: optuna.Study, args: argparse.Namespace) -> Settings:
     """The study's recorded settings, with the data options given here on top."""
     from search.record import study_settings
-    from search.settings import Settings
+    from search.settings import RECORDED, Settings
     from search.settings_file import ConfigError, merge_settings
 
     recorded = study_settings(study)
@@ -76,7 +76,7 @@ def _settings(study: optuna.Study, args: argparse.Namespace) -> Settings:
     if not overrides:
         return recorded
     try:
-        return Settings.model_validate(merge_settings(recorded.model_dump(mode="json"), overrides))
+        return Settings.model_validate(merge_settings(recorded.model_dump(mode="json"), overrides), context=RECORDED)
     except Exception as error:  # noqa: BLE001 - pydantic's error, one line
         given = secrets_in(str(value) for value in vars(args).values())  # masked before the cut, which may split a URL
         raise ConfigError(f"invalid data option: {mask(mask_known(str(error).splitlines()[-1]), given)[:200]}") from None
