@@ -62,9 +62,9 @@ def _secret_values(text: str) -> list[tuple[int, int]]:
         if char not in "?&":
             continue
         end, equals = next_amp[start + 1], next_eq[start + 1]
-        if equals < end and (equals - start - 1 > MAX_KEY or SECRET_QUERY_KEYS.search(unquote_plus(text[start + 1 : equals]))):
-            if not spans or (equals + 1 >= spans[-1][1] and equals + 1 != spans[-1][0]):
-                spans.append((equals + 1, end))  # a key too long to read is taken for a secret's: masked, never shown
+        secret = equals < end and (equals - start - 1 > MAX_KEY or SECRET_QUERY_KEYS.search(unquote_plus(text[start + 1 : equals])))
+        if secret and (not spans or (equals + 1 >= spans[-1][1] and equals + 1 != spans[-1][0])):
+            spans.append((equals + 1, end))  # a key too long to read is taken for a secret's: masked, never shown
     return spans
 
 
