@@ -166,13 +166,15 @@ def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop
     study = started.study
     reporter = TrialReporter(study, settings.study.trials)
     start = time.monotonic()
+    # the workers' own deadlines start later than this one: once they have all stopped on theirs, it has passed
+    deadline = start + settings.study.timeout if settings.study.timeout else None
     codes: list[int] = []
     try:
         if settings.study.workers == 1:
             reason = run_trials(settings, url, stop, callbacks=[reporter], split=started.split, device=device.torch_device)
         else:
             codes = run_worker_pool(settings, url, stop, study, lambda: reporter.update(study), device)
-            reason = stop_reason(study, settings.study)
+            reason = stop_reason(study, settings.study, deadline)
     except WorkerInterrupted:
         reporter.close(study)
         print(f"stopped on request; finished trials are saved and any trial it interrupted resumes from its last epoch. "

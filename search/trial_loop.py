@@ -26,7 +26,7 @@ from search.failures import EXIT_STORAGE_FAILED, describe_storage_failure, quiet
 from search.paths import checkpoints_dir
 from search.redaction import message_secrets, redact
 from search.settings import Settings
-from search.stopping import stop_reason
+from search.stopping import FINISHED, stop_reason
 from search.storage import open_study_storage, storage_guard
 from search.study import (
     TrialCallback,
@@ -90,8 +90,9 @@ def _nothing_to_do(study: optuna.Study, settings: Settings) -> str | None:
         )
     if reason.startswith("target"):
         hint = "to search on, raise --target-accuracy or pass --target-accuracy none"
-    else:
-        hint = f"to search on, pass a --trials larger than {settings.study.trials}"
+    else:  # the budget counts finished trials: a study may hold more than this run's --trials
+        finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+        hint = f"to search on, pass a --trials larger than {max(finished, settings.study.trials)}"
     return f"nothing to run: {reason}; {hint}"
 
 

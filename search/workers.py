@@ -169,8 +169,10 @@ class WorkerPool:
 
 
 def describe_exit_codes(codes: list[int]) -> str:
-    """'2 of 4 workers died (killed by SIGKILL, exit code 1)'."""
+    """'2 of 4 workers died (killed by SIGKILL, exit code 1)'; 'all 2 workers exited' when none died."""
     bad = [c for c in codes if c != 0]
+    if not bad:
+        return f"all {len(codes)} workers exited"
     words = [f"killed by {signal.Signals(-c).name}" if c < 0 and -c in signal.valid_signals() else f"exit code {c}" for c in bad]
     return f"{len(bad)} of {len(codes)} workers died ({', '.join(sorted(set(words)))})"
 

@@ -410,3 +410,16 @@ def test_a_retry_of_one_of_two_copies_still_trains_once(storage_url: str, name: 
     attempts = [t for t in study.trials if record.first_attempt(t) == failed.number]
     assert [t.state for t in attempts].count(TrialState.COMPLETE) == 1, [(t.number, t.state) for t in attempts]
     assert study_status(study).complete == 2
+
+
+@pytest.mark.parametrize(("budget", "finished", "shown"), [(30, 34, 34), (20, 34, 34), (34, 34, 34), (40, 40, 40)])
+def test_nothing_to_run_names_a_budget_that_would_run_something(budget: int, finished: int, shown: int) -> None:
+    """A study with 34 finished trials resumed with --trials 30 said "pass a --trials larger than
+    30", though 31-34 run nothing either."""
+    from search.trial_loop import _nothing_to_do
+
+    study = optuna.create_study(direction="maximize")
+    for _ in range(finished):
+        study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.5))
+    settings = load_settings(None, {"study": {"trials": budget, "target_accuracy": None}})
+    assert _nothing_to_do(study, settings).endswith(f"pass a --trials larger than {shown}")

@@ -99,6 +99,19 @@ def test_two_local_workers_on_one_sqlite_file(python: str, run_env: dict[str, st
     assert len([line for line in out.splitlines() if line.startswith("trial ")]) == 6
 
 
+def test_a_pool_that_stops_on_its_timeout_says_so_and_succeeds(python: str, run_env: dict[str, str], tmp_path: Path) -> None:
+    """The workers stopped on their own deadlines; the runner, asking without one, found neither
+    budget nor target reached and reported "0 of 2 workers died ()", exit 1, with no export."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY.replace("max_epochs: 2", "max_epochs: 1"))
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    out, err = finish(start(python, run_env, "--config", str(config), "--storage", url, "--trials", "500", "--workers", "2",
+                            "--timeout", "1", "--target-accuracy", "none"))
+    assert "stopped: timeout of 1 s reached" in out and "died" not in err, (out, err)
+    study = optuna.load_study(study_name="mnist", storage=reader_storage(url))
+    assert 1 <= len([t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) < 500
+
+
 @pytest.mark.postgres
 def test_two_machines_one_with_two_workers_share_one_postgres_study(
     python: str, run_env: dict[str, str], tmp_path: Path, postgres_url: str, unique_name: str
