@@ -18,7 +18,8 @@ import ipaddress
 import re
 import socket
 import sys
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -27,14 +28,14 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from lightning_modules.errors import UserInputError, one_line
 from search.options import OneLineParser, add_artifact_store_flag
 from search.redaction import clip, mask_known, redact
+from search.web_guards import host_guard, read_only_guard, tolerant
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
+MAX_CONNECTIONS = 256  # open at once; a browser uses about six
+IDLE_SECONDS = 60  # a connection that sends nothing for this long is closed
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 UNSPECIFIED = ("0.0.0.0", "::")  # every address of this machine: no one name or number to answer to
-READ_METHODS = frozenset({"GET", "HEAD"})
-READ_ONLY_REFUSAL = b"this dashboard is read-only: restart it with --allow-writes to save notes or upload or delete artifacts\n"
-MAX_DISCARDED_BODY = 64 << 20  # bytes read and dropped before a refusal; a larger upload is cut off
 _HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]{0,251}[a-z0-9_])?", re.IGNORECASE)
 
 
@@ -43,10 +44,33 @@ class DashboardError(UserInputError):
 
 
 class _ThreadedServer(ThreadingMixIn, WSGIServer):
-    """The browser opens several connections at once; one thread each, none blocks Ctrl-C."""
+    """The browser opens several connections at once; one thread each, none blocks Ctrl-C.
+
+    At most MAX_CONNECTIONS at a time (one more is closed at once): 3,000 idle connections held
+    3,000 threads, and nothing bounded them short of the open-file limit."""
 
     daemon_threads = True
     block_on_close = False
+
+    def server_activate(self) -> None:
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().server_activate()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 class _ThreadedServer6(_ThreadedServer):
@@ -72,7 +96,10 @@ def _server_class(host: str) -> type[_ThreadedServer]:
 
 
 class _QuietHandler(WSGIRequestHandler):
-    """No access log: the terminal shows the URL, then only errors."""
+    """No access log: the terminal shows the URL, then only errors. A connection silent for
+    IDLE_SECONDS is closed (none was: each held its thread for ever)."""
+
+    timeout = IDLE_SECONDS
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         pass
@@ -142,54 +169,6 @@ def allowed_hosts(host: str, port: int, bound: str = "", extra: Iterable[str] = 
     return hosts
 
 
-def host_guard(app: Callable[..., Iterable[bytes]], allowed: Callable[[], set[str]]) -> Callable[..., Iterable[bytes]]:
-    """WSGI middleware that refuses any request whose Host header names another host: a page on
-    another site that re-points its own name at 127.0.0.1 (DNS rebinding) cannot reach the study."""
-
-    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("HTTP_HOST", "").lower() not in allowed():
-            start_response("421 Misdirected Request", [("Content-Type", "text/plain")])
-            return [b"this dashboard answers only requests addressed to its own host and port\n"]
-        return app(environ, start_response)
-
-    return guarded
-
-
-def read_only_guard(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
-    """WSGI middleware that answers every method but GET and HEAD with 405 before optuna-dashboard
-    sees it. The database is opened read-only, but the artifact folder is a plain folder: without
-    this, DELETE removed an artifact's file and POST wrote an orphan one before the database
-    refused the matching record (a 500 with a traceback)."""
-
-    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        # an allow-list, exact: "delete" in lower case, which bottle routes as DELETE, is refused too
-        if environ.get("REQUEST_METHOD", "GET") in READ_METHODS:
-            return app(environ, start_response)
-        _discard_body(environ)
-        start_response("405 Method Not Allowed", [
-            ("Content-Type", "text/plain; charset=utf-8"), ("Allow", "GET, HEAD"), ("Content-Length", str(len(READ_ONLY_REFUSAL))),
-        ])
-        return [READ_ONLY_REFUSAL]
-
-    return guarded
-
-
-def _discard_body(environ: dict[str, Any]) -> None:
-    """Read what the client sent before refusing it: a connection closed on unread bytes is reset,
-    and the client would see a network error instead of the refusal."""
-    try:
-        left = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        return
-    if left > MAX_DISCARDED_BODY:
-        return
-    while left > 0:
-        chunk = environ["wsgi.input"].read(min(left, 1 << 16))
-        if not chunk:
-            return
-        left -= len(chunk)
-
-
 def bind_server(app: Any, host: str, port: int) -> WSGIServer:
     """Listen before printing anything, so a taken port is one clear error line."""
     try:
@@ -242,7 +221,7 @@ def open_dashboard(args: argparse.Namespace) -> Dashboard:
     storage = open_existing_storage(url, read_only=not args.allow_writes)
     location = given or storage_location(storage)
     store = open_store(location, create=False, writable=args.allow_writes)
-    app = wsgi(storage, artifact_store=store)
+    app = tolerant(wsgi(storage, artifact_store=store))
     if not args.allow_writes:
         app = read_only_guard(app)
     hosts: set[str] = set()  # filled once the port is known (--port 0 picks one)

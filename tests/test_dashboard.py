@@ -654,3 +654,60 @@ def test_bad_host_options_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest
     out, err = capsys.readouterr()
     assert out == ""
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+def raw_get(port: int, path: str) -> bytes:
+    """A GET as curl or a health check sends it: no Accept-Encoding header."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_request_without_accept_encoding_is_answered(board_files: BoardFiles, capfd: pytest.CaptureFixture[str]) -> None:
+    """optuna-dashboard reads Accept-Encoding without a default: every such request was a 500 and
+    a page of traceback on the terminal."""
+    with serving(board_files.argv()) as board:
+        reply = raw_get(board.server.server_address[1], "/favicon.ico")
+    assert reply.split(b"\r\n", 1)[0] in (b"HTTP/1.0 200 OK", b"HTTP/1.0 404 Not Found"), reply[:200]
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_request_the_app_fails_on_is_one_line_on_the_terminal(board_files: BoardFiles, capfd: pytest.CaptureFixture[str]) -> None:
+    """An artifact id past SQLite's integers, a query value that is not a number: optuna-dashboard
+    fails (500); the terminal shows one line per request, not a traceback anyone could repeat."""
+    with serving(board_files.argv()) as board:
+        port = board.server.server_address[1]
+        for path in ("/artifacts/99999999999999999999999/1/abc", f"/api/studies/{board_files.study_id}?after=abc"):
+            assert raw_get(port, path).startswith(b"HTTP/1.0 500")
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and len(lines) <= 2, err  # the second is optuna-dashboard's own 500, logged or not
+    assert lines[0].startswith("dashboard: GET /artifacts/99999999999999999999999/1/abc failed (OverflowError"), lines
+
+
+def test_idle_connections_are_closed_and_bounded(board_files: BoardFiles, monkeypatch: pytest.MonkeyPatch) -> None:
+    """3,000 connections that sent half a request held 3,000 threads for ever. Now one idle for
+    the handler's timeout is closed, and one past the cap is closed at once (here: a 1-second
+    timeout and a cap of 2, so the test waits for neither)."""
+    from search import dashboard
+
+    monkeypatch.setattr(dashboard._QuietHandler, "timeout", 1)
+    monkeypatch.setattr(dashboard, "MAX_CONNECTIONS", 2)
+    with serving(board_files.argv()) as board:
+        port = board.server.server_address[1]
+        held = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(2)]
+        try:
+            for conn in held:
+                conn.sendall(b"GET / HTTP/1.1\r\n")  # half a request, then silence
+            extra = socket.create_connection(("127.0.0.1", port), timeout=30)
+            assert extra.recv(1) == b""  # closed without an answer: no slot
+            extra.close()
+            for conn in held:
+                assert conn.recv(65536) == b""  # the timeout closed it
+        finally:
+            for conn in held:
+                conn.close()
+        assert raw_get(port, "/api/meta").startswith(b"HTTP/1.0 200")  # the slots came back
