@@ -27,9 +27,12 @@ POLL_SECONDS = 0.5
 
 class StopRequest:
     """The first SIGINT/SIGTERM sets `event` and runs the `on_first` hooks; a second one runs the
-    `on_second` hooks and exits at once."""
+    `on_second` hooks and exits at once, unless `parent_pid` (a worker's runner) is gone: the
+    kernel may send its death signal more than once (once for each of the dead runner's threads
+    the worker passes to), and one death is one stop request, not the "second Ctrl-C"."""
 
-    def __init__(self) -> None:
+    def __init__(self, parent_pid: int | None = None) -> None:
+        self.parent_pid = parent_pid
         self.event = threading.Event()
         self.signum: int | None = None
         self.on_first: list[Callable[[int], None]] = []
@@ -48,6 +51,8 @@ class StopRequest:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: object) -> None:
+        if self.event.is_set() and self.parent_pid is not None and os.getppid() != self.parent_pid:
+            return  # the runner's death, signalled again: the stop it asked for is under way
         if self.event.is_set():
             for hook in self.on_second:
                 hook(signum)
@@ -90,7 +95,7 @@ def worker_main(target: Callable[..., None], parent_pid: int, args: tuple[Any, .
     place, and then is a stop request like any other rather than a KeyboardInterrupt traceback.
     """
     os.setpgid(0, 0)  # Ctrl-C reaches the runner only; it forwards exactly one stop request
-    stop = StopRequest().install()
+    stop = StopRequest(parent_pid).install()
     die_with_parent(parent_pid)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     target(stop, *args)

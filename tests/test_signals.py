@@ -35,3 +35,39 @@ def test_a_second_signal_ends_a_stop_that_never_finishes(python: str, run_env: d
         process.kill()
     assert code == 128 + signal.SIGINT
     assert "Traceback" not in process.stderr.read()
+
+
+ORPHANED = """
+import signal, time
+from search.workers import StopRequest
+
+stop = StopRequest(parent_pid=-1).install()  # a worker whose runner (never pid -1) is gone
+
+
+def handle(signum, frame):
+    stop._handle(signum, frame)
+    print("handled", flush=True)
+
+
+signal.signal(signal.SIGTERM, handle)
+print("ready", flush=True)
+while True:
+    time.sleep(0.01)
+"""
+
+
+def test_a_dead_runners_repeated_death_signal_is_one_stop_request(python: str, run_env: dict[str, str]) -> None:
+    """The kernel sent a worker its runner's death signal twice (once per runner thread it passed
+    to); the second took the "second Ctrl-C" exit, mid-stop, and left its trial running with no
+    retry queued."""
+    process = subprocess.Popen([python, "-c", ORPHANED], env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+        for _ in range(2):
+            process.send_signal(signal.SIGTERM)
+            assert process.stdout.readline().strip() == "handled"  # returned: no exit on the repeat
+        assert process.poll() is None
+    finally:
+        process.kill()
+        process.wait(timeout=60)
