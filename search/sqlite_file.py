@@ -44,9 +44,6 @@ class Schema:
         return set(self.tables)
 
 
-SQLITE_HEADER = b"SQLite format 3\x00"
-
-
 def check_location(path: Path) -> None:
     """StorageError unless `path` can be a study file: absent (with a folder on the way this
     process can make it in), empty, or an SQLite database. A folder, a file of another kind or a
@@ -56,12 +53,7 @@ def check_location(path: Path) -> None:
     if path.is_dir():
         raise StorageError(f"SQLite database {path} is a folder; pass a file's path with --storage, e.g. {path / 'mnist-search.db'}")
     if path.is_file():
-        try:
-            with path.open("rb") as handle:
-                head = handle.read(len(SQLITE_HEADER))
-        except OSError:
-            return  # unreadable: the open names it
-        if head and head != SQLITE_HEADER:
+        if path.stat().st_size and not _is_sqlite(path):
             raise StorageError(f"{path} is not an SQLite database (a file of another kind); pass another path with --storage")
         return
     if os.path.lexists(path):
@@ -72,6 +64,23 @@ def check_location(path: Path) -> None:
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         why = "is not a folder" if not folder.is_dir() else "is not writable here"
         raise StorageError(f"{folder} {why}, so SQLite database {path} cannot be made there; pass another path with --storage")
+
+
+def _is_sqlite(path: Path) -> bool:
+    """Whether SQLite reads `path` as a database (an unreadable one counts: its open names the
+    problem). Asked through SQLite, never with open(): closing any descriptor of the file drops
+    every POSIX lock this process holds on it, SQLite connections' included, and a reader in
+    another process then took itself for the last one and deleted the -wal and -shm under a
+    running search ("disk I/O error")."""
+    try:
+        connection = sqlite3.connect(_read_only_uri(path), uri=True, timeout=SQLITE_BUSY_TIMEOUT_SECONDS)
+        try:
+            connection.execute("PRAGMA schema_version").fetchone()
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as error:
+        return "not a database" not in str(error)
+    return True
 
 
 def writable(path: Path) -> bool:

@@ -262,3 +262,30 @@ def test_an_empty_home_variable_is_the_default_home_not_the_current_folder(tmp_p
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MNIST_SEARCH_HOME", "")
     assert runtime_dir() == tmp_path / "storage"
+
+
+def test_checking_a_study_file_keeps_this_processs_locks_on_it(tmp_path: Path) -> None:
+    """The check read the file's header with open(): closing that descriptor dropped every POSIX
+    lock the process held on the file, its live SQLite connections' included, so a reader in
+    another process took itself for the last connection and deleted the -wal and -shm under a
+    running search, which then failed with "disk I/O error" (a second open of the storage in the
+    same process checks the file again)."""
+    import subprocess
+    import sys
+
+    from search.sqlite_file import check_location
+
+    path = tmp_path / "s.db"
+    live = sqlite3.connect(path)
+    try:
+        live.execute("PRAGMA journal_mode=WAL")
+        live.execute("CREATE TABLE t (x)")
+        live.execute("INSERT INTO t VALUES (1)")
+        live.commit()
+        assert (tmp_path / "s.db-wal").exists()
+        check_location(path)
+        reader = f"import sqlite3; c = sqlite3.connect({str(path)!r}); c.execute('SELECT * FROM t').fetchall(); c.close()"
+        subprocess.run([sys.executable, "-c", reader], check=True, timeout=60)
+        assert (tmp_path / "s.db-wal").exists()  # the reader knew it was not the last connection
+    finally:
+        live.close()
