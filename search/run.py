@@ -166,17 +166,21 @@ def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop
     study = started.study
     reporter = TrialReporter(study, settings.study.trials)
     start = time.monotonic()
-    # the workers' own deadlines start later than this one: once they have all stopped on theirs, it has passed
-    deadline = start + settings.study.timeout if settings.study.timeout else None
+    deadline = start + settings.study.timeout if settings.study.timeout else None  # one for every worker: time.monotonic is the machine's
     codes: list[int] = []
     try:
         if settings.study.workers == 1:
-            reason = run_trials(settings, url, stop, callbacks=[reporter], split=started.split, device=device.torch_device)
+            reason = run_trials(settings, url, stop, callbacks=[reporter], split=started.split, device=device.torch_device, deadline=deadline)
         else:
-            codes = run_worker_pool(settings, url, stop, study, lambda: reporter.update(study), device)
+            codes = run_worker_pool(settings, url, stop, study, lambda: reporter.update(study), device, deadline)
             reason = stop_reason(study, settings.study, deadline)
     except WorkerInterrupted:
         reporter.close(study)
+        done = stop_reason(study, settings.study, deadline)
+        if done is not None and not done.startswith("timeout"):  # a stop asked for as the workers left a finished study
+            print(f"stopped: {done}. Stopped on request before the export; every trial is saved. "
+                  f"Export with: {export_command(url, settings.study.name)}", file=sys.stderr)
+            return stop.exit_code
         print(f"stopped on request; finished trials are saved and any trial it interrupted resumes from its last epoch. "
               f"Resume with: {resume_command(argv)}", file=sys.stderr)
         return stop.exit_code

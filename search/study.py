@@ -184,6 +184,7 @@ def run_worker(
     stop_event: threading.Event | None = None,
     poll_seconds: float = 1.0,
     storage_check: Callable[[], None] = lambda: None,
+    deadline: float | None = None,
 ) -> str:
     """Run trials until a stop rule holds; returns the reason it stopped.
 
@@ -194,7 +195,8 @@ def run_worker(
     # process that only asks for trials) then never pays for importing Lightning.
     from lightning_modules.errors import TrainingInterrupted
 
-    deadline = time.monotonic() + settings.study.timeout if settings.study.timeout else None
+    if deadline is None and settings.study.timeout:  # `deadline`: the run's (time.monotonic, one clock for its workers too)
+        deadline = time.monotonic() + settings.study.timeout
     callbacks = [*callbacks, Promoter(settings.study, settings.training, deadline)]
     trials_run = 0
     while True:

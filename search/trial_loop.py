@@ -149,9 +149,10 @@ def configure_worker(threads: int) -> None:
 
 def run_trials(
     settings: Settings, url: str, stop: StopRequest, callbacks: Sequence[TrialCallback] = (), split: DataSplit | None = None,
-    device: str = "cpu",
+    device: str = "cpu", deadline: float | None = None,
 ) -> str:
     """This process's trials until a stop rule holds, on `device` ("cpu", "cuda:N"); returns why it stopped.
+    `deadline` (time.monotonic) is the run's --timeout, the same for every worker of a pool.
 
     The split moves to the device here, once for every trial of this process. Lightning is
     imported here, where trials train, so a runner that only spawns workers never imports it."""
@@ -165,10 +166,12 @@ def run_trials(
     study = open_study(settings, _storage(settings, url)).study
     store = open_store(location_for_run(study, settings.study.artifact_store))
     objective = make_objective(settings, split, store, checkpoints_dir(), stop.event, device)
-    return run_worker(study, objective, settings, callbacks, stop_event=stop.event, storage_check=storage_guard(url))
+    return run_worker(study, objective, settings, callbacks, stop_event=stop.event, storage_check=storage_guard(url), deadline=deadline)
 
 
-def worker_process(stop: StopRequest, settings_json: dict[str, Any], url: str, threads: int, device: str, index: int) -> None:
+def worker_process(
+    stop: StopRequest, settings_json: dict[str, Any], url: str, threads: int, device: str, deadline: float | None, index: int,
+) -> None:
     """Body of a spawned worker: its own storage connection, data split and trials. A GPU worker
     sees one GPU (its CUDA_VISIBLE_DEVICES, set by the pool), so `device` is "cuda:0" there."""
     settings = Settings.model_validate(settings_json)
@@ -176,7 +179,7 @@ def worker_process(stop: StopRequest, settings_json: dict[str, Any], url: str, t
     quiet_optuna()
     quiet_storage_failures_in_threads()
     try:
-        run_trials(settings, url, stop, device=device)
+        run_trials(settings, url, stop, device=device, deadline=deadline)
     except WorkerInterrupted:
         sys.exit(stop.exit_code)
     except Exception as error:  # a full disk or a failed database: one line, as the runner says it, not a traceback
@@ -197,13 +200,14 @@ def worker_environments(settings: Settings, device: Device) -> list[dict[str, st
 
 def run_worker_pool(
     settings: Settings, url: str, stop: StopRequest, study: optuna.Study, on_poll: Any, device: Device | None = None,
+    deadline: float | None = None,
 ) -> list[int]:
     """K spawned workers share the study; this process reports what they finish and relays signals."""
     device = device or Device("cpu", (), "CPU")
     threads = configure_torch(settings.study.workers)
     worker_device = "cuda:0" if device.kind == "cuda" else "cpu"
     pool = WorkerPool(
-        worker_process, (settings.model_dump(mode="json"), url, threads, worker_device), settings.study.workers, stop,
+        worker_process, (settings.model_dump(mode="json"), url, threads, worker_device, deadline), settings.study.workers, stop,
         worker_environments(settings, device),
     )
     codes = pool.run(on_poll)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from pathlib import Path
 
@@ -178,6 +179,28 @@ def test_target_stop_ends_the_run(tiny_config: Path, tmp_path: Path, capsys: pyt
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.WAITING]  # the enqueued first DNN never started
     assert study.trials[0].value >= 0.5
     assert study.trials[0].user_attrs["epochs_run"] == 1  # training itself stopped at the target
+
+
+@pytest.mark.slow
+def test_a_stop_asked_for_once_the_study_is_done_says_so_and_how_to_export(
+    tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Ctrl-C as a worker pool left a finished study said "any trial it interrupted resumes...
+    Resume with", for a study with nothing to resume, and skipped the export without a word.
+    Here the stop is asked for before the run even starts its loop, on a study already done."""
+    from search.run import run
+    from search.workers import StopRequest
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    argv = ["--config", str(tiny_config), "--storage", url, "--trials", "20", "--target-accuracy", "0.5", "--no-export"]
+    assert run_main(argv, capsys).returncode == 0
+    stop = StopRequest()
+    stop.event.set()
+    stop.signum = signal.SIGINT
+    assert run(argv, stop) == 130
+    err = capsys.readouterr().err
+    assert "stopped: target reached by trial 0" in err and "Stopped on request before the export" in err, err
+    assert "python -m search.export --storage" in err and "Resume with" not in err
 
 
 def trial_record(url: str) -> list[tuple[object, ...]]:

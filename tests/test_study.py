@@ -423,3 +423,16 @@ def test_nothing_to_run_names_a_budget_that_would_run_something(budget: int, fin
         study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.5))
     settings = load_settings(None, {"study": {"trials": budget, "target_accuracy": None}})
     assert _nothing_to_do(study, settings).endswith(f"pass a --trials larger than {shown}")
+
+
+def test_a_worker_stops_on_the_runs_deadline_not_its_own(storage_url: str) -> None:
+    """Each worker of a pool started its --timeout clock when it was ready (after its imports
+    and data), so a pool ran on for seconds past the run's timeout; the run's deadline is now
+    passed to every worker."""
+    import time
+
+    settings = load_settings(None, {"study": {"trials": 12, "target_accuracy": None, "timeout": 3600}})
+    study = open_study(settings, writer_storage(storage_url)).study
+    reason = run_worker(study, quick_objective, settings, deadline=time.monotonic() - 1)
+    assert reason == "timeout of 3600 s reached"
+    assert not [t for t in study.trials if t.state.is_finished()]
