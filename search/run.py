@@ -96,15 +96,12 @@ def check_export_target(settings: Settings, study: Any = None) -> None:
     study exists (`study` None): what the folder holds; once it exists: that an export there is its own."""
     if not settings.export:
         return
-    from search.export.errors import ExportError
-    from search.export.exporter import FILES, checked_target
+    from search.export.errors import ExportError  # the light modules: Lightning and matplotlib wait for the export
+    from search.export.files import FILES, export_identity
     from search.export.folder import check_target
 
     try:
-        if study is None:
-            check_target(exports_dir() / study_dir_name(settings.study.name), FILES, None)
-        else:
-            checked_target(study, None)
+        check_target(exports_dir() / study_dir_name(settings.study.name), FILES, None if study is None else export_identity(study))
     except ExportError as error:
         problem = str(error).rpartition("; ")[0] or str(error)  # the export's own fix names its --out
         kept = "nothing was changed" if study is None else "the study is saved and no trial has run"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,20 +45,27 @@ class Schema:
         return set(self.tables)
 
 
-def check_location(path: Path) -> None:
+def check_location(path: Path, *, content: bool = True) -> None:
     """StorageError unless `path` can be a study file: absent (with a folder on the way this
-    process can make it in), empty, or an SQLite database. A folder, a file of another kind or a
-    file where a folder should be were found only after the data was loaded, some as tracebacks.
-    A symbolic link is judged by where it points (SQLite makes a missing target)."""
+    process can make it in), empty, or (with `content`) an SQLite database. A folder, a file of
+    another kind or a file where a folder should be were found only after the data was loaded,
+    some as tracebacks. A symbolic link is judged by where it points (SQLite makes a missing
+    target). One `stat`: workers starting together make the file between any two looks."""
     path = Path(os.path.realpath(path))
-    if path.is_dir():
+    try:
+        mode, size = (info := path.stat()).st_mode, info.st_size
+    except (FileNotFoundError, NotADirectoryError):  # absent, or below a file: the folder check names it
+        mode = size = None
+    except OSError:
+        return  # unreadable: the open names it
+    if mode is not None and stat.S_ISDIR(mode):
         raise StorageError(f"SQLite database {path} is a folder; pass a file's path with --storage, e.g. {path / 'mnist-search.db'}")
-    if path.is_file():
-        if path.stat().st_size and not _is_sqlite(path):
+    if mode is not None and not stat.S_ISREG(mode):
+        raise StorageError(f"SQLite database {path} is not a regular file; pass another path with --storage")
+    if mode is not None:
+        if content and size and not _is_sqlite(path):
             raise StorageError(f"{path} is not an SQLite database (a file of another kind); pass another path with --storage")
         return
-    if os.path.lexists(path):
-        raise StorageError(f"SQLite database {path} is not a regular file; pass another path with --storage")
     folder = path.parent
     while not os.path.lexists(folder) and folder != folder.parent:
         folder = folder.parent

@@ -67,8 +67,9 @@ def _prepare_sqlite(path: Path) -> set[str]:
     with the file; WAL lets the dashboard read while workers write). Returns the tables the file
     holds: a study database is switched only once Optuna has accepted its schema version
     (`_switch_to_wal` after the open), so a refused file stays byte for byte as it was. A file
-    that holds another application's tables is refused first (`sqlite_file.foreign_file`)."""
-    sqlite_file.check_location(path)
+    that holds another application's tables is refused first (`sqlite_file.foreign_file`); a file
+    of another kind fails the schema read below."""
+    sqlite_file.check_location(path, content=False)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -33,7 +33,7 @@ import pytest
 from helpers import writer_storage
 from preloaded import SearchProcess
 from search.dashboard import LOOPBACK, UNSPECIFIED, Dashboard, allowed_hosts, main, open_dashboard, parse_args
-from search.export.exporter import FILES
+from search.export.files import FILES
 from search.export.note import RunSummary, study_note, write_study_note
 from search.studies import load_existing_study
 

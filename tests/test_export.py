@@ -33,7 +33,8 @@ from search import record
 from search.export import exporter, figures, plots, study_plots
 from search.export.__main__ import main as export_main
 from search.export.errors import ExportError
-from search.export.exporter import FIGURES, FILES, ExportResult, export_study
+from search.export.exporter import ExportResult, export_study
+from search.export.files import FIGURES, FILES, STUDY_PLOTS, export_identity
 from search.export.folder import MARKER, ExportIdentity, check_target
 from search.export.trained import retrain_note
 from search.objective import make_objective
@@ -178,7 +179,7 @@ def test_pngs_decode_at_their_sizes(folder: Path, exported: dict) -> None:
         "learning_curves.png": plots.curves_pixels(2),  # the best linear and the best DNN model
         "comparison.png": plots.COMPARISON_PX,
         "samples.png": plots.SAMPLES_PX,
-        **{name: plots.STUDY_PLOT_PX for name in study_plots.STUDY_PLOTS},
+        **{name: plots.STUDY_PLOT_PX for name in STUDY_PLOTS},
     }
     assert set(expected) == set(FIGURES)
     for name, size in expected.items():
@@ -532,7 +533,7 @@ def test_study_plots_with_too_few_trials_become_notes(tmp_path: Path) -> None:
     choice = optuna.distributions.CategoricalDistribution(["linear", "dnn"])
     study.add_trial(optuna.trial.create_trial(params={"classifier": "dnn"}, distributions={"classifier": choice}, value=0.5))
     assert "completed DNN trials on; this study has 1" in study_plots.draw_study_plots(study, tmp_path)["param_importances.png"]
-    for name in study_plots.STUDY_PLOTS:
+    for name in STUDY_PLOTS:
         with Image.open(tmp_path / name) as image:
             assert image.size == plots.STUDY_PLOT_PX
 
@@ -707,7 +708,7 @@ def test_an_export_clears_what_a_killed_export_left_and_nothing_else(tiny_study:
     for folder, name in kept.items():
         (folder / name).parent.mkdir(parents=True)
         (folder / name).write_text(ExportIdentity("another study").marker_text() if name == MARKER else "keep")
-    identity = exporter.export_identity(tiny_study.load())
+    identity = export_identity(tiny_study.load())
     sweep_leftovers(out, FILES, identity)
     assert (out / "metrics.json").read_bytes() == previous and not aside.exists()  # put back, not deleted
     assert not any(folder.exists() for folder in swept)

@@ -33,7 +33,8 @@ from search.data import DataIdentity, check_data, data_identity, load_split
 from search.export import figures, plots
 from search.export.artifacts import ARTIFACT_MIMETYPES, attach_artifacts
 from search.export.errors import ExportError, ExportInterrupted
-from search.export.folder import ExportIdentity, check_target, replace_dir, share, staging_dir
+from search.export.files import FILES, export_identity
+from search.export.folder import check_target, replace_dir, share, staging_dir
 from search.export.metrics import (
     DataRecord,
     ExportMetrics,
@@ -45,7 +46,7 @@ from search.export.metrics import (
 from search.export.model_formats import write_model_files
 from search.export.report import render_report
 from search.export.reproduce import reproduce_command
-from search.export.study_plots import STUDY_PLOTS, draw_study_plots
+from search.export.study_plots import draw_study_plots
 from search.export.trained import TrainedTrial, load_trial_model
 from search.optuna_compat import ArtifactStore, storage_url
 from search.paths import exports_dir, study_dir_name
@@ -53,15 +54,6 @@ from search.redaction import clip, redact
 from search.settings import Settings
 from search.study import best_trials, study_status
 from search.study_identity import require_same_data
-
-FIGURES = (
-    "confusion_matrix.png", "weight_tiles.png", "weight_snapshots.png", "learning_curves.png",
-    "comparison.png", "samples.png", *STUDY_PLOTS,
-)
-FILES = (
-    "model.safetensors", "model.ckpt", "model.json", "model.onnx", "confusion_matrix.csv",
-    *FIGURES, "metrics.json", "report.html",
-)
 
 
 @dataclass(frozen=True)
@@ -80,12 +72,6 @@ class ExportResult:
 def default_export_dir(study_name: str) -> Path:
     """exports/<study folder>: the study's name made safe and unique (search/paths.py)."""
     return exports_dir() / study_dir_name(study_name)
-
-
-def export_identity(study: optuna.Study) -> ExportIdentity:
-    """What the export folder's marker names: the study's name and its uid (search/record.py), if any."""
-    uid = study.user_attrs.get(record.UID)
-    return ExportIdentity(study.study_name, str(uid) if uid not in (None, "") else None)
 
 
 def _finite(value: Any) -> Any:

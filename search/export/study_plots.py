@@ -16,7 +16,6 @@ import optuna
 from optuna.trial import TrialState
 
 MIN_IMPORTANCE_TRIALS = 10  # below this, fANOVA's ranking changes from one seed to the next
-STUDY_PLOTS = ("optimization_history.png", "param_importances.png", "intermediate_values.png")
 
 
 def _importance_trials(study: optuna.Study) -> tuple[list[optuna.trial.FrozenTrial], str]:
