@@ -36,6 +36,14 @@ def runtime_dir() -> Path:
     return folder
 
 
+def nearest_existing(path: Path) -> Path:
+    """`path`, or the nearest folder above it that exists (a link counts, dangling or not): what a
+    command that makes the missing folders on the way must be able to write in."""
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
 def default_storage_url() -> str:
     return f"sqlite:///{runtime_dir() / DB_NAME}"
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from search.paths import nearest_existing
 from search.storage_url import StorageError
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 60
@@ -66,9 +67,7 @@ def check_location(path: Path, *, content: bool = True) -> None:
         if content and size and not _is_sqlite(path):
             raise StorageError(f"{path} is not an SQLite database (a file of another kind); pass another path with --storage")
         return
-    folder = path.parent
-    while not os.path.lexists(folder) and folder != folder.parent:
-        folder = folder.parent
+    folder = nearest_existing(path.parent)
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         why = "is not a folder" if not folder.is_dir() else "is not writable here"
         raise StorageError(f"{folder} {why}, so SQLite database {path} cannot be made there; pass another path with --storage")
@@ -139,11 +138,6 @@ def borrowed_names(schema: Schema) -> list[str]:
     """Tables named as one of Optuna's but without its key column: Optuna would take them for its
     own, skip creating them, and fail at the first trial."""
     return sorted(name for name, columns in schema.tables.items() if name in OPTUNA_KEYS and OPTUNA_KEYS[name] not in columns)
-
-
-def table_names(path: Path, *, recover: bool = True) -> set[str]:
-    """The tables of an SQLite file (none: missing, empty or not SQLite), SQLite's own left out."""
-    return read_schema(path, recover=recover).names
 
 
 def read_schema(path: Path, *, recover: bool = True) -> Schema:

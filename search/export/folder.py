@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from search.export.errors import ExportError
+from search.paths import nearest_existing
 
 MARKER = ".mnist-search-export"  # written into every export folder
 MARKER_KIND = "mnist-search export"
@@ -163,9 +164,7 @@ def _check_writable_parent(out_dir: Path) -> None:
     it, so the nearest folder on that way that exists must be one this process can write in:
     checked before the work, which otherwise failed only at the end (a file where a folder
     should be: "File exists", after seconds of training and drawing)."""
-    folder = out_dir.parent
-    while not os.path.lexists(folder) and folder != folder.parent:
-        folder = folder.parent
+    folder = nearest_existing(out_dir.parent)
     if not folder.is_dir():
         raise ExportError(f"{folder} is not a folder, so the export cannot be made in {out_dir}; choose another --out")
     if not os.access(folder, os.W_OK | os.X_OK):
