@@ -77,6 +77,22 @@ def optimizer_kernel(optimizer: str, device_type: str) -> dict[str, bool]:
     return {"foreach": True}
 
 
+KERNEL_FLAGS = ("fused", "foreach")  # torch's names for how an optimizer's update runs
+
+
+def match_optimizer_kernel(checkpoint: dict[str, Any], optimizer: str, device_type: str) -> None:
+    """Give a checkpoint's optimizer the kernel of the device it resumes on, in place.
+
+    `Optimizer.load_state_dict` keeps the saved groups' flags: a trial checkpointed on a GPU
+    (fused Adam) and retried on a CPU would go on with fused CPU Adam, whose sums differ from
+    foreach's, and a CPU checkpoint resumed on a GPU would lose the fused kernel."""
+    kernel = optimizer_kernel(optimizer, device_type)
+    for state in checkpoint.get("optimizer_states", []):
+        for group in state.get("param_groups", []):
+            for flag in KERNEL_FLAGS:
+                group[flag] = kernel.get(flag)  # None, as a new optimizer leaves the other flag
+
+
 def build_optimizer(hp: HyperParams, parameters: Any, device_type: str = "cpu") -> torch.optim.Optimizer:
     """The searched optimizer with the searched learning rate and weight decay, on `device_type`'s kernel."""
     kernel = optimizer_kernel(hp.optimizer, device_type)
@@ -167,12 +183,18 @@ class Classifier(pl.LightningModule):
             checkpoint[CUDA_RNG] = (torch.cuda.get_rng_state(self.device).cpu(), self.device.index or 0)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning calls this before it moves the model and builds the optimizer: the device
+        # to restore into is the trainer's, not the one the checkpoint was written on.
+        target = self._trainer.strategy.root_device if self._trainer is not None else self.device
         self.history = list(checkpoint.get("history", []))
         if TORCH_RNG in checkpoint:
             torch.set_rng_state(checkpoint[TORCH_RNG])
-        if CUDA_RNG in checkpoint and torch.cuda.is_available():  # restored before the model moves
-            state, index = checkpoint[CUDA_RNG]
-            torch.cuda.set_rng_state(state.cpu(), int(index))
+        if CUDA_RNG in checkpoint and target.type == "cuda":
+            # A worker sees its one GPU as cuda:0 whichever GPU wrote the checkpoint (saved on
+            # cuda:1, it would be set_rng_state(..., 1): an IndexError there)
+            state, _written_on = checkpoint[CUDA_RNG]
+            torch.cuda.set_rng_state(state.cpu(), target)
+        match_optimizer_kernel(checkpoint, self.hp.optimizer, target.type)
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(self.hp, self.parameters(), self.device.type)  # Lightning has moved the model by now

@@ -95,12 +95,15 @@ def visible_gpus() -> list[str]:
     return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
 
 
-def resolve_device(accelerator: str, devices: Sequence[int] | None, gpus: Sequence[str], threads: int) -> Device:
-    """`accelerator` (auto | cpu | gpu) and GPU `devices` (None: all) against the `gpus` there are.
+def resolve_device(accelerator: str, devices: Sequence[int] | None, gpus: Sequence[str], threads: int, workers: int = 1) -> Device:
+    """`accelerator` (auto | cpu | gpu) and GPU `devices` (None: all) against the `gpus` there are,
+    for `workers` processes.
 
     auto means a GPU when there is one: a search on an idle GPU is many times faster, and a
     machine without one keeps working unchanged. Asking for a GPU, or for an index, that is not
-    there is a DeviceError rather than a silent fall-back to a run many times slower.
+    there is a DeviceError rather than a silent fall-back to a run many times slower. Workers
+    take the chosen GPUs round-robin from the first (`worker_visible_devices`), so with fewer
+    workers than GPUs the last ones stay idle: the description names them as idle.
     """
     if accelerator not in ACCELERATORS:
         raise DeviceError(f"--accelerator {accelerator!r} is not one of {', '.join(ACCELERATORS)}")
@@ -122,7 +125,10 @@ def resolve_device(accelerator: str, devices: Sequence[int] | None, gpus: Sequen
             f"--devices {','.join(map(str, chosen))}: no GPU {missing[0]} here (visible: 0-{len(gpus) - 1}); "
             "pick visible indices or pass --devices all"
         )
-    names = ", ".join(f"cuda:{i} ({gpus[i]})" for i in chosen)
+    used, idle = chosen[: max(1, workers)], chosen[max(1, workers) :]
+    names = ", ".join(f"cuda:{i} ({gpus[i]})" for i in used)
+    if idle:
+        names += f"; {', '.join(f'cuda:{i}' for i in idle)} idle: {max(1, workers)} worker(s), one GPU each before any shares (--workers {len(chosen)} uses all)"
     return Device("cuda", chosen, names)
 
 

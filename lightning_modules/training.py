@@ -7,6 +7,7 @@ outside: the objective passes its pruning and recording callbacks in.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -65,23 +66,45 @@ def lightning_device(device: str) -> tuple[str, int | list[int]]:
     return "gpu", [int(index)]
 
 
+# cuBLAS reads its workspace setting when a process first uses it; this one makes its sums
+# repeatable (NVIDIA's cuBLAS reproducibility notes), as torch's deterministic mode asks
+CUBLAS_WORKSPACE = ("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
 def prepare_device(device: str) -> None:
-    """On a GPU, float32 matmuls may use TF32 tensor cores: several times faster for these MLPs,
-    at about 10 bits of mantissa in the products (results differ from the CPU's anyway)."""
+    """Float32 matmul precision for the device this process trains or evaluates on next.
+
+    On a GPU, TF32 tensor cores: several times faster for these MLPs, at about 10 bits of
+    mantissa in the products (results differ from the CPU's anyway). The setting is process-wide
+    and in torch 2.13 also reaches the CPU's oneDNN matmuls, so CPU work after GPU work (a
+    1-worker GPU run's export) sets full float32 back. A GPU also gets cuBLAS's repeatable
+    workspace before its first matmul (`build_trainer` turns on deterministic algorithms there).
+    Only the legacy setter is used: mixing it with torch's per-backend `fp32_precision` makes
+    `get_float32_matmul_precision`, which Lightning calls on CUDA, raise."""
+    wanted = "highest" if device == "cpu" else "high"
+    if torch.get_float32_matmul_precision() != wanted:
+        torch.set_float32_matmul_precision(wanted)
     if device != "cpu":
-        torch.set_float32_matmul_precision("high")
+        os.environ.setdefault(*CUBLAS_WORKSPACE)
 
 
 def build_trainer(
     max_epochs: int, callbacks: Sequence[pl.Callback] = (), device: str = "cpu", precision: str = "32-true", **overrides: object
 ) -> pl.Trainer:
-    """A quiet one-device trainer: no logger, no progress bar, no checkpoint files, no sanity check."""
+    """A quiet one-device trainer: no logger, no progress bar, no checkpoint files, no sanity check.
+
+    On a GPU, deterministic algorithms (warn-only: an op torch has no deterministic kernel for
+    warns rather than failing the trial), so the same seed on the same GPU model and software
+    gives the same trials; `bash benchmarks/gpu_check.sh` measures what it costs and whether two
+    fits agree. On the CPU they are off (set back after a GPU fit in this process): these ops are
+    deterministic there already, and the mode would fill every new tensor with NaN first."""
     quiet_lightning()
     accelerator, devices = lightning_device(device)
     settings: dict[str, object] = dict(
         accelerator=accelerator,
         devices=devices,
         precision=precision,
+        deterministic="warn" if accelerator == "gpu" else False,
         max_epochs=max_epochs,
         logger=False,
         enable_checkpointing=False,

@@ -67,7 +67,7 @@ def check_device(settings: Settings, cores: int | None = None) -> Device:
     on them, before any study is created: a GPU asked for and missing is a one-line error."""
     training, workers = settings.training, settings.study.workers
     gpus = [] if training.accelerator == "cpu" else visible_gpus()  # torch only when a GPU may be wanted
-    device = resolve_device(training.accelerator, training.devices, gpus, threads_per_worker(workers, cores or usable_cores()))
+    device = resolve_device(training.accelerator, training.devices, gpus, threads_per_worker(workers, cores or usable_cores()), workers)
     if device.kind == "cuda" and workers > 1:
         worker_visible_devices(workers, physical_ids(device.indices), training.workers_per_device)
     return device

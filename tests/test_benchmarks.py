@@ -62,6 +62,16 @@ def test_gpu_check_quick_runs_every_piece_on_the_cpu(isolated_home: Path, capsys
     assert len(rows) == 1 and "failed" not in rows[0] and "n/a" not in rows[0], out  # it ran, exported, and says its test accuracy
 
 
+@pytest.mark.slow
+def test_gpu_check_kills_a_search_past_its_share_of_the_budget_and_says_so(isolated_home: Path) -> None:
+    """The check's outer `timeout` used to end it before any run's row was printed: now each search
+    gets what is left of the budget and its row says it was killed (a real search.run, killed)."""
+    from benchmarks.gpu_check import search_run
+
+    wall, _finished, accuracy, memory = search_run(["--accelerator", "cpu", "--target-accuracy", "none", "--trials", "50"], timeout=1, gpu=False)
+    assert accuracy == "killed after 1 s" and memory == "none (CPU)" and wall >= 1
+
+
 # ---------------------------------------------------------------- bounded flags
 
 BENCHMARKS = ("anytime", "gpu_check", "memory", "optimizer_step", "reference_search", "search_quality", "throughput", "time_to_target", "workers")

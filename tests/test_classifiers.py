@@ -208,6 +208,36 @@ def test_a_fit_resumed_from_its_epoch_checkpoint_ends_as_the_uninterrupted_one(t
     assert torch.equal(whole.model.first_layer.weight, resumed.model.first_layer.weight)
 
 
+class OptimizerKernels(pl.Callback):
+    """The (fused, foreach) flags of each optimizer group once training starts (after a restore)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[object, object]] = []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.seen = [(group["fused"], group["foreach"]) for group in trainer.optimizers[0].param_groups]
+
+
+def test_a_checkpoint_written_by_fused_adam_resumes_on_the_cpus_kernel(tiny_split: DataSplit, tmp_path: Path) -> None:
+    """A GPU trial's checkpoint stores fused=True in its optimizer groups and torch keeps a loaded
+    group's flags: retried on a CPU it went on with fused CPU Adam, whose sums differ from foreach's."""
+    from lightning_modules.callbacks import EpochCheckpoint
+
+    checkpoint = tmp_path / "trial.ckpt"
+    with pytest.raises(TrainingInterrupted):
+        fit(DNN, tiny_split, seed=5, max_epochs=6, callbacks=[EpochCheckpoint(checkpoint), InterruptAtEpoch(1)])
+    on_cpu = fit(DNN, tiny_split, seed=5, max_epochs=6, resume_from=checkpoint)
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    for group in saved["optimizer_states"][0]["param_groups"]:
+        group.update(fused=True, foreach=None)  # what fused Adam on a GPU writes
+    written_on_gpu = tmp_path / "gpu.ckpt"
+    torch.save(saved, written_on_gpu)
+    kernels = OptimizerKernels()
+    resumed = fit(DNN, tiny_split, seed=5, max_epochs=6, resume_from=written_on_gpu, callbacks=[kernels])
+    assert kernels.seen == [(None, True)]
+    assert torch.equal(on_cpu.model.first_layer.weight, resumed.model.first_layer.weight)
+
+
 def test_history_values_are_rounded_and_val_accuracy_is_correct_over_total(tiny_split: DataSplit) -> None:
     """Issue #17: optuna-dashboard showed float32 noise (0.9519000053405762); each value is now
     rounded where it is computed, and accuracy is the decimal correct/total, not float32's."""

@@ -117,9 +117,16 @@ def assert_accounted(study: optuna.Study, budget: int) -> None:
         assert sorted(trial.intermediate_values) == list(range(len(trial.intermediate_values)))
 
 
+# Trial 1 trains this many epochs in the signal test: the signal must land before its last one
+# ends, and on a loaded machine the poll that sees epoch 2 can lag two ~0.3 s epochs (the run then
+# finished its budget and exited 0 before the signal came).
+SIGNAL_EPOCHS = 10
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_stop_signal_requeues_the_trial_and_resume_continues_from_its_epoch(setup: Callable[..., SearchProcess], signum: int) -> None:
-    process = setup()
+    epochs = ("--max-epochs", str(SIGNAL_EPOCHS))
+    process = setup(*epochs)
     wait_for(setup.url, reported(1, 2), process)  # trial 1 has finished two epochs
     process.send_signal(signum)
     code, _, err = finish(process)
@@ -133,14 +140,14 @@ def test_stop_signal_requeues_the_trial_and_resume_continues_from_its_epoch(setu
     if signum == signal.SIGTERM:
         return  # one handler for both signals: the resume below is the same after either
 
-    code, out, err = setup.resume()
+    code, out, err = setup.resume(*epochs)
     assert code == 0, err
     study = load(setup.url)
     assert_accounted(study, 2)  # the baseline and the retry of trial 1
     retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == 1)
     assert retry.user_attrs["resumed_from_epoch"] >= 2
     assert retry.user_attrs["seed_training"] == trials[1].user_attrs["seed_training"]
-    assert len(retry.intermediate_values) == 4
+    assert len(retry.intermediate_values) == SIGNAL_EPOCHS
     for epoch in range(2):  # the replayed epochs are the interrupted attempt's own values
         assert retry.intermediate_values[epoch] == trials[1].intermediate_values[epoch]
 

@@ -42,11 +42,21 @@ H200 = "NVIDIA H200"
 
 def test_auto_takes_a_gpu_when_there_is_one_and_the_cpu_otherwise() -> None:
     assert resolve_device("auto", None, [], 2) == Device("cpu", (), "CPU (2 threads per worker)")
-    gpu = resolve_device("auto", None, [H200, H200], 8)
+    gpu = resolve_device("auto", None, [H200, H200], 8, workers=2)
     assert (gpu.kind, gpu.indices, gpu.torch_device) == ("cuda", (0, 1), "cuda:0")
     assert gpu.description == f"cuda:0 ({H200}), cuda:1 ({H200})"
     assert resolve_device("cpu", None, [H200], 1).description == "CPU (1 thread per worker)"
     assert resolve_device("gpu", [1], [H200, "NVIDIA A100"], 1).description == "cuda:1 (NVIDIA A100)"
+
+
+def test_gpus_fewer_workers_leave_idle_are_named_so_in_the_first_line() -> None:
+    """`--devices 0,1` with one worker trained on cuda:0 alone while the first line named both."""
+    one = resolve_device("gpu", [0, 1], [H200, H200], 8)
+    assert (one.indices, one.torch_device) == ((0, 1), "cuda:0")
+    assert one.description.startswith(f"cuda:0 ({H200}); cuda:1 idle: 1 worker(s)") and "--workers 2" in one.description
+    three = resolve_device("auto", None, [H200] * 4, 2, workers=3)
+    assert three.description.startswith(f"cuda:0 ({H200}), cuda:1 ({H200}), cuda:2 ({H200}); cuda:3 idle")
+    assert worker_visible_devices(3, physical_ids(three.indices), 1) == ["0", "1", "2"]  # the GPUs it names
 
 
 def test_devices_on_the_cpu_are_named_as_unused_in_the_first_line() -> None:
@@ -279,3 +289,26 @@ def test_the_cpu_optimizer_kernel_leaves_results_bitwise_unchanged(optimizer: st
     assert all(torch.equal(a, b) for a, b in zip(ours, reference))
     assert optimizer_kernel(optimizer, "cpu") == {"foreach": True}
     assert optimizer_kernel(optimizer, "cuda") == ({"foreach": True} if optimizer == "sgd" else {"fused": True})
+
+
+def test_cpu_work_after_gpu_work_in_one_process_runs_at_full_float32(tiny_split: DataSplit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1-worker GPU run exports in its own process: the GPU's TF32 setting, process-wide and in
+    torch 2.13 reaching the CPU's oneDNN matmuls too, and torch's deterministic mode (which fills
+    every new tensor first) must not follow the model onto the CPU."""
+    from lightning_modules.training import CUBLAS_WORKSPACE, prepare_device
+
+    monkeypatch.delenv(CUBLAS_WORKSPACE[0], raising=False)
+    before = torch.get_float32_matmul_precision()
+    try:
+        prepare_device("cuda:0")  # what a GPU fit does first; it touches no GPU
+        assert torch.get_float32_matmul_precision() == "high"
+        assert os.environ[CUBLAS_WORKSPACE[0]] == CUBLAS_WORKSPACE[1]  # before cuBLAS's first use
+        torch.use_deterministic_algorithms(True, warn_only=True)  # what the GPU trainer turned on
+        hp = HyperParams("linear", (), 0.0, 3e-3, "adam", 0.0, 128)
+        fit(hp, tiny_split, seed=0, max_epochs=1, device="cpu")
+        assert torch.get_float32_matmul_precision() == "highest"
+        assert torch.backends.mkldnn.matmul.fp32_precision == "ieee"
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.set_float32_matmul_precision(before)
