@@ -53,16 +53,16 @@ def usable_cores() -> int:
     DeviceError here rather than joblib's ValueError traceback."""
     import joblib
 
-    try:
-        return int(joblib.cpu_count())
-    except ValueError:
-        shown = os.environ.get("LOKY_MAX_CPU_COUNT", "")[:40]
-        raise DeviceError(f"LOKY_MAX_CPU_COUNT={shown!r} is not a whole number of CPUs; unset it or set a count like 2") from None
+    limit = os.environ.get("LOKY_MAX_CPU_COUNT", "").strip()
+    if limit and not (limit.isdigit() and int(limit) > 0):  # joblib read 0 and -5 as 1 CPU, '1.5' as a ValueError
+        raise DeviceError(f"LOKY_MAX_CPU_COUNT={limit[:40]!r} is not a whole number of CPUs; unset it or set a count like 2")
+    return int(joblib.cpu_count())
 
 
 def threads_per_worker(workers: int, cores: int | None = None) -> int:
-    """The torch threads each of `workers` processes gets: OMP_NUM_THREADS when it is a positive
-    count, else an equal share of the cores. One function, so the run's first line says the
+    """The torch threads each of `workers` processes gets: OMP_NUM_THREADS when it is one positive
+    count, else (unset, or one count per nesting level) an equal share of the cores; any other
+    value is a DeviceError, as OpenMP itself would only warn and ignore it. One function, so the run's first line says the
     count `configure_torch` sets.
 
     OMP_NUM_THREADS, when set, wins: on a machine shared with other jobs one thread per process
@@ -70,7 +70,10 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
     On an idle 2-core machine one worker gains about 1.2x from its second thread.
     """
     explicit = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if explicit.isdigit() and int(explicit) > 0:
+    levels = explicit.split(",")  # OpenMP's form: a count per nesting level, "4" or "4,1"
+    if explicit and not all(level.strip().isdigit() and int(level) > 0 for level in levels):  # libgomp warns and ignores it
+        raise DeviceError(f"OMP_NUM_THREADS={explicit[:20]!r} is not a thread count; set a positive count like 1, or unset it")
+    if explicit.isdigit():
         if int(explicit) > MAX_TORCH_THREADS:  # 100000 was a MemoryError, 99999999 a segfault, after the study existed
             raise DeviceError(f"OMP_NUM_THREADS={explicit[:20]} is more than {MAX_TORCH_THREADS} threads per process; set at most the cores, or unset it")
         return int(explicit)

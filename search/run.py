@@ -10,6 +10,7 @@ import argparse
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,10 @@ def parse_settings(argv: list[str]) -> Settings:
     overrides = overrides_from_args(args, RUN_FLAGS)
     if args.no_export:
         overrides["export"] = False
-    return load_settings(args.config, overrides)
+    settings = load_settings(args.config, overrides)
+    if "trials" in overrides.get("warm_start", {}) and settings.warm_start.study is None:  # as --warm-start-storage alone is
+        raise UserInputError(f"--warm-start-trials {settings.warm_start.trials} counts the trials of a warm start; add --warm-start STUDY, or drop it")
+    return settings
 
 
 def check_workers(settings: Settings, cores: int | None = None) -> None:
@@ -70,6 +74,8 @@ def check_device(settings: Settings, cores: int | None = None) -> Device:
     device = resolve_device(training.accelerator, training.devices, gpus, threads_per_worker(workers, cores or usable_cores()), workers)
     if device.kind == "cuda" and workers > 1:
         worker_visible_devices(workers, physical_ids(device.indices), training.workers_per_device)
+    if device.kind == "cpu" and training.workers_per_device != 1:  # as the description names --devices on the CPU
+        device = replace(device, description=f"{device.description}; --workers-per-device {training.workers_per_device} unused: no GPU")
     return device
 
 

@@ -107,8 +107,12 @@ def _shown(value: Any) -> str:
     return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
 
 
-def _describe(error: ValidationError, origin: str) -> str:
-    first = error.errors()[0]
+def describe_invalid(error: ValidationError, origin: str) -> str:
+    """Pydantic's first complaint as one line: "invalid config <origin>: <key>: <why> (got <value>)"."""
+    return _describe_one(error.errors()[0], origin)
+
+
+def _describe_one(first: Any, origin: str) -> str:
     key = redact(".".join(str(part) for part in first["loc"]))[:MAX_SHOWN]  # an unknown key may be a URL
     message = redact(first["msg"].removeprefix("Value error, "))
     if first["type"] == "extra_forbidden":
@@ -162,11 +166,39 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return raw
 
 
+def _overridden(loc: tuple[Any, ...], overrides: dict[str, Any]) -> bool:
+    """Whether a flag sets the value at `loc` (a field's path; a list item's path ends in its index)."""
+    node: Any = overrides
+    for depth, part in enumerate(loc):
+        if not isinstance(node, dict):
+            return depth > 0  # a flag set the list this item is in
+        if part not in node:
+            return False
+        node = node[part]
+    return bool(loc) and not isinstance(node, dict)  # () or a section: a check across fields, not one value
+
+
+def check_overridden_values(raw: dict[str, Any], overrides: dict[str, Any], origin: str) -> None:
+    """A file's value that a flag overrides is never used, yet a file saying `trials: "ten"` is
+    still a bad file: refused as if no flag were given. Only errors at the overridden fields
+    count: a file whose values fit together only with the flags' (a pruner rung past the
+    default epochs, with --max-epochs raising them) is valid."""
+    if not raw or not overrides:
+        return
+    try:
+        Settings.model_validate(raw)
+    except ValidationError as error:
+        bad = next((item for item in error.errors() if _overridden(tuple(item["loc"]), overrides)), None)
+        if bad is not None:
+            raise ConfigError(_describe_one(bad, origin)) from None
+
+
 def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
     """Defaults <- config file <- command-line overrides (nested dicts), validated together."""
-    raw = read_config_file(path) if path is not None else {}
+    raw = exponent_floats(read_config_file(path)) if path is not None else {}
     origin = f"in {path}" if path is not None else "value"
+    check_overridden_values(raw, overrides or {}, origin)
     try:
-        return Settings.model_validate(merge_settings(exponent_floats(raw), overrides or {}))
+        return Settings.model_validate(merge_settings(raw, overrides or {}))
     except ValidationError as error:
-        raise ConfigError(_describe(error, origin)) from None
+        raise ConfigError(describe_invalid(error, origin)) from None

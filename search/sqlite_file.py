@@ -60,7 +60,9 @@ def check_location(path: Path, *, content: bool = True) -> None:
     except OSError:
         return  # unreadable: the open names it
     if mode is not None and stat.S_ISDIR(mode):
-        raise StorageError(f"SQLite database {path} is a folder; pass a file's path with --storage, e.g. {path / 'mnist-search.db'}")
+        raise StorageError(  # the folder may be the default database's place (MNIST_SEARCH_HOME): moving it is a fix too
+            f"SQLite database {path} is a folder; move the folder aside, or pass a file's path with --storage (e.g. {path / 'mnist-search.db'})"
+        )
     if mode is not None and not stat.S_ISREG(mode):
         raise StorageError(f"SQLite database {path} is not a regular file; pass another path with --storage")
     if mode is not None:

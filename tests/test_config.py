@@ -123,6 +123,33 @@ def test_a_bad_section_is_reported_even_when_a_flag_sets_a_key_in_it(tmp_path: P
         load_settings(path, {"study": {"trials": 3}})
 
 
+@pytest.mark.parametrize(
+    ("content", "overrides", "words"),
+    [
+        ('study: {trials: "ten"}\n', {"study": {"trials": 1}}, ["study.trials", "'ten'"]),
+        ("study: {target_accuracy: .nan}\n", {"study": {"target_accuracy": None}}, ["study.target_accuracy", "nan"]),
+        ("training: {max_epochs: 1.5}\n", {"training": {"max_epochs": 1}}, ["training.max_epochs", "1.5"]),
+        ("training: {snapshot_steps: [0]}\n", {"training": {"snapshot_steps": [5]}}, ["training.snapshot_steps", "at least 1"]),
+    ],
+)
+def test_a_bad_value_a_flag_overrides_is_still_a_bad_file(tmp_path: Path, content: str, overrides: dict, words: list[str]) -> None:
+    """The flag's value won and the file's was never read, so `trials: "ten"` passed as a valid file."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as error:
+        load_settings(path, overrides)
+    assert str(error.value).startswith(f"invalid config in {path}: ") and all(w in str(error.value) for w in words), error.value
+
+
+def test_a_file_whose_values_fit_only_with_the_flags_is_valid(tmp_path: Path) -> None:
+    """A check across fields (a pruner rung past the default 8 epochs) is judged on the merged settings."""
+    path = tmp_path / "late.yaml"
+    path.write_text("pruner: {name: successive_halving, min_resource: 10}\n")
+    with pytest.raises(ConfigError, match="min_resource"):
+        load_settings(path)
+    assert load_settings(path, {"training": {"max_epochs": 20}}).pruner.min_resource == 10
+
+
 def test_a_billion_laughs_config_is_refused_at_once(tmp_path: Path) -> None:
     """562 bytes of nested aliases once ran for minutes and took gigabytes."""
     lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']

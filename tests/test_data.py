@@ -268,6 +268,24 @@ def test_csv_header_row_is_skipped(tmp_path: Path, csv_rows: list[list[str]], mn
     assert np.array_equal(labels, mnist_arrays.train_labels[:5].numpy())
 
 
+def test_a_header_of_numbered_columns_is_skipped(tmp_path: Path, csv_rows: list[list[str]], mnist_arrays: MnistArrays) -> None:
+    """What pandas writes for a frame with columns ["label", 0, ..., 783]: every pixel name a number."""
+    images, labels = read_csv(write_rows(tmp_path / "numbered.csv", [["label", *map(str, range(N_PIXELS))], *csv_rows]))
+    assert np.array_equal(images, mnist_arrays.train_images[:5].numpy())
+    assert np.array_equal(labels, mnist_arrays.train_labels[:5].numpy())
+
+
+def test_a_csv_with_one_digit_or_too_few_rows_is_refused_as_training_data(tmp_path: Path, mnist_arrays: MnistArrays) -> None:
+    """200 rows all labelled 3 trained to val_acc=1.0 and met the target on nothing learned."""
+    threes = mnist_arrays.train_labels == 3
+    path = tmp_path / "threes.csv"
+    write_csv(mnist_arrays.train_images[threes][:200], mnist_arrays.train_labels[threes][:200], path)
+    data_error(lambda: load_data(resolve_data_source(str(path), env={}, cache_dir=tmp_path)), str(path), "every row is labelled 3", "two digits")
+    assert len(read_csv(path)[1]) == 200  # the same rows are fine to predict on
+    write_csv(mnist_arrays.train_images[:2], mnist_arrays.train_labels[:2], path)
+    data_error(lambda: load_data(resolve_data_source(str(path), env={}, cache_dir=tmp_path)), str(path), "only 2 rows", "at least 3")
+
+
 def test_csv_data_source_loads_with_a_stratified_test_set(tmp_path: Path, mnist_arrays: MnistArrays) -> None:
     path = tmp_path / "digits.csv"
     write_csv(mnist_arrays.train_images[:700], mnist_arrays.train_labels[:700], path)
@@ -306,6 +324,9 @@ CSV_PROBLEMS = {
         lambda rows: put(put(rows, 2, 9, '"5'), 4, 9, '5"'), ["not a valid CSV file", "quote"],
     ),
     "header only": (lambda rows: [HEADER], ["no data rows"]),
+    # a typo in the first row's label was taken for a header, and the row dropped without a word
+    "typo in the first label": (lambda rows: put(rows, 1, 0, "3a"), ["row 1", "column 0", "'3a'", "not a whole number"]),
+    "empty first label": (lambda rows: put(rows, 1, 0, ""), ["row 1", "column 0", "empty"]),
 }
 
 

@@ -135,6 +135,8 @@ def test_on_this_machine_the_real_gpu_list_decides() -> None:
         with pytest.raises(DeviceError):
             search.run.check_device(load_settings(None, {"training": {"accelerator": "gpu"}}))
     assert search.run.check_device(load_settings(None, {"training": {"accelerator": "cpu"}})).kind == "cpu"
+    shared = search.run.check_device(load_settings(None, {"training": {"accelerator": "cpu", "workers_per_device": 4}}))
+    assert shared.description.endswith("; --workers-per-device 4 unused: no GPU")  # it was dropped without a word
 
 
 # ---------------------------------------------------------------- workers on GPUs
@@ -178,10 +180,10 @@ def test_cpu_threads_are_an_equal_share_of_the_cores(workers: int, cores: int, t
     assert thread_share(workers, cores) == threads
 
 
-@pytest.mark.parametrize(("omp", "threads"), [("3", 3), (None, 8), ("", 8), ("0", 8), ("2,1", 8)])
+@pytest.mark.parametrize(("omp", "threads"), [("3", 3), (None, 8), ("", 8), ("2,1", 8)])
 def test_the_first_line_counts_the_threads_torch_is_given(omp: str | None, threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """OMP_NUM_THREADS, when a positive count, is what configure_torch sets and what the run's
-    first line says; anything else falls back to the share of the cores."""
+    first line says; unset or OpenMP's per-level list falls back to the share of the cores."""
     if omp is None:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     else:
@@ -214,15 +216,29 @@ def test_a_thread_count_no_machine_has_is_one_line_before_any_study(
     assert not db.exists()
 
 
+@pytest.mark.parametrize("limit", ["1.5", "0", "-5"])
 def test_a_cpu_limit_that_is_not_a_count_is_one_line_before_any_study(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    limit: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """joblib raised ValueError from int('1.5'): the run printed a traceback."""
-    monkeypatch.setenv("LOKY_MAX_CPU_COUNT", "1.5")
+    """joblib raised ValueError from int('1.5'): the run printed a traceback; 0 and -5 it read as one CPU."""
+    monkeypatch.setenv("LOKY_MAX_CPU_COUNT", limit)
     db = tmp_path / "s.db"
     assert search.run.main(["--storage", f"sqlite:///{db}"]) == 2
     err = capsys.readouterr().err
-    assert err == "error: LOKY_MAX_CPU_COUNT='1.5' is not a whole number of CPUs; unset it or set a count like 2\n"
+    assert err == f"error: LOKY_MAX_CPU_COUNT={limit!r} is not a whole number of CPUs; unset it or set a count like 2\n"
+    assert not db.exists()
+
+
+@pytest.mark.parametrize("omp", ["abc", "0", "-1", "2,0", "1.5"])
+def test_a_thread_count_openmp_would_ignore_is_one_line_before_any_study(
+    omp: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """OMP_NUM_THREADS=abc, 0 or -1: libgomp printed "Invalid value" and the search went on as if unset."""
+    monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    db = tmp_path / "s.db"
+    assert search.run.main(["--storage", f"sqlite:///{db}"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: OMP_NUM_THREADS={omp!r} is not a thread count; set a positive count like 1, or unset it\n"
     assert not db.exists()
 
 

@@ -333,6 +333,20 @@ def test_a_storage_path_no_study_can_live_at_answers_before_the_data_is_loaded(
     assert tree(tmp_path) == before
 
 
+def test_a_folder_where_the_default_database_goes_names_moving_it_as_a_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No --storage was given, yet the only fix named was --storage "e.g. <folder>/mnist-search.db"."""
+    from search.run import main
+
+    (tmp_path / "mnist-search.db").mkdir()
+    monkeypatch.setenv("MNIST_SEARCH_HOME", str(tmp_path))
+    assert main(["--trials", "1", "--data-dir", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path / 'mnist-search.db'} is a folder; move the folder aside" in err, err
+    assert [p.name for p in tmp_path.iterdir()] == ["mnist-search.db"]
+
+
 @pytest.mark.parametrize(
     ("scheme", "words"),
     [

@@ -258,6 +258,16 @@ def test_a_huge_image_is_refused_from_its_header_in_one_line(
     assert predict.read_image(big).shape == (predict.MAX_IMAGE_SIDE, predict.MAX_IMAGE_SIDE)
 
 
+def test_an_image_longer_than_the_bound_on_one_side_is_refused(known: Known, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """28x599000 passed: only the pixel count was checked, though the bound is named per side."""
+    long = blank_png(tmp_path / "long.png", 28, predict.MAX_IMAGE_SIDE + 1)
+    assert predict.main(["--model", str(known.folder), str(long)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {long}: the image is 28x{predict.MAX_IMAGE_SIDE + 1} pixels, more than 4096x4096; "
+        "scale it down to at most 4096x4096 pixels (a digit needs only 28x28)\n"
+    )
+
+
 def test_an_over_long_csv_is_refused_before_it_is_parsed(known: Known, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """predict --csv once accepted up to 2.2 GB (~10 GB of memory); rows are counted first, and
     the one-column lines here would be a parse error if they were parsed."""

@@ -192,3 +192,53 @@ def test_an_out_under_a_file_is_refused_before_any_work(
     assert f"{tmp_path / 'afile'} is not a folder" in line and "choose another --out" in line, line
     assert (tmp_path / "afile").read_text() == "a file, not a folder"
     assert not isolated_home.exists()  # the artifact store was not opened
+
+
+def test_a_data_option_out_of_range_names_itself_and_its_value(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`search.export --train-size 0` answered "invalid data option:     For further information
+    visit https://errors.pydantic.dev/...": the last line of pydantic's message, naming nothing."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(CONFIG)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    assert run_main(["--config", str(config), "--storage", url, "--target-accuracy", "none", "--trials", "1", "--no-export"]) == 0
+    capsys.readouterr()
+    for flags, words in [
+        (["--train-size", "0"], ["data.train_size", "greater than 0", "(got 0)"]),
+        (["--val-fraction", "nan"], ["data.val_fraction", "(got nan)"]),
+        (["--val-size", "99999999"], ["data.val_size", "(got 99999999)"]),
+    ]:
+        assert export_main(["--storage", url, *flags]) == 2
+        line = one_error_line(capsys)
+        assert "errors.pydantic.dev" not in line and all(w in line for w in words), line
+    assert not default_export_dir("mnist").exists()
+
+
+def test_an_artifact_store_without_the_studys_weights_is_refused_and_left_alone(
+    tmp_path: Path, isolated_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`search.export --artifact-store <a user's folder>` retrained the best trial ("its stored
+    weights could not be read") and wrote 15 files into that folder; the folder where the study's
+    store is mounted elsewhere still exports from the stored weights."""
+    import shutil
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(CONFIG)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    assert run_main(["--config", str(config), "--storage", url, "--target-accuracy", "none", "--trials", "1", "--no-export"]) == 0
+    users = tmp_path / "users-folder"
+    users.mkdir()
+    (users / "keep.txt").write_text("mine")
+    capsys.readouterr()
+    assert export_main(["--storage", url, "--artifact-store", str(users)]) == 2
+    line = one_error_line(capsys)
+    assert f"--artifact-store {users} holds none of study 'mnist''s stored weights" in line and "leave --artifact-store out" in line, line
+    assert [p.name for p in users.iterdir()] == ["keep.txt"] and not default_export_dir("mnist").exists()
+
+    mounted = tmp_path / "mounted-here"
+    shutil.copytree(isolated_home / "artifacts", mounted)
+    assert export_main(["--storage", url, "--artifact-store", str(mounted)]) == 0
+    assert "retrained" not in capsys.readouterr().out  # the stored weights were read
+
+    for flag in (["--out", str(tmp_path / "out")], ["--artifact-store", str(mounted)]):
+        assert export_main(["--storage", url, "--reproduce", "0", *flag]) == 2
+        assert f"{flag[0]} is not used by --reproduce" in one_error_line(capsys)

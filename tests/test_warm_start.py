@@ -167,6 +167,8 @@ def test_bad_warm_starts_are_one_line_errors_that_create_nothing(tmp_path: Path,
     one_line_error(run_main([*base, "--warm-start", "earlier", "--warm-start-trials", "0"], capsys), "warm_start.trials")
     one_line_error(run_main([*base, "--warm-start", "earlier", "--warm-start-trials", "101"], capsys), "warm_start.trials")
     one_line_error(run_main([*base, "--warm-start", "earlier", "--trials", "1"], capsys), "--trials 1 leaves no trial")
+    # a count of warm-start trials with nothing to warm-start from was ignored without a word
+    one_line_error(run_main([*base, "--warm-start-trials", "3"], capsys), "--warm-start-trials 3", "add --warm-start STUDY")
     assert not new.exists() and not (tmp_path / "missing.db").exists()
     narrow = tmp_path / "narrow.yaml"
     narrow.write_text("space: {learning_rate: {low: 0.05, high: 0.1}}\nbaseline: {enabled: false}\n")  # no earlier trial fits

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lightning_modules.data.datasets import MNIST, DatasetSpec
@@ -75,6 +76,9 @@ def load_csv_file(path: Path, test_fraction: float = CSV_TEST_FRACTION, seed: in
     n_test = max(1, round(len(labels) * test_fraction))
     if len(labels) - n_test < 2:
         raise DataError(f"{path}: only {len(labels)} rows; need at least 3 to split off a test set")
+    digits = np.unique(labels)
+    if len(digits) < 2:  # every model scores 1.0 on it: the search would stop at its target on nothing learned
+        raise DataError(f"{path}: every row is labelled {digits[0]}; a classifier needs rows of at least two digits")
     test_idx, train_idx = stratified_split(labels_t, n_test, seed)
     return MnistArrays(
         images_t[train_idx], labels_t[train_idx], images_t[test_idx], labels_t[test_idx], str(path),

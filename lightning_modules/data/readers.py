@@ -185,7 +185,7 @@ def read_csv(path: Path, limit: int = MAX_CSV_BYTES) -> tuple[np.ndarray, np.nda
     """Read the tutorial's CSV: label in column 0, 784 pixels 0-255 after it, header optional.
 
     Messages number rows as the file's lines (a header is row 1) and columns from 0 (the label).
-    Blank lines are skipped. A first line whose label cell is not a number is the header.
+    Blank lines are skipped. The first line is a header when it reads as one (`_is_header`).
     """
     import pandas as pd  # pandas costs ~0.3 s to import; only CSV users pay it
 
@@ -195,8 +195,7 @@ def read_csv(path: Path, limit: int = MAX_CSV_BYTES) -> tuple[np.ndarray, np.nda
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error.strerror})") from None
     lines = raw.split(b"\n")
-    first_cell = lines[0].split(b",", 1)[0].strip().strip(b'"').decode("utf-8", "replace").lstrip("\ufeff")
-    has_header = bool(lines[0].strip()) and not _is_number(first_cell)
+    has_header = _is_header(lines[0])
     row_numbers: list[int] = []  # the file line (1-based) of each data row
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -245,6 +244,19 @@ def read_csv(path: Path, limit: int = MAX_CSV_BYTES) -> tuple[np.ndarray, np.nda
         row, col = bad[0]
         raise DataError(f"{path}: row {row_numbers[row]}, column {col + 1}: pixel {cell(row, col + 1)} is outside 0-255")
     return pixels.astype(np.uint8).reshape(-1, IMAGE_SIDE, IMAGE_SIDE), labels.astype(np.int64)
+
+
+def _is_header(line: bytes) -> bool:
+    """Column names, not a data row: a label cell that is not a number, with a pixel cell that is
+    not one either ("label,pixel0,...") or a label that is a word ("label,0,1,...,783", as pandas
+    writes a frame with numbered columns). A data row with a typo in its label ("3a,0,0,...") or
+    an empty one is read as data, so its error names it, rather than skipped as a header."""
+    cells = [cell.strip().strip(b'"').decode("utf-8", "replace") for cell in line.split(b",")]
+    label = cells[0].lstrip("\ufeff")
+    if not line.strip() or _is_number(label):
+        return False
+    word = label.replace("_", "").replace(" ", "").isalpha()
+    return word or not all(_is_number(cell) for cell in cells[1:])
 
 
 def _is_number(text: str) -> bool:

@@ -67,9 +67,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _settings(study: optuna.Study, args: argparse.Namespace) -> Settings:
     """The study's recorded settings, with the data options given here on top."""
+    from pydantic import ValidationError
+
     from search.record import study_settings
     from search.settings import RECORDED, Settings
-    from search.settings_file import ConfigError, merge_settings
+    from search.settings_file import ConfigError, describe_invalid, merge_settings
 
     recorded = study_settings(study)
     overrides = overrides_from_args(args, RECORDED_DATA_FLAGS)
@@ -77,9 +79,9 @@ def _settings(study: optuna.Study, args: argparse.Namespace) -> Settings:
         return recorded
     try:
         return Settings.model_validate(merge_settings(recorded.model_dump(mode="json"), overrides), context=RECORDED)
-    except Exception as error:  # noqa: BLE001 - pydantic's error, one line
+    except ValidationError as error:  # pydantic's first complaint, naming the option and the value
         given = secrets_in(str(value) for value in vars(args).values())  # masked before the cut, which may split a URL
-        raise ConfigError(f"invalid data option: {mask(mask_known(str(error).splitlines()[-1]), given)[:200]}") from None
+        raise ConfigError(mask(mask_known(describe_invalid(error, "option")), given)[:300]) from None
 
 
 def _max_length(key: tuple[str, ...]) -> int:
@@ -118,6 +120,9 @@ def run(args: argparse.Namespace, stop_requested: Callable[[], bool] = lambda: F
     from search.storage import check_storage_url
 
     check_study_flags(args)
+    unused = [flag for flag, value in (("--out", args.out), ("--artifact-store", args.artifact_store)) if value is not None]
+    if args.reproduce is not None and unused:
+        raise UserInputError(f"{unused[0]} is not used by --reproduce, which trains one trial again and writes nothing; drop {unused[0]}")
     url = check_storage_url(getattr(args, "study_storage", None))
     given = check_location(args.artifact_store) if args.artifact_store is not None else None
     name = getattr(args, "study_name", "mnist")
@@ -134,6 +139,8 @@ def run(args: argparse.Namespace, stop_requested: Callable[[], bool] = lambda: F
 
     checked_target(study, args.out)  # before the store is opened (which may create this machine's folder)
     store = open_store(given or recorded_location(study))  # given: e.g. the study's folder mounted elsewhere here
+    if given is not None and str(given) != str(recorded_location(study)):
+        check_given_store(study, store, given)
     result = export_study(study, args.out, settings=settings, artifact_store=store, stop_requested=stop_requested)
     metrics = result.metrics
     if metrics.note:
@@ -144,6 +151,34 @@ def run(args: argparse.Namespace, stop_requested: Callable[[], bool] = lambda: F
         f"in {result.seconds:.1f} s; {len(result.artifacts)} files linked to {result.linked_to} in the artifact store"
     )
     return 0
+
+
+MAX_WEIGHTS_LOOKED_UP = 20  # the newest completed trials' weights a given store is asked for
+
+
+def check_given_store(study: optuna.Study, store: Any, given: object) -> None:
+    """--artifact-store names where the study's store is mounted on this machine. A folder that
+    holds none of the study's stored weights (a typo, another study's store) had the export
+    retrain the best trial, minutes on full data, and write its files there: refused before."""
+    from optuna.artifacts.exceptions import ArtifactNotFound
+    from optuna.trial import TrialState
+
+    from search import record
+    from search.artifact_stores import ArtifactStoreError, recorded_location
+
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    stored = [str(found) for found in (record.read(trial, record.MODEL_ARTIFACT) for trial in trials) if found]
+    for artifact_id in reversed(stored[-MAX_WEIGHTS_LOOKED_UP:]):
+        try:
+            store.open_reader(artifact_id).close()
+            return
+        except (ArtifactNotFound, OSError):
+            continue
+    if stored:
+        raise ArtifactStoreError(
+            f"--artifact-store {given} holds none of study {study.study_name!r}'s stored weights (its store is {recorded_location(study)}); "
+            "pass the folder where that store is mounted here, or leave --artifact-store out"
+        )
 
 
 def reproduce_trial(study: optuna.Study, settings: Settings, number: int) -> int:
