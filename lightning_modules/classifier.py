@@ -9,6 +9,7 @@ float32's 0.9519000053405762).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,6 +37,7 @@ from lightning_modules.network import build_network
 
 SGD_MOMENTUM = 0.9  # without it SGD needs far more epochs than the search gives a trial
 TORCH_RNG, CUDA_RNG = "torch_rng_state", "cuda_rng_state"  # the random state a trial's checkpoint carries
+TRAINED_SECONDS = "trained_seconds"  # a checkpoint's training time so far, carried across resumes
 RNG_KEYS = (TORCH_RNG, CUDA_RNG)
 
 
@@ -122,6 +124,11 @@ class Classifier(pl.LightningModule):
         )
         self.test_confusion = MulticlassConfusionMatrix(N_CLASSES, validate_args=False)
         self.history: list[dict[str, float]] = []  # one row per epoch, filled during fit
+        # Training time of the epochs this model holds: what a resumed fit's checkpoint had, plus
+        # this fit's from `fit_started` (set by `training.fit`); a retried trial's epochs before
+        # its resume count too, so its recorded training time is that of all its epochs.
+        self.seconds_before = 0.0
+        self.fit_started: float | None = None
 
     @property
     def first_layer(self) -> nn.Linear:
@@ -178,6 +185,7 @@ class Classifier(pl.LightningModule):
         # History and the RNG (dropout) travel with the weights: a resumed run then continues
         # exactly as the uninterrupted one would have.
         checkpoint["history"] = list(self.history)
+        checkpoint[TRAINED_SECONDS] = self.trained_seconds()
         checkpoint[TORCH_RNG] = torch.get_rng_state()
         if self.device.type == "cuda":  # dropout on a GPU draws from that GPU's generator
             checkpoint[CUDA_RNG] = (torch.cuda.get_rng_state(self.device).cpu(), self.device.index or 0)
@@ -187,6 +195,7 @@ class Classifier(pl.LightningModule):
         # to restore into is the trainer's, not the one the checkpoint was written on.
         target = self._trainer.strategy.root_device if self._trainer is not None else self.device
         self.history = list(checkpoint.get("history", []))
+        self.seconds_before = float(checkpoint.get(TRAINED_SECONDS, 0.0))
         if TORCH_RNG in checkpoint:
             torch.set_rng_state(checkpoint[TORCH_RNG])
         if CUDA_RNG in checkpoint and target.type == "cuda":
@@ -204,6 +213,10 @@ class Classifier(pl.LightningModule):
         # like with like. Checkpoints carry the schedule's position, so a resumed fit goes on.
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(self.trainer.max_epochs or 1)))
         return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    def trained_seconds(self) -> float:
+        """Seconds of training behind the epochs this model holds, its resumed-from checkpoint's included."""
+        return self.seconds_before + (time.perf_counter() - self.fit_started if self.fit_started is not None else 0.0)
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.net.parameters())

@@ -48,7 +48,7 @@ class FitResult:
     model: Classifier
     history: list[dict[str, float]]
     snapshots: dict[int, torch.Tensor]
-    seconds: float
+    seconds: float  # training time of the epochs the model holds, a resumed fit's earlier ones included
     metrics: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -166,10 +166,11 @@ def fit(
             )
         )
     trainer = build_trainer(max_epochs, all_callbacks, device, precision, **trainer_overrides)
-    start = time.perf_counter()
+    model.fit_started = time.perf_counter()
     with sigterm_as_interrupt():
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-    seconds = time.perf_counter() - start
+    seconds = model.trained_seconds()  # a resumed fit's earlier epochs included
+    model.fit_started = None
     model = model.to(device="cpu", dtype=torch.float32)  # the one place a trained model leaves its device
     metrics = dict(model.history[-1]) if model.history else {}
     return FitResult(model, list(model.history), dict(snapshots.snapshots), seconds, metrics)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from search.redaction import redact
 from search.settings_space import (
     BaselineConfig,
     FirstDnnConfig,
@@ -42,6 +43,8 @@ def _name_problem(name: str) -> str | None:
         return "must not contain control characters (newlines, NUL, ...)"
     if name != name.strip():
         return "must not start or end with white space"
+    if redact(name) != name:  # a storage URL in the name's place: the study would carry its password everywhere
+        return "holds a URL with a password; pass storage URLs with --storage (or --warm-start-storage), names here"
     return None
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.classifier import Classifier, _compute_and_reset
+from lightning_modules.classifier import TRAINED_SECONDS, Classifier, _compute_and_reset
 from lightning_modules.data.format import N_CLASSES
 from lightning_modules.data.split import DataSplit
 from lightning_modules.errors import TrainingInterrupted
@@ -201,8 +201,11 @@ def test_a_fit_resumed_from_its_epoch_checkpoint_ends_as_the_uninterrupted_one(t
     whole = fit(DNN, tiny_split, seed=5, max_epochs=4)
     with pytest.raises(TrainingInterrupted):
         fit(DNN, tiny_split, seed=5, max_epochs=4, callbacks=[EpochCheckpoint(checkpoint), InterruptAtEpoch(2)])
+    before = torch.load(checkpoint, map_location="cpu", weights_only=True)[TRAINED_SECONDS]
     resumed = fit(DNN, tiny_split, seed=5, max_epochs=4, resume_from=checkpoint)
     assert len(resumed.history) == 4
+    # the report's "training time" was the resumed fit's alone: the checkpoint's epochs count too
+    assert 0 < before < resumed.seconds
     for a, b in zip(whole.history, resumed.history):  # same data order, dropout and learning rates
         assert a == pytest.approx(b, abs=1e-6)
     assert torch.equal(whole.model.first_layer.weight, resumed.model.first_layer.weight)

@@ -182,6 +182,36 @@ def test_a_url_given_to_the_wrong_flag_is_masked_in_the_argument_error(capsys: p
     assert "Zq7Xflagpw" not in err
 
 
+@pytest.mark.parametrize("flag", ["--study-name", "--warm-start"])
+def test_a_url_given_as_a_study_name_is_refused_masked_and_no_study_carries_it(
+    flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`search.run --study-name <URL>` created a study named with the password, printed it, and
+    every later "studies there:" listing showed it; `search.export --study-name <URL>` printed it."""
+    from search.export.__main__ import main as export_main
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    wrong = "postgresql://alice:Zq7Xnamepw@db.example/optuna"
+    assert main(["--storage", url, flag, wrong, "--no-export"]) == 2
+    assert export_main(["--storage", url, "--study-name", wrong]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 2 and err.count("holds a URL with a password") == 2 and "Zq7Xnamepw" not in err, err
+    assert not (tmp_path / "study.db").exists()
+
+
+def test_a_study_already_named_with_a_password_is_listed_masked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Created before names were checked (or by another tool): the export's listing masks it."""
+    import optuna
+
+    from search.export.__main__ import main as export_main
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="postgresql://alice:Zq7Xoldpw@db.example/optuna", storage=url)
+    assert export_main(["--storage", url, "--study-name", "other"]) == 2
+    err = capsys.readouterr().err
+    assert "no study named 'other'" in err and "postgresql://alice:***@db.example/optuna" in err and "Zq7Xoldpw" not in err, err
+
+
 LONG = "postgresql://postgres:LongPassw0rdXyzAbcDef123LongerStillSecret99@db.example/optuna"
 
 
