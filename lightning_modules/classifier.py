@@ -17,7 +17,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from lightning_modules.data.format import N_CLASSES, N_PIXELS
@@ -41,7 +41,31 @@ TRAINED_SECONDS = "trained_seconds"  # a checkpoint's training time so far, carr
 RNG_KEYS = (TORCH_RNG, CUDA_RNG)
 
 
-def _epoch_value(metric: MeanMetric | MulticlassAccuracy) -> float:
+class BatchMean(Metric):
+    """The mean of per-batch mean losses weighted by batch size: MeanMetric(value, weight)'s
+    arithmetic, bit for bit, without its per-update NaN check, whose `nans.any()` reads a GPU
+    tensor on the host at every step and so stalls the GPU's queue once per batch (its
+    `nan_strategy="disable"` would drop the weights). A NaN loss stays NaN in the epoch's mean,
+    where MeanMetric dropped the batch: a diverged epoch shows as one."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("weight", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.total: torch.Tensor
+        self.weight: torch.Tensor
+
+    def update(self, value: torch.Tensor, weight: int) -> None:
+        self.total += value * weight
+        self.weight += weight
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.weight
+
+
+def _epoch_value(metric: BatchMean | MulticlassAccuracy) -> float:
     """The stage's value, rounded to `METRIC_DECIMALS` (NaN if the stage saw no batch).
 
     Accuracy is divided from its integer counts in float64, not read from torchmetrics' float32
@@ -56,7 +80,7 @@ def _epoch_value(metric: MeanMetric | MulticlassAccuracy) -> float:
     return round(float(metric.compute()), METRIC_DECIMALS)
 
 
-def _compute_and_reset(metric: MeanMetric | MulticlassAccuracy) -> float:
+def _compute_and_reset(metric: BatchMean | MulticlassAccuracy) -> float:
     """The epoch's rounded value, then a clean slate for the next."""
     value = _epoch_value(metric)
     metric.reset()
@@ -118,7 +142,7 @@ class Classifier(pl.LightningModule):
         self.hp = values if isinstance(values, HyperParams) else HyperParams.from_dict(values)
         self.save_hyperparameters({"hp": self.hp.to_dict()})
         self.net = build_network(N_PIXELS, self.hp.hidden_units, N_CLASSES, self.hp.dropout)
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.train_loss, self.val_loss, self.test_loss = BatchMean(), BatchMean(), BatchMean()
         self.train_acc, self.val_acc, self.test_acc = (
             MulticlassAccuracy(N_CLASSES, average="micro", validate_args=False) for _ in range(3)
         )
@@ -138,7 +162,7 @@ class Classifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], loss_metric: MeanMetric, acc: MulticlassAccuracy) -> torch.Tensor:
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], loss_metric: BatchMean, acc: MulticlassAccuracy) -> torch.Tensor:
         x, y = batch
         logits = self.net(x)
         loss = F.cross_entropy(logits, y)  # mean log loss of the softmax probabilities

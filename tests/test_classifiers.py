@@ -241,6 +241,24 @@ def test_a_checkpoint_written_by_fused_adam_resumes_on_the_cpus_kernel(tiny_spli
     assert torch.equal(on_cpu.model.first_layer.weight, resumed.model.first_layer.weight)
 
 
+def test_the_loss_mean_is_meanmetrics_bit_for_bit_with_no_host_read_per_step() -> None:
+    """torchmetrics' MeanMetric checked every update for NaN with `nans.any()`, a host read that
+    stalls a GPU once per batch; BatchMean keeps its arithmetic (every recorded loss unchanged)."""
+    from torchmetrics import MeanMetric
+
+    from lightning_modules.classifier import BatchMean
+
+    generator = torch.Generator().manual_seed(0)
+    ours, reference = BatchMean(), MeanMetric()
+    for _ in range(500):
+        value, weight = torch.rand((), generator=generator) * 3, int(torch.randint(1, 129, (), generator=generator))
+        ours.update(value, weight=weight)
+        reference.update(value, weight=weight)
+    assert torch.equal(ours.compute(), reference.compute())
+    ours.update(torch.tensor(float("nan")), weight=7)  # a diverged batch: MeanMetric dropped it, with a warning
+    assert torch.isnan(ours.compute())
+
+
 def test_history_values_are_rounded_and_val_accuracy_is_correct_over_total(tiny_split: DataSplit) -> None:
     """Issue #17: optuna-dashboard showed float32 noise (0.9519000053405762); each value is now
     rounded where it is computed, and accuracy is the decimal correct/total, not float32's."""
