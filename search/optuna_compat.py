@@ -78,6 +78,12 @@ def enqueued(trial: optuna.Trial | FrozenTrial) -> bool:
     return "fixed_params" in trial_system_attrs(trial)
 
 
+def trial_state(trial: optuna.Trial) -> TrialState:
+    """8. A running `Trial`'s state as stored now (read via `Trial._trial_id`): another worker's
+    heartbeat check may have failed it, and queued its retry, while this worker was paused."""
+    return trial.storage.get_trial(trial._trial_id).state
+
+
 class SilentTrialAwareStorage(RDBStorage):
     """4. RDBStorage whose stale check (the private `_get_stale_trial_ids`, which
     `optuna.storages.fail_stale_trials` calls) also catches RUNNING trials that never wrote a
@@ -121,5 +127,5 @@ class SilentTrialAwareStorage(RDBStorage):
 
 __all__ = [
     "ArtifactStore", "SilentTrialAwareStorage", "enqueued", "finished_trial_writable", "set_trial_system_attr",
-    "storage_url", "study_storage", "trial_system_attrs",
+    "storage_url", "study_storage", "trial_state", "trial_system_attrs",
 ]

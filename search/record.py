@@ -58,6 +58,7 @@ MODEL_ARTIFACT = "model_artifact_id"  # the stored weights of a new best trial o
 MODEL_TRIAL = "trial"  # in those weights' metadata: the trial number they belong to (absent in older files)
 FAILED_TRIAL = "failed_trial"  # Optuna's retry link (RetryFailedTrialCallback), also set by requeue
 RETRY_HISTORY = "retry_history"  # Optuna's: every earlier attempt's number, oldest first
+DEATHS = "deaths"  # how many earlier attempts died (heartbeat gone stale), stop requests not counted
 DIED = "died"  # why the attempt ended without a result: INTERRUPTED or DISK_ERROR
 INTERRUPTED = "interrupted"  # a stop request (Ctrl-C, SIGTERM) between two batches
 DISK_ERROR = "disk error"  # a full or read-only disk (search/failures.py)

@@ -11,6 +11,7 @@ a local working file and then copied to the study's artifact store under the sam
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import optuna
 from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from lightning_modules.metric_names import EPOCH, MONITOR
@@ -127,6 +129,28 @@ def resume_point(trial: optuna.Trial, checkpoint: Path, hyperparams: dict[str, o
     record.record_epochs(trial, summary.history)
     record.write(trial, record.RESUMED_FROM_EPOCH, len(summary.history))
     return checkpoint
+
+
+MAX_DEATHS = 3  # times a dead worker's trial is retried before it stays failed
+
+
+class RetryDeadTrials(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a trial whose worker died (its heartbeat went stale), given up after
+    MAX_DEATHS deaths of the trial. Optuna's own limit counts every attempt in `retry_history`,
+    where `requeue` puts the stop requests too: three Ctrl-C's and one kill -9 left a trial
+    failed for good, its checkpoint orphaned, though it had died once."""
+
+    def __init__(self, max_deaths: int = MAX_DEATHS) -> None:
+        super().__init__(max_retry=None)
+        self.max_deaths = max_deaths
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        deaths = int(trial.system_attrs.get(record.DEATHS, 0)) + 1
+        if deaths > self.max_deaths:
+            return
+        counted = copy.copy(trial)  # the retry carries the count in the attributes Optuna copies to it
+        counted.system_attrs = {**trial.system_attrs, record.DEATHS: deaths}
+        super().__call__(study, counted)
 
 
 def requeue(trial: optuna.Trial, died: str = record.INTERRUPTED) -> None:

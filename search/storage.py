@@ -23,7 +23,6 @@ from search.storage_url import StorageError, check_storage_url, driver_hint, sql
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 10  # a host that never answers is an error, not a hang (libpq waits for ever)
 SQLITE_WAL_ATTEMPTS = 10
 SCHEMA_ATTEMPTS = 5
-MAX_RETRY = 3  # times a dead worker's trial is retried before it stays failed
 # What a database says when another process created the same table, or stamped the same
 # schema version, a moment earlier (SQLite's and PostgreSQL's wording).
 _SCHEMA_RACE_MARKERS = ("already exists", "UNIQUE constraint failed", "duplicate key value")
@@ -173,9 +172,8 @@ def _server_schema(url: str, engine_kwargs: dict[str, object]) -> sqlite_file.Sc
 def open_study_storage(url: str | None, *, heartbeat_seconds: int, grace_seconds: int):  # noqa: ANN201 - RDBStorage
     """The storage a search writes to, with heartbeats and retry of dead trials; creates a SQLite
     file (and its folder) if missing."""
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
-
     from search.optuna_compat import SilentTrialAwareStorage
+    from search.resume import RetryDeadTrials
 
     url = check_storage_url(url)
     engine_kwargs: dict[str, object] = {"pool_pre_ping": True, "connect_args": _server_connect_args(url)}
@@ -196,7 +194,7 @@ def open_study_storage(url: str | None, *, heartbeat_seconds: int, grace_seconds
     def build(create: bool) -> SilentTrialAwareStorage:
         return SilentTrialAwareStorage(
             url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds, grace_period=grace_seconds,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY), skip_table_creation=not create,
+            heartbeat_stale_trial_callback=RetryDeadTrials(), skip_table_creation=not create,
         )
 
     # A study database is opened as it is: Optuna's schema check refuses another version's untouched.

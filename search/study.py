@@ -6,7 +6,9 @@ between trials, so the budget and the target hold across processes and across re
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from lightning_modules.errors import UserInputError
 from search import record
 from search.artifact_stores import parse_location
+from search.optuna_compat import trial_state
 from search.promotion import Promoter, drop_queued_promotions
 from search.pruning import SameClassifierPruner
 from search.resume import new_study_uid
@@ -176,6 +179,33 @@ class WorkerInterrupted(Exception):
     """The worker was asked to stop (Ctrl-C, SIGTERM) and left the study resumable."""
 
 
+class TrialTakenOver(Exception):
+    """This worker's trial was failed and retried by another worker's heartbeat check."""
+
+
+class TakeoverWatch:
+    """The objective, noting a trial that was no longer this worker's when it ended: a worker
+    paused past `study.stale_after_seconds` (SIGSTOP, a suspended laptop, a frozen VM) finds its
+    trial failed by another worker's heartbeat check and retried there. Its next write to the
+    trial is refused, and Optuna's tell then raises ValueError("Cannot tell a FAIL trial"),
+    which ended the worker with a traceback; `run_worker` drops the result and goes on."""
+
+    def __init__(self, objective: Callable[[optuna.Trial], float]) -> None:
+        self.objective = objective
+        self.taken: int | None = None  # the number of the last trial taken over
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            value = self.objective(trial)
+        finally:
+            with contextlib.suppress(Exception):  # an unreachable storage: the objective's own error stands
+                if trial_state(trial) != TrialState.RUNNING:
+                    self.taken = trial.number
+        if self.taken == trial.number:  # a value Optuna cannot tell: its post-processing would fail an assert instead
+            raise TrialTakenOver(f"trial {trial.number} was failed and retried elsewhere")
+        return value
+
+
 def run_worker(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], float],
@@ -198,6 +228,7 @@ def run_worker(
     if deadline is None and settings.study.timeout:  # `deadline`: the run's (time.monotonic, one clock for its workers too)
         deadline = time.monotonic() + settings.study.timeout
     callbacks = [*callbacks, Promoter(settings.study, settings.training, deadline)]
+    watch = TakeoverWatch(objective)
     trials_run = 0
     while True:
         if stop_event is not None and stop_event.is_set():
@@ -206,10 +237,17 @@ def run_worker(
         optuna.storages.fail_stale_trials(study)
         reason = stop_reason(study, settings.study, deadline)
         if reason is None:
+            watch.taken = None
             try:
-                study.optimize(objective, n_trials=1, callbacks=callbacks, catch=(SurplusTrial,))
+                study.optimize(watch, n_trials=1, callbacks=callbacks, catch=(SurplusTrial,))
             except TrainingInterrupted:
                 raise WorkerInterrupted from None
+            except ValueError:
+                if watch.taken is None:
+                    raise
+                print(f"note: trial {watch.taken} was retried by another worker while this one was paused past "
+                      f"study.stale_after_seconds ({settings.study.stale_after_seconds} s); its result here is dropped",
+                      file=sys.stderr, flush=True)
             trials_run += 1
             if trials_run % GC_EVERY_TRIALS == 0:
                 gc.collect()  # Trainer/module reference cycles otherwise grow RSS ~1 MB a trial

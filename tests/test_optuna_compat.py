@@ -24,6 +24,7 @@ from search.optuna_compat import (
     set_trial_system_attr,
     storage_url,
     study_storage,
+    trial_state,
     trial_system_attrs,
 )
 
@@ -130,10 +131,18 @@ def test_7_an_enqueued_trial_is_told_from_a_sampled_one(url: str) -> None:
     assert [enqueued(t) for t in optuna.load_study(study_name=study.study_name, storage=url).trials] == [True, False]
 
 
+def test_8_a_running_trials_stored_state_shows_another_workers_verdict(url: str) -> None:
+    study = optuna.create_study(storage=url)
+    trial = study.ask()
+    assert trial_state(trial) == TrialState.RUNNING
+    optuna.load_study(study_name=study.study_name, storage=url).tell(trial.number, state=TrialState.FAIL)  # a heartbeat check elsewhere
+    assert trial_state(trial) == TrialState.FAIL
+
+
 def test_every_private_use_is_listed_in_the_module() -> None:
     assert set(optuna_compat.__all__) == {
         "ArtifactStore", "SilentTrialAwareStorage", "enqueued", "finished_trial_writable", "set_trial_system_attr",
-        "storage_url", "study_storage", "trial_system_attrs",
+        "storage_url", "study_storage", "trial_state", "trial_system_attrs",
     }
 
 

@@ -11,7 +11,6 @@ import io
 
 import optuna
 import pytest
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from pydantic import ValidationError
 
@@ -26,10 +25,9 @@ from search.progress import (
     describe_params,
     trial_line,
 )
-from search.resume import requeue
+from search.resume import RetryDeadTrials, requeue
 from search.settings_space import FloatRange, IntRange, SpaceConfig
 from search.space import suggest_params
-from search.storage import MAX_RETRY
 
 # The widest space a settings file may ask for: the progress module's ceilings, accepted here.
 WIDEST = SpaceConfig(
@@ -142,7 +140,7 @@ def test_a_dead_workers_trial_is_printed_once_its_retry_is_known_and_names_it() 
     study.tell(trial, state=TrialState.FAIL)  # the heartbeat check fails it ...
     reporter.update(study)
     assert out.getvalue() == ""  # ... and queues its retry a moment later: wait for it
-    RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, study.get_trials()[trial.number])
+    RetryDeadTrials()(study, study.get_trials()[trial.number])
     retry = study.get_trials()[-1]
     reporter.update(study)
     lines = out.getvalue().splitlines()
@@ -163,7 +161,7 @@ def test_failures_without_a_retry_say_so_without_guessing_the_heartbeat() -> Non
     line = trial_line(trials[1], trials)
     assert "(no parameters: failed before sampling)" in line and line.endswith(" no epoch finished       failed: failed before training; not retried")
     assert "nan" not in line and line.index("failed:") == trial_line(trials[0], trials).index("failed:")  # one column
-    RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, trials[1])  # a run killed as its trial began
+    RetryDeadTrials()(study, trials[1])  # a run killed as its trial began
     trials = study.get_trials()
     assert trial_line(trials[1], trials).endswith(" failed: found dead (its worker stopped sending heartbeats) before it trained; retried as trial 2")
 

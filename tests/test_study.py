@@ -368,9 +368,7 @@ def test_one_attempt_retried_twice_trains_once(storage_url: str, name: str, tiny
     """A trial handed back on a full disk whose worker could not then mark it failed stays
     running, goes stale, and the heartbeat check queues a second retry beside the hand-back's:
     both copies trained, with the same parameters and seeds, and took two slots of the budget."""
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
-
-    from search.storage import MAX_RETRY
+    from search.resume import RetryDeadTrials
 
     settings = load_settings(None, {
         "study": {"name": name, "trials": 2, "target_accuracy": None}, "baseline": {"enabled": False},
@@ -378,7 +376,7 @@ def test_one_attempt_retried_twice_trains_once(storage_url: str, name: str, tiny
     })
     study = open_study(settings, writer_storage(storage_url)).study
     failed = interrupted_then_queued(study, settings)  # the hand-back's retry
-    RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, failed)  # and the heartbeat check's
+    RetryDeadTrials()(study, failed)  # and the heartbeat check's
     objective = make_objective(settings, tiny_split, build_artifact_store(tmp_path / "artifacts"), tmp_path / "checkpoints")
     run_worker(study, objective, settings)
     retries = [t for t in study.trials if record.retried_from(t) == failed.number]
@@ -389,10 +387,7 @@ def test_one_attempt_retried_twice_trains_once(storage_url: str, name: str, tiny
 def test_a_retry_of_one_of_two_copies_still_trains_once(storage_url: str, name: str, tiny_split: DataSplit, tmp_path: Path) -> None:
     """The first copy is itself interrupted and retried: its retry and the second copy are still
     attempts at one trial (matched by the first attempt, not by the attempt each repeats)."""
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
-
-    from search.resume import requeue
-    from search.storage import MAX_RETRY
+    from search.resume import RetryDeadTrials, requeue
 
     settings = load_settings(None, {
         "study": {"name": name, "trials": 2, "target_accuracy": None}, "baseline": {"enabled": False},
@@ -400,7 +395,7 @@ def test_a_retry_of_one_of_two_copies_still_trains_once(storage_url: str, name: 
     })
     study = open_study(settings, writer_storage(storage_url)).study
     failed = interrupted_then_queued(study, settings)
-    RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, failed)
+    RetryDeadTrials()(study, failed)
     first_copy = study.ask()  # popped, then interrupted and queued again
     suggest_params(first_copy, settings.space)
     requeue(first_copy)
@@ -436,3 +431,63 @@ def test_a_worker_stops_on_the_runs_deadline_not_its_own(storage_url: str) -> No
     reason = run_worker(study, quick_objective, settings, deadline=time.monotonic() - 1)
     assert reason == "timeout of 3600 s reached"
     assert not [t for t in study.trials if t.state.is_finished()]
+
+
+def test_stop_requests_do_not_use_up_the_retries_of_a_trial_that_dies() -> None:
+    """Optuna's limit counted the attempts in retry_history, where each Ctrl-C's re-queue goes
+    too: after three stops, the first kill -9 left the trial failed for good (not retried), its
+    checkpoint orphaned. Only deaths count, and a trial that keeps dying is still given up."""
+    from search.resume import MAX_DEATHS, RetryDeadTrials, requeue
+
+    study = optuna.create_study()
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    for _ in range(3):  # three stop requests, each re-queuing the running attempt
+        requeue(trial)
+        study.tell(trial, state=TrialState.FAIL)
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+    assert len(record.read(trial, record.RETRY_HISTORY)) == 3
+    for death in range(1, MAX_DEATHS + 2):  # the worker dies; the heartbeat check fails the attempt
+        study.tell(trial, state=TrialState.FAIL)
+        RetryDeadTrials()(study, study.trials[trial.number])
+        waiting = study.get_trials(states=(TrialState.WAITING,))
+        if death > MAX_DEATHS:
+            assert not waiting  # given up after MAX_DEATHS deaths
+            break
+        assert len(waiting) == 1 and waiting[0].system_attrs[record.DEATHS] == death
+        trial = study.ask()
+        assert trial.suggest_float("x", 0, 1) == study.trials[0].params["x"]  # the same trial, again
+
+
+@pytest.mark.parametrize("then", ["returns", "reports"])
+def test_a_worker_whose_trial_was_retried_while_it_was_paused_drops_it_and_goes_on(
+    then: str, storage_url: str, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGSTOP past the stale time, then SIGCONT: another worker had failed the trial and retried
+    it, and Optuna's tell raised ValueError("Cannot tell a FAIL trial"), ending this worker with
+    a traceback and the rest of the search on one worker fewer."""
+    from search.resume import RetryDeadTrials
+
+    settings = load_settings(None, {
+        "study": {"name": name, "trials": 2, "target_accuracy": None}, "baseline": {"enabled": False},
+        "first_dnn": {"enabled": False}, "training": {"promote_factor": None},
+    })
+    study = open_study(settings, writer_storage(storage_url)).study
+    elsewhere = optuna.load_study(study_name=name, storage=storage_url)
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        if trial.number == 0:  # "paused" here: the other worker's heartbeat check fails it and queues its retry
+            elsewhere.tell(0, state=TrialState.FAIL)
+            RetryDeadTrials()(elsewhere, elsewhere.trials[0])
+            if then == "reports":  # its next epoch's report is refused: the trial is finished
+                trial.report(x, 0)
+        return x
+
+    assert run_worker(study, objective, settings).startswith("budget")
+    states = [t.state for t in optuna.load_study(study_name=name, storage=storage_url).trials]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]  # the retry ran, then a new trial
+    assert study.trials[1].params == study.trials[0].params
+    err = capsys.readouterr().err
+    assert "note: trial 0 was retried by another worker while this one was paused" in err and "Traceback" not in err
