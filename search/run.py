@@ -21,7 +21,7 @@ from search.options import RUN_FLAGS, OneLineParser, add_flags, overrides_from_a
 from search.paths import artifact_dir, check_run_folders, checkpoints_dir, exports_dir, study_dir_name
 from search.redaction import mask, mask_known, redact, redact_words, secrets_in
 from search.settings import Settings
-from search.workers import StopRequest, describe_exit_codes
+from search.workers import StopRequest, answered, describe_exit_codes
 
 MAX_WORKERS_PER_CORE = 4  # beyond this each worker's share of a core makes every trial crawl
 EXIT_WORKERS_DIED = 1
@@ -146,7 +146,9 @@ def run(argv: list[str], stop: StopRequest) -> int:
     quiet_optuna()
 
     check_export_target(settings)
-    started = start_run(settings, url, source, device, warm)  # data first: bad data creates no database
+    if stop.event.is_set():  # a Ctrl-C while the checks ran: nothing is created
+        raise KeyboardInterrupt
+    started = start_run(settings, url, source, device, warm, stop.event.is_set)  # data first: bad data creates no database
     check_export_target(settings, started.study)
     print(started.first_line)
     if warm is not None and started.created:
@@ -234,9 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserInputError as error:
         print(f"error: {one_line(mask_known(mask(str(error), secrets_in(argv))))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\ninterrupted before the search started. Run again with: {resume_command(argv)}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # a stop request before the study was opened (start_run), or the default handler's
+        print(f"\ninterrupted before the search started; nothing was created. Run again with: {resume_command(argv)}", file=sys.stderr)
+        return stop.exit_code
     except Exception as error:  # noqa: BLE001 - only storage and disk failures are handled here
         cause = storage_failure(error)
         if cause is None:
@@ -252,4 +254,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(answered(main()))

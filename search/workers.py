@@ -87,6 +87,15 @@ def die_with_parent(parent_pid: int) -> None:
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
+def answered(code: int) -> int:
+    """`code`, with stop signals ignored from here on: the command has answered, and a Ctrl-C
+    in the interpreter's teardown (about a second with torch loaded) turned a finished run or
+    export into exit 130 after its last line of success."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    return code
+
+
 def worker_main(target: Callable[..., None], parent_pid: int, args: tuple[Any, ...]) -> None:
     """Entry point of a spawned worker: its own process group, tied to its parent, then `target`.
 

@@ -289,3 +289,33 @@ def test_checking_a_study_file_keeps_this_processs_locks_on_it(tmp_path: Path) -
         assert (tmp_path / "s.db-wal").exists()  # the reader knew it was not the last connection
     finally:
         live.close()
+
+
+@pytest.mark.parametrize("moment", ["checks", "data"])
+def test_a_stop_request_at_start_up_creates_nothing(
+    moment: str, tmp_path: Path, isolated_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C 0.5-3 s after launch (the checks, torch's import, the data) went on to create the
+    database and the study, with its baseline queued, then exited 130 as if it had been running."""
+    import os
+    import signal
+
+    import search.run
+    import search.trial_loop
+
+    def ctrl_c(real):  # noqa: ANN001, ANN202 - the step, then a real SIGINT to this process (main's handler takes it)
+        def step(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            result = real(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGINT)
+            return result
+        return step
+
+    if moment == "checks":
+        monkeypatch.setattr(search.run, "check_export_target", ctrl_c(search.run.check_export_target))
+    else:
+        monkeypatch.setattr(search.trial_loop, "load_split", ctrl_c(search.trial_loop.load_split))
+    database = tmp_path / "study.db"
+    assert search.run.main(["--storage", f"sqlite:///{database}", "--train-size", "300", "--val-size", "100"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted before the search started; nothing was created. Run again with: python -m search.run" in err, err
+    assert not database.exists()

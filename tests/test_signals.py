@@ -71,3 +71,17 @@ def test_a_dead_runners_repeated_death_signal_is_one_stop_request(python: str, r
     finally:
         process.kill()
         process.wait(timeout=60)
+
+
+def test_a_command_that_has_answered_ignores_stop_signals_from_then_on() -> None:
+    """A Ctrl-C in the interpreter's teardown, after a run's or an export's last line of success,
+    made its exit code 130."""
+    from search.workers import answered
+
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        assert answered(3) == 3
+        assert all(signal.getsignal(signum) == signal.SIG_IGN for signum in before)
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)

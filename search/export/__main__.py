@@ -252,4 +252,6 @@ def storage_failure_line(cause: BaseException, args: argparse.Namespace, argv: l
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from search.workers import answered
+
+    sys.exit(answered(main()))
