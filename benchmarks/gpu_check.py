@@ -45,6 +45,7 @@ MAX_SEARCH_SECONDS = 3600.0  # --search-timeout: the check is meant to fit in mi
 MAX_BUDGET = 7200.0
 DEFAULT_BUDGET = 450.0  # gpu_check.sh stops everything at 480 s: 8 minutes
 KILL_AFTER = 600.0  # no search runs longer than this
+STOP_GRACE = 30.0  # seconds a search stopped by SIGTERM has to stop its workers before it is killed
 RESERVE = 60.0  # seconds kept for each search still to come when one is given its kill deadline
 MEASUREMENTS = ["measurement", "device", "value"]
 RUNS = ["run", "wall s", "trials finished", "trials/min", "best test accuracy", "GPU memory per process (nvidia-smi)"]
@@ -200,21 +201,28 @@ class NoSampler(MemorySampler):
 def search_run(args: list[str], timeout: float, gpu: bool) -> tuple[float, int, str, str]:
     """(wall seconds, finished trials, best test accuracy, GPU memory) of one `python -m
     search.run` in its own home; killed (and said so) after `timeout` seconds."""
-    with tempfile.TemporaryDirectory() as tmp, (MemorySampler() if gpu else NoSampler()) as memory:
+    # ignore_cleanup_errors: a stopped run's workers may still be writing their last checkpoint
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp, (MemorySampler() if gpu else NoSampler()) as memory:
         start = time.perf_counter()
+        run = subprocess.Popen([PYTHON, "-m", "search.run", *args], cwd=ROOT, env=bench_env(Path(tmp)),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            done = subprocess.run([PYTHON, "-m", "search.run", *args], cwd=ROOT, env=bench_env(Path(tmp)),
-                                  capture_output=True, text=True, timeout=timeout, check=False)
-        except subprocess.TimeoutExpired as killed:
-            out = killed.stdout.decode() if isinstance(killed.stdout, bytes) else killed.stdout or ""
+            out, err = run.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            run.terminate()  # SIGTERM: the runner stops its workers (SIGKILL would leave them to their parent-death signal)
+            try:
+                out, _ = run.communicate(timeout=STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                run.kill()
+                out, _ = run.communicate()
             finished = len([line for line in out.splitlines() if line.startswith("trial ")])
             return time.perf_counter() - start, finished, f"killed after {timeout:.0f} s", memory.summary()
         wall = time.perf_counter() - start
-    if done.returncode != 0:
-        print(done.stderr[-2000:], file=sys.stderr)
-        return wall, 0, f"failed (exit {done.returncode})", memory.summary()
-    finished = len([line for line in done.stdout.splitlines() if line.startswith("trial ")])
-    found = TEST_ACC.search(done.stdout)
+    if run.returncode != 0:
+        print(err[-2000:], file=sys.stderr)
+        return wall, 0, f"failed (exit {run.returncode})", memory.summary()
+    finished = len([line for line in out.splitlines() if line.startswith("trial ")])
+    found = TEST_ACC.search(out)
     return wall, finished, found.group(1) if found else "n/a", memory.summary()
 
 

@@ -101,8 +101,10 @@ def run_ours(quick: bool, timeout: float) -> dict:
     created = next((stamp for stamp, line in lines if line.startswith(("created study", "resumed study"))), float("nan"))
     until_hit = [t for t in trials if hit is not None and t.number <= hit.number and t.datetime_complete]
     train = sum(float(record.read(t, record.TRAIN_SECONDS) or 0.0) for t in until_hit)
-    # pruned trials have no train_seconds: their whole duration counts as training
-    train += sum((t.datetime_complete - t.datetime_start).total_seconds() for t in until_hit if record.read(t, record.TRAIN_SECONDS) is None)
+    # pruned trials have no train_seconds: their whole duration counts as training. An attempt
+    # that failed does not: its retry's train_seconds holds the epochs it resumed from.
+    train += sum((t.datetime_complete - t.datetime_start).total_seconds() for t in until_hit
+                 if record.read(t, record.TRAIN_SECONDS) is None and t.state.name == "PRUNED")
     in_trials = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in until_hit)
     first_start = trials[0].datetime_start.timestamp() if trials and trials[0].datetime_start else float("nan")
     return {

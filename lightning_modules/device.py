@@ -43,6 +43,11 @@ def thread_share(workers: int, cores: int) -> int:
     return max(1, cores // max(1, workers))
 
 
+def _positive_count(text: str) -> bool:
+    """ASCII digits making a number above 0 (str.isdigit also takes '²', which int() refuses)."""
+    return text.isascii() and text.isdigit() and int(text) > 0
+
+
 def usable_cores() -> int:
     """The CPUs this process may use: the least of the machine's, its affinity mask's and a
     container's CPU quota (cgroup v1 or v2), as joblib (loky) counts them.
@@ -54,7 +59,7 @@ def usable_cores() -> int:
     import joblib
 
     limit = os.environ.get("LOKY_MAX_CPU_COUNT", "").strip()
-    if limit and not (limit.isdigit() and int(limit) > 0):  # joblib read 0 and -5 as 1 CPU, '1.5' as a ValueError
+    if limit and not _positive_count(limit):  # joblib read 0 and -5 as 1 CPU, '1.5' as a ValueError
         raise DeviceError(f"LOKY_MAX_CPU_COUNT={limit[:40]!r} is not a whole number of CPUs; unset it or set a count like 2")
     return int(joblib.cpu_count())
 
@@ -71,9 +76,9 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
     """
     explicit = os.environ.get("OMP_NUM_THREADS", "").strip()
     levels = explicit.split(",")  # OpenMP's form: a count per nesting level, "4" or "4,1"
-    if explicit and not all(level.strip().isdigit() and int(level) > 0 for level in levels):  # libgomp warns and ignores it
+    if explicit and not all(_positive_count(level.strip()) for level in levels):  # libgomp warns and ignores it
         raise DeviceError(f"OMP_NUM_THREADS={explicit[:20]!r} is not a thread count; set a positive count like 1, or unset it")
-    if explicit.isdigit():
+    if _positive_count(explicit):
         if int(explicit) > MAX_TORCH_THREADS:  # 100000 was a MemoryError, 99999999 a segfault, after the study existed
             raise DeviceError(f"OMP_NUM_THREADS={explicit[:20]} is more than {MAX_TORCH_THREADS} threads per process; set at most the cores, or unset it")
         return int(explicit)

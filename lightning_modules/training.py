@@ -61,7 +61,7 @@ def lightning_device(device: str) -> tuple[str, int | list[int]]:
     if device == "cpu":
         return "cpu", 1
     kind, _, index = device.partition(":")
-    if kind != "cuda" or not index.isdigit():
+    if kind != "cuda" or not (index.isascii() and index.isdigit()):
         raise ValueError(f"device must be 'cpu' or 'cuda:N', got {device!r}")
     return "gpu", [int(index)]
 
@@ -170,7 +170,7 @@ def fit(
     with sigterm_as_interrupt():
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     seconds = model.trained_seconds()  # a resumed fit's earlier epochs included
-    model.fit_started = None
+    model.seconds_before, model.fit_started = seconds, None
     model = model.to(device="cpu", dtype=torch.float32)  # the one place a trained model leaves its device
     metrics = dict(model.history[-1]) if model.history else {}
     return FitResult(model, list(model.history), dict(snapshots.snapshots), seconds, metrics)

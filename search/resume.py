@@ -135,8 +135,8 @@ MAX_DEATHS = 3  # times a dead worker's trial is retried before it stays failed
 
 
 class RetryDeadTrials(RetryHeartbeatStaleTrialCallback):
-    """Optuna's retry of a trial whose worker died (its heartbeat went stale), given up after
-    MAX_DEATHS deaths of the trial. Optuna's own limit counts every attempt in `retry_history`,
+    """Optuna's retry of a trial whose worker died (its heartbeat went stale), after each of the
+    trial's first MAX_DEATHS deaths; a further death leaves it failed. Optuna's own limit counts every attempt in `retry_history`,
     where `requeue` puts the stop requests too: three Ctrl-C's and one kill -9 left a trial
     failed for good, its checkpoint orphaned, though it had died once."""
 

@@ -253,5 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         stop.uninstall()
 
 
+def cli() -> int:
+    """The `mnist-search` command and `python -m search.run`: main, then ends on its own code
+    whatever signal comes in the teardown (`answered`)."""
+    return answered(main())
+
+
 if __name__ == "__main__":
-    sys.exit(answered(main()))
+    sys.exit(cli())

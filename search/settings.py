@@ -38,12 +38,13 @@ RECORDED: dict[str, bool] = {"recorded": True}
 
 
 
-def _name_problem(name: str) -> str | None:
+def _name_problem(name: str, info: ValidationInfo | None = None) -> str | None:
     if any(unicodedata.category(c).startswith("C") for c in name):
         return "must not contain control characters (newlines, NUL, ...)"
     if name != name.strip():
         return "must not start or end with white space"
-    if redact(name) != name:  # a storage URL in the name's place: the study would carry its password everywhere
+    recorded = info is not None and info.context == RECORDED  # a name already stored keeps working
+    if "://" in name and redact(name) != name and not recorded:  # a storage URL in a name's place: the study would carry its password
         return "holds a URL with a password; pass storage URLs with --storage (or --warm-start-storage), names here"
     return None
 
@@ -73,8 +74,8 @@ class StudyConfig(Strict):
 
     @field_validator("name")
     @classmethod
-    def _printable_name(cls, value: str) -> str:
-        problem = _name_problem(value)
+    def _printable_name(cls, value: str, info: ValidationInfo) -> str:
+        problem = _name_problem(value, info)
         if problem:
             raise ValueError(f"the study name {problem}")
         return value
@@ -106,8 +107,8 @@ class WarmStartConfig(Strict):
 
     @field_validator("study")
     @classmethod
-    def _printable_name(cls, value: str | None) -> str | None:
-        problem = None if value is None else _name_problem(value)
+    def _printable_name(cls, value: str | None, info: ValidationInfo) -> str | None:
+        problem = None if value is None else _name_problem(value, info)
         if problem:
             raise ValueError(f"the warm-start study name {problem}")
         return value

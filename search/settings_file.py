@@ -107,13 +107,15 @@ def _shown(value: Any) -> str:
     return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
 
 
-def describe_invalid(error: ValidationError, origin: str) -> str:
-    """Pydantic's first complaint as one line: "invalid config <origin>: <key>: <why> (got <value>)"."""
-    return _describe_one(error.errors()[0], origin)
+def describe_invalid(error: ValidationError, origin: str, names: dict[tuple[str, ...], str] | None = None) -> str:
+    """Pydantic's first complaint as one line: "invalid config <origin>: <key>: <why> (got <value>)",
+    the key named as `names` has it (a flag, where the value came from one)."""
+    return _describe_one(error.errors()[0], origin, names or {})
 
 
-def _describe_one(first: Any, origin: str) -> str:
-    key = redact(".".join(str(part) for part in first["loc"]))[:MAX_SHOWN]  # an unknown key may be a URL
+def _describe_one(first: Any, origin: str, names: dict[tuple[str, ...], str] | None = None) -> str:
+    loc = tuple(str(part) for part in first["loc"])
+    key = (names or {}).get(loc) or redact(".".join(loc))[:MAX_SHOWN]  # an unknown key may be a URL
     message = redact(first["msg"].removeprefix("Value error, "))
     if first["type"] == "extra_forbidden":
         message = "unknown key (check its spelling against configs/default.yaml)"

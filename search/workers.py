@@ -88,11 +88,21 @@ STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def answered(code: int) -> int:
-    """`code`, with stop signals ignored from here on: the command has answered, and a Ctrl-C
-    in the interpreter's teardown (about a second with torch loaded) turned a finished run or
-    export into exit 130 after its last line of success."""
+    """`code`; from here on a stop signal ends the process at once with it. The command has
+    answered: a Ctrl-C in the interpreter's teardown (about a second with torch loaded) turned a
+    finished run or export into exit 130 after its last line of success, and a teardown that
+    hangs (a thread, a pool) must still end on Ctrl-C or a supervisor's SIGTERM."""
+    for stream in (sys.stdout, sys.stderr):  # os._exit flushes nothing
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def leave(signum: int, frame: object) -> None:
+        os._exit(code)
+
     for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
+        signal.signal(signum, leave)
     return code
 
 

@@ -141,6 +141,12 @@ def test_a_bad_value_a_flag_overrides_is_still_a_bad_file(tmp_path: Path, conten
     assert str(error.value).startswith(f"invalid config in {path}: ") and all(w in str(error.value) for w in words), error.value
 
 
+@pytest.mark.parametrize("name", ["exp:v2@gpu", "lr 1:10@bs64", "a@b"])
+def test_a_name_with_a_colon_and_an_at_is_a_name_not_a_url(name: str) -> None:
+    """Only a URL (a scheme's '://') with a password is refused as a study name."""
+    assert load_settings(None, {"study": {"name": name}, "warm_start": {"study": name}}).study.name == name
+
+
 def test_a_file_whose_values_fit_only_with_the_flags_is_valid(tmp_path: Path) -> None:
     """A check across fields (a pruner rung past the default 8 epochs) is judged on the merged settings."""
     path = tmp_path / "late.yaml"

@@ -268,9 +268,22 @@ def test_csv_header_row_is_skipped(tmp_path: Path, csv_rows: list[list[str]], mn
     assert np.array_equal(labels, mnist_arrays.train_labels[:5].numpy())
 
 
-def test_a_header_of_numbered_columns_is_skipped(tmp_path: Path, csv_rows: list[list[str]], mnist_arrays: MnistArrays) -> None:
+@pytest.mark.parametrize("label", ["label", "class-label", "label0", "label (0-9)"])
+def test_a_header_of_numbered_columns_is_skipped(
+    label: str, tmp_path: Path, csv_rows: list[list[str]], mnist_arrays: MnistArrays
+) -> None:
     """What pandas writes for a frame with columns ["label", 0, ..., 783]: every pixel name a number."""
-    images, labels = read_csv(write_rows(tmp_path / "numbered.csv", [["label", *map(str, range(N_PIXELS))], *csv_rows]))
+    images, labels = read_csv(write_rows(tmp_path / "numbered.csv", [[label, *map(str, range(N_PIXELS))], *csv_rows]))
+    assert np.array_equal(images, mnist_arrays.train_images[:5].numpy())
+    assert np.array_equal(labels, mnist_arrays.train_labels[:5].numpy())
+
+
+def test_a_quoted_header_after_a_byte_order_mark_is_skipped(tmp_path: Path, csv_rows: list[list[str]], mnist_arrays: MnistArrays) -> None:
+    """pandas' to_csv(encoding="utf-8-sig", quoting=QUOTE_ALL): the mark comes before the quote."""
+    path = tmp_path / "excel.csv"
+    lines = [",".join(f'"{cell}"' for cell in row) for row in [HEADER, *csv_rows]]
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode())
+    images, labels = read_csv(path)
     assert np.array_equal(images, mnist_arrays.train_images[:5].numpy())
     assert np.array_equal(labels, mnist_arrays.train_labels[:5].numpy())
 

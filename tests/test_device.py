@@ -216,7 +216,7 @@ def test_a_thread_count_no_machine_has_is_one_line_before_any_study(
     assert not db.exists()
 
 
-@pytest.mark.parametrize("limit", ["1.5", "0", "-5"])
+@pytest.mark.parametrize("limit", ["1.5", "0", "-5", "\u00b2"])
 def test_a_cpu_limit_that_is_not_a_count_is_one_line_before_any_study(
     limit: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -229,7 +229,7 @@ def test_a_cpu_limit_that_is_not_a_count_is_one_line_before_any_study(
     assert not db.exists()
 
 
-@pytest.mark.parametrize("omp", ["abc", "0", "-1", "2,0", "1.5"])
+@pytest.mark.parametrize("omp", ["abc", "0", "-1", "2,0", "1.5", "\u00b2", "2,\u00b2"])
 def test_a_thread_count_openmp_would_ignore_is_one_line_before_any_study(
     omp: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:

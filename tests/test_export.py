@@ -156,7 +156,7 @@ def test_every_file_exists_and_parses(folder: Path, exported: dict, tiny_study: 
     recorded = record.history(best["best"])  # the search's own record, not a second run's
     assert recorded and checkpoint["history"] == recorded
     assert (checkpoint["epoch"], checkpoint["global_step"]) == (recorded[-1]["epoch"], recorded[-1]["step"])  # not a fresh trainer's 0, 0
-    assert not {"torch_rng_state", "cuda_rng_state"} & checkpoint.keys()  # the exporter's: loading it reset the user's random state
+    assert not {"torch_rng_state", "cuda_rng_state", "trained_seconds"} & checkpoint.keys()  # the exporter's: loading it reset the user's random state; its clock is not the training's
     weights = load_model_file(folder / "model.safetensors")
     assert weights.hp.to_dict() == metrics["hyperparams"]
 

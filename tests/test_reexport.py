@@ -203,9 +203,9 @@ def test_a_data_option_out_of_range_names_itself_and_its_value(tmp_path: Path, c
     assert run_main(["--config", str(config), "--storage", url, "--target-accuracy", "none", "--trials", "1", "--no-export"]) == 0
     capsys.readouterr()
     for flags, words in [
-        (["--train-size", "0"], ["data.train_size", "greater than 0", "(got 0)"]),
-        (["--val-fraction", "nan"], ["data.val_fraction", "(got nan)"]),
-        (["--val-size", "99999999"], ["data.val_size", "(got 99999999)"]),
+        (["--train-size", "0"], ["--train-size: ", "greater than 0", "(got 0)"]),
+        (["--val-fraction", "nan"], ["--val-fraction: ", "(got nan)"]),
+        (["--val-size", "99999999"], ["--val-size: ", "(got 99999999)"]),
     ]:
         assert export_main(["--storage", url, *flags]) == 2
         line = one_error_line(capsys)

@@ -183,11 +183,13 @@ def test_target_stop_ends_the_run(tiny_config: Path, tmp_path: Path, capsys: pyt
 
 @pytest.mark.slow
 def test_a_stop_asked_for_once_the_study_is_done_says_so_and_how_to_export(
-    tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A Ctrl-C as a worker pool left a finished study said "any trial it interrupted resumes...
     Resume with", for a study with nothing to resume, and skipped the export without a word.
-    Here the stop is asked for before the run even starts its loop, on a study already done."""
+    Here the stop is asked for once the study is open, before the run starts its loop, on a study
+    already done (a stop before the study is opened creates nothing: test_run_state.py)."""
+    import search.trial_loop
     from search.run import run
     from search.workers import StopRequest
 
@@ -195,8 +197,15 @@ def test_a_stop_asked_for_once_the_study_is_done_says_so_and_how_to_export(
     argv = ["--config", str(tiny_config), "--storage", url, "--trials", "20", "--target-accuracy", "0.5", "--no-export"]
     assert run_main(argv, capsys).returncode == 0
     stop = StopRequest()
-    stop.event.set()
-    stop.signum = signal.SIGINT
+    opened = search.trial_loop.start_run
+
+    def then_stop(*args: object, **kwargs: object) -> object:
+        started = opened(*args, **kwargs)  # type: ignore[arg-type]
+        stop.event.set()
+        stop.signum = signal.SIGINT
+        return started
+
+    monkeypatch.setattr(search.trial_loop, "start_run", then_stop)
     assert run(argv, stop) == 130
     err = capsys.readouterr().err
     assert "stopped: target reached by trial 0" in err and "Stopped on request before the export" in err, err

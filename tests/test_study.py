@@ -453,7 +453,7 @@ def test_stop_requests_do_not_use_up_the_retries_of_a_trial_that_dies() -> None:
         RetryDeadTrials()(study, study.trials[trial.number])
         waiting = study.get_trials(states=(TrialState.WAITING,))
         if death > MAX_DEATHS:
-            assert not waiting  # given up after MAX_DEATHS deaths
+            assert not waiting  # retried after MAX_DEATHS deaths, not after one more
             break
         assert len(waiting) == 1 and waiting[0].system_attrs[record.DEATHS] == death
         trial = study.ask()

@@ -248,15 +248,15 @@ def read_csv(path: Path, limit: int = MAX_CSV_BYTES) -> tuple[np.ndarray, np.nda
 
 def _is_header(line: bytes) -> bool:
     """Column names, not a data row: a label cell that is not a number, with a pixel cell that is
-    not one either ("label,pixel0,...") or a label that is a word ("label,0,1,...,783", as pandas
-    writes a frame with numbered columns). A data row with a typo in its label ("3a,0,0,...") or
-    an empty one is read as data, so its error names it, rather than skipped as a header."""
-    cells = [cell.strip().strip(b'"').decode("utf-8", "replace") for cell in line.split(b",")]
-    label = cells[0].lstrip("\ufeff")
-    if not line.strip() or _is_number(label):
+    not one either ("label,pixel0,...") or a label that starts with a letter ("label,0,1,...,783",
+    as pandas writes a frame with numbered columns; "class-label", "label0"). A data row with a
+    typo in its label ("3a,0,0,...") or an empty one is read as data, so its error names it,
+    rather than skipped as a header."""
+    cells = [cell.decode("utf-8", "replace").lstrip("\ufeff").strip().strip('"').strip() for cell in line.split(b",")]
+    label = cells[0]  # a byte-order mark first, then quote marks (pandas' utf-8-sig with QUOTE_ALL)
+    if not label or _is_number(label):
         return False
-    word = label.replace("_", "").replace(" ", "").isalpha()
-    return word or not all(_is_number(cell) for cell in cells[1:])
+    return label[0].isalpha() or not all(_is_number(cell) for cell in cells[1:])
 
 
 def _is_number(text: str) -> bool:

@@ -81,7 +81,8 @@ def _settings(study: optuna.Study, args: argparse.Namespace) -> Settings:
         return Settings.model_validate(merge_settings(recorded.model_dump(mode="json"), overrides), context=RECORDED)
     except ValidationError as error:  # pydantic's first complaint, naming the option and the value
         given = secrets_in(str(value) for value in vars(args).values())  # masked before the cut, which may split a URL
-        raise ConfigError(mask(mask_known(describe_invalid(error, "option")), given)[:300]) from None
+        names = {flag.key: flag.name for flag in RECORDED_DATA_FLAGS}  # the flag the value came from, not its settings key
+        raise ConfigError(mask(mask_known(describe_invalid(error, "option", names)), given)[:300]) from None
 
 
 def _max_length(key: tuple[str, ...]) -> int:

@@ -20,7 +20,7 @@ import torch
 from optuna.trial import FrozenTrial
 from torch import nn
 
-from lightning_modules.classifier import RNG_KEYS, Classifier
+from lightning_modules.classifier import RNG_KEYS, TRAINED_SECONDS, Classifier
 from lightning_modules.data.format import IMAGE_SIDE, N_CLASSES, N_PIXELS
 from lightning_modules.metric_names import EPOCH, STEP
 from lightning_modules.model_file import FORMAT, ModelFile, save_model_file
@@ -129,7 +129,7 @@ def save_checkpoint(model: Classifier, path: Path) -> Path:
     trainer.strategy.connect(model)
     trainer.save_checkpoint(path, weights_only=True)
     checkpoint = torch.load(path, weights_only=True)
-    for key in RNG_KEYS:
+    for key in (*RNG_KEYS, TRAINED_SECONDS):  # this trainer's clock, not the training's: train_seconds is in the report
         checkpoint.pop(key, None)
     if model.history:
         checkpoint["epoch"], checkpoint["global_step"] = int(model.history[-1][EPOCH]), int(model.history[-1][STEP])
