@@ -216,29 +216,24 @@ def test_a_thread_count_no_machine_has_is_one_line_before_any_study(
     assert not db.exists()
 
 
-@pytest.mark.parametrize("limit", ["1.5", "0", "-5", "\u00b2"])
-def test_a_cpu_limit_that_is_not_a_count_is_one_line_before_any_study(
-    limit: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-) -> None:
-    """joblib raised ValueError from int('1.5'): the run printed a traceback; 0 and -5 it read as one CPU."""
-    monkeypatch.setenv("LOKY_MAX_CPU_COUNT", limit)
-    db = tmp_path / "s.db"
-    assert search.run.main(["--storage", f"sqlite:///{db}"]) == 2
-    err = capsys.readouterr().err
-    assert err == f"error: LOKY_MAX_CPU_COUNT={limit!r} is not a whole number of CPUs; unset it or set a count like 2\n"
-    assert not db.exists()
+LIMIT_FIX = "is not a whole number of CPUs; unset it or set a count like 2"
+THREADS_FIX = "is not a thread count; set a positive count like 1, or unset it"
 
 
-@pytest.mark.parametrize("omp", ["abc", "0", "-1", "2,0", "1.5", "\u00b2", "2,\u00b2"])
-def test_a_thread_count_openmp_would_ignore_is_one_line_before_any_study(
-    omp: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+@pytest.mark.parametrize(
+    ("variable", "value", "fix"),
+    # joblib raised ValueError from int('1.5') (a traceback) and read 0 and -5 as one CPU; libgomp
+    # printed "Invalid value" for OMP_NUM_THREADS=abc, 0 or -1 and the search went on as if unset
+    [*(("LOKY_MAX_CPU_COUNT", v, LIMIT_FIX) for v in ["1.5", "0", "-5", "\u00b2"])]
+    + [*(("OMP_NUM_THREADS", v, THREADS_FIX) for v in ["abc", "0", "-1", "2,0", "1.5", "\u00b2", "2,\u00b2"])],
+)
+def test_a_cpu_or_thread_count_that_is_not_one_is_one_line_before_any_study(
+    variable: str, value: str, fix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """OMP_NUM_THREADS=abc, 0 or -1: libgomp printed "Invalid value" and the search went on as if unset."""
-    monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    monkeypatch.setenv(variable, value)
     db = tmp_path / "s.db"
     assert search.run.main(["--storage", f"sqlite:///{db}"]) == 2
-    err = capsys.readouterr().err
-    assert err == f"error: OMP_NUM_THREADS={omp!r} is not a thread count; set a positive count like 1, or unset it\n"
+    assert capsys.readouterr().err == f"error: {variable}={value!r} {fix}\n"
     assert not db.exists()
 
 
