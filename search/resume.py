@@ -103,6 +103,29 @@ class TrialCheckpoint:
                 pass
 
 
+def clear_local_checkpoints(study: optuna.Study, checkpoint_dir: Path) -> int:
+    """Remove this machine's working checkpoints of trials no attempt is left to resume (none of
+    them running or queued), and the study's folder once empty; returns how many went.
+
+    A trial that died here and was retried on another machine left its file here for good, and
+    every study left its folder. Only working copies go: a retry fetches the artifact store's."""
+    folder = checkpoint_path(checkpoint_dir, study, 0).parent
+    if not folder.is_dir():
+        return 0
+    live = {int(record.read(t, record.CHECKPOINT_KEY, t.number)) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))}
+    removed = 0
+    for path in folder.glob("trial-*.ckpt"):
+        key = path.name.removeprefix("trial-").removesuffix(".ckpt")
+        if key.isascii() and key.isdigit() and int(key) not in live:
+            path.unlink(missing_ok=True)
+            removed += 1
+    try:
+        folder.rmdir()  # only when empty: a live trial's file, or a download under way, keeps it
+    except OSError:
+        pass
+    return removed
+
+
 def checkpoint_key(trial: optuna.Trial) -> int:
     """The first attempt's number, carried by every retry (copied attributes)."""
     return int(record.read(trial, record.CHECKPOINT_KEY, trial.number))

@@ -164,6 +164,7 @@ def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop
     from search.artifact_stores import recorded_location
     from search.export.note import RunSummary, write_study_note
     from search.progress import TrialReporter
+    from search.resume import clear_local_checkpoints
     from search.stopping import stop_reason
     from search.study import WorkerInterrupted, best_trials
     from search.trial_loop import run_trials, run_worker_pool
@@ -190,6 +191,7 @@ def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop
               f"Resume with: {resume_command(argv)}", file=sys.stderr)
         return stop.exit_code
     reporter.close(study)
+    clear_local_checkpoints(study, checkpoints_dir())  # files of trials other machines finished, empty folders
     if any(codes):
         print(f"warning: {describe_exit_codes(codes)}", file=sys.stderr)
     if reason is None:

@@ -59,6 +59,30 @@ def test_a_checkpoint_left_by_a_deleted_study_of_the_same_name_is_never_resumed(
     assert record.RESUMED_FROM_EPOCH not in trials[1].user_attrs  # trained from epoch 0
     assert len(trials[1].intermediate_values) == 2
     assert planted[0].read_bytes().startswith(b"a checkpoint")  # another study's file: left alone
+    assert not planted[1].parent.exists()  # this study's folder, empty once the study is done: every study left one
+
+
+def test_working_checkpoints_no_attempt_will_resume_are_cleared(tmp_path: Path) -> None:
+    """A trial that died here and was retried on another machine left its file here for good."""
+    from optuna.trial import create_trial
+
+    from search.optuna_compat import set_trial_system_attr
+    from search.resume import clear_local_checkpoints
+
+    study = optuna.create_study(study_name="mnist", storage=f"sqlite:///{tmp_path / 's.db'}")
+    study.set_user_attr(record.UID, "abc123")
+    running = study.ask()  # key 1, still training here or elsewhere
+    set_trial_system_attr(running, record.CHECKPOINT_KEY, 1)
+    study.add_trial(create_trial(state=TrialState.WAITING, system_attrs={record.CHECKPOINT_KEY: 2}))  # a queued retry
+    files = {key: checkpoint_path(tmp_path, study, key) for key in (0, 1, 2, 9)}  # 0 and 9: finished, here or elsewhere
+    for path in files.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"checkpoint")
+    assert clear_local_checkpoints(study, tmp_path) == 2
+    assert sorted(key for key, path in files.items() if path.exists()) == [1, 2]
+    study.tell(running, 0.5)
+    study.tell(study.ask(), 0.5)  # the retry, popped and finished
+    assert clear_local_checkpoints(study, tmp_path) == 2 and not files[0].parent.exists()
 
 
 @pytest.mark.parametrize("name", ["../../x", "/etc/passwd", "..", "a/b", "名前"])
