@@ -160,7 +160,10 @@ def run(argv: list[str], stop: StopRequest) -> int:
 
 
 def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop: StopRequest, device: Device) -> int:
+    from optuna.trial import TrialState
+
     from lightning_modules.errors import TrainingInterrupted
+    from search import record
     from search.artifact_stores import recorded_location
     from search.export.note import RunSummary, write_study_note
     from search.progress import TrialReporter
@@ -199,6 +202,10 @@ def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop
               f"are saved. Resume with: {resume_command(argv)}", file=sys.stderr)
         return EXIT_WORKERS_DIED
     print(f"stopped: {reason} after {time.monotonic() - start:.1f} s")
+    owed = [record.retried_from(t) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if record.retried_from(t) is not None]
+    if owed and not reason.startswith("timeout"):  # kept, not dropped: each resumes from its checkpoint if the search goes on
+        print(f"note: {len(owed)} interrupted trial(s) stay queued with their checkpoints (trial {', '.join(map(str, owed[:5]))}); "
+              "a run with a larger --trials or another --target-accuracy resumes them")
     best = best_trials(study).get("best")
     if best is None:
         print("no completed trial yet; nothing to export")

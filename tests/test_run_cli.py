@@ -212,6 +212,23 @@ def test_a_stop_asked_for_once_the_study_is_done_says_so_and_how_to_export(
     assert "python -m search.export --storage" in err and "Resume with" not in err
 
 
+def test_a_study_done_with_an_interrupted_trial_still_queued_says_it_is_kept(
+    tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Ctrl-C queued trial 1 again; the resume met its target with trial 0 and ended without a
+    word of the queued trial and its checkpoint, which a later run with another target resumes."""
+    from optuna.trial import create_trial
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    argv = ["--config", str(tiny_config), "--storage", url, "--trials", "20", "--target-accuracy", "0.5", "--no-export"]
+    assert run_main(argv, capsys).returncode == 0
+    study = optuna.load_study(study_name="mnist", storage=url)
+    study.add_trial(create_trial(state=TrialState.WAITING, system_attrs={"failed_trial": 1, "retry_history": [1]}))  # as requeue leaves it
+    done = run_main(argv, capsys)
+    assert done.returncode == 0
+    assert "note: 1 interrupted trial(s) stay queued with their checkpoints (trial 1); a run with a larger --trials" in done.stdout, done.stdout
+
+
 def trial_record(url: str) -> list[tuple[object, ...]]:
     """What a run decided and measured, trial by trial: the part a seed must pin down."""
     study = optuna.load_study(study_name="mnist", storage=reader_storage(url))
