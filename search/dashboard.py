@@ -72,6 +72,15 @@ class _ThreadedServer(ThreadingMixIn, WSGIServer):
         finally:
             self.slots.release()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """socketserver printed a traceback for any error in a connection: an idle one closed
+        after IDLE_SECONDS (TimeoutError) or a client that hung up is routine and says nothing,
+        anything else is one line (a failed request is web_guards' line already)."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (TimeoutError, ConnectionError)):
+            return
+        print(f"dashboard: a connection from {client_address[0]} failed ({type(error).__name__}: {str(error)[:200]})", file=sys.stderr, flush=True)
+
 
 class _ThreadedServer6(_ThreadedServer):
     """The same on an IPv6 address (--host ::1 or ::): WSGIServer's socket is IPv4 only.

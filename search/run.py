@@ -164,7 +164,6 @@ def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop
 
     from lightning_modules.errors import TrainingInterrupted
     from search import record
-    from search.artifact_stores import recorded_location
     from search.export.note import RunSummary, write_study_note
     from search.progress import TrialReporter
     from search.resume import clear_local_checkpoints
@@ -183,6 +182,8 @@ def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop
         else:
             codes = run_worker_pool(settings, url, stop, study, lambda: reporter.update(study), device, deadline)
             reason = stop_reason(study, settings.study, deadline)
+            if any(codes) and study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                reason = None  # the budget counts running trials: a dead worker's does not make it spent
     except WorkerInterrupted:
         reporter.close(study)
         done = stop_reason(study, settings.study, deadline)
@@ -227,10 +228,7 @@ def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop
     print(line)
     write_study_note(study, summary)
     shown_url = shlex.quote(redact(url))
-    print(f"watch it: python -m search.dashboard --storage {shown_url}")
-    location = recorded_location(study)
-    if location.folder is not None:  # optuna-dashboard's own command line reads only folders
-        print(f"      or: optuna-dashboard {shown_url} --artifact-dir {shlex.quote(str(location.folder))}")
+    print(f"watch it: python -m search.dashboard --storage {shown_url}")  # read-only, Host-checked: not the plain optuna-dashboard
     return 0
 
 

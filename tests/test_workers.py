@@ -220,12 +220,12 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120) -
         time.sleep(0.1)
 
 
-def start_workers(python: str, env: dict[str, str], tmp_path: Path, workers: int = 2) -> tuple[subprocess.Popen[str], str]:
+def start_workers(python: str, env: dict[str, str], tmp_path: Path, workers: int = 2, trials: int = 20) -> tuple[subprocess.Popen[str], str]:
     """A run with `workers` spawned workers and long trials, in its own session (as a terminal's job)."""
     config = tmp_path / "slow.yaml"
     config.write_text(SLOW_TRIALS)
     url = f"sqlite:///{tmp_path / 'w.db'}"
-    args = [python, "-m", "search.run", "--no-export", "--config", str(config), "--storage", url, "--trials", "20",
+    args = [python, "-m", "search.run", "--no-export", "--config", str(config), "--storage", url, "--trials", str(trials),
             "--workers", str(workers), "--target-accuracy", "none"]
     process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     return process, url
@@ -239,6 +239,16 @@ def running_trials(url: str) -> int:
     except Exception:  # noqa: BLE001 - the study or its tables are not there yet
         return 0
     return sum(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
+
+
+def trials_started(url: str) -> int:
+    if not Path(url.removeprefix("sqlite:///")).exists():
+        return 0
+    try:
+        study = optuna.load_study(study_name="mnist", storage=reader_storage(url))
+    except Exception:  # noqa: BLE001 - the study or its tables are not there yet
+        return 0
+    return sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
 
 
 def test_killing_the_runner_ends_its_workers(python: str, run_env: dict[str, str], tmp_path: Path) -> None:
@@ -271,6 +281,25 @@ def test_when_every_worker_dies_the_run_fails(python: str, run_env: dict[str, st
     assert process.returncode == 1, err
     assert "workers died" in err and "Resume with: python -m search.run" in err and "Traceback" not in err
     assert "all workers finished" not in out + err
+
+
+def test_when_every_worker_dies_running_the_last_trials_of_the_budget_the_run_fails(
+    python: str, run_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The budget counts running trials, so with the dead workers' trials filling the rest of it
+    the run said "stopped: budget of 2 finished trials spent" and exited 0 with trials unfinished
+    (a Kubernetes Job counted it complete)."""
+    process, url = start_workers(python, run_env, tmp_path, trials=2)
+    try:
+        wait_until(lambda: len(workers_of(process.pid)) >= 2 and trials_started(url) >= 2 and running_trials(url) >= 1,
+                   "both of the budget's trials started, one at least still running", timeout=240)
+        for pid in workers_of(process.pid):
+            os.kill(pid, signal.SIGKILL)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 1, (out, err)
+    assert "2 of 2 workers died" in err and "Resume with: python -m search.run" in err and "budget of 2" not in out, (out, err)
 
 
 def test_ctrl_c_while_workers_start_is_one_clean_stop(python: str, run_env: dict[str, str], tmp_path: Path) -> None:
