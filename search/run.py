@@ -124,7 +124,28 @@ def export_command(url: str, study_name: str) -> str:
     return f"python -m search.export --storage {shlex.quote(redact(url))} --study-name={shlex.quote(study_name)}"  # = : a name may start with -
 
 
+class StartUp:
+    """Until the study is opened the run only reads and checks (flags, files, torch's import,
+    the data and its download), so a stop request raises KeyboardInterrupt wherever it is:
+    nothing is created, and a download from a trickling mirror ends at once (a flag nobody read
+    left it running). From `enter_study` on, a stop is the flag the trial loop reads."""
+
+    def __init__(self, stop: StopRequest) -> None:
+        self.stop, self.open = stop, True
+        stop.add_first(self)  # now, if a stop came before the handler's hooks were set
+
+    def __call__(self, signum: int) -> None:
+        if self.open:
+            raise KeyboardInterrupt
+
+    def enter_study(self) -> None:
+        self.open = False
+        if self.stop.event.is_set():  # came between the data and here
+            raise KeyboardInterrupt
+
+
 def run(argv: list[str], stop: StopRequest) -> int:
+    start_up = StartUp(stop)
     settings = parse_settings(argv)
     from search.data import check_data
     from search.storage import check_storage_url, refuse_a_foreign_sqlite_file
@@ -146,9 +167,7 @@ def run(argv: list[str], stop: StopRequest) -> int:
     quiet_optuna()
 
     check_export_target(settings)
-    if stop.event.is_set():  # a Ctrl-C while the checks ran: nothing is created
-        raise KeyboardInterrupt
-    started = start_run(settings, url, source, device, warm, stop.event.is_set)  # data first: bad data creates no database
+    started = start_run(settings, url, source, device, warm, start_up.enter_study)  # data first: bad data creates no database
     check_export_target(settings, started.study)
     print(started.first_line)
     if warm is not None and started.created:

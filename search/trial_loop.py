@@ -106,16 +106,15 @@ def device_words(device: Device, settings: Settings) -> str:
 
 def start_run(
     settings: Settings, url: str, source: DataSource, device: Device | None = None, warm: WarmStart | None = None,
-    stop_requested: Callable[[], bool] = lambda: False,
+    entering_study: Callable[[], None] = lambda: None,
 ) -> StartedRun:
     """Load the data, open (or create) the study on it, record what it runs with; `device` is
     the one search.run resolved and checked (None: the CPU), `warm` the warm start it read.
-    A stop asked for while the data loaded (seconds, with torch's import) is KeyboardInterrupt
-    before any study is created or changed: a Ctrl-C at start-up went on to create the study."""
+    `entering_study` runs once the data is loaded, before the study is touched: search.run's
+    raises KeyboardInterrupt there if a stop came (a Ctrl-C at start-up created the study)."""
     device = device or Device("cpu", (), "CPU")
     split = load_split(settings.data, source)
-    if stop_requested():
-        raise KeyboardInterrupt
+    entering_study()
     identity = data_identity(split, source)
 
     stored = stored_settings(settings, url, source)

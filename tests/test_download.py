@@ -11,6 +11,7 @@ import http.server
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -61,6 +62,29 @@ class CutShortFiles(QuietFiles):
         self.end_headers()
         self.wfile.write(body[: len(body) // 2])
         self.close_connection = True
+
+
+class TrickleFiles(QuietFiles):
+    """Announces the whole file, then sends 100 bytes every 0.1 s: each read gets something, so
+    no read ever times out, yet the file would take hours. It hangs up after 30 s, so a client
+    that fails to stop fails its test rather than hanging it."""
+
+    def do_GET(self) -> None:
+        self.server.requested.append(self.path)  # type: ignore[attr-defined]
+        body = Path(self.translate_path(self.path)).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        hang_up = time.monotonic() + 30
+        for start in range(0, len(body), 100):
+            if time.monotonic() > hang_up:
+                return
+            try:
+                self.wfile.write(body[start : start + 100])
+                self.wfile.flush()
+            except OSError:
+                return  # the client gave up
+            time.sleep(0.1)
 
 
 @dataclass
@@ -224,6 +248,18 @@ def test_a_silent_server_times_out(tmp_path: Path) -> None:
     assert cache_listing(tmp_path / "cache") == []
 
 
+def test_a_trickling_server_meets_the_files_deadline(tmp_path: Path, mirror_folder: Path) -> None:
+    """100 bytes every 2 s never tripped the per-read timeout: the run hung for good (54 hours
+    for the training images) and, the stop request being a flag nobody read, ignored Ctrl-C."""
+    cache = tmp_path / "cache"
+    with serve(mirror_folder, TrickleFiles) as mirror:
+        data_error(
+            lambda: download_dataset(MNIST, cache, (mirror.url,), timeout=TIMEOUT, deadline_seconds=1),
+            f"{mirror.url}{FIRST_FILE}", "took more than 1 s", "too slow", "--data-dir",
+        )
+    assert cache_listing(cache) == []
+
+
 def test_a_cache_folder_that_cannot_be_created(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("")
     cache = tmp_path / "a-file" / "mnist"
@@ -248,3 +284,35 @@ def test_fashion_mnist_that_cannot_be_fetched_points_at_what_it_reads(tmp_path: 
         download_dataset(FASHION_MNIST, tmp_path / "cache", (closed_port_url(),), timeout=TIMEOUT)
     message = str(caught.value)
     assert "MNIST_DATA_DIR" not in message and "--data-dir" in message and "/usr/share/datasets/fashion-mnist" in message
+
+
+def test_a_ctrl_c_during_a_download_ends_the_run_at_once_and_leaves_nothing(
+    tmp_path: Path, mirror_folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first Ctrl-C or SIGTERM during a download set a flag nobody read: a trickling mirror
+    kept the run for ever, and only a second signal ended it, leaving a .part file behind."""
+    import os
+    import signal
+
+    import search.run
+
+    cache = tmp_path / "xdg-cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.delenv("MNIST_DATA_DIR", raising=False)
+    database = tmp_path / "study.db"
+    with serve(mirror_folder, TrickleFiles) as mirror:
+        monkeypatch.setenv(MIRRORS_ENV, mirror.url)
+
+        def ctrl_c_once_the_transfer_runs() -> None:
+            for _ in range(600):  # a hang guard, not a speed check
+                if list(cache.rglob("*.part")):
+                    break
+                time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        signaller = threading.Thread(target=ctrl_c_once_the_transfer_runs, daemon=True)
+        signaller.start()
+        assert search.run.main(["--storage", f"sqlite:///{database}", "--train-size", "300", "--val-size", "100"]) == 130
+        signaller.join(TIMEOUT)
+    assert "interrupted before the search started; nothing was created" in capsys.readouterr().err
+    assert not list(cache.rglob("*.part")) and not database.exists()

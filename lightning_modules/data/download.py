@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import os
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -20,7 +21,11 @@ from lightning_modules.data.readers import gunzip_bounded, md5_mismatch
 from lightning_modules.data.sources import idx_file
 from lightning_modules.errors import DataError
 
-CHUNK_BYTES = 1 << 20
+READ_BYTES = 64 * 1024  # one read: a trickling server is checked against the deadline this often
+# A file's whole transfer, not one read: a server that sends 100 bytes every 2 s never trips the
+# per-read timeout and would take 54 hours over the 9.9 MB of MNIST's training images. 600 s is
+# 17 KB/s for that file, far below any working connection.
+FILE_DEADLINE_SECONDS = 600.0
 
 
 def mirrors_for(spec: DatasetSpec, env: Mapping[str, str] | None = None) -> tuple[str, ...]:
@@ -32,26 +37,31 @@ def mirrors_for(spec: DatasetSpec, env: Mapping[str, str] | None = None) -> tupl
     return spec.mirrors
 
 
-def _fetch_verified(url: str, target: Path, md5: str, timeout: float, limit: int = MAX_IDX_BYTES) -> None:
+def _fetch_verified(
+    url: str, target: Path, md5: str, timeout: float, limit: int = MAX_IDX_BYTES, deadline_seconds: float = FILE_DEADLINE_SECONDS,
+) -> None:
     """Download url into target atomically: a temp file, checked, then renamed into place.
 
     Raises DataError with a short reason (no path) when the transfer is cut short, grows past
-    `limit` or the content is not the published one; nothing is left behind but a complete,
-    verified file.
+    `limit`, takes longer than `deadline_seconds` or the content is not the published one;
+    nothing is left behind but a complete, verified file (a KeyboardInterrupt included).
     """
     handle, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     tmp = Path(tmp_name)
+    deadline = time.monotonic() + deadline_seconds
     try:
         with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             announced = response.headers.get("Content-Length")
             if announced and announced.isdigit() and int(announced) > limit:
                 raise DataError(f"the server announces {int(announced):,} bytes, more than the {limit:,} a data file may have")
             received = 0
-            while chunk := response.read(CHUNK_BYTES):
+            while chunk := response.read1(READ_BYTES):
                 out.write(chunk)
                 received += len(chunk)
                 if received > limit:
                     raise DataError(f"the server sent more than the {limit:,} bytes a data file may have")
+                if time.monotonic() > deadline:
+                    raise DataError(f"the transfer took more than {deadline_seconds:g} s ({received:,} bytes so far): the server is too slow")
         # http.client ends a body cut short as if it were complete: compare with the header.
         if announced and announced.isdigit() and received < int(announced):
             raise DataError(f"the connection closed after {received} of {announced} bytes")
@@ -77,10 +87,13 @@ def _download_problem(error: Exception) -> str:
     return str(error) or type(error).__name__
 
 
-def download_dataset(spec: DatasetSpec, directory: Path, mirrors: tuple[str, ...], timeout: float = 30.0) -> None:
+def download_dataset(
+    spec: DatasetSpec, directory: Path, mirrors: tuple[str, ...], timeout: float = 30.0, deadline_seconds: float = FILE_DEADLINE_SECONDS,
+) -> None:
     """Fetch the missing files of `spec` into `directory`, trying each mirror in turn.
 
-    `timeout` bounds each connection attempt and each read, so a silent server cannot hang us.
+    `timeout` bounds each connection attempt and each read, so a silent server cannot hang us;
+    `deadline_seconds` each file's whole transfer, so a trickling one cannot either.
     """
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -96,7 +109,7 @@ def download_dataset(spec: DatasetSpec, directory: Path, mirrors: tuple[str, ...
         for base in mirrors:
             url = f"{base}{name}.gz"
             try:
-                _fetch_verified(url, directory / f"{name}.gz", spec.md5[name], timeout)
+                _fetch_verified(url, directory / f"{name}.gz", spec.md5[name], timeout, deadline_seconds=deadline_seconds)
                 break
             except (OSError, http.client.HTTPException, DataError, ValueError) as error:
                 problems.append(f"{shown_url(url)}: {_download_problem(error)}")
