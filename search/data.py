@@ -35,6 +35,22 @@ def load_split(config: DataConfig, source: DataSource | None = None) -> DataSpli
     return split_data(arrays, val_rows, config.train_size, config.split_seed)
 
 
+def check_split_sizes(split: DataSplit) -> None:
+    """A search needs a validation set that can tell models apart and training rows to learn
+    from: a 1-row validation set scored 1.0 and met the 0.95 target on nothing learned. At least
+    a row per class in each (the validation split is stratified, so each class then has one)."""
+    from lightning_modules.data.format import N_CLASSES
+    from lightning_modules.errors import DataError
+
+    sizes = split.sizes()
+    if sizes["val"] < N_CLASSES:
+        raise DataError(f"the validation split has {sizes['val']} row(s), fewer than the {N_CLASSES} classes: its accuracy tells "
+                        "no model from another; raise --val-size or --val-fraction, or use more data")
+    if sizes["train"] < N_CLASSES:
+        raise DataError(f"the training split has {sizes['train']} row(s), fewer than the {N_CLASSES} classes; raise --train-size "
+                        "or use more data")
+
+
 @dataclass(frozen=True)
 class DataIdentity:
     """What a study trained on: shown in the first line of a run and recorded on the study."""

@@ -209,10 +209,14 @@ def open_study_storage(url: str | None, *, heartbeat_seconds: int, grace_seconds
     return storage
 
 
-def open_existing_storage(url: str | None, *, read_only: bool = False, flag: str = "--storage"):  # noqa: ANN201 - RDBStorage
+def open_existing_storage(url: str | None, *, read_only: bool = False, flag: str = "--storage", one_read: bool = False):  # noqa: ANN201 - RDBStorage
     """A storage that must already hold Optuna's tables: never creates a file, folder or table,
     never changes the journal mode; `read_only` refuses every write at the database. `flag` is
-    the option the user named it with, for the error that says what to pass instead."""
+    the option the user named it with, for the error that says what to pass instead. `one_read`
+    (a warm start's read, done at once): a SQLite file with no writer's -wal or -journal beside
+    it is read as the whole database, where a read-only connection of a WAL file would create
+    its -wal and -shm and, being read-only, leave them beside it (a dashboard, which must see a
+    run that starts later, cannot read that way)."""
     from optuna.storages import RDBStorage
 
     url = check_storage_url(url)
@@ -228,7 +232,8 @@ def open_existing_storage(url: str | None, *, read_only: bool = False, flag: str
         if read_only:
             # A WAL file with no writer, where this user cannot create its -shm (a read-only disk,
             # another user's folder), is read as it is; the -shm was a traceback for every reader.
-            quiet = not writable and not real.with_name(real.name + "-wal").exists()
+            beside = [real.with_name(real.name + suffix) for suffix in ("-wal", "-journal")]
+            quiet = (one_read or not writable) and not any(p.exists() for p in beside)
             open_url = f"sqlite:///file:{real}?mode=ro&uri=true" + ("&immutable=1" if quiet else "")
         elif not writable:
             raise StorageError(

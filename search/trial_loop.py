@@ -21,7 +21,7 @@ from lightning_modules.data.split import DataSplit
 from lightning_modules.device import CUDA_VISIBLE_DEVICES, Device, configure_torch, physical_ids, worker_visible_devices
 from search import record
 from search.artifact_stores import location_for_run, open_store
-from search.data import DataIdentity, data_identity, load_split
+from search.data import DataIdentity, check_split_sizes, data_identity, load_split
 from search.failures import EXIT_STORAGE_FAILED, describe_storage_failure, quiet_storage_failures_in_threads, storage_failure
 from search.paths import checkpoints_dir
 from search.redaction import message_secrets, redact
@@ -114,6 +114,7 @@ def start_run(
     raises KeyboardInterrupt there if a stop came (a Ctrl-C at start-up created the study)."""
     device = device or Device("cpu", (), "CPU")
     split = load_split(settings.data, source)
+    check_split_sizes(split)  # a run's only: an export rebuilds whatever split its study had
     entering_study()
     identity = data_identity(split, source)
 

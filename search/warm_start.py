@@ -132,7 +132,8 @@ def read_warm_start(settings: Settings, url: str) -> WarmStart | None:
     budget = min(config.trials, settings.study.trials - int(settings.baseline.enabled))
     if budget < 1:
         raise WarmStartError(f"--trials {settings.study.trials} leaves no trial for the warm start after the baseline; raise --trials")
-    source = load_existing_study(config.study, open_existing_storage(source_url, read_only=True, flag="--warm-start-storage"), flag="--warm-start")
+    source_storage = open_existing_storage(source_url, read_only=True, flag="--warm-start-storage", one_read=True)
+    source = load_existing_study(config.study, source_storage, flag="--warm-start")
     if source.directions != [optuna.study.StudyDirection.MAXIMIZE]:
         raise WarmStartError(f"study {config.study!r} does not maximise one objective; --warm-start takes a study that maximises accuracy")
     exclude = [baseline_params(settings.baseline)] if settings.baseline.enabled else []  # queued anyway
@@ -164,7 +165,8 @@ def require_same_warm_start(study: optuna.Study, warm: WarmStart | None) -> None
     recorded = recorded if isinstance(recorded, dict) else {}
     if recorded.get("study") == warm.study and _same_database(str(recorded.get("storage")), warm.storage):
         return
-    was = f"was warm-started from study {recorded.get('study')!r}" if recorded else "was created without --warm-start"
+    was = (f"was warm-started from study {recorded.get('study')!r} in {recorded.get('storage')}" if recorded  # stored redacted
+           else "was created without --warm-start")
     raise WarmStartError(
         f"study {study.study_name!r} already exists and {was}; --warm-start seeds a new study: pass a new --study-name, "
         "or drop --warm-start to resume it"

@@ -438,9 +438,12 @@ def test_fashion_mnist_is_found_by_name_and_loads_with_its_checksums(
     assert not torch.equal(fashion.test_images, mnist_arrays.test_images)
 
 
-def test_fashion_files_fail_the_mnist_checksums(fashion_dir: Path) -> None:
+def test_fashion_files_fail_the_mnist_checksums_and_are_named_as_fashions(fashion_dir: Path) -> None:
+    """They were refused as "corrupt or from another dataset: replace it": the MD5 is
+    Fashion-MNIST's published one, so the fix is --data fashion-mnist."""
     source = resolve_data_source(str(fashion_dir), env={})  # a directory means MNIST files
-    data_error(lambda: load_data(source), TRAIN_IMAGES, "checksum mismatch", "another dataset")
+    data_error(lambda: load_data(source), TRAIN_IMAGES, "is fashion-mnist's train-images-idx3-ubyte file, not mnist's",
+               "pass --data fashion-mnist")
 
 
 # ---------------------------------------------------------------- splitting

@@ -464,3 +464,25 @@ def test_another_studys_export_in_the_way_is_found_before_any_trial_trains(
     study = optuna.load_study(study_name="mnist", storage=f"sqlite:///{tmp_path / 'mnist-search.db'}")
     assert not [t for t in study.trials if t.state.is_finished()]
     assert sorted(p.name for p in folder.iterdir()) == [MARKER]
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--val-size", "1"], "the validation split has 1 row(s), fewer than the 10 classes"),
+        (["--val-fraction", "1e-9"], "the validation split has 1 row(s), fewer than the 10 classes"),
+        (["--train-size", "5"], "the training split has 5 row(s), fewer than the 10 classes"),
+    ],
+)
+def test_a_split_too_small_to_tell_models_apart_is_refused_before_the_study(
+    flags: list[str], words: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A 1-row validation set scored val_acc=1.0 and stopped the search at its target on nothing learned."""
+    from search.run import main
+
+    monkeypatch.setenv("MNIST_SEARCH_HOME", str(tmp_path / "home"))
+    database = tmp_path / "study.db"
+    assert main(["--storage", f"sqlite:///{database}", "--train-size", "500", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err, err
+    assert not database.exists()

@@ -117,6 +117,28 @@ def test_a_new_study_runs_the_warm_start_after_the_baseline_in_place_of_the_firs
     assert not again.created and len(again.study.get_trials()) == 3
 
 
+def test_a_warm_start_read_leaves_nothing_beside_the_source_file(tmp_path: Path) -> None:
+    """A WAL-mode source copied alone (no writer, no -wal): the read-only read created its -wal
+    and -shm, and being read-only could not remove them, beside a file it promised only to read."""
+    import shutil
+    import sqlite3
+    from contextlib import closing
+
+    original = tmp_path / "earlier.db"
+    source_study(f"sqlite:///{original}")
+    with closing(sqlite3.connect(original)) as db:
+        assert db.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every trial in the file itself, as after a run that ended
+    copy = tmp_path / "copied" / "earlier.db"
+    copy.parent.mkdir()
+    shutil.copyfile(original, copy)
+    content = copy.read_bytes()
+    settings = load_settings(None, {"warm_start": {"study": "earlier", "storage": f"sqlite:///{copy}", "trials": 2}})
+    warm = read_warm_start(settings, f"sqlite:///{tmp_path / 'new.db'}")
+    assert warm is not None and warm.trials == (3, 6)
+    assert [p.name for p in copy.parent.iterdir()] == ["earlier.db"] and copy.read_bytes() == content
+
+
 def test_without_a_dnn_in_the_warm_start_the_first_dnn_still_runs(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'one.db'}"
     earlier = optuna.create_study(study_name="linear-only", storage=writer_storage(url), direction="maximize")
@@ -202,5 +224,6 @@ def test_a_warm_started_run_trains_the_earlier_best_first_and_resumes(tmp_path: 
     other = optuna.create_study(study_name="other", storage=writer_storage(url), direction="maximize")
     add(other, dnn([128]), 0.97)
     before = len(load(url, "next").get_trials())
-    one_line_error(run_main([*argv[:-4], "--trials", "4", "--warm-start", "other"], capsys), "already exists", "'earlier'", "drop --warm-start")
+    # the recorded storage is named too: the same study name in another database was refused naming only the study
+    one_line_error(run_main([*argv[:-4], "--trials", "4", "--warm-start", "other"], capsys), "already exists", f"'earlier' in {url}", "drop --warm-start")
     assert len(load(url, "next").get_trials()) == before

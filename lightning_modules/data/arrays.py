@@ -5,15 +5,16 @@ A CSV has no test set of its own, so a stratified, seeded seventh of its rows be
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lightning_modules.data.datasets import MNIST, DatasetSpec
+from lightning_modules.data.datasets import DATASETS, MNIST, DatasetSpec
 from lightning_modules.data.download import download_dataset, mirrors_for
-from lightning_modules.data.readers import read_csv, read_idx_images, read_idx_labels
+from lightning_modules.data.readers import gunzip_bounded, read_csv, read_idx_images, read_idx_labels
 from lightning_modules.data.sources import DataSource, idx_files
 from lightning_modules.data.split import stratified_split
 from lightning_modules.errors import DataError
@@ -59,7 +60,16 @@ def load_idx_dir(directory: Path, spec: DatasetSpec | None, verify: bool = True)
     for role, path in idx_files(directory, spec).items():
         md5 = spec.md5[spec.files[role]] if verify else None
         reader = read_idx_images if role.endswith("images") else read_idx_labels
-        arrays[role] = torch.from_numpy(reader(path, md5).copy())
+        try:
+            arrays[role] = torch.from_numpy(reader(path, md5).copy())
+        except DataError:
+            other = None if md5 is None else _published_by(path, spec.files[role], spec)
+            if other is None:
+                raise
+            raise DataError(  # "replace it", the fix for a corrupt file, was the wrong advice here
+                f"{path} is {other.name}'s {spec.files[role]} file, not {spec.name}'s; pass --data {other.name} to train on "
+                f"{other.name}, or put {spec.name}'s files in {directory}"
+            ) from None
     return MnistArrays(
         train_images=arrays["train_images"],
         train_labels=arrays["train_labels"].long(),
@@ -67,6 +77,16 @@ def load_idx_dir(directory: Path, spec: DatasetSpec | None, verify: bool = True)
         test_labels=arrays["test_labels"].long(),
         source=f"{spec.name} ({directory})",
     )
+
+
+def _published_by(path: Path, name: str, asked: DatasetSpec) -> DatasetSpec | None:
+    """The other dataset whose published `name` file `path` holds (its MD5 says so), if any."""
+    try:
+        content = gunzip_bounded(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    digest = hashlib.md5(content, usedforsecurity=False).hexdigest()
+    return next((spec for spec in DATASETS.values() if spec is not asked and spec.md5.get(name) == digest), None)
 
 
 def load_csv_file(path: Path, test_fraction: float = CSV_TEST_FRACTION, seed: int = 0) -> MnistArrays:
