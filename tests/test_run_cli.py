@@ -148,7 +148,7 @@ def test_tiny_run_then_resume_to_a_larger_budget(
     assert "val_acc=" in trial_lines[0] and "epochs=" in trial_lines[0]
     assert "best trial" in first.stdout and "test_acc=" in first.stdout
     assert "python -m search.dashboard --storage" in first.stdout
-    assert "optuna-dashboard" in first.stdout and "--artifact-dir" in first.stdout
+    assert "optuna-dashboard" not in first.stdout  # only the guarded wrapper: the plain one is writable, no Host check
     home = Path(run_env["MNIST_SEARCH_HOME"])
     metrics = json.loads((home / "exports" / "mnist" / "metrics.json").read_text())
     assert metrics["study"] == "mnist" and 0 < metrics["test_accuracy"] <= 1
