@@ -231,24 +231,23 @@ def start_workers(python: str, env: dict[str, str], tmp_path: Path, workers: int
     return process, url
 
 
-def running_trials(url: str) -> int:
+def trial_states(url: str) -> list[TrialState]:
+    """The run's trials' states so far (none while its study or tables are not there yet)."""
     if not Path(url.removeprefix("sqlite:///")).exists():
-        return 0
+        return []
     try:
         study = optuna.load_study(study_name="mnist", storage=reader_storage(url))
     except Exception:  # noqa: BLE001 - the study or its tables are not there yet
-        return 0
-    return sum(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
+        return []
+    return [t.state for t in study.get_trials(deepcopy=False)]
+
+
+def running_trials(url: str) -> int:
+    return trial_states(url).count(TrialState.RUNNING)
 
 
 def trials_started(url: str) -> int:
-    if not Path(url.removeprefix("sqlite:///")).exists():
-        return 0
-    try:
-        study = optuna.load_study(study_name="mnist", storage=reader_storage(url))
-    except Exception:  # noqa: BLE001 - the study or its tables are not there yet
-        return 0
-    return sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+    return sum(state != TrialState.WAITING for state in trial_states(url))
 
 
 def test_killing_the_runner_ends_its_workers(python: str, run_env: dict[str, str], tmp_path: Path) -> None:
