@@ -154,14 +154,20 @@ def resume_point(trial: optuna.Trial, checkpoint: Path, hyperparams: dict[str, o
     return checkpoint
 
 
+def queued_retries(study: optuna.Study) -> list[int]:
+    """The attempts whose retries wait in the queue (each resumes from its checkpoint if the search goes on)."""
+    waiting = (record.retried_from(t) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    return [number for number in waiting if number is not None]
+
+
 MAX_DEATHS = 3  # times a dead worker's trial is retried before it stays failed
 
 
 class RetryDeadTrials(RetryHeartbeatStaleTrialCallback):
     """Optuna's retry of a trial whose worker died (its heartbeat went stale), after each of the
-    trial's first MAX_DEATHS deaths; a further death leaves it failed. Optuna's own limit counts every attempt in `retry_history`,
-    where `requeue` puts the stop requests too: three Ctrl-C's and one kill -9 left a trial
-    failed for good, its checkpoint orphaned, though it had died once."""
+    trial's first MAX_DEATHS deaths; a further death leaves it failed. Optuna's own limit counts
+    every attempt in `retry_history`, where `requeue` puts the stop requests too: three Ctrl-C's
+    and one kill -9 left a trial failed for good, its checkpoint orphaned, though it had died once."""
 
     def __init__(self, max_deaths: int = MAX_DEATHS) -> None:
         super().__init__(max_retry=None)

@@ -182,10 +182,9 @@ def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop
     from optuna.trial import TrialState
 
     from lightning_modules.errors import TrainingInterrupted
-    from search import record
     from search.export.note import RunSummary, write_study_note
     from search.progress import TrialReporter
-    from search.resume import clear_local_checkpoints
+    from search.resume import clear_local_checkpoints, queued_retries
     from search.stopping import stop_reason
     from search.study import WorkerInterrupted, best_trials
     from search.trial_loop import run_trials, run_worker_pool
@@ -222,7 +221,7 @@ def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop
               f"are saved. Resume with: {resume_command(argv)}", file=sys.stderr)
         return EXIT_WORKERS_DIED
     print(f"stopped: {reason} after {time.monotonic() - start:.1f} s")
-    owed = [record.retried_from(t) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if record.retried_from(t) is not None]
+    owed = queued_retries(study)
     if owed and not reason.startswith("timeout"):  # kept, not dropped: each resumes from its checkpoint if the search goes on
         print(f"note: {len(owed)} interrupted trial(s) stay queued with their checkpoints (trial {', '.join(map(str, owed[:5]))}); "
               "a run with a larger --trials or another --target-accuracy resumes them")

@@ -169,8 +169,13 @@ def _read_only_uri(path: Path) -> str:
     the table list only matters while the file is being created."""
     real = path.resolve()  # SQLite keeps the -wal and -journal beside the file a symbolic link names
     uri = f"{real.as_uri()}?mode=ro"
-    beside = [real.with_name(real.name + suffix) for suffix in ("-wal", "-journal")]
-    return uri if any(p.exists() for p in beside) else uri + "&immutable=1"
+    return uri if writer_files_beside(real) else uri + "&immutable=1"
+
+
+def writer_files_beside(real: Path) -> bool:
+    """Whether a -wal or -journal lies beside the (resolved) file: a writer's work in progress,
+    without which the file alone is the whole database and can be read as immutable."""
+    return any(real.with_name(real.name + suffix).exists() for suffix in ("-wal", "-journal"))
 
 
 def _read_schema(database: str, *, uri: bool) -> Schema:

@@ -232,8 +232,7 @@ def open_existing_storage(url: str | None, *, read_only: bool = False, flag: str
         if read_only:
             # A WAL file with no writer, where this user cannot create its -shm (a read-only disk,
             # another user's folder), is read as it is; the -shm was a traceback for every reader.
-            beside = [real.with_name(real.name + suffix) for suffix in ("-wal", "-journal")]
-            quiet = (one_read or not writable) and not any(p.exists() for p in beside)
+            quiet = (one_read or not writable) and not sqlite_file.writer_files_beside(real)
             open_url = f"sqlite:///file:{real}?mode=ro&uri=true" + ("&immutable=1" if quiet else "")
         elif not writable:
             raise StorageError(
