@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from lightning_modules.errors import one_line
-from search.redaction import clip, redact
+from search.redaction import clip, secrets_in
 from search.settings import field_info
 
 
@@ -30,9 +30,13 @@ class OneLineParser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        self._words = list(sys.argv[1:] if args is None else args)  # to mask their URLs' secrets in an error
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> NoReturn:
-        shown = " ".join(redact(word) if "://" in word else word for word in message.split(" "))  # a URL given to the wrong flag
-        print(f"error: {one_line(shown[:300])} (see {self.prog} --help)", file=sys.stderr)
+        shown = clip(message, 300, secrets_in(getattr(self, "_words", sys.argv[1:])))  # a URL given to the wrong flag
+        print(f"error: {one_line(shown)} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
 
 

@@ -8,8 +8,9 @@ An unescaped password makes a URL ambiguous (`u:pw@h/db?x=a@b` may hold the pass
 `pw@h/db?x=a`), so the project reads it the widest way: the password runs from the user name's
 `:` to the LAST `@`. That reading is the one masked and the one connected with (`normalise_url`
 escapes it), so no piece of a password can reach a driver as a host, database or query and
-come back in its error; an `@` in a query value must be written `%40` (except after a
-`user@host:port`, which holds no password and connects as typed, though it is shown masked).
+come back in its error; an `@` in a query value must be written `%40`, except after a
+`user@host:port`, which holds no user-info password: there every later `@` is escaped, so the URL
+connects to that host with that query, and only the query's secrets are masked.
 The secrets looked for in messages also include SQLAlchemy's own reading of the unescaped URL
 (`make_url`), and every form of each: raw, percent-decoded and -encoded, repr-escaped.
 """
@@ -122,9 +123,11 @@ def normalise_url(url: str) -> str:
     """The URL with its password percent-encoded, so an '@', '/', '?' or ':' in it cannot move the host."""
     prefix, scheme, rest = _locate(url)
     found = _userinfo_end(rest)
-    if prefix or not scheme or found is None or _host_then_port(rest, found[0]):
-        return url  # the host-and-port reading connects; the password reading is still masked
+    if prefix or not scheme or found is None:
+        return url
     colon, at = found
+    if _host_then_port(rest, colon):  # `u@h:5432/db?x=a@b`: SQLAlchemy would read `5432/db?x=a` as a password, `b` as the host
+        return f"{scheme}{rest[:colon]}{rest[colon:].replace('@', '%40')}"
     return f"{scheme}{rest[:colon]}:{quote(unquote(rest[colon + 1 : at]), safe='')}@{rest[at + 1 :]}"
 
 
@@ -153,9 +156,18 @@ def redact(url: str) -> str:
     is not a URL comes back as it is, unless it holds something shaped like `user:password@`."""
     prefix, scheme, rest = _locate(url)
     userinfo = _userinfo_end(rest)
+    if userinfo is not None and scheme and not prefix and _host_then_port(rest, userinfo[0]):
+        userinfo = None  # connected as host and port (`normalise_url`): its secrets are in the query
     head, tail = ("", rest) if userinfo is None else (f"{rest[: userinfo[0]]}:{MASK}@", rest[userinfo[1] + 1 :])
     location, question, query = tail.partition("?")
     return f"{prefix}{scheme}{head}{location}{_masked_query(question + query)}"
+
+
+def shown_name(name: str) -> str:
+    """A study name as shown: as typed, unless it is a URL (a scheme's '://') holding a password.
+    `exp:v2@gpu` is a name, not `user:password@host`: masking it would hide a name a user chose
+    and can only type as it is; the settings refuse a new name this would change."""
+    return redact(name) if "://" in name else name
 
 
 def _masked_query(query: str) -> str:
@@ -177,12 +189,30 @@ def message_secrets(url: str) -> list[str]:
     return [secret for secret in url_secrets(url) if secret not in shown]
 
 
+MAX_URLS_READ = 4  # URLs of one message read to its end by `_spanning_secrets`: each reading costs the rest of the text
+
+
+def _spanning_secrets(text: str) -> list[str]:
+    """The secrets of each URL in `text` (the first MAX_URLS_READ), each read to the text's end: a
+    password typed with a space in it (`u:S3CRET pw@h`) spans two words, so a word-by-word
+    reading would show its first word."""
+    found: list[str] = []
+    rest = text
+    for _ in range(MAX_URLS_READ):
+        _, scheme, rest = _locate(rest)
+        if not scheme:
+            break
+        found += message_secrets(scheme + rest)
+    return found
+
+
 def clip(text: str, limit: int, secrets: Iterable[str] = ()) -> str:
     """`text` with its URLs redacted and `secrets` masked, then cut to `limit` characters: in that
     order, since a cut can drop the '@' that marks a password, and a cut password is no longer
     found by the mask."""
-    shown = " ".join(redact(word) if "://" in word or "@" in word else word for word in text.split(" "))
-    return mask_known(mask(shown, secrets))[:limit]
+    masked = mask(text, [*secrets, *_spanning_secrets(text)])
+    shown = " ".join(redact(word) if "://" in word or "@" in word else word for word in masked.split(" "))
+    return mask_known(shown)[:limit]
 
 
 def redact_value(value: object) -> object:

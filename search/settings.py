@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from search.redaction import redact
+from search.redaction import shown_name
 from search.settings_space import (
     BaselineConfig,
     FirstDnnConfig,
@@ -44,7 +44,7 @@ def _name_problem(name: str, info: ValidationInfo | None = None) -> str | None:
     if name != name.strip():
         return "must not start or end with white space"
     recorded = info is not None and info.context == RECORDED  # a name already stored keeps working
-    if "://" in name and redact(name) != name and not recorded:  # a storage URL in a name's place: the study would carry its password
+    if shown_name(name) != name and not recorded:  # a storage URL in a name's place: the study would carry its password
         return "holds a URL with a password; pass storage URLs with --storage (or --warm-start-storage), names here"
     return None
 
@@ -53,7 +53,7 @@ class StudyConfig(Strict):
     name: str = Field(default="mnist", min_length=1, max_length=MAX_NAME_LENGTH, description="study to create or resume")
     storage: str | None = Field(
         default=None, min_length=1, max_length=MAX_URL_LENGTH,
-        description="storage URL: sqlite:///file.db or postgresql://user@host/db (null: sqlite:///storage/mnist-search.db)",
+        description="storage URL: sqlite:///file.db or postgresql://user@host/db (null: storage/mnist-search.db, or $MNIST_SEARCH_HOME/mnist-search.db)",
     )
     artifact_store: str | None = Field(
         default=None, min_length=1, max_length=1024,

@@ -6,7 +6,7 @@ holds stay two small modules; both are used by the export, the dashboard and the
 
 from __future__ import annotations
 
-from search.redaction import redact
+from search.redaction import shown_name
 from search.storage import StorageError
 
 
@@ -24,5 +24,5 @@ def load_existing_study(name: str, storage: object, flag: str = "--study-name"):
         return optuna.load_study(study_name=name, storage=storage)  # type: ignore[arg-type]
     except KeyError:
         names = study_names(storage)  # masked as URLs: a name given or stored may be one, password and all
-        listing = ", ".join(repr(redact(n)) for n in names[:20]) if names else "none"
-        raise StorageError(f"no study named {redact(name)!r} in this storage (studies there: {listing}); pass {flag}") from None
+        listing = ", ".join(repr(shown_name(n)) for n in names[:20]) if names else "none"
+        raise StorageError(f"no study named {shown_name(name)!r} in this storage (studies there: {listing}); pass {flag}") from None

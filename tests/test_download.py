@@ -152,6 +152,32 @@ def test_mirrors_come_from_the_environment_when_set() -> None:
     assert mirrors_for(MNIST, {}) == mirrors_for(MNIST, {MIRRORS_ENV: " "}) == MNIST.mirrors
 
 
+@pytest.mark.parametrize("mirror", ["user:S3CRETpw@mirror.example/mnist", "ftp://mirror.example/mnist/", "file:///etc/"])
+def test_a_mirror_that_is_not_an_http_url_is_refused_unquoted(mirror: str) -> None:
+    """Without a scheme the mirror was tried, and its error quoted it whole, password and all."""
+    with pytest.raises(DataError) as caught:
+        mirrors_for(MNIST, {MIRRORS_ENV: f"http://a.example/, {mirror}"})
+    assert "mirror 2 is not an http:// or https:// URL" in str(caught.value)
+    assert "S3CRET" not in str(caught.value) and "mirror.example" not in str(caught.value)
+
+
+def test_a_mirror_password_or_token_is_not_quoted_by_a_download_error(tmp_path: Path) -> None:
+    """urllib's errors repeat what they could not parse: `nonnumeric port: 'S3CRETpw@host'`, and
+    a URL with a space whole, query token included."""
+    mirrors = (
+        "https://user:S3CRETpw@mirror.example/mnist/",
+        "http://127.0.0.1:1/mn ist/?token=S3CRETtok/",
+        "http://u:S3CR@ETat@127.0.0.1:1/mnist/",
+        "http://u:S3CRETport@127.0.0.1:1/mnist/",
+    )
+    with pytest.raises(DataError) as caught:
+        download_dataset(MNIST, tmp_path / "cache", mirrors, timeout=TIMEOUT)
+    message = str(caught.value)
+    assert "nonnumeric port" in message and "control characters" in message, message  # each mirror's own reason is kept
+    for secret in ("S3CRET", "ETat"):
+        assert secret not in message, message
+
+
 def test_download_into_an_empty_cache_then_load(
     tmp_path: Path, mirror_folder: Path, mnist_arrays: MnistArrays, monkeypatch: pytest.MonkeyPatch
 ) -> None:

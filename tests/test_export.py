@@ -545,6 +545,26 @@ def test_study_plots_with_constant_params_become_notes(tmp_path: Path) -> None:
     assert "vary" in study_plots.draw_study_plots(study, tmp_path)["param_importances.png"]
 
 
+def test_importances_rank_only_varying_dnn_params_under_one_title() -> None:
+    """The figure showed Optuna's left title under the project's centred one ("HypHyperparameter
+    ...") and ranked `classifier`, "dnn" in every trial it rests on, above real parameters."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    study = optuna.create_study(direction="maximize")
+    dists = {
+        "classifier": optuna.distributions.CategoricalDistribution(["linear", "dnn"]),
+        "lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+        "dropout": optuna.distributions.FloatDistribution(0.0, 0.5),
+    }
+    for i in range(study_plots.MIN_IMPORTANCE_TRIALS + 2):
+        params = {"classifier": "dnn", "lr": 1e-4 * 1.8**i, "dropout": 0.04 * (i % 5)}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=0.5 + 0.03 * i))
+    ax = study_plots._importances(study)()
+    assert ax.get_title() == "" and ax.get_title(loc="left").startswith("Hyperparameter importances (fANOVA over 12 completed DNN trials)")
+    assert sorted(label.get_text() for label in ax.get_yticklabels()) == ["dropout", "lr"]
+
+
 def test_a_study_without_completed_trials_is_refused(tmp_path: Path) -> None:
     storage = writer_storage(f"sqlite:///{tmp_path / 'empty.db'}")
     study = optuna.create_study(study_name="empty", storage=storage)

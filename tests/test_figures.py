@@ -198,3 +198,27 @@ def test_the_snapshot_note_names_the_steps_beyond_the_run_and_where_it_ended(req
     from search.export.exporter import snapshot_note
 
     assert snapshot_note(requested, taken) == note
+
+
+@pytest.mark.parametrize(
+    "note",
+    [
+        "",
+        "steps 100, 1000 were asked for, but the run ended at step 30",
+        "steps " + ", ".join(str(10**6 + i) for i in range(20)) + " were asked for, but the run ended at step 999999",
+    ],
+)
+def test_a_grid_title_stays_whole_inside_the_figure(note: str) -> None:
+    """A DNN's snapshot title with its note ran off both edges: "t-layer weights ... ended at step"."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    title = "First-layer weights during training (trial 2, DNN 4096-4096-4096-4096)" + (f"; {note}" if note else "")
+    tiles = np.zeros((20, 28, 28))
+    fig = figures._draw_grid(tiles, 10, title, [f"unit {c}" for c in range(10)], ["step 10", "end: step 30"])
+    shown, label = fig.texts[0], fig.texts[1]  # the title, then the first column's label
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    box = shown.get_window_extent(renderer)
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height, box
+    assert box.y0 >= label.get_window_extent(renderer).y1, box  # above the column labels
+    assert " ".join(shown.get_text().split()) == " ".join(title.split())
+    assert (shown.get_fontsize() == 11) == (not note)

@@ -95,12 +95,30 @@ def test_urls_without_odd_characters_are_connected_and_shown_as_typed(url: str) 
     assert redact(url) == url.replace(":plain@", ":***@")
 
 
-@pytest.mark.parametrize("url", ["postgresql://u@host:5432/db?application_name=me@lab", "postgresql://u@[::1]:5432/db?x=a@b"])
-def test_an_at_in_the_query_of_a_url_without_password_is_left_as_typed(url: str) -> None:
-    """`h:5432` is a host and port, not a user and password: nothing is escaped (what is shown
-    still masks the widest reading)."""
-    assert normalise_url(url) == url
-    assert redact(url).endswith(":***@" + url.rpartition("@")[2])
+@pytest.mark.parametrize(
+    ("url", "host", "query"),
+    [
+        ("postgresql://u@host:5432/db?application_name=me@lab", "host", {"application_name": "me@lab"}),
+        ("postgresql://u@[::1]:5432/db?x=a@b", "::1", {"x": "a@b"}),
+    ],
+)
+def test_an_at_in_the_query_after_a_host_and_port_connects_and_shows_as_typed(url: str, host: str, query: dict[str, str]) -> None:
+    """`h:5432` is a host and port, not a user and password. Unescaped, SQLAlchemy read
+    `5432/db?x=a` as a password and the text after the last '@' as the host (a DNS lookup, then
+    a connection, for a piece of the query); escaped, it connects to the host typed."""
+    parsed = make_url(normalise_url(url))
+    assert (parsed.username, parsed.password, parsed.host, parsed.port, parsed.database) == ("u", None, host, 5432, "db")
+    assert dict(parsed.query) == query
+    assert redact(url) == url
+
+
+def test_a_query_password_with_an_at_after_a_host_and_port_is_masked_whole_and_sent_whole() -> None:
+    """`?password=P@ssw0rd` after `u@host:5432`: the run printed `127.0.0.1:***@ssw0rd` and the
+    driver tried to resolve the host `ssw0rd`, a piece of the password."""
+    url = "postgresql://postgres@127.0.0.1:5432/test?password=P@ssw0rd"
+    assert redact(url) == "postgresql://postgres@127.0.0.1:5432/test?password=***"
+    assert dict(make_url(normalise_url(url)).query) == {"password": "P@ssw0rd"}
+    assert "ssw0rd" not in redact(normalise_url(url))
 
 
 STORAGE_CASES = [
@@ -182,6 +200,27 @@ def test_a_url_given_to_the_wrong_flag_is_masked_in_the_argument_error(capsys: p
     assert "Zq7Xflagpw" not in err
 
 
+@pytest.mark.parametrize("flag", ["--storge", "--workers", "--devices", "--target-accuracy"])
+def test_a_password_with_a_space_is_masked_in_argument_errors(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The errors were masked word by word: `postgres:Zq7X` has no '@', so `Zq7X pw` was shown."""
+    assert main([flag, "postgresql://postgres:Zq7X spacepw@127.0.0.1:5432/test"]) == 2
+    err = capsys.readouterr().err
+    assert "postgres:***@127.0.0.1" in err and "Zq7X" not in err and "spacepw" not in err, err
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'Could not connect to the endpoint URL: "http://user:Zq7X spacepw@127.0.0.1:1/bucket"',  # botocore, AWS_ENDPOINT_URL
+        "x postgresql://u@h/db?password=Zq7X spacepw&a=1",
+        "a sqlite:///a.db then b postgresql://u:Zq7X spacepw@h/db",
+    ],
+)
+def test_clip_masks_a_password_that_spans_words(text: str) -> None:
+    shown = redaction.clip(text, 300)
+    assert "Zq7X" not in shown and "spacepw" not in shown and "***" in shown, shown
+
+
 @pytest.mark.parametrize("flag", ["--study-name", "--warm-start"])
 def test_a_url_given_as_a_study_name_is_refused_masked_and_no_study_carries_it(
     flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -197,6 +236,20 @@ def test_a_url_given_as_a_study_name_is_refused_masked_and_no_study_carries_it(
     err = capsys.readouterr().err
     assert err.count("\n") == 2 and err.count("holds a URL with a password") == 2 and "Zq7Xnamepw" not in err, err
     assert not (tmp_path / "study.db").exists()
+
+
+def test_a_name_with_a_colon_and_an_at_is_listed_as_typed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`exp:v2@gpu` is accepted as a name (tests/test_config.py), so it is shown as typed: the
+    listing showed `exp:***@gpu`, a name no one could type back."""
+    import optuna
+
+    from search.export.__main__ import main as export_main
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="exp:v2@gpu", storage=url)
+    assert export_main(["--storage", url, "--study-name", "exp:v3@gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "no study named 'exp:v3@gpu'" in err and "(studies there: 'exp:v2@gpu')" in err, err
 
 
 def test_a_study_already_named_with_a_password_is_listed_masked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

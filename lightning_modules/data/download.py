@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import tempfile
 import time
 import urllib.error
@@ -32,6 +33,9 @@ def mirrors_for(spec: DatasetSpec, env: Mapping[str, str] | None = None) -> tupl
     """The base URLs to download `spec` from: MNIST_SEARCH_MIRRORS if set, else the public ones."""
     env = os.environ if env is None else env
     override = [url.strip() for url in env.get(MIRRORS_ENV, "").split(",") if url.strip()]
+    for number, url in enumerate(override, 1):
+        if not url.lower().startswith(("http://", "https://")):  # not shown: without a scheme, no part of it is known to be public
+            raise DataError(f"{MIRRORS_ENV}: mirror {number} is not an http:// or https:// URL; give base URLs such as http://host/mnist/, comma-separated")
     if override:
         return tuple(url if url.endswith("/") else url + "/" for url in override)
     return spec.mirrors
@@ -112,12 +116,24 @@ def download_dataset(
                 _fetch_verified(url, directory / f"{name}.gz", spec.md5[name], timeout, deadline_seconds=deadline_seconds)
                 break
             except (OSError, http.client.HTTPException, DataError, ValueError) as error:
-                problems.append(f"{shown_url(url)}: {_download_problem(error)}")
+                problems.append(f"{shown_url(url)}: {_without_secrets(_download_problem(error), url)}")
         else:
             raise DataError(
                 f"{spec.name}: {name}.gz is not in {directory} and could not be downloaded "
                 f"({'; '.join(problems) or 'no mirrors given'}); without network access, {_offline_fix(spec)}"
             )
+
+
+def _without_secrets(text: str, url: str) -> str:
+    """`text` (an error from urllib or http.client, which may quote the URL or a piece of it) with
+    the URL's user-info and query masked: a mirror's password or token is never shown."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo, password = parts.netloc.rpartition("@")[0], parts.password or ""
+    pieces = {userinfo, password, parts.query, *(value for _, value in urllib.parse.parse_qsl(parts.query))}
+    pieces |= {piece for piece in re.split("[@:]", password) if len(piece) > 2}  # urllib splits a password at its '@'
+    for piece in sorted((p for p in pieces if p), key=len, reverse=True):
+        text = text.replace(piece, "***").replace(urllib.parse.unquote(piece), "***")
+    return text
 
 
 def shown_url(url: str) -> str:

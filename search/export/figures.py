@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -164,13 +165,34 @@ def _draw_grid(
     step = (IMAGE_SIDE + TILE_GAP) * TILE_SCALE
     half = IMAGE_SIDE * TILE_SCALE / 2
     top = height - GRID_TOP
-    fig.text(0.5, 1 - 8 / height, title, ha="center", va="top", fontsize=11)
+    _fit_title(fig, title, 1 - 8 / height)
     for col, label in enumerate(column_labels):
         fig.text(GRID_LEFT + col * step + half, top + 4, label, transform=pixels, ha="center", va="bottom", fontsize=8)
     for row, label in enumerate(row_labels):
         fig.text(GRID_LEFT - 8, top - row * step - half, label, transform=pixels, ha="right", va="center", fontsize=8)
     _scale_bar(fig, size, top)
     return fig
+
+
+def _fit_title(fig: Figure, title: str, y: float) -> None:
+    """The title at 11 pt on one line when it fits the figure's width, else split after its '; '
+    (a snapshot note) at 9 pt or less, else wrapped in three lines at 6 pt: a DNN's snapshot
+    title with its note ran off both edges and lost the step the run ended at. Two lines at
+    9 pt or three at 6 pt stay above the column labels (GRID_TOP)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    room = fig.bbox.width - 16
+    tries = [(title, 11)] + [(text, size) for size in (9, 8, 7) for text in (title.replace("; ", ";\n", 1),)]
+    for text, size in tries:
+        artist = fig.text(0.5, y, text, ha="center", va="top", fontsize=size)
+        if artist.get_window_extent(renderer).width <= room:
+            return
+        artist.remove()
+    width = math.ceil(len(title) / 3)
+    while len(lines := textwrap.wrap(title, width)) > 3:
+        width += 1
+    fig.text(0.5, y, "\n".join(lines), ha="center", va="top", fontsize=6)
 
 
 def _scale_bar(fig: Figure, size: tuple[int, int], top: int) -> None:
