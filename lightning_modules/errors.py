@@ -49,5 +49,18 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
+MAX_ERROR_CHARS = 1000  # a command's error line; past it, the text is cut and its length told
+
+
+def error_line(text: str) -> str:
+    """`text` as one line (`one_line`) of at most MAX_ERROR_CHARS characters, then its length: an
+    error that quotes a value (a 100,000-character path, a 3 MB CSV cell) printed it whole. Any
+    secret must be masked before: a cut can split one."""
+    shown = one_line(text[: MAX_ERROR_CHARS + 1])
+    if len(shown) <= MAX_ERROR_CHARS:
+        return shown
+    return f"{shown[:MAX_ERROR_CHARS]}... (cut: {len(text):,} characters in all)"
+
+
 class TrainingInterrupted(Exception):
     """Training stopped between two batches because the process was asked to stop."""

@@ -7,7 +7,10 @@ The trial objective stores one per new best trial; the export writes one without
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +47,20 @@ def save_model_file(
     for step, weight in (snapshots or {}).items():
         tensors[f"{SNAPSHOT_PREFIX}{step}"] = weight.detach().contiguous()
     metadata = {**(extra or {}), "hyperparams": json.dumps(model.hp.to_dict()), "format": FORMAT}
-    save_file(tensors, str(path), metadata=metadata)
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as error:
+        raise _as_os_error(error, path) from None
     return path
+
+
+def _as_os_error(error: SafetensorError, path: Path) -> OSError:
+    """safetensors' write error as the OSError it wraps ("I/O error: No space left on device (os
+    error 28)"), naming the file: every caller handles a full disk as an OSError, and this one
+    escaped them all as a traceback."""
+    found = re.search(r"os error (\d+)", str(error))
+    code = int(found.group(1)) if found else errno.EIO
+    return OSError(code, os.strerror(code), str(path))
 
 
 def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

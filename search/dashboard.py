@@ -25,7 +25,7 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from lightning_modules.errors import UserInputError, one_line
+from lightning_modules.errors import UserInputError, error_line
 from search.options import OneLineParser, add_artifact_store_flag
 from search.redaction import clip, mask_known, redact
 from search.web_guards import host_guard, read_only_guard, tolerant
@@ -154,6 +154,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "e.g. the machine's IP with --host 0.0.0.0, which otherwise answers only to its host name",
     )
     args = parser.parse_args(argv)
+    if args.storage is not None and not args.storage.strip():  # it opened the default database, as if --storage were left out
+        parser.error("--storage is empty; give a storage URL, or leave --storage out for the default database")
     if args.host not in LOOPBACK and not args.allow_remote:
         parser.error(
             f"--host {clip(args.host, 60)} makes the dashboard reachable from other machines, without a password; "
@@ -267,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return serve(args)
     except UserInputError as error:
-        print(f"error: {one_line(mask_known(str(error)))}", file=sys.stderr)
+        print(f"error: {error_line(mask_known(str(error)))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C is how a user stops it, even while it starts
         print("\ndashboard stopped", file=sys.stderr)

@@ -32,7 +32,8 @@ def runtime_dir() -> Path:
     blocker = next((p for p in (folder, *folder.parents) if p.exists()), folder)
     if not blocker.is_dir():  # every command then said "no study database ... start a search first"
         named = f"{HOME_ENV}={home}" if os.environ.get(HOME_ENV) else "the default run-state folder storage"
-        raise UserInputError(f"{named} is not a folder ({blocker} is a file); move it aside or point {HOME_ENV} at a folder")
+        what = "a file" if blocker.is_file() else "a device, pipe or socket"
+        raise UserInputError(f"{named} is not a folder ({blocker} is {what}); move it aside or point {HOME_ENV} at a folder")
     return folder
 
 
@@ -63,10 +64,18 @@ def checkpoints_dir() -> Path:
 
 def check_run_folders(folders: list[Path]) -> None:
     """UserInputError if one of the folders a run writes in under the runtime folder is a file
-    (or anything but a folder): found before the study is made, where it was a traceback after."""
+    (or anything but a folder), or it (or the folder it would be made in) cannot be written: found
+    before the study is made, where it was a traceback after, or a study created and left with
+    its seed recorded by a run that could not keep its first checkpoint (a read-only mount)."""
     for folder in folders:
         if os.path.lexists(folder) and not folder.is_dir():
             raise UserInputError(f"{folder} is not a folder, and the run keeps its {folder.name} there; move it aside, or point {HOME_ENV} elsewhere")
+        target = nearest_existing(folder)
+        if target.is_dir() and not os.access(target, os.W_OK | os.X_OK):
+            raise UserInputError(
+                f"{target} cannot be written (read-only, or not yours), and the run keeps its {folder.name} "
+                f"{'there' if target == folder else 'under it'}; point {HOME_ENV} at a folder you can write"
+            )
 
 
 def study_dir_name(study_name: str) -> str:

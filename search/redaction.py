@@ -23,6 +23,7 @@ from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 MASK = "***"
 SECRET_QUERY_KEYS = re.compile(r"pass|pwd|secret|token|key|auth|cred", re.IGNORECASE)
+MAX_SECRETS = 64  # secret values of one URL masked one by one in messages; a URL with more is masked whole there
 MAX_KEY = 64  # characters of a query key read; a longer key's value is masked unread (a secret's name is short, a hostile text is not)
 
 
@@ -141,6 +142,8 @@ def url_secrets(url: str) -> list[str]:
         found.append(rest[userinfo[0] + 1 : userinfo[1]])
     if scheme:
         found += _parsed_secrets(normalise_url(url[len(prefix) :]))
+    if len(found) > MAX_SECRETS:  # thousands of `&key=`: masked whole in a message, or each message check costs the URL's length
+        found = [rest]
     forms = {form for secret in found if secret for form in _forms(secret)}
     return sorted(forms, key=lambda form: (-len(form), form))
 

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from lightning_modules.device import Device, physical_ids, resolve_device, threads_per_worker, usable_cores, visible_gpus, worker_visible_devices
-from lightning_modules.errors import UserInputError, one_line
+from lightning_modules.errors import UserInputError, error_line
 from search.failures import EXIT_STORAGE_FAILED, describe_storage_failure, quiet_storage_failures_in_threads, storage_failure
 from search.options import RUN_FLAGS, OneLineParser, add_flags, overrides_from_args
-from search.paths import artifact_dir, check_run_folders, checkpoints_dir, exports_dir, study_dir_name
+from search.paths import artifact_dir, check_run_folders, checkpoints_dir, exports_dir, inside, study_dir_name
 from search.redaction import mask, mask_known, redact, redact_words, secrets_in
 from search.settings import Settings
 from search.workers import StopRequest, answered, describe_exit_codes
@@ -106,8 +106,12 @@ def check_export_target(settings: Settings, study: Any = None) -> None:
     from search.export.files import FILES, export_identity
     from search.export.folder import check_target
 
+    target, store = exports_dir() / study_dir_name(settings.study.name), settings.study.artifact_store
+    if store is not None and "://" not in store and inside(Path(store), target):  # found by the export, after the search
+        raise UserInputError(f"--artifact-store {store} lies in {target}, the folder this run exports to and replaces whole; "
+                             "pass another --artifact-store, or --no-export")
     try:
-        check_target(exports_dir() / study_dir_name(settings.study.name), FILES, None if study is None else export_identity(study))
+        check_target(target, FILES, None if study is None else export_identity(study))
     except ExportError as error:
         problem = str(error).rpartition("; ")[0] or str(error)  # the export's own fix names its --out
         kept = "nothing was changed" if study is None else "the study is saved and no trial has run"
@@ -144,8 +148,7 @@ class StartUp:
             raise KeyboardInterrupt
 
 
-def run(argv: list[str], stop: StopRequest) -> int:
-    start_up = StartUp(stop)
+def run(argv: list[str], stop: StopRequest, start_up: StartUp) -> int:
     settings = parse_settings(argv)
     from search.data import check_data
     from search.storage import check_storage_url, refuse_a_foreign_sqlite_file
@@ -253,13 +256,14 @@ def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     stop = StopRequest().install()
+    start_up = StartUp(stop)
     quiet_storage_failures_in_threads()
     try:
-        return run(argv, stop)
+        return run(argv, stop, start_up)
     except SystemExit as exit_:  # argparse: --help, or a bad flag already printed in one line
         return exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 2
     except UserInputError as error:
-        print(f"error: {one_line(mask_known(mask(str(error), secrets_in(argv))))}", file=sys.stderr)
+        print(f"error: {error_line(mask_known(mask(str(error), secrets_in(argv))))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a stop request before the study was opened (start_run), or the default handler's
         print(f"\ninterrupted before the search started; nothing was created. Run again with: {resume_command(argv)}", file=sys.stderr)
@@ -268,11 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         cause = storage_failure(error)
         if cause is None:
             raise
-        print(
-            f"error: {describe_storage_failure(cause, secrets_in(argv))}; finished trials are kept. "
-            f"Fix it, then resume with: {resume_command(argv)}",
-            file=sys.stderr,
-        )
+        kept, again = ("nothing was created", "run again") if start_up.open else ("finished trials are kept", "resume")
+        print(f"error: {describe_storage_failure(cause, secrets_in(argv))}; {kept}. Fix it, then {again} with: {resume_command(argv)}", file=sys.stderr)
         return EXIT_STORAGE_FAILED
     finally:
         stop.uninstall()

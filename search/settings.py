@@ -21,6 +21,7 @@ from search.settings_space import (
     SpaceConfig,
     Strict,
     choices_problem,
+    files_not_urls,
     first_dnn_problem,
     ints_as_floats,
     outside_space,
@@ -35,7 +36,6 @@ MAX_SNAPSHOTS = 20
 # Validation context for settings a study recorded: checks added after it was made (one that only
 # saves a user from a setting with no effect) must not strand its trials, which export reads back.
 RECORDED: dict[str, bool] = {"recorded": True}
-
 
 
 def _name_problem(name: str, info: ValidationInfo | None = None) -> str | None:
@@ -154,6 +154,7 @@ class DataConfig(Strict):
     verify_checksums: bool = Field(default=True, description="refuse IDX files whose MD5 differs from the published one")
 
     _ints_are_floats = field_validator("val_fraction", mode="before")(ints_as_floats)
+    _files_not_urls = field_validator("source", "data_dir")(files_not_urls)
 
 
 Accelerator = Literal["auto", "cpu", "gpu"]  # lightning_modules.device.ACCELERATORS (a test keeps them equal)

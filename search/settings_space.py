@@ -21,6 +21,14 @@ def ints_as_floats(value: Any) -> Any:
     return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
+def files_not_urls(value: str | None) -> str | None:
+    """A URL as data became a path (`https:/user:pw@host/x.csv`: not found), and its error quoted
+    the password: data is read from files only (mnist and fashion-mnist download themselves)."""
+    if value is not None and "://" in value:
+        raise ValueError("is a URL, and data is read from files: download it and give its path (mnist and fashion-mnist download themselves)")
+    return value
+
+
 class FloatRange(Strict):
     """A float searched between low and high (log scale when `log`)."""
 

@@ -3,8 +3,8 @@
 The first Ctrl-C or SIGTERM asks every worker for a clean stop at the next batch (its trial is
 queued again and resumes from its last epoch); a second one ends everything at once. Workers
 sit in their own process group, so a Ctrl-C at the terminal reaches the runner only and the
-runner forwards exactly one request; each worker asks the kernel for SIGTERM when its parent
-dies, so a killed runner never leaves workers racing the next run.
+runner forwards exactly one request; each worker asks the kernel for a signal of its own
+(PARENT_DIED) when its parent dies, so a killed runner never leaves workers racing the next run.
 """
 
 from __future__ import annotations
@@ -25,11 +25,17 @@ PR_SET_PDEATHSIG = 1
 POLL_SECONDS = 0.5
 
 
+PARENT_DIED = signal.SIGUSR2
+"""The signal the kernel sends a worker when its runner dies: its own, not SIGTERM. The kernel
+sends it again for each of the dying runner's threads the worker passes to, while getppid()
+still names the runner, so a repeated SIGTERM could not be told from the "second Ctrl-C" and
+the worker left mid-stop; a repeated PARENT_DIED is the same single stop request."""
+
+
 class StopRequest:
     """The first SIGINT/SIGTERM sets `event` and runs the `on_first` hooks; a second one runs the
-    `on_second` hooks and exits at once, unless `parent_pid` (a worker's runner) is gone: the
-    kernel may send its death signal more than once (once for each of the dead runner's threads
-    the worker passes to), and one death is one stop request, not the "second Ctrl-C"."""
+    `on_second` hooks and exits at once. In a worker (`parent_pid` given) PARENT_DIED is a stop
+    request as SIGTERM is, however often it comes."""
 
     def __init__(self, parent_pid: int | None = None) -> None:
         self.parent_pid = parent_pid
@@ -42,6 +48,8 @@ class StopRequest:
     def install(self) -> StopRequest:
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, self._handle)
+        if self.parent_pid is not None:
+            self._previous[PARENT_DIED] = signal.signal(PARENT_DIED, self._parent_died)
         return self
 
     def uninstall(self) -> None:
@@ -51,12 +59,17 @@ class StopRequest:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: object) -> None:
-        if self.event.is_set() and self.parent_pid is not None and os.getppid() != self.parent_pid:
-            return  # the runner's death, signalled again: the stop it asked for is under way
         if self.event.is_set():
             for hook in self.on_second:
                 hook(signum)
             os._exit(128 + signum)
+        self._first(signum)
+
+    def _parent_died(self, signum: int, frame: object) -> None:
+        if not self.event.is_set():  # a repeat: the stop the runner's death asked for is under way
+            self._first(signal.SIGTERM)
+
+    def _first(self, signum: int) -> None:
         self.signum = signum
         self.event.set()
         for hook in self.on_first:
@@ -74,17 +87,17 @@ class StopRequest:
 
 
 def die_with_parent(parent_pid: int) -> None:
-    """Ask the kernel for SIGTERM when the parent dies (Linux), and leave now if it already has."""
+    """Ask the kernel for PARENT_DIED when the parent dies (Linux), and leave now if it already has."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, PARENT_DIED, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the parent's exit hooks are all there is
         pass
     if os.getppid() != parent_pid:
         os._exit(128 + signal.SIGTERM)
 
 
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, PARENT_DIED}  # blocked in a worker until its handlers are in place
 
 
 def answered(code: int) -> int:

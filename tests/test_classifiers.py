@@ -312,3 +312,25 @@ def test_trial_value_intermediate_values_and_history_agree_exactly(tiny_split: D
     refit = fit(DNN, tiny_split, seed=7, max_epochs=2)
     reproduction = Reproduction(trial.number, list(trial.intermediate_values.values()), [row[MONITOR] for row in refit.history])
     assert reproduction.matches and reproduction.reproduced == reproduction.recorded
+
+
+def test_a_model_file_that_cannot_be_written_is_an_os_error_naming_it(tmp_path: Path) -> None:
+    """safetensors raised its own error on a full disk ("I/O error: No space left on device"),
+    which no caller's `except OSError` caught: `search.export` onto a full disk ended in a
+    traceback. A file-size limit stands in for the full disk (EFBIG rather than ENOSPC)."""
+    import errno
+    import resource
+
+    from lightning_modules.model_file import save_model_file
+
+    path = tmp_path / "model.safetensors"
+    before_signal = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of ending the process
+    before_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, before_limit[1]))
+    try:
+        with pytest.raises(OSError) as caught:
+            save_model_file(Classifier(DNN), path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, before_limit)
+        signal.signal(signal.SIGXFSZ, before_signal)
+    assert caught.value.errno == errno.EFBIG and caught.value.filename == str(path), caught.value

@@ -233,3 +233,14 @@ def test_a_study_recorded_before_a_new_check_is_still_read(tmp_path: Path) -> No
     path.write_text("pruner: {name: successive_halving}\ntraining: {max_epochs: 1}\n")
     with pytest.raises(ConfigError, match="never prune"):
         load_settings(path)
+
+
+@pytest.mark.parametrize("key", ["source", "data_dir"])
+def test_a_url_as_data_is_refused_with_its_password_masked(key: str, tmp_path: Path) -> None:
+    """`data.source: https://user:pw@host/x.csv` in a config file became the path
+    `https:/user:pw@host/x.csv`, and "file not found" quoted the password."""
+    path = tmp_path / "c.yaml"
+    path.write_text(f"data: {{{key}: 'https://user:Zq7Xdatapw@example.com/mnist.csv'}}\n")
+    with pytest.raises(ConfigError) as error:
+        load_settings(path)
+    assert f"data.{key}: is a URL, and data is read from files" in str(error.value) and "Zq7Xdatapw" not in str(error.value), error.value

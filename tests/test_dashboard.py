@@ -367,6 +367,23 @@ def test_bad_storage_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Captu
     assert not (tmp_path / "missing").exists(), "a mistyped SQLite path must not create a database"
 
 
+@pytest.mark.parametrize("storage", ["", " "])
+def test_an_empty_storage_is_refused_not_read_as_the_default(
+    storage: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--storage ""` served the default database, as if the flag were left out (search.run and
+    search.export refuse it)."""
+    import optuna
+
+    monkeypatch.setenv("MNIST_SEARCH_HOME", str(tmp_path))
+    optuna.create_study(study_name="mnist", storage=writer_storage(f"sqlite:///{tmp_path / 'mnist-search.db'}"))
+    with pytest.raises(SystemExit) as exited:
+        main(["--storage", storage, "--port", "0"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --storage is empty;") and err.count("\n") == 1, err
+
+
 def test_port_in_use_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import optuna
 

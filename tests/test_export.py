@@ -738,3 +738,15 @@ def test_an_export_clears_what_a_killed_export_left_and_nothing_else(tiny_study:
     export_study(tiny_study.load(), out, artifact_store=tiny_study.store, split=tiny_split)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".export.")) == sorted(p.name for p in kept)
     assert all((folder / name).read_text() in ("keep", ExportIdentity("another study").marker_text()) for folder, name in kept.items())
+
+
+@pytest.mark.parametrize(("foreign", "shown"), [(["notes.txt"], "(notes.txt);"), ([f"n{i}.txt" for i in range(6)], " and more);")])
+def test_a_refused_folder_names_its_foreign_files_and_says_more_only_when_there_are(tmp_path: Path, foreign: list[str], shown: str) -> None:
+    """A whole export plus the user's notes.txt was refused as holding "notes.txt and more"."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in [*FILES, MARKER, *foreign]:
+        (out / name).write_text("x")
+    with pytest.raises(ExportError) as caught:
+        check_target(out, FILES, None)
+    assert "holds files an export did not write (" in str(caught.value) and shown in str(caught.value), caught.value

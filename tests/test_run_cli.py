@@ -50,6 +50,78 @@ def in_process(argv: list[str], capsys: pytest.CaptureFixture[str]) -> subproces
     return subprocess.CompletedProcess(["search.run", *argv], code, out, err)
 
 
+def test_a_storage_failure_before_the_study_is_opened_says_nothing_was_created(
+    python: str, run_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A database in a folder the user cannot read said "finished trials are kept. Fix it, then
+    resume with" when no study had been opened or created. Root reads any folder: the process
+    drops that right (setpriv) to be the user it stands for."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0)
+    try:
+        argv = ["-m", "search.run", "--storage", f"sqlite:///{locked / 's.db'}", "--no-export"]
+        result = subprocess.run([*as_a_user(), python, *argv], env=run_env, capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        locked.chmod(0o700)
+    assert_one_line_error(result, "Permission denied", "nothing was created. Fix it, then run again with: python -m search.run --storage")
+    assert "finished trials are kept" not in result.stderr and not (locked / "s.db").exists()
+
+
+def test_a_run_state_folder_it_cannot_write_is_refused_before_the_study_is_created(
+    python: str, run_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A read-only MNIST_SEARCH_HOME was found at the first checkpoint: the study was created,
+    its seed recorded, and a rerun with another --seed refused."""
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(0o500)
+    try:
+        argv = ["-m", "search.run", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--no-export"]
+        result = subprocess.run([*as_a_user(), python, *argv], env={**run_env, "MNIST_SEARCH_HOME": str(home)},
+                                capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        home.chmod(0o700)
+    assert_one_line_error(result, f"{home} cannot be written", "checkpoints under it; point MNIST_SEARCH_HOME at a folder you can write")
+    assert not (tmp_path / "s.db").exists() and list(home.iterdir()) == []
+
+
+def as_a_user() -> list[str]:
+    """The command prefix that runs a process as a user stands for: root reads and writes any
+    folder, so a root process drops that right (setpriv); anyone else needs nothing."""
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv (util-linux) to drop the right to read and write any folder")
+    return [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
+
+
+def test_an_error_quoting_a_huge_value_stays_a_readable_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--config` with a 100,000-character path printed a 100 KB "one line" error."""
+    from lightning_modules.errors import MAX_ERROR_CHARS
+
+    result = in_process(["--config", str(tmp_path / ("a" * 100_000)), "--storage", f"sqlite:///{tmp_path / 's.db'}"], capsys)
+    assert_one_line_error(result, "config file", "characters in all)")
+    assert len(result.stderr) < MAX_ERROR_CHARS + 100, len(result.stderr)
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_an_artifact_store_inside_the_export_folder_is_refused_before_the_search(
+    isolated_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The export replaces its folder whole, so it refused a folder holding the store's files:
+    after the whole search, with the study saved, saying "nothing was changed"."""
+    store = isolated_home / "exports" / "q"
+    store.mkdir(parents=True)
+    result = in_process(["--study-name", "q", "--artifact-store", str(store), "--storage", f"sqlite:///{tmp_path / 's.db'}"], capsys)
+    assert_one_line_error(result, f"--artifact-store {store} lies in {store}, the folder this run exports to", "or --no-export")
+    assert not (tmp_path / "s.db").exists() and list(store.iterdir()) == []
+
+
 def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     result = in_process(["--help"], capsys)
     assert result.returncode == 0
@@ -190,7 +262,7 @@ def test_a_stop_asked_for_once_the_study_is_done_says_so_and_how_to_export(
     Here the stop is asked for once the study is open, before the run starts its loop, on a study
     already done (a stop before the study is opened creates nothing: test_run_state.py)."""
     import search.trial_loop
-    from search.run import run
+    from search.run import StartUp, run
     from search.workers import StopRequest
 
     url = f"sqlite:///{tmp_path / 's.db'}"
@@ -206,7 +278,7 @@ def test_a_stop_asked_for_once_the_study_is_done_says_so_and_how_to_export(
         return started
 
     monkeypatch.setattr(search.trial_loop, "start_run", then_stop)
-    assert run(argv, stop) == 130
+    assert run(argv, stop, StartUp(stop)) == 130
     err = capsys.readouterr().err
     assert "stopped: target reached by trial 0" in err and "Stopped on request before the export" in err, err
     assert "python -m search.export --storage" in err and "Resume with" not in err

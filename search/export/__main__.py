@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lightning_modules.errors import UserInputError, one_line
+from lightning_modules.errors import UserInputError, error_line
 from search.failures import EXIT_STORAGE_FAILED, describe_storage_failure, storage_failure
 from search.options import (
     READ_FLAGS,
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args, stop.event.is_set)
     except UserInputError as error:
-        print(f"error: {one_line(mask_known(str(error)))}", file=sys.stderr)
+        print(f"error: {error_line(mask_known(str(error)))}", file=sys.stderr)
         return 2
     except (ExportInterrupted, TrainingInterrupted, KeyboardInterrupt):
         what = "reproduction" if args.reproduce is not None else "export; the previous export is as it was"
@@ -249,7 +249,7 @@ def storage_failure_line(cause: BaseException, args: argparse.Namespace, argv: l
     is as it was; --reproduce writes nothing."""
     kept = "nothing was written" if args.reproduce is not None else "the previous export is as it was"
     line = f"{describe_storage_failure(cause, secrets_in(argv), during='during the export')}; {kept}. Fix it, then run the same command again"
-    return one_line(mask_known(mask(line, secrets_in(argv))))
+    return error_line(mask_known(mask(line, secrets_in(argv))))
 
 
 if __name__ == "__main__":

@@ -116,16 +116,18 @@ def _check_contents(folder: Path, export_files: Collection[str], identity: Expor
     None) and nothing else; unless `marked`, a folder of export files without the marker (an
     export being built) passes."""
     allowed = set(export_files) | {MARKER}
-    try:  # an export holds at most len(allowed) entries: a folder of millions is not listed in full
-        entries = list(itertools.islice(folder.iterdir(), len(allowed) + 1))
+    limit = len(allowed) + 1  # an export holds at most len(allowed) entries: a folder of millions is not listed in full
+    try:
+        entries = list(itertools.islice(folder.iterdir(), limit + 1))
     except OSError as error:
         raise ExportError(f"cannot list {shown} ({error.strerror}); choose another --out") from None
     if not entries:
         return
+    unlisted, entries = len(entries) > limit, entries[:limit]  # "and more" only when an entry was left unread
     foreign = sorted(entry.name for entry in entries if entry.name not in allowed or not entry.is_file() or entry.is_symlink())
     if foreign:
         raise ExportError(
-            f"{shown} holds files an export did not write ({_shown(foreign, more=len(entries) > len(allowed))}); "
+            f"{shown} holds files an export did not write ({_shown(foreign, more=unlisted)}); "
             "nothing was changed: choose another --out"
         )
     if not any(entry.name == MARKER for entry in entries):
