@@ -3,10 +3,14 @@
 An image is judged by its header before it is decoded (a few KB of PNG can claim gigabytes of
 pixels), then turned white-on-black and framed as MNIST was made: the digit's bounding box
 scaled into 20x20 and centred by its centre of mass in 28x28. search/predict.py runs the model.
+Its files (images, the model, a CSV) are checked before they are read, and a path is shown
+escaped and shortened (`shown`) in every line predict prints.
 """
 
 from __future__ import annotations
 
+import errno
+import stat
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from lightning_modules.data.format import IMAGE_SIDE, N_PIXELS
-from lightning_modules.errors import UserInputError
+from lightning_modules.errors import UserInputError, check_path_length, one_line
 
 MAX_IMAGE_BYTES = 64 * 1024 * 1024  # a phone photo is a few MB; anything this big is not a digit
 # A phone photo is about 4032x3024; a transparent 4096x4096 PNG peaks near 400 MB on its way to
@@ -25,10 +29,42 @@ MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE
 DIGIT_BOX = 20  # MNIST fits each digit into 20x20 before centring it in 28x28
 INK_THRESHOLD = 0.2  # share of the brightest pixel that counts as part of the digit
 LIGHT_BACKGROUND = 127.5  # a border brighter than this means dark ink on light paper
+# The formats Pillow may open: each reads only its header on open. Others decode on open, before
+# the size check (an ICO's embedded PNG: a 368 KB icon of 9459x9459 took 2 s and 431 MB).
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")  # JPEG covers MPO, PPM covers PBM/PGM
+FORMAT_NAMES = "PNG, JPEG, GIF, BMP, TIFF, WebP or PBM/PGM/PPM"
+MAX_SHOWN = 120  # characters of a path or name an error quotes: its start and its end, where the file name is
 
 
 class PredictError(UserInputError):
     """An input the predictor cannot use; the message says which and why."""
+
+
+def shown(text: object, limit: int = MAX_SHOWN) -> str:
+    """`text` (a path, a name from a model file) as one bounded line: control characters escaped,
+    so a file named "seven.png: 7 (99.9%)\nx.png" cannot print a result line of its own, and cut
+    in the middle to `limit` characters, keeping the end (the file name, an error's fix)."""
+    line = one_line(str(text))
+    if len(line) <= limit:
+        return line
+    head = (limit - 3) // 2
+    return f"{line[:head]}...{line[len(line) - (limit - 3 - head) :]}"
+
+
+def cannot_read(path: Path, error: OSError) -> PredictError:
+    """One line for a file or folder that exists but cannot be read: not "corrupt", not a traceback."""
+    reason = (error.strerror or type(error).__name__).lower()
+    denied = error.errno in (errno.EACCES, errno.EPERM)
+    fix = "give this user read access to it, or pass a copy it can read" if denied else "check the path"
+    return PredictError(f"{shown(path)}: cannot be read ({reason}); {fix}")
+
+
+def check_path(path: Path, what: str) -> None:
+    """A path too long to name a file here is refused before it is used (its error quoted all of it)."""
+    try:
+        check_path_length(path, what)
+    except UserInputError as error:
+        raise PredictError(str(error)) from None
 
 
 # ---------------------------------------------------------------- images
@@ -50,10 +86,55 @@ def _flatten_alpha(image: Any) -> Any:
 
 
 def _regular_file(path: Path, limit: int, what: str, fix: str = "") -> None:
-    """`path` must be a regular file of at most `limit` bytes (not a device, pipe or folder)."""
-    from lightning_modules.data.readers import regular_file_size
+    """`path` must be a regular file of at most `limit` bytes (not a device, pipe or folder),
+    judged from its stat before it is opened; each refusal one line, the path shown bounded."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise PredictError(f"{shown(path)}: file not found") from None
+    except OSError as error:  # a folder on the way that this user may not enter
+        raise cannot_read(path, error) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise PredictError(f"{shown(path)}: is a folder, not {what}")
+    if not stat.S_ISREG(info.st_mode):
+        raise PredictError(f"{shown(path)}: not a regular file (a device, pipe or socket); pass {what}")
+    if info.st_size > limit:
+        raise PredictError(f"{shown(path)}: {info.st_size:,} bytes is more than the {limit:,} {what} may have" + (f"; {fix}" if fix else ""))
 
-    regular_file_size(path, limit, what, fix, error=PredictError)
+
+def file_in(path: Path, name: str, fix: str) -> Path:
+    """The folder `path`'s file `name`, or `path` itself when it is no folder; a folder this user
+    may not enter is one line (Path.exists raised PermissionError with a traceback)."""
+    try:
+        file = path / name if path.is_dir() else path
+        if file.exists():
+            return file
+    except OSError as error:
+        raise cannot_read(path, error) from None
+    raise PredictError(f"{f'no {name} in {shown(path)}' if file != path else f'{shown(path)} does not exist'}; {fix}")
+
+
+def read_bounded(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of the regular file `path`, at most `limit` of them: read once, so what is checked is what is used."""
+    _regular_file(path, limit, what)
+    try:
+        with path.open("rb") as handle:
+            return handle.read(limit)
+    except OSError as error:
+        raise cannot_read(path, error) from None
+
+
+def count_lines(path: Path, stop_after: int) -> int:
+    """The lines of `path` (a last one without a line end included), counted in 1 MB chunks and
+    stopping once there are more than `stop_after`: its size, not its line count, bounds the work."""
+    lines, last = 0, b"\n"
+    try:
+        with path.open("rb") as handle:
+            while lines <= stop_after and (chunk := handle.read(1024 * 1024)):
+                lines, last = lines + chunk.count(b"\n"), chunk[-1:]
+    except OSError as error:
+        raise cannot_read(path, error) from None
+    return lines + (last != b"\n")
 
 
 _SHRINK = f"scale it down to at most {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels (a digit needs only 28x28)"
@@ -63,7 +144,7 @@ def _check_image_size(path: Path, width: int, height: int) -> None:
     """Refuse an image whose header claims a side longer than MAX_IMAGE_SIDE, before decoding it
     (28x599000 passed a check of the pixel count alone, though the limit is named per side)."""
     if width > MAX_IMAGE_SIDE or height > MAX_IMAGE_SIDE:
-        raise PredictError(f"{path}: the image is {width}x{height} pixels, more than {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}; {_SHRINK}")
+        raise PredictError(f"{shown(path)}: the image is {width}x{height} pixels, more than {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}; {_SHRINK}")
 
 
 def _bomb_size(error: Exception) -> str:
@@ -89,7 +170,7 @@ def _white(path: Path, mode: str, brightest: float) -> float:
         return 65535.0
     if brightest <= 255:
         return 255.0
-    raise PredictError(f"{path}: pixel values up to {brightest:.0f}, beyond 16 bits; save the digit as an 8- or 16-bit grayscale image")
+    raise PredictError(f"{shown(path)}: pixel values up to {brightest:.0f}, beyond 16 bits; save the digit as an 8- or 16-bit grayscale image")
 
 
 def _deep_to_gray(path: Path, image: Any) -> np.ndarray:
@@ -97,7 +178,7 @@ def _deep_to_gray(path: Path, image: Any) -> np.ndarray:
     convert("L") clips instead, so a float image of 0-1 became all but black, and was still predicted."""
     values = np.asarray(image, dtype=np.float64)
     if not np.isfinite(values).all():
-        raise PredictError(f"{path}: the image holds NaN or infinite pixel values")
+        raise PredictError(f"{shown(path)}: the image holds NaN or infinite pixel values")
     white = _white(path, image.mode, float(values.max(initial=0.0)))
     return np.clip(np.rint(values / white * 255.0), 0, 255).astype(np.uint8)
 
@@ -109,11 +190,11 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _decode(path: Path) -> np.ndarray:
-    """Open `path` (its size judged from the header), decode it and make it 8-bit grayscale."""
+def _decode(path: Path, handle: Any) -> np.ndarray:
+    """Decode the open file `handle` (its size judged from the header) and make it 8-bit grayscale."""
     from PIL import Image, ImageOps
 
-    with Image.open(path) as opened:  # reads the header only
+    with Image.open(handle, formats=IMAGE_FORMATS) as opened:  # reads the header only
         _check_image_size(path, *opened.size)
         opened.load()
         image = ImageOps.exif_transpose(opened)  # a phone photo is stored on its side
@@ -123,31 +204,32 @@ def _decode(path: Path) -> np.ndarray:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """A grayscale uint8 array of any image file Pillow reads; PredictError if it cannot.
+    """A grayscale uint8 array of an image in one of IMAGE_FORMATS; PredictError if it cannot be read.
 
     Pillow's warnings (a TIFF tag with too many entries, ...) are recorded, not printed: the
     user gets the prediction, or one line. Its decompression-bomb warning becomes that line."""
     from PIL import Image, UnidentifiedImageError
 
+    check_path(path, "the image path")
     _regular_file(path, MAX_IMAGE_BYTES, "an image file")
     try:
-        with warnings.catch_warnings(record=True):
+        handle = path.open("rb")  # opened here: Pillow's plugins would call a refused read "corrupt"
+    except OSError as error:
+        raise cannot_read(path, error) from None
+    try:
+        with handle, warnings.catch_warnings(record=True):
             warnings.simplefilter("always")
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # raised by Image.open itself
-            return _decode(path)
+            return _decode(path, handle)
     except PredictError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
-        raise PredictError(f"{path}: {_bomb_size(error)}, more than {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}; {_SHRINK}") from None
-    except FileNotFoundError:
-        raise PredictError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise PredictError(f"{path}: is a folder, not an image") from None
+        raise PredictError(f"{shown(path)}: {_bomb_size(error)}, more than {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}; {_SHRINK}") from None
     except UnidentifiedImageError:
-        raise PredictError(f"{path}: not an image file Pillow can read (corrupt or unknown format)") from None
-    except Exception as error:  # noqa: BLE001 - a corrupt file makes Pillow's ~40 plugins raise almost anything:
-        # OSError, ValueError, SyntaxError, EOFError, NotImplementedError (DDS, BLP), struct.error, IndexError, bare Exception
-        raise PredictError(f"{path}: corrupt or truncated image ({first_line(error)})") from None
+        raise PredictError(f"{shown(path)}: not a {FORMAT_NAMES} image, or its header is corrupt; save the digit as PNG") from None
+    except Exception as error:  # noqa: BLE001 - a corrupt file makes Pillow's plugins raise almost anything:
+        # OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, bare Exception
+        raise PredictError(f"{shown(path)}: corrupt or truncated image ({shown(first_line(error))})") from None
 
 
 def is_light_background(image: np.ndarray) -> bool:
@@ -185,10 +267,10 @@ def frame_digit(image: np.ndarray) -> np.ndarray:
 def to_model_input(image: np.ndarray, source: str) -> np.ndarray:
     """uint8 grayscale (28x28 or larger) -> 784 float32 pixels in [0, 1], white digit on black."""
     if image.ndim != 2:
-        raise PredictError(f"{source}: expected a 2-D grayscale image, got an array of shape {image.shape}")
+        raise PredictError(f"{shown(source)}: expected a 2-D grayscale image, got an array of shape {image.shape}")
     height, width = image.shape
     if height < IMAGE_SIDE or width < IMAGE_SIDE:
-        raise PredictError(f"{source}: the image is {width}x{height} pixels; it must be at least 28x28")
+        raise PredictError(f"{shown(source)}: the image is {width}x{height} pixels; it must be at least 28x28")
     image = to_white_on_black(image)
     if image.shape != (IMAGE_SIDE, IMAGE_SIDE):
         image = frame_digit(image)

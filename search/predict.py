@@ -3,16 +3,17 @@
     python -m search.predict --model storage/exports/mnist digit.png [more.png ...]
     python -m search.predict --model storage/exports/mnist --csv rows.csv
 
-Images: any format Pillow reads, grayscale or colour, 28x28 or larger, up to 4096x4096 pixels
-(judged from the file's header, before it is decoded). Dark digits on a light background are
+Images: PNG, JPEG, GIF, BMP, TIFF, WebP or PBM/PGM/PPM, grayscale or colour, 28x28 or larger, up
+to 4096x4096 pixels (judged from the file's header, before it is decoded). Dark digits on a light background are
 inverted (MNIST is white on black). A larger image is framed the way MNIST was made: the digit's
 bounding box is scaled to fit 20x20 and centred by its centre of mass in a 28x28 image. CSV: the
 tutorial's rows (label in column 0, then 784 pixels 0-255), at most 10,000 rows (MNIST's test
 set) at a time, counted before the file is parsed.
 
-Runs the export's model.onnx in ONNX Runtime, without importing PyTorch, so it starts fast.
+Runs the export's model.onnx in ONNX Runtime, without importing PyTorch, so it starts fast; a
+graph with control flow (Loop, Scan, If) or another operator no export holds is refused unrun.
 Bad input (a missing model or one of another kind, a corrupt or too small image, a bad CSV) prints one line on stderr
-and exits with code 2.
+and exits with code 2. File names are printed with control characters escaped.
 """
 
 from __future__ import annotations
@@ -27,16 +28,21 @@ from typing import Any
 import numpy as np
 
 from lightning_modules.data.format import CSV_COLUMNS, N_CLASSES, N_PIXELS
-from lightning_modules.errors import UserInputError, check_path_length, one_line
+from lightning_modules.errors import UserInputError, check_path_length, error_line, one_line
 from search.digit_inputs import (  # re-exported (__all__): the predictor's public names
     MAX_IMAGE_PIXELS,
     MAX_IMAGE_SIDE,
     PredictError,
     _regular_file,
+    check_path,
+    count_lines,
+    file_in,
     first_line,
     frame_digit,
     is_light_background,
+    read_bounded,
     read_image,
+    shown,
     to_model_input,
     to_white_on_black,
 )
@@ -49,13 +55,19 @@ MAX_CSV_ROWS = 10_000
 MAX_CSV_LINE_BYTES = 4 * CSV_COLUMNS  # "255," per cell at most, the line end in place of the last comma
 MAX_CSV_HEADER_BYTES = 16 * CSV_COLUMNS  # a header of column names, e.g. "label,pixel0,...,pixel783"
 MAX_CSV_BYTES = MAX_CSV_HEADER_BYTES + MAX_CSV_ROWS * MAX_CSV_LINE_BYTES
-_CSV_CHUNK = 1024 * 1024
 MAX_IMAGES = 10_000  # files on one command line (a CSV has its own row bound)
 MAX_MODEL_BYTES = 1024 * 1024 * 1024  # the largest searchable MLP is ~850 MB of float32 weights
 MODEL_FILE = "model.onnx"
 PROBABILITIES = "probabilities"  # the export's softmax output; any other is read as logits
 OUTPUT_TYPES = ("tensor(float)", "tensor(double)", "tensor(float16)")  # scores numpy can softmax
 PROBABILITY_SUM_TOLERANCE = 1e-3  # float32 softmax rows sum to 1 within ~1e-6; float16 within ~1e-3
+# The operators a graph may use: what search.export writes (Gemm, Relu, Softmax), and a few that do
+# a fixed amount of work per element. Control flow is refused: a 32 KB graph looping 10^15 times
+# around an Add ran forever.
+_PER_ELEMENT = ("Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Exp", "Clip", "Softmax", "LogSoftmax")
+OPERATORS = frozenset((*_PER_ELEMENT, "Identity", "Constant", "Cast", "Flatten", "Reshape", "Shape", "Slice", "Transpose", "ReduceMax"))
+CONTROL_FLOW = ("Loop", "Scan", "If")
+MAX_GRAPH_NODES = 1_000  # an export has two per layer and a softmax: 10 for 4 hidden layers
 
 
 @dataclass(frozen=True)
@@ -66,7 +78,7 @@ class Prediction:
     label: int | None = None  # the true label, when the input carries one (CSV)
 
     def line(self) -> str:
-        text = f"{self.source}: {self.digit} ({self.probability:.1%})"
+        text = f"{one_line(self.source)}: {self.digit} ({self.probability:.1%})"  # a name cannot print a line
         if self.label is not None:
             text += f", label {self.label}" + ("" if self.label == self.digit else " WRONG")
         return text
@@ -78,7 +90,7 @@ class Prediction:
 def _not_ours(file: Path, reason: str) -> PredictError:
     """An ONNX file that loads but is no digit classifier: ONNX Runtime or numpy would fail on it
     with a traceback, or print nonsense ("0 (inf%)"). One line says what is wrong and the fix."""
-    return PredictError(f"{file}: not an mnist-search model ({reason}); export one with python -m search.export")
+    return PredictError(f"{shown(file)}: not an mnist-search model ({reason}); export one with python -m search.export")
 
 
 @dataclass
@@ -95,33 +107,33 @@ class Model:
         try:
             (result,) = self.session.run([self.output], {self.session.get_inputs()[0].name: pixels.astype(np.float32)})
         except Exception as error:  # noqa: BLE001 - ORT raises its own untyped errors (a fixed batch size, a bad node)
-            raise _not_ours(self.path, f"it fails on {len(pixels)} images: {first_line(error)}") from None
+            raise _not_ours(self.path, f"it fails on {len(pixels)} images: {shown(first_line(error))}") from None
         result = np.asarray(result, dtype=np.float64)
         if result.shape != (len(pixels), N_CLASSES):
-            raise _not_ours(self.path, f"it gives {self.output!r} of shape {result.shape} for {len(pixels)} images, not (N, 10)")
+            raise _not_ours(self.path, f"it gives {shown(repr(self.output), 60)} of shape {result.shape} for {len(pixels)} images, not (N, 10)")
         if not np.isfinite(result).all():
-            raise _not_ours(self.path, f"its {self.output!r} holds NaN or infinite values")
+            raise _not_ours(self.path, f"its {shown(repr(self.output), 60)} holds NaN or infinite values")
         if self.output != PROBABILITIES:  # a bare-logits model: softmax here
             shifted = np.exp(result - result.max(axis=1, keepdims=True))
             return shifted / shifted.sum(axis=1, keepdims=True)
         if result.min() < 0 or result.max() > 1 or not np.allclose(result.sum(axis=1), 1.0, atol=PROBABILITY_SUM_TOLERANCE):
-            raise _not_ours(self.path, f"its {self.output!r} are not probabilities (each row in [0, 1], summing to 1)")
+            raise _not_ours(self.path, f"its {shown(repr(self.output), 60)} are not probabilities (each row in [0, 1], summing to 1)")
         return result
 
 
 def _dims(shape: Sequence[Any]) -> str:
     """A graph's declared shape as (N, 784): a dynamic size by its name, ? where it has none."""
-    return "(" + ", ".join("?" if size is None else str(size) for size in shape) + ")"
+    return "(" + ", ".join("?" if size is None else shown(size, 40) for size in shape[:8]) + ")"
 
 
 def _check_input(file: Path, session: Any) -> None:
     """Exactly one input, float32 (N, 784): the pixels predict feeds. Anything else fails in ONNX Runtime."""
     inputs = session.get_inputs()
     if len(inputs) != 1:
-        raise _not_ours(file, f"it takes {len(inputs)} inputs ({', '.join(i.name for i in inputs)}), not one")
+        raise _not_ours(file, f"it takes {len(inputs)} inputs ({shown(', '.join(i.name for i in inputs[:10]))}), not one")
     (pixels,) = inputs
     if pixels.type != "tensor(float)":
-        raise _not_ours(file, f"its input {pixels.name!r} is {pixels.type}, not tensor(float)")
+        raise _not_ours(file, f"its input {shown(repr(pixels.name), 60)} is {pixels.type}, not tensor(float)")
     if len(pixels.shape) != 2 or pixels.shape[1] != N_PIXELS:
         raise _not_ours(file, f"its input has shape {_dims(pixels.shape)}, not (N, 784)")
 
@@ -134,29 +146,54 @@ def _chosen_output(file: Path, session: Any) -> str:
         raise _not_ours(file, "it has no outputs")
     output = next((o for o in outputs if o.name == PROBABILITIES), outputs[0])
     if output.type not in OUTPUT_TYPES:
-        raise _not_ours(file, f"its output {output.name!r} is {output.type}, not float scores")
+        raise _not_ours(file, f"its output {shown(repr(output.name), 60)} is {output.type}, not float scores")
     shape = output.shape
     if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != N_CLASSES):
-        raise _not_ours(file, f"its output {output.name!r} has shape {_dims(shape)}, not (N, 10)")
+        raise _not_ours(file, f"its output {shown(repr(output.name), 60)} has shape {_dims(shape)}, not (N, 10)")
     return output.name
 
 
+def _unloadable(file: Path, error: Exception) -> PredictError:
+    return PredictError(f"{shown(file)}: not a loadable ONNX model ({shown(first_line(error))})")
+
+
+def _check_graph(file: Path, data: bytes) -> None:
+    """Refuse, before anything runs, a graph whose cost has no bound: control flow, or any operator
+    outside OPERATORS (in subgraphs and local functions too), or more than MAX_GRAPH_NODES nodes (the walk stops there)."""
+    import onnx
+
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as error:  # noqa: BLE001 - protobuf's DecodeError and onnx's own errors
+        raise _unloadable(file, error) from None
+    graphs, count = [model.graph, *model.functions], 0  # a local function's body runs as if inlined
+    while graphs:
+        for node in graphs.pop().node:
+            count += 1
+            if count > MAX_GRAPH_NODES:
+                raise _not_ours(file, f"its graph has more than {MAX_GRAPH_NODES:,} nodes; an export has a few dozen at most")
+            op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+            if op not in OPERATORS:
+                why = "control flow, whose cost has no bound" if op in CONTROL_FLOW else "an operator exports never hold"
+                raise _not_ours(file, f"its graph uses the operator {shown(repr(op), 60)}, {why}")
+            graphs.extend([*(a.g for a in node.attribute if a.HasField("g")), *(g for a in node.attribute for g in a.graphs)])
+
+
 def load_model(path: Path) -> Model:
-    """The export folder's model.onnx (or an .onnx file given directly), checked for its inputs and outputs."""
+    """The export folder's model.onnx (or an .onnx file given directly), its operators checked before
+    it is loaded and its inputs and outputs after. The bytes checked are the bytes run."""
     check_path_length(path, "--model")
-    file = path / MODEL_FILE if path.is_dir() else path
-    if not file.exists():
-        where = f"no {MODEL_FILE} in {path}" if path.is_dir() else f"{path} does not exist"
-        raise PredictError(f"{where}; pass --model an export folder written by python -m search.export")
-    _regular_file(file, MAX_MODEL_BYTES, "a model file")
+    file = file_in(path, MODEL_FILE, "pass --model an export folder written by python -m search.export")
+    data = read_bounded(file, MAX_MODEL_BYTES, "a model file")
+    _check_graph(file, data)
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: ONNX Runtime's warnings are not the user's problem
     try:
-        session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # noqa: BLE001 - ORT raises its own untyped errors for bad files
-        raise PredictError(f"{file}: not a loadable ONNX model ({first_line(error)})") from None
+        raise _unloadable(file, error) from None
     _check_input(file, session)
     return Model(session, file, _chosen_output(file, session))
 
@@ -172,7 +209,7 @@ def predict_pixels(model: Model, pixels: np.ndarray, sources: Sequence[str], lab
 
 def predict_images(model: Model, paths: Sequence[Path]) -> list[Prediction]:
     """Read every image first (one bad file fails before anything is printed), then one batch."""
-    pixels = np.stack([to_model_input(read_image(path), str(path)) for path in paths])
+    pixels = np.stack([to_model_input(read_image(path), str(path)) for path in paths])  # to_model_input shows the path bounded
     return predict_pixels(model, pixels, [str(path) for path in paths])
 
 
@@ -184,21 +221,11 @@ def check_csv(path: Path) -> None:
     """Refuse a CSV with more than MAX_CSV_ROWS rows (one header line allowed) before it is parsed:
     its size first, then its lines, counted in chunks and stopping at the first line too many."""
     split = _split_csv()
+    check_path(path, "--csv")
     _regular_file(path, MAX_CSV_BYTES, f"a CSV of {MAX_CSV_ROWS:,} rows", split)
     allowed = MAX_CSV_ROWS + 1  # the header
-    lines, last = 0, b"\n"
-    try:
-        with path.open("rb") as handle:
-            while chunk := handle.read(_CSV_CHUNK):
-                lines += chunk.count(b"\n")
-                last = chunk[-1:]
-                if lines > allowed:
-                    break
-    except OSError as error:
-        raise PredictError(f"{path}: cannot read ({error.strerror})") from None
-    lines += last != b"\n"  # a last line without a line end
-    if lines > allowed:
-        raise PredictError(f"{path}: more than {allowed:,} lines (blank ones included); {split}")
+    if count_lines(path, allowed) > allowed:
+        raise PredictError(f"{shown(path)}: more than {allowed:,} lines (blank ones included); {split}")
 
 
 def predict_csv(model: Model, path: Path) -> list[Prediction]:
@@ -208,10 +235,10 @@ def predict_csv(model: Model, path: Path) -> list[Prediction]:
     check_csv(path)
     try:
         images, labels = read_csv(path, limit=MAX_CSV_BYTES)
-    except UserInputError as error:
-        raise PredictError(str(error)) from None
+    except UserInputError as error:  # its messages quote the path and a cell: cut to an error line's length
+        raise PredictError(error_line(str(error))) from None
     if len(labels) > MAX_CSV_ROWS:  # one row over at most, in a file without a header
-        raise PredictError(f"{path}: {len(labels):,} rows; {_split_csv()}")
+        raise PredictError(f"{shown(path)}: {len(labels):,} rows; {_split_csv()}")
     pixels = np.stack([to_model_input(image, f"{path} row {i + 1}") for i, image in enumerate(images)])
     return predict_pixels(model, pixels, [f"{path} row {i + 1}" for i in range(len(images))], labels.tolist())
 
@@ -239,13 +266,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         predictions = predict_images(model, args.images) if args.images else []
         csv_predictions = predict_csv(model, args.csv) if args.csv is not None else []
     except UserInputError as error:
-        print(f"error: {one_line(str(error))}", file=sys.stderr)
+        print(f"error: {error_line(str(error))}", file=sys.stderr)  # escaped, and bounded whatever it quotes
         return 2
     for prediction in [*predictions, *csv_predictions]:
         print(prediction.line())
     if csv_predictions:
         right = sum(p.digit == p.label for p in csv_predictions)
-        print(f"{args.csv}: {right} of {len(csv_predictions)} rows right ({right / len(csv_predictions):.2%})")
+        print(f"{one_line(str(args.csv))}: {right} of {len(csv_predictions)} rows right ({right / len(csv_predictions):.2%})")
     return 0
 
 

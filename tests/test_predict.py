@@ -7,9 +7,12 @@ their labels. Bad input is one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import shutil
 import struct
 import subprocess
+import sys
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,7 +181,7 @@ def test_bad_inputs_raise_one_clear_error(known: Known, tmp_path: Path) -> None:
     (tmp_path / "cut.png").write_bytes((tmp_path / "whole.png").read_bytes()[:120])
     Image.fromarray(np.zeros((20, 20), dtype=np.uint8)).save(tmp_path / "small.png")
     cases = {
-        tmp_path / "text.png": "not an image file Pillow can read",
+        tmp_path / "text.png": "not a PNG, JPEG, GIF, BMP, TIFF, WebP or PBM/PGM/PPM image, or its header is corrupt; save the digit as PNG",
         tmp_path / "cut.png": "corrupt or truncated image",
         tmp_path / "small.png": "20x20 pixels; it must be at least 28x28",
         tmp_path / "missing.png": "file not found",
@@ -301,9 +304,9 @@ def test_the_csv_row_bound_allows_a_header_and_exactly_its_rows(known: Known, tm
         predict.predict_csv(model, rows)
 
 
-def run_cli(python: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(python: str, env: dict[str, str], *args: str, prefix: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [python, "-m", "search.predict", *args],
+        [*prefix, python, "-m", "search.predict", *args],
         check=False,
         capture_output=True,
         text=True,
@@ -476,7 +479,7 @@ def test_a_bare_logits_model_is_softmaxed(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- images Pillow cannot decode
 
 
-CORRUPT_HEADERS = {  # a corrupt header where Pillow's plugin raises NotImplementedError, not OSError
+CORRUPT_HEADERS = {  # a corrupt header where Pillow's plugin raised NotImplementedError, not OSError
     "pixel-format-flags-0.dds": b"DDS " + struct.pack("<7I", 124, 0x1007, 40, 40, 0, 0, 0) + bytes(96),
     "compression-161.blp": b"BLP2" + struct.pack("<i4B2I", 161, 1, 0, 0, 0, 40, 40) + bytes(16 * 4 * 2 + 1024),
 }
@@ -484,10 +487,11 @@ CORRUPT_HEADERS = {  # a corrupt header where Pillow's plugin raises NotImplemen
 
 @pytest.mark.parametrize("name", list(CORRUPT_HEADERS))
 def test_a_corrupt_dds_or_blp_is_one_line(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """DDS's "Unknown pixel format flags 0" and BLP's BLPFormatError once ended in a traceback."""
+    """DDS's "Unknown pixel format flags 0" and BLP's BLPFormatError once ended in a traceback; neither
+    format is opened now (only IMAGE_FORMATS are)."""
     path = tmp_path / name
     path.write_bytes(CORRUPT_HEADERS[name])
-    with pytest.raises(PredictError, match=f"{name}: corrupt or truncated image \\(Unknown"):
+    with pytest.raises(PredictError, match=f"{name}: not a PNG, JPEG, GIF, BMP, TIFF, WebP or PBM/PGM/PPM image"):
         predict.read_image(path)
     bar = np.zeros((784, 10), dtype=np.float32)
     assert predict.main(["--model", str(matmul_folder(tmp_path / "model", bar, "logits")), str(path)]) == 2
@@ -559,3 +563,180 @@ def test_cli_pillows_warnings_stay_off_stderr(tmp_path: Path, python: str, run_e
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         f"error: {cut}: corrupt or truncated image (image file is truncated (8 bytes not processed))"
     ], result.stderr
+
+
+# ---------------------------------------------------------------- unreadable files, hostile names and graphs
+
+
+@pytest.fixture(scope="module")
+def permissions_apply(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The command prefix under which a file's permissions bind: none for an ordinary user; for
+    root, setpriv dropping the capabilities that let it read anything. Skips where neither works."""
+    probe = tmp_path_factory.mktemp("probe") / "locked"
+    probe.write_text("x")
+    probe.chmod(0)
+    for prefix in ([], ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]):
+        if prefix and shutil.which(prefix[0]) is None:
+            continue
+        result = subprocess.run([*prefix, sys.executable, "-c", f"open({str(probe)!r})"], check=False, capture_output=True, text=True)
+        if "PermissionError" in result.stderr:
+            return prefix
+    pytest.skip("this process reads every file whatever its permissions, and setpriv cannot take that away here")
+
+
+UNREADABLE = ["model-folder", "model-in-a-locked-folder", "model-file", "image", "image-in-a-locked-folder", "csv", "csv-in-a-locked-folder"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", UNREADABLE)
+def test_an_unreadable_model_image_or_csv_is_one_line(
+    case: str, known: Known, tmp_path: Path, python: str, run_env: dict[str, str], permissions_apply: list[str]
+) -> None:
+    """--model on a folder this user may not read ended in a PermissionError traceback (exit 1),
+    an unreadable image was "corrupt or truncated", an unreadable model "not a loadable ONNX model"."""
+    (good,) = save(known.images[:1], tmp_path / "readable", "ok")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    shutil.copy(known.folder / "model.onnx", locked / "model.onnx")
+    shutil.copy(good, locked / "digit.png")
+    write_csv(known.images[:1], known.labels[:1], locked / "rows.csv")
+    for name in ("model.onnx", "digit.png", "rows.csv"):  # unreadable files in a readable folder
+        shutil.copy(locked / name, tmp_path / name)
+        (tmp_path / name).chmod(0)
+    model = ["--model", str(known.folder)]
+    argv, named = {
+        "model-folder": (["--model", str(locked), str(good)], locked),
+        "model-in-a-locked-folder": (["--model", str(locked / "model.onnx"), str(good)], locked / "model.onnx"),
+        "model-file": (["--model", str(tmp_path / "model.onnx"), str(good)], tmp_path / "model.onnx"),
+        "image": ([*model, str(tmp_path / "digit.png")], tmp_path / "digit.png"),
+        "image-in-a-locked-folder": ([*model, str(locked / "digit.png")], locked / "digit.png"),
+        "csv": ([*model, "--csv", str(tmp_path / "rows.csv")], tmp_path / "rows.csv"),
+        "csv-in-a-locked-folder": ([*model, "--csv", str(locked / "rows.csv")], locked / "rows.csv"),
+    }[case]
+    locked.chmod(0)
+    try:
+        result = run_cli(python, run_env, *argv, prefix=permissions_apply)
+    finally:
+        locked.chmod(0o755)
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr.splitlines() == [
+        f"error: {named}: cannot be read (permission denied); give this user read access to it, or pass a copy it can read"
+    ]
+
+
+def icon(path: Path, png: bytes, side: int) -> Path:
+    """An ICO file holding one square image stored as PNG: ICONDIR, then one ICONDIRENTRY (its side,
+    0 for 256 or more) pointing at the PNG's bytes after it. Pillow writes no icon over 256x256."""
+    dim = side if side < 256 else 0
+    entry = struct.pack("<4B2H2I", dim, dim, 0, 0, 1, 32, len(png), 6 + 16)
+    path.write_bytes(struct.pack("<3H", 0, 1, 1) + entry + png)
+    return path
+
+
+def test_only_formats_opened_from_their_header_are_read(known: Known, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Pillow decodes an ICO whole when it opens it, before the size check could refuse it: a 368 KB
+    icon holding a 9459x9459 PNG took 2 s and 431 MB. Formats whose open reads more than the
+    header are refused by name; the others are read."""
+    small = icon(tmp_path / "small.ico", blank_png(tmp_path / "small.png", 64, 64).read_bytes(), 64)
+    with Image.open(small) as image:  # the icon is real: Pillow reads it
+        assert image.format == "ICO" and image.size == (64, 64)
+    big = icon(tmp_path / "big.ico", blank_png(tmp_path / "big.png", 6000, 6000).read_bytes(), 6000)
+    assert predict.main(["--model", str(known.folder), str(big)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {big}: not a PNG, JPEG, GIF, BMP, TIFF, WebP or PBM/PGM/PPM image, or its header is corrupt; save the digit as PNG\n"
+    )
+    model = predict.load_model(known.folder)
+    for suffix in (".gif", ".bmp", ".webp", ".pgm"):  # PNG, JPEG and TIFF are read in the tests above
+        paths = [tmp_path / f"digit{i}{suffix}" for i in range(3)]
+        for image, path in zip(known.images, paths, strict=False):
+            Image.fromarray(image).save(path, **({"lossless": True} if suffix == ".webp" else {}))
+        assert digits(predict.predict_images(model, paths)) == known.labels[:3].tolist(), suffix
+
+
+def loop_folder(folder: Path) -> Path:
+    """The red-team's model: a Loop of 10^15 trips around an Add, then (N, 784) @ (784, 10) logits."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["again"], ["again_out"]), helper.make_node("Add", ["v", "v"], ["v_out"])],
+        "body",
+        [value("i", TensorProto.INT64, []), value("again", TensorProto.BOOL, []), value("v", FLOAT, ["N", 784])],
+        [value("again_out", TensorProto.BOOL, []), value("v_out", FLOAT, ["N", 784])],
+    )
+    nodes = [helper.make_node("Loop", ["trips", "go", "x"], ["looped"], body=body), helper.make_node("MatMul", ["looped", "w"], ["logits"])]
+    weights = {"trips": np.array(10**15, dtype=np.int64), "go": np.array(True), "w": np.zeros((784, 10), dtype=np.float32)}
+    return onnx_folder(folder, nodes, [PIXELS], [value("logits", FLOAT, ["N", 10])], weights)
+
+
+def chain_folder(folder: Path, op: str, count: int, extra: list[str] | None = None, weights: dict[str, np.ndarray] | None = None) -> Path:
+    """`count` nodes of `op` one after another on the pixels, then (N, 784) @ (784, 10) logits."""
+    names = ["x", *(f"t{i}" for i in range(count))]
+    nodes = [helper.make_node(op, [names[i], *(extra or [])], [names[i + 1]]) for i in range(count)]
+    nodes.append(helper.make_node("MatMul", [names[-1], "w"], ["logits"]))
+    weights = {**(weights or {}), "w": np.zeros((784, 10), dtype=np.float32)}
+    return onnx_folder(folder, nodes, [PIXELS], [value("logits", FLOAT, ["N", 10])], weights)
+
+
+UNBOUNDED_MODELS = {  # each loaded, and the loop then ran forever
+    "loop": (loop_folder, "its graph uses the operator 'Loop', control flow, whose cost has no bound"),
+    "tile": (
+        lambda folder: chain_folder(folder, "Tile", 1, ["reps"], {"reps": np.array([1, 1], dtype=np.int64)}),
+        "its graph uses the operator 'Tile', an operator exports never hold",
+    ),
+    "too-many-nodes": (lambda folder: chain_folder(folder, "Identity", 1_001), "its graph has more than 1,000 nodes"),
+}
+
+
+@pytest.mark.parametrize("kind", list(UNBOUNDED_MODELS))
+def test_a_model_whose_cost_has_no_bound_is_refused_unrun(kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 32 KB model.onnx looping 10^15 times around an Add ran forever: its graph is read before
+    ONNX Runtime loads it, and any operator outside the exports' few is refused by name."""
+    build, message = UNBOUNDED_MODELS[kind]
+    folder = build(tmp_path / "model")
+    with pytest.raises(PredictError, match=message):
+        predict.load_model(folder)
+    assert_one_line_exit_2(["--model", str(folder), *map(str, two_digits(tmp_path))], message, capsys)
+
+
+def test_a_file_name_cannot_fake_a_line_of_output(known: Known, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A name holding a line end printed a result line of its own, and a terminal escape sequence
+    or a right-to-left mark reached the terminal: names are printed escaped, on every line."""
+    (good,) = save(known.images[:1], tmp_path / "plain", "ok")
+    names = ["seven.png: 7 (99.9%)\nx.png", "\x1b[2Jclear.png", "mark\u202egnp.png"]
+    for name in names:
+        shutil.copy(good, tmp_path / name)
+    rows = tmp_path / "rows\r.csv"
+    write_csv(known.images[:1], known.labels[:1], rows)
+    assert predict.main(["--model", str(known.folder), *(str(tmp_path / name) for name in names), "--csv", str(rows)]) == 0
+    out = capsys.readouterr().out
+    assert not {"\x1b", "\u202e", "\r"} & set(out), out
+    lines = out.removesuffix("\n").split("\n")
+    label, shown = known.labels[0], f"({known.probabilities[0].max():.1%})"
+    assert lines == [
+        f"{tmp_path}/seven.png: 7 (99.9%)\\nx.png: {label} {shown}",
+        f"{tmp_path}/\\x1b[2Jclear.png: {label} {shown}",
+        f"{tmp_path}/mark\\u202egnp.png: {label} {shown}",
+        f"{tmp_path}/rows\\r.csv row 1: {label} {shown}, label {label}",
+        f"{tmp_path}/rows\\r.csv: 1 of 1 rows right (100.00%)",
+    ]
+
+
+@pytest.mark.parametrize("case", ["image-name", "csv-name", "deep-image", "deep-model", "csv-cell"])
+def test_an_error_quotes_a_bounded_part_of_what_it_names(case: str, known: Known, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Errors quoted a path or a CSV cell whole: a 100,000-character image or CSV name printed
+    ~120 KB, a 3,000,000-character cell a 3 MB line. Each error is now one line of a few hundred
+    characters at most, its path or cell cut in the middle and its fix kept."""
+    long_name = str(tmp_path / ("a" * 100_000))
+    deep = tmp_path.joinpath(*["d" * 200] * 19, "digit.png")  # ~3,900 characters, under PATH_MAX; never created
+    cell = tmp_path / "cell.csv"
+    cell.write_text("1," + "x" * 10_000 + ",0" * 783 + "\n")  # a row short enough to be parsed, its cell quoted
+    model = ["--model", str(known.folder)]
+    argv, message = {
+        "image-name": ([*model, long_name], "holds a name of 100000 bytes (at most 255 per folder or file name); pass a shorter path"),
+        "csv-name": ([*model, "--csv", long_name], "holds a name of 100000 bytes (at most 255 per folder or file name); pass a shorter path"),
+        "deep-image": ([*model, str(deep)], "dddd/digit.png: file not found"),
+        "deep-model": (["--model", str(deep.parent), str(deep)], "does not exist; pass --model an export folder written by python -m search.export"),
+        "csv-cell": ([*model, "--csv", str(cell)], "' is not a whole number"),
+    }[case]
+    assert predict.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1, captured.err[:1000]
+    assert len(captured.err) <= 500 and message in captured.err, captured.err[:1000]
