@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
+import tracemalloc
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from lightning_modules.data.arrays import MnistArrays, load_data, load_idx_dir
 from lightning_modules.data.batches import TensorBatches
 from lightning_modules.data.datamodule import MNISTDataModule
 from lightning_modules.data.datasets import DATASETS, MNIST
-from lightning_modules.data.format import N_CLASSES, N_PIXELS
+from lightning_modules.data.format import MAX_CSV_LINE_BYTES, N_CLASSES, N_PIXELS
 from lightning_modules.data.readers import read_csv, read_idx_images, read_idx_labels, write_csv
 from lightning_modules.data.sources import resolve_data_source
 from lightning_modules.data.split import split_data, stratified_split, to_features
@@ -102,6 +104,17 @@ def source_rows(x: torch.Tensor, train_index: dict[bytes, int]) -> torch.Tensor:
 def labelled_rows(images: torch.Tensor, labels: torch.Tensor) -> list[bytes]:
     """Label + image bytes per row, sorted: equal lists mean the same rows in any order."""
     return sorted(bytes([int(label)]) + image.numpy().tobytes() for image, label in zip(images, labels))
+
+
+def traced_peak(call: Callable[[], object]) -> int:
+    """The most memory Python and numpy held at once during `call`, in bytes, over what they held
+    before it: a deterministic measure of what the call cost, unlike its time."""
+    tracemalloc.start()
+    try:
+        call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def first_rows(arrays: MnistArrays, n_train: int) -> MnistArrays:
@@ -334,8 +347,16 @@ CSV_PROBLEMS = {
         lambda rows: [rows[0], [""], [""], *put(rows, 2, 40, "300")[1:]], ["row 4", "column 40", "pixel 300"],
     ),
     "quote marks joining rows": (
-        lambda rows: put(put(rows, 2, 9, '"5'), 4, 9, '5"'), ["not a valid CSV file", "quote"],
+        lambda rows: put(put(rows, 2, 9, '"5'), 4, 9, '5"'), ["not a valid CSV file", "row 2", "unbalanced quote mark"],
     ),
+    # pandas named this "row 3" (its own count from 0, of the rows left once the header and blank lines were gone)
+    "a stray quote named by its file line": (
+        lambda rows: [HEADER, rows[0], [""], *put(rows, 4, 9, '"0')[1:]], ["row 6", "unbalanced quote mark", "whole cell"],
+    ),
+    # one cell for pandas, two for the count of commas: the row came out a cell short, and "empty"
+    "a comma between quote marks": (lambda rows: put(put(rows, 3, 9, '"0'), 3, 10, '0"'), ["row 3", "a comma between quote marks"]),
+    # pandas ends a row at a lone \r: the extra row was blamed on "unbalanced quote marks"
+    "a carriage return inside a row": (lambda rows: put(rows, 4, 100, "0\r"), ["row 4", "carriage return", "line ends"]),
     "header only": (lambda rows: [HEADER], ["no data rows"]),
     # a typo in the first row's label was taken for a header, and the row dropped without a word
     "typo in the first label": (lambda rows: put(rows, 1, 0, "3a"), ["row 1", "column 0", "'3a'", "not a whole number"]),
@@ -349,6 +370,68 @@ def test_bad_csv(
 ) -> None:
     path = write_rows(tmp_path / "bad.csv", mutate(csv_rows))
     data_error(lambda: read_csv(path), str(path), *words)
+
+
+@pytest.mark.parametrize(
+    "column, value, words",
+    [
+        (300, "x" * 5_000, ["column 300", "'xxxxxxxx", "...' is not a whole number"]),
+        (0, "0" * 5_000 + "12", ["column 0", "label 0000000", "... is outside 0-9"]),
+        (7, "9" * 400, ["column 7", "pixel 9999999", "... is outside 0-255"]),  # too large for a float: not "not a whole number"
+    ],
+    ids=["text", "label", "huge-pixel"],
+)
+def test_an_error_quotes_at_most_a_few_dozen_characters_of_a_cell(
+    tmp_path: Path, csv_rows: list[list[str]], column: int, value: str, words: list[str]
+) -> None:
+    """A cell of 3,000,000 letters gave a 3 MB error line."""
+    path = write_rows(tmp_path / "long-cell.csv", put(csv_rows, 3, column, value))
+    message = data_error(lambda: read_csv(path), str(path), "row 3", *words)
+    assert len(message) < len(str(path)) + 100, message
+
+
+def test_a_csv_of_blank_lines_has_no_data_rows_and_is_never_held_whole(tmp_path: Path) -> None:
+    """20 MB of blank lines: the reader split the whole file into lines first (~12 bytes of memory
+    per byte of file, 26 GB at the size cap) and then called the file "empty"."""
+    path = tmp_path / "blank.csv"
+    path.write_bytes(b"\n \t\r\n" * 4_000_000)
+    peak = traced_peak(lambda: data_error(lambda: read_csv(path), str(path), "has no data rows, only blank lines"))
+    assert peak < 4_000_000, f"{peak:,} bytes to skip 20 MB of blank lines"
+
+
+@pytest.mark.parametrize("filler", [b"1", b" "], ids=["text", "spaces"])
+def test_a_line_too_long_for_a_row_is_refused_before_it_is_kept(tmp_path: Path, csv_rows: list[list[str]], filler: bytes) -> None:
+    """A row of 785 numbers takes at most ~3 KB: an 8 MB line is refused, naming it, as soon as
+    the reader is past the cap, and not read whole (blank or not: the cap is on every line)."""
+    path = write_rows(tmp_path / "long-line.csv", csv_rows[:1])
+    with path.open("ab") as out:
+        out.write(filler * 8_000_000 + b"\n")
+    peak = traced_peak(lambda: data_error(lambda: read_csv(path), str(path), "row 2 is longer than", f"{MAX_CSV_LINE_BYTES:,} bytes"))
+    assert peak < 4_000_000, f"{peak:,} bytes to refuse an 8 MB line"
+
+
+def test_rows_past_the_cap_are_refused_before_they_are_read(tmp_path: Path, csv_rows: list[list[str]]) -> None:
+    """The fifth line is not a row at all: the refusal at the fourth row means it was never looked at."""
+    path = write_rows(tmp_path / "many.csv", [*csv_rows[:4], ["not a row"]])
+    message = data_error(lambda: read_csv(path, max_rows=3), str(path), "more than 3 data rows", "keep at most 3")
+    assert "row 5" not in message
+    exactly = write_rows(tmp_path / "three.csv", csv_rows[:3])
+    assert len(read_csv(exactly, max_rows=3)[1]) == 3  # the cap itself is allowed
+
+
+def test_csv_memory_grows_with_the_rows_kept_not_with_their_text(tmp_path: Path, mnist_arrays: MnistArrays) -> None:
+    """Each row past the first thousand costs about the 785 bytes kept of it, not its ~1.8 KB of
+    text split, joined and parsed into 6 KB of int64 (58 MB more for 3,000 more rows); the
+    rows come back whole and in order across the batches they are parsed in."""
+    images, labels = mnist_arrays.test_images[:4_000].numpy(), mnist_arrays.test_labels[:4_000].numpy()
+    small, large = tmp_path / "1000.csv", tmp_path / "4000.csv"
+    write_csv(images[:1_000], labels[:1_000], small)
+    write_csv(images, labels, large)
+    read_csv(small)  # pandas is imported on first use: not counted below
+    growth = traced_peak(lambda: read_csv(large)) - traced_peak(lambda: read_csv(small))
+    assert growth < 4 * 3_000 * (1 + N_PIXELS), f"{growth:,} bytes more for 3,000 more rows"
+    read_images, read_labels = read_csv(large)
+    assert np.array_equal(read_images, images) and np.array_equal(read_labels, labels)
 
 
 def test_empty_csv(tmp_path: Path) -> None:
@@ -404,6 +487,26 @@ def test_data_option_names_a_missing_path(tmp_path: Path) -> None:
     data_error(lambda: resolve_data_source(str(tmp_path / "gone.csv"), env={}), "gone.csv", "not found")
 
 
+@pytest.mark.parametrize("kind", ["fifo", "link to /dev/zero"])
+def test_a_pipe_or_device_is_named_as_what_it_is_not_as_missing(tmp_path: Path, mnist_dir: Path, kind: str) -> None:
+    """`--data x.csv` for a fifo or a link to /dev/zero said "file not found", and a data folder
+    holding one as its training images "missing": both are there, and neither is read."""
+
+    def make(path: Path) -> Path:
+        if kind == "fifo":
+            os.mkfifo(path)
+        else:
+            path.symlink_to("/dev/zero")
+        return path
+
+    csv = make(tmp_path / "x.csv")
+    data_error(lambda: resolve_data_source(str(csv), env={}), str(csv), "not a regular file", "pass a CSV file")
+    directory = dataset_dir(tmp_path / "data", mnist_dir)
+    (directory / f"{TRAIN_IMAGES}.gz").unlink()
+    images = make(directory / f"{TRAIN_IMAGES}.gz")
+    data_error(lambda: load_idx_dir(directory, MNIST), str(images), "not a regular file")
+
+
 def test_data_dir_that_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     source = resolve_data_source(data_dir=tmp_path / "file", env={})
@@ -436,6 +539,15 @@ def test_fashion_mnist_is_found_by_name_and_loads_with_its_checksums(
     assert fashion.train_images.shape == (60_000, 28, 28) and fashion.test_images.shape == (10_000, 28, 28)
     assert class_counts(fashion.train_labels).tolist() == [6000] * 10
     assert not torch.equal(fashion.test_images, mnist_arrays.test_images)
+
+
+def test_fashion_files_under_mnist_names_are_inflated_once(fashion_dir: Path) -> None:
+    """Naming them as Fashion-MNIST's read the refused file again, inflating it into a buffer of
+    the 548 MB cap: the checksum already computed names the data set. One inflation of the 47 MB
+    training images, and the copy on the way, is all the refusal costs."""
+    source = resolve_data_source(str(fashion_dir), env={})
+    peak = traced_peak(lambda: data_error(lambda: load_data(source), "is fashion-mnist's train-images-idx3-ubyte file"))
+    assert peak < 3 * (16 + 60_000 * N_PIXELS), f"{peak:,} bytes"
 
 
 def test_fashion_files_fail_the_mnist_checksums_and_are_named_as_fashions(fashion_dir: Path) -> None:
@@ -635,6 +747,23 @@ def test_a_gzip_bomb_is_inflated_only_as_far_as_its_header_says(tmp_path: Path) 
         for _ in range(8):  # 128 MB of padding: enough to be absurd, quick to write
             out.write(zeros)
     data_error(lambda: read_idx_images(path), "the file has more than that", "truncated or corrupt")
+
+
+def test_a_gzip_bomb_under_a_published_name_is_refused_at_its_header(tmp_path: Path, mnist_dir: Path) -> None:
+    """A 300 KB gzip whose header promises 700,000 images (the cap) under MNIST's name: it was
+    inflated as far as it went (64 MB here, 548 MB in all), then again to name its data set,
+    before "checksum mismatch". The published files' sizes are known: the header is refused."""
+    directory = dataset_dir(tmp_path / "data", mnist_dir)
+    bomb = directory / f"{TRAIN_IMAGES}.gz"
+    bomb.unlink()
+    with gzip.open(bomb, "wb", compresslevel=1) as out:
+        out.write(_idx_header(700_000))
+        zeros = bytes(1 << 24)
+        for _ in range(4):  # zeros compress ~1000:1
+            out.write(zeros)
+    words = [str(bomb), "promises shape (700000, 28, 28)", "not the published file's 47,040,016 bytes", "replace it"]
+    peak = traced_peak(lambda: data_error(lambda: load_idx_dir(directory, MNIST), *words))
+    assert peak < 1_000_000, f"{peak:,} bytes to refuse a header"
 
 
 def test_a_data_file_over_the_size_limit_is_refused_unread(tmp_path: Path) -> None:

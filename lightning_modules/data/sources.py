@@ -35,9 +35,10 @@ def default_cache_dir() -> Path:
 
 
 def idx_file(directory: Path, name: str) -> Path | None:
-    """The gzip or raw copy of one IDX file in `directory`, if there is one."""
+    """The gzip or raw copy of one IDX file in `directory`, if there is one. Anything there under
+    the name counts: the reader refuses a pipe or device as what it is, not as missing."""
     for candidate in (directory / f"{name}.gz", directory / name):
-        if candidate.is_file():
+        if candidate.exists():
             return candidate
     return None
 
@@ -63,12 +64,12 @@ def resolve_data_source(
             spec = DATASETS[data.lower()]
         else:
             path = expand_home(data, "--data")
-            if path.suffix.lower() == ".csv" or path.is_file():
-                if not path.is_file():
-                    raise DataError(f"{path}: file not found")
+            if path.is_file():
                 return DataSource("csv", path, None)
             if path.is_dir():
                 return DataSource("idx", path, MNIST)
+            if path.suffix.lower() == ".csv":
+                raise DataError(_not_a_csv_file(path))
             what = "not a regular file or a directory (a device, pipe or socket)" if path.exists() else "no such file or directory"
             raise DataError(f"--data {data!r}: {what}, and not a dataset name ({', '.join(DATASETS)})")
     if data_dir:
@@ -80,6 +81,14 @@ def resolve_data_source(
             return DataSource("idx", directory, spec)
     cache = (cache_dir or default_cache_dir()) / spec.name
     return DataSource("idx", cache, spec, download=not has_all_files(cache, spec))
+
+
+def _not_a_csv_file(path: Path) -> str:
+    """Why `path`, named like a CSV file, is not one: missing, or there but a pipe, device or socket
+    ("file not found" was said of a fifo and of a link to /dev/zero)."""
+    if not path.exists():
+        return f"{path}: file not found"
+    return f"{path}: not a regular file (a device, pipe or socket); pass a CSV file of rows: label, then 784 pixels 0-255"
 
 
 def idx_files(directory: Path, spec: DatasetSpec) -> dict[str, Path]:
