@@ -10,7 +10,6 @@ escaped and shortened (`shown`) in every line predict prints.
 from __future__ import annotations
 
 import errno
-import stat
 import warnings
 from pathlib import Path
 from typing import Any
@@ -86,20 +85,10 @@ def _flatten_alpha(image: Any) -> Any:
 
 
 def _regular_file(path: Path, limit: int, what: str, fix: str = "") -> None:
-    """`path` must be a regular file of at most `limit` bytes (not a device, pipe or folder),
-    judged from its stat before it is opened; each refusal one line, the path shown bounded."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise PredictError(f"{shown(path)}: file not found") from None
-    except OSError as error:  # a folder on the way that this user may not enter
-        raise cannot_read(path, error) from None
-    if stat.S_ISDIR(info.st_mode):
-        raise PredictError(f"{shown(path)}: is a folder, not {what}")
-    if not stat.S_ISREG(info.st_mode):
-        raise PredictError(f"{shown(path)}: not a regular file (a device, pipe or socket); pass {what}")
-    if info.st_size > limit:
-        raise PredictError(f"{shown(path)}: {info.st_size:,} bytes is more than the {limit:,} {what} may have" + (f"; {fix}" if fix else ""))
+    """`path` must be a regular file of at most `limit` bytes (the data's check), the path shown bounded."""
+    from lightning_modules.data.files import regular_file_size
+
+    regular_file_size(path, limit, what, fix, error=PredictError, show=shown, unreadable=cannot_read)
 
 
 def file_in(path: Path, name: str, fix: str) -> Path:

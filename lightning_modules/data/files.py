@@ -8,6 +8,7 @@ own); torch- and numpy-free.
 from __future__ import annotations
 
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from lightning_modules.errors import DataError
@@ -17,21 +18,25 @@ from lightning_modules.errors import DataError
 SHOWN_CHARACTERS = 40
 
 
-def regular_file_size(path: Path, limit: int, what: str = "a data file", fix: str = "", error: type[Exception] = DataError) -> int:
+def regular_file_size(
+    path: Path, limit: int, what: str = "a data file", fix: str = "", error: type[Exception] = DataError,
+    show: Callable[[Path], str] = str, unreadable: Callable[[Path, OSError], Exception] | None = None,
+) -> int:
     """The size of `path`, which must be a regular file (not a folder, device, pipe or socket)
-    of at most `limit` bytes; each refusal is one line naming `what` was expected, as `error`."""
+    of at most `limit` bytes, judged from its stat before it is opened; each refusal is one line
+    naming `what` was expected, as `error`, the path as `show` writes it (predict bounds it)."""
     try:
         info = path.stat()
     except FileNotFoundError:
-        raise error(f"{path}: file not found") from None
-    except OSError as problem:
-        raise error(f"{path}: cannot read ({problem.strerror})") from None
+        raise error(f"{show(path)}: file not found") from None
+    except OSError as problem:  # a folder on the way that this user may not enter
+        raise (unreadable(path, problem) if unreadable else error(f"{show(path)}: cannot read ({problem.strerror})")) from None
     if stat.S_ISDIR(info.st_mode):
-        raise error(f"{path}: is a folder, not {what}")
+        raise error(f"{show(path)}: is a folder, not {what}")
     if not stat.S_ISREG(info.st_mode):
-        raise error(f"{path}: not a regular file (a device, pipe or socket); pass {what}")
+        raise error(f"{show(path)}: not a regular file (a device, pipe or socket); pass {what}")
     if info.st_size > limit:
-        raise error(f"{path}: {info.st_size:,} bytes is more than the {limit:,} {what} may have" + (f"; {fix}" if fix else ""))
+        raise error(f"{show(path)}: {info.st_size:,} bytes is more than the {limit:,} {what} may have" + (f"; {fix}" if fix else ""))
     return info.st_size
 
 
