@@ -86,6 +86,8 @@ def _help(flag: Flag) -> str:
     if flag.help:
         return flag.help.replace("%", "%%")
     default, description, _ = field_info(flag.key)
+    if flag.parse is None:  # a plain string flag takes "null" literally (a file, a study named null): only a config file's null is none
+        description = description.replace("(null: ", "(default: ")
     plain = default is not None and not isinstance(default, (bool, list, dict))
     shown = f" (default {default})" if plain else ""
     return f"{description}{shown}".replace("%", "%%")

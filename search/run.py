@@ -165,7 +165,8 @@ def run(argv: list[str], stop: StopRequest, start_up: StartUp) -> int:
     warm = read_warm_start(settings, url)  # read-only, before this run's study exists and before torch
     device = check_device(settings, cores)
 
-    from search.trial_loop import quiet_optuna, start_run
+    from search.studies import quiet_optuna
+    from search.trial_loop import start_run
 
     quiet_optuna()
 

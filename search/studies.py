@@ -10,6 +10,17 @@ from search.redaction import shown_name
 from search.storage import StorageError
 
 
+def quiet_optuna() -> None:
+    """Our one line per trial replaces Optuna's INFO lines; experimental-API notes are ours to track.
+    Here, not with the trial loop: the export and the run call it before torch is imported."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
 def study_names(storage: object) -> list[str]:
     import optuna
 

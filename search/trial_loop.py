@@ -8,7 +8,6 @@ is read before the storage is opened, so bad data creates no database.
 from __future__ import annotations
 
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,7 @@ from search.redaction import message_secrets, redact
 from search.settings import Settings
 from search.stopping import FINISHED, stop_reason
 from search.storage import open_study_storage, storage_guard
+from search.studies import quiet_optuna
 from search.study import (
     TrialCallback,
     WorkerInterrupted,
@@ -38,12 +38,6 @@ from search.study import (
 from search.study_identity import require_same_data, require_same_settings
 from search.warm_start import WarmStart
 from search.workers import StopRequest, WorkerPool
-
-
-def quiet_optuna() -> None:
-    """Our one line per trial replaces Optuna's INFO lines; experimental-API notes are ours to track."""
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def stored_settings(settings: Settings, url: str, source: DataSource) -> dict[str, Any]:

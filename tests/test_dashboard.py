@@ -328,6 +328,8 @@ def test_study_note_without_target_or_export_says_so() -> None:
     assert "none (spend the whole budget)" in note
     assert "none (export off)" in note
     assert "**Test accuracy** of the best trial: n/a" in note
+    assert "exported pictures" not in note and "the export's" not in note  # a --no-export run's note promised them
+    assert "exported pictures" in study_note("mnist", SUMMARY) and "the export's param_importances.png" in study_note("mnist", SUMMARY)
 
 
 def test_write_study_note_replaces_the_previous_note(tmp_path: Path) -> None:

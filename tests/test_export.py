@@ -750,3 +750,23 @@ def test_a_refused_folder_names_its_foreign_files_and_says_more_only_when_there_
     with pytest.raises(ExportError) as caught:
         check_target(out, FILES, None)
     assert "holds files an export did not write (" in str(caught.value) and shown in str(caught.value), caught.value
+
+
+def test_export_input_errors_answer_before_torch_is_imported(tiny_study: TinyStudy, tmp_path: Path, python: str, run_env: dict[str, str]) -> None:
+    """A bad data folder or study name reached the export after torch, Lightning and matplotlib
+    were imported (10 s on this machine for a mistyped path); one interpreter runs each case."""
+    cases = [
+        ["--storage", tiny_study.url, "--study-name", STUDY, "--data-dir", str(tmp_path / "missing")],
+        ["--storage", tiny_study.url, "--study-name", STUDY, "--data", str(tmp_path / "missing.csv")],
+        ["--storage", tiny_study.url, "--study-name", "no-such-study"],
+    ]
+    code = (
+        "import sys, json\n"
+        "from search.export.__main__ import main\n"
+        f"codes = [main(argv) for argv in json.loads({json.dumps(json.dumps(cases))})]\n"
+        "print(json.dumps({'codes': codes, 'heavy': sorted({'torch', 'lightning', 'matplotlib'} & set(sys.modules))}))\n"
+    )
+    result = subprocess.run([python, "-c", code], env=run_env, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"codes": [2, 2, 2], "heavy": []}, result.stderr
+    assert [line.split(":")[0] for line in result.stderr.strip().splitlines()] == ["error"] * 3, result.stderr

@@ -122,6 +122,19 @@ def test_an_artifact_store_inside_the_export_folder_is_refused_before_the_search
     assert not (tmp_path / "s.db").exists() and list(store.iterdir()) == []
 
 
+def test_help_offers_null_only_where_a_flag_takes_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--storage null` is a file named null, yet the help said "(null: ...)" for it, for
+    --artifact-store, --warm-start and --warm-start-storage; --promote-factor does take none."""
+    import re
+
+    result = in_process(["--help"], capsys)
+    help_text = " ".join(result.stdout.split())
+    for flag in ("--storage STORAGE", "--artifact-store ARTIFACT_STORE", "--warm-start STUDY", "--warm-start-storage STORAGE"):
+        entry = re.search(re.escape(flag) + r" (.*?) --", help_text)
+        assert entry and "(default: " in entry.group(1) and "null" not in entry.group(1), (flag, entry)
+    assert "(null: never)" in help_text
+
+
 def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     result = in_process(["--help"], capsys)
     assert result.returncode == 0

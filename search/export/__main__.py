@@ -127,13 +127,14 @@ def run(args: argparse.Namespace, stop_requested: Callable[[], bool] = lambda: F
     url = check_storage_url(getattr(args, "study_storage", None))
     given = check_location(args.artifact_store) if args.artifact_store is not None else None
     name = getattr(args, "study_name", "mnist")
+    from search.data import check_data
     from search.storage import open_existing_storage
-    from search.studies import load_existing_study
-    from search.trial_loop import quiet_optuna
+    from search.studies import load_existing_study, quiet_optuna
 
     quiet_optuna()
     study = load_existing_study(name, open_existing_storage(url))
     settings = _settings(study, args)
+    check_data(settings.data)  # before torch: a bad data folder answers at once (the export reads it again)
     if args.reproduce is not None:
         return reproduce_trial(study, settings, args.reproduce)
     from search.export.exporter import checked_target, export_study

@@ -35,6 +35,13 @@ def _fmt(value: float | None) -> str:
     return f"{value:.4f}" if value is not None else "n/a"
 
 
+def _artifacts_line(exported: bool) -> str:
+    """What the best trial's Artifacts hold: a --no-export run's note promised exported pictures."""
+    if exported:
+        return "The best trial's Artifacts show its model file and the exported pictures; "
+    return "The best trial's Artifacts show its model file (export it for the pictures: python -m search.export); "
+
+
 def study_note(study_name: str, summary: RunSummary) -> str:
     """The Markdown note of a run."""
     target = summary.target_accuracy
@@ -56,10 +63,11 @@ def study_note(study_name: str, summary: RunSummary) -> str:
         f"- **Test accuracy** of the best trial: {_fmt(summary.test_accuracy)}",
         f"- **Export folder**: {f'`{summary.export_dir}`' if summary.export_dir else 'none (export off)'}",
         "",
-        "The best trial's Artifacts show its model file and the exported pictures; "
-        "the Intermediate Values chart shows validation accuracy per epoch, where pruned trials stop early. "
-        "Importances mix both classifiers there, and a linear trial has no DNN parameters: the export's "
-        "param_importances.png ranks the DNN parameters over DNN trials only. " + importance,
+        _artifacts_line(summary.export_dir is not None)
+        + "the Intermediate Values chart shows validation accuracy per epoch, where pruned trials stop early. "
+        "Importances mix both classifiers there, and a linear trial has no DNN parameters: "
+        + ("the export's param_importances.png ranks" if summary.export_dir else "an export's param_importances.png (python -m search.export) ranks")
+        + " the DNN parameters over DNN trials only. " + importance,
     ]
     return "\n".join(lines).rstrip() + "\n"
 
