@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import errno
 import sys
+import tempfile
 import threading
 from collections.abc import Iterable
 
 from lightning_modules.errors import one_line
 from search.redaction import clip
 
-DISK_ERRORS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT})
+DISK_ERRORS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EFBIG})
 EXIT_STORAGE_FAILED = 2  # the runner's and each worker's exit status after such a failure
 
 
@@ -46,7 +47,10 @@ def describe_storage_failure(cause: BaseException, secrets: Iterable[str] = (), 
     file it was writing (the second name), not the temporary file it came from."""
     if isinstance(cause, OSError):
         verb = "cannot access" if cause.errno == errno.EACCES else "cannot write"  # a denied read, too
-        return one_line(f"{verb} {cause.filename2 or cause.filename or 'run state'} ({cause.strerror})")
+        named = cause.filename2 or cause.filename
+        if named is None:  # Lightning writes a checkpoint through a temporary file first, and its error names no file
+            return one_line(f"{verb} run state ({cause.strerror}; the run-state folder or the temporary folder, {tempfile.gettempdir()})")
+        return one_line(f"{verb} {named} ({cause.strerror})")
     reason = clip(str(getattr(cause, "orig", None) or cause).strip().splitlines()[0], 200, secrets)
     return one_line(f"the study's storage failed {during} ({reason})")
 

@@ -481,3 +481,16 @@ def test_a_study_on_a_read_only_disk_is_watched_and_warm_started_from_and_refuse
         assert err.count("\n") == 1 and "read-only file system or not writable" in err and "Traceback" not in err, err
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+
+
+def test_a_full_disk_behind_a_nameless_error_names_where_to_look() -> None:
+    """Lightning writes each checkpoint through a temporary file first: a full TMPDIR's error
+    names no file, and the run said only "cannot write run state (No space left on device)"."""
+    import errno
+
+    from search.failures import describe_storage_failure, storage_failure
+
+    line = describe_storage_failure(OSError(errno.ENOSPC, "No space left on device"))
+    assert line == f"cannot write run state (No space left on device; the run-state folder or the temporary folder, {tempfile.gettempdir()})"
+    too_large = OSError(errno.EFBIG, "File too large", "/runs/trial-3.ckpt")  # a file-size limit: a disk failure, not a bug
+    assert storage_failure(RuntimeError("wrapped")) is None and storage_failure(too_large) is too_large
