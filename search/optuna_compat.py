@@ -84,6 +84,28 @@ def trial_state(trial: optuna.Trial) -> TrialState:
     return trial.storage.get_trial(trial._trial_id).state
 
 
+def link_artifact(storage: BaseStorage, target: optuna.Study | FrozenTrial, artifact_id: str, filename: str, mimetype: str) -> None:
+    """9. Link an artifact already in the store, under an id the caller chose, to a study or trial.
+
+    `upload_artifact` draws a random id, so two machines exporting one study at once each linked
+    every file, and the dashboard listed each twice (a later re-export refreshed one copy only).
+    A link is the system attribute `artifacts:<id>` holding `ArtifactMeta` as JSON, which is what
+    `get_all_artifact_meta` reads; one id per file gives one link however many write it.
+    """
+    import json
+    import mimetypes
+    from dataclasses import asdict
+
+    from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX, ArtifactMeta
+
+    meta = ArtifactMeta(artifact_id=artifact_id, filename=filename, mimetype=mimetype, encoding=mimetypes.guess_type(filename)[1])
+    key, value = ARTIFACTS_ATTR_PREFIX + artifact_id, json.dumps(asdict(meta))
+    if isinstance(target, FrozenTrial):
+        storage.set_trial_system_attr(target._trial_id, key, value)
+    else:
+        storage.set_study_system_attr(target._study_id, key, value)
+
+
 class SilentTrialAwareStorage(RDBStorage):
     """4. RDBStorage whose stale check (the private `_get_stale_trial_ids`, which
     `optuna.storages.fail_stale_trials` calls) also catches RUNNING trials that never wrote a
@@ -126,6 +148,6 @@ class SilentTrialAwareStorage(RDBStorage):
 
 
 __all__ = [
-    "ArtifactStore", "SilentTrialAwareStorage", "enqueued", "finished_trial_writable", "set_trial_system_attr",
+    "ArtifactStore", "SilentTrialAwareStorage", "enqueued", "finished_trial_writable", "link_artifact", "set_trial_system_attr",
     "storage_url", "study_storage", "trial_state", "trial_system_attrs",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 import os
 import re
@@ -770,3 +771,52 @@ def test_export_input_errors_answer_before_torch_is_imported(tiny_study: TinyStu
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"codes": [2, 2, 2], "heavy": []}, result.stderr
     assert [line.split(":")[0] for line in result.stderr.strip().splitlines()] == ["error"] * 3, result.stderr
+
+
+def test_exports_racing_on_one_study_link_each_file_once_and_none_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two machines exporting at once each read "no link yet", then each uploaded every file under
+    a random id: the dashboard listed each file twice, and a later re-export refreshed one copy
+    only (the other kept the earlier metrics.json). The barrier makes both read before either links."""
+    import threading
+
+    from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
+
+    from search.export import artifacts
+    from search.optuna_compat import link_artifact, study_storage
+
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    optuna.create_study(study_name="race", storage=url).optimize(lambda trial: 1.0, n_trials=1)
+    (tmp_path / "store").mkdir()
+    store = FileSystemArtifactStore(str(tmp_path / "store"))
+    files = [tmp_path / "report.html", tmp_path / "metrics.json"]
+    for path in files:
+        path.write_text(f"first {path.name}")
+    barrier, read = threading.Barrier(2, timeout=60), artifacts.get_all_artifact_meta
+    monkeypatch.setattr(artifacts, "get_all_artifact_meta", lambda *a, **k: (read(*a, **k), barrier.wait())[0])
+    results: list[dict[str, str]] = []
+
+    def export() -> None:
+        study = optuna.load_study(study_name="race", storage=url)
+        results.append(artifacts.attach_artifacts(study, study.trials[0], files, store)[1])
+
+    racers = [threading.Thread(target=export) for _ in range(2)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(120)
+    monkeypatch.undo()
+    study = optuna.load_study(study_name="race", storage=url)
+    backend = study_storage(study)
+    assert len(results) == 2 and results[0] == results[1]
+    assert sorted(m.filename for m in get_all_artifact_meta(study.trials[0], storage=backend)) == ["metrics.json", "report.html"]
+
+    from search.optuna_compat import finished_trial_writable
+
+    store.write("older-copy", io.BytesIO(b"stale"))  # a second link an older version's race left
+    with finished_trial_writable(backend):
+        link_artifact(backend, study.trials[0], "older-copy", "metrics.json", "application/json")
+    files[1].write_text("second metrics.json")
+    artifacts.attach_artifacts(study, study.trials[0], files, store)
+    for meta in get_all_artifact_meta(study.trials[0], storage=backend):
+        with store.open_reader(meta.artifact_id) as reader:
+            assert reader.read() == (tmp_path / meta.filename).read_bytes(), meta

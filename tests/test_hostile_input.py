@@ -8,6 +8,7 @@ other part of the input holds, so any piece of it that leaks is caught, not only
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import string
@@ -218,6 +219,7 @@ def test_the_runner_answers_any_input_in_a_few_lines(
         path.write_text(config, encoding="utf-8", errors="surrogateescape")
         argv += ["--config", str(path)]
     capfd.readouterr()
+    gc.collect()  # an earlier test's unreferenced SQLite connection, closed mid-run, removed its -wal/-shm from the tree
     before = tree(tmp_path.parent)
     code = main(argv)
     out, err = capfd.readouterr()

@@ -6,6 +6,7 @@ name, and optuna_compat.py is the one file to change. Each runs on a real SQLite
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 
@@ -139,9 +140,28 @@ def test_8_a_running_trials_stored_state_shows_another_workers_verdict(url: str)
     assert trial_state(trial) == TrialState.FAIL
 
 
+def test_9_an_artifact_linked_under_a_chosen_id_is_one_optuna_reads_back(url: str, tmp_path: Path) -> None:
+    from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
+
+    study = optuna.create_study(storage=url)
+    study.optimize(lambda trial: 1.0, n_trials=1)
+    store = FileSystemArtifactStore(str(tmp_path))
+    store.write("chosen-id", io.BytesIO(b"content"))
+    frozen, backend = study.trials[0], optuna_compat.study_storage(study)
+    with optuna_compat.finished_trial_writable(backend):
+        for _ in range(2):  # twice, as two machines would: still one link
+            optuna_compat.link_artifact(backend, frozen, "chosen-id", "report.html", "text/html")
+    optuna_compat.link_artifact(backend, study, "chosen-id", "report.html", "text/html")
+    (meta,) = get_all_artifact_meta(study.trials[0], storage=backend)
+    assert (meta.artifact_id, meta.filename, meta.mimetype) == ("chosen-id", "report.html", "text/html")
+    assert [m.artifact_id for m in get_all_artifact_meta(study)] == ["chosen-id"]
+    download_artifact(artifact_store=store, artifact_id=meta.artifact_id, file_path=str(tmp_path / "out.html"))
+    assert (tmp_path / "out.html").read_bytes() == b"content"
+
+
 def test_every_private_use_is_listed_in_the_module() -> None:
     assert set(optuna_compat.__all__) == {
-        "ArtifactStore", "SilentTrialAwareStorage", "enqueued", "finished_trial_writable", "set_trial_system_attr",
+        "ArtifactStore", "SilentTrialAwareStorage", "enqueued", "finished_trial_writable", "link_artifact", "set_trial_system_attr",
         "storage_url", "study_storage", "trial_state", "trial_system_attrs",
     }
 

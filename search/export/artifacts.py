@@ -1,25 +1,29 @@
 """Link an export's files to the best trial in the artifact store: one link per file name.
 
 A re-export writes each file's new content into the artifact it linked before, so after any
-number of re-runs the dashboard shows each picture once; only a file that was never linked is
-uploaded as a new artifact.
+number of re-runs the dashboard shows each picture once; a file never linked is written under an
+id drawn from the study's uid, the trial and the file name, so two machines exporting at once
+write one artifact and one link. Where a race of older versions left two links for one name,
+both are given the new content: none shows a stale copy.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import uuid
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
 import optuna
-from optuna.artifacts import get_all_artifact_meta, upload_artifact
+from optuna.artifacts import get_all_artifact_meta
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
 
-from search.optuna_compat import ArtifactStore, finished_trial_writable, study_storage
+from search.optuna_compat import ArtifactStore, finished_trial_writable, link_artifact, study_storage
 
 # What optuna-dashboard shows on the best trial: the pictures and the model in usable forms.
 # Not the .ckpt: it duplicates the safetensors weights in a format that can carry pickles.
@@ -59,21 +63,27 @@ def attach_artifacts(study: optuna.Study, trial: FrozenTrial, paths: Sequence[Pa
         linked_to, storage = f"study {study.study_name!r}", backend
     else:
         target, linked_to, storage = trial, f"trial {trial.number}", backend
-    linked: dict[str, str] = {}
+    linked: dict[str, list[str]] = {}
     for meta in get_all_artifact_meta(target, storage=storage):
-        linked.setdefault(meta.filename, meta.artifact_id)
+        linked.setdefault(meta.filename, []).append(meta.artifact_id)
     ids: dict[str, str] = {}
     with finished_trial_writable(backend) if target is trial else nullcontext():
         for path in paths:
-            artifact_id = linked.get(path.name)
-            if artifact_id is not None:
-                if _stored_digest(store, artifact_id, path.suffix) != content_digest(path.read_bytes(), path.suffix):
-                    with path.open("rb") as content:
-                        store.write(artifact_id, content)
-                ids[path.name] = artifact_id
-                continue
-            ids[path.name] = upload_artifact(
-                artifact_store=store, file_path=str(path), study_or_trial=target, storage=storage,
-                mimetype=ARTIFACT_MIMETYPES.get(path.suffix, "application/octet-stream"),
-            )
+            data = path.read_bytes()
+            owned = linked.get(path.name) or [export_artifact_id(study, None if target is study else trial, path.name)]
+            for artifact_id in owned:  # the content first, then the link: a link never names a missing artifact
+                if _stored_digest(store, artifact_id, path.suffix) != content_digest(data, path.suffix):
+                    store.write(artifact_id, io.BytesIO(data))
+            if path.name not in linked:
+                link_artifact(storage, target, owned[0], path.name, ARTIFACT_MIMETYPES.get(path.suffix, "application/octet-stream"))
+            ids[path.name] = owned[0]
     return linked_to, ids
+
+
+def export_artifact_id(study: optuna.Study, trial: FrozenTrial | None, filename: str) -> str:
+    """The artifact id of an export file never linked before: the same on every machine (the study's
+    uid, the trial, the file name), so exports racing on one study write one artifact."""
+    from search import record
+
+    owner = study.user_attrs.get(record.UID) or study.study_name  # a study made before uids: its name
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"mnist-search:{owner}/{'study' if trial is None else trial.number}/{filename}"))
