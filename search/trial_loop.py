@@ -117,7 +117,8 @@ def start_run(
     def require_same(study: optuna.Study) -> None:
         require_same_data(study, identity)
         require_same_settings(study, stored)
-        location_for_run(study, settings.study.artifact_store)
+        open_store(location_for_run(study, settings.study.artifact_store), create=False)  # reached before this run writes: S3
+        # without credentials was found by each worker, after the study's settings were rewritten
 
     created_with = {record.DATA: identity.as_dict(), record.SETTINGS: stored}  # before the uid: a racing run checks them
     opened = open_study(settings, _storage(settings, url), on_existing=require_same, warm=warm, created_with=created_with)

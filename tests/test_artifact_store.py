@@ -354,14 +354,36 @@ def test_another_location_on_resume_is_refused_before_anything_is_written(tmp_pa
     assert run_tiny(tmp_path, "--trials", "1", "--artifact-store", str(shared)) == 0
     url = f"sqlite:///{tmp_path / 's.db'}"
     before = optuna.load_study(study_name="mnist", storage=reader_storage(url))
+    attrs, trials = dict(before.user_attrs), [(t.state, t.user_attrs, t.system_attrs) for t in before.trials]  # read now, not on access
     capsys.readouterr()
     assert run_tiny(tmp_path, "--trials", "2", "--artifact-store", str(other)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: study 'mnist' keeps its artifacts in") and str(other) in err[0], err
     after = optuna.load_study(study_name="mnist", storage=reader_storage(url))
-    assert after.user_attrs == before.user_attrs
-    assert [(t.state, t.user_attrs, t.system_attrs) for t in after.trials] == [(t.state, t.user_attrs, t.system_attrs) for t in before.trials]
+    assert after.user_attrs == attrs
+    assert [(t.state, t.user_attrs, t.system_attrs) for t in after.trials] == trials
     assert not list(other.iterdir())
+
+
+def test_a_resume_where_the_recorded_store_is_missing_is_refused_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The recorded store was opened only where trials run: a resume on a machine without it
+    (a folder not mounted there, an S3 bucket without credentials) rewrote the study's recorded
+    settings first, and with --workers each worker died with a traceback."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    assert run_tiny(tmp_path, "--trials", "1", "--artifact-store", str(shared)) == 0
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    before = optuna.load_study(study_name="mnist", storage=reader_storage(url))
+    attrs, trials = dict(before.user_attrs), len(before.trials)  # read now: a Study's user_attrs are read from storage on access
+    shared.rename(tmp_path / "unmounted")
+    capsys.readouterr()
+    assert run_tiny(tmp_path, "--trials", "2") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(shared) in err[0] and "does not exist on this machine" in err[0], err
+    after = optuna.load_study(study_name="mnist", storage=reader_storage(url))
+    assert after.user_attrs == attrs and len(after.trials) == trials
 
 
 def test_a_study_without_a_shared_store_cannot_move_to_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
