@@ -134,9 +134,9 @@ def run(args: argparse.Namespace, stop_requested: Callable[[], bool] = lambda: F
     quiet_optuna()
     study = load_existing_study(name, open_existing_storage(url))
     settings = _settings(study, args)
-    check_data(settings.data)  # before torch: a bad data folder answers at once (the export reads it again)
-    if args.reproduce is not None:
+    if args.reproduce is not None:  # checks its trial first: one pruned untrained needs no data
         return reproduce_trial(study, settings, args.reproduce)
+    check_data(settings.data)  # before torch: a bad data folder answers at once (the export reads it again)
     from search.export.exporter import checked_target, export_study
 
     checked_target(study, args.out)  # before the store is opened (which may create this machine's folder)
