@@ -30,8 +30,8 @@ INK_THRESHOLD = 0.2  # share of the brightest pixel that counts as part of the d
 LIGHT_BACKGROUND = 127.5  # a border brighter than this means dark ink on light paper
 # The formats Pillow may open: each reads only its header on open. Others decode on open, before
 # the size check (an ICO's embedded PNG: a 368 KB icon of 9459x9459 took 2 s and 431 MB).
-IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")  # JPEG covers MPO, PPM covers PBM/PGM
-FORMAT_NAMES = "PNG, JPEG, GIF, BMP, TIFF, WebP or PBM/PGM/PPM"
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "AVIF", "PPM")  # JPEG covers MPO, PPM covers PBM/PGM
+FORMAT_NAMES = "PNG, JPEG, GIF, BMP, TIFF, WebP, AVIF or PBM/PGM/PPM"
 MAX_SHOWN = 120  # characters of a path or name an error quotes: its start and its end, where the file name is
 
 

@@ -235,8 +235,8 @@ def predict_csv(model: Model, path: Path) -> list[Prediction]:
     check_csv(path)
     try:
         images, labels = read_csv(path, limit=MAX_CSV_BYTES)
-    except UserInputError as error:  # its messages quote the path and a cell: cut to an error line's length
-        raise PredictError(error_line(str(error))) from None
+    except UserInputError as error:  # it quotes the path whole: shown cut in the middle, so the cut line keeps the reason
+        raise PredictError(str(error).replace(str(path), shown(path))) from None
     if len(labels) > MAX_CSV_ROWS:  # one row over at most, in a file without a header
         raise PredictError(f"{shown(path)}: {len(labels):,} rows; {_split_csv()}")
     pixels = np.stack([to_model_input(image, f"{path} row {i + 1}") for i, image in enumerate(images)])

@@ -87,9 +87,13 @@ def _userinfo_end(rest: str) -> tuple[int, int] | None:
 
 def _host_then_port(rest: str, colon: int) -> bool:
     """Whether the ':' more likely ends a host before its port: `u@h:5432/db?x=a@b` and
-    `u@[::1]:5432/db` hold no password, and an '@' in their query stays in the query."""
+    `u@[::1]:5432/db` hold no password, and an '@' in their query stays in the query. An '@'
+    before the query (`admin@srv:2024/Spring@db-host/db`) ends a password that starts with digits."""
     _, at, host = rest[:colon].rpartition("@")
-    return bool(at) and (host.startswith("[") or re.match(r"\d*(?:[/?]|$)", rest[colon + 1 :]) is not None)
+    after = rest[colon + 1 :]
+    if not at or "@" in after.partition("?")[0]:
+        return False
+    return host.startswith("[") or re.match(r"\d*(?:[/?]|$)", after) is not None
 
 
 def _query_secrets(rest: str) -> list[str]:

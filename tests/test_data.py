@@ -814,3 +814,14 @@ def test_the_sample_images_of_a_csv_are_its_first_nine_rows_as_given(tmp_path: P
     assert torch.equal(split.sample_images, expected)
     # the split's own first rows are others: the samples cannot have come from it
     assert not torch.equal(split.x_train[:9], expected)
+
+
+def test_a_csv_numpy_wrote_with_its_default_format_is_read(tmp_path: Path, mnist_arrays: MnistArrays) -> None:
+    """`np.savetxt(f, rows, delimiter=",")` writes "2.550000000000000000e+02" (25 bytes a cell):
+    the streaming reader's line cap refused such a file, which the earlier reader read."""
+    images, labels = mnist_arrays.train_images[:20].reshape(20, -1), mnist_arrays.train_labels[:20]
+    path = tmp_path / "savetxt.csv"
+    np.savetxt(path, np.column_stack([labels, images]).astype(np.float64), delimiter=",")
+    assert len(path.read_text().splitlines()[0]) > 16 * 785  # longer than the first cap
+    read_images, read_labels = read_csv(path)
+    assert np.array_equal(read_labels, labels) and np.array_equal(read_images.reshape(20, -1), images)

@@ -342,3 +342,12 @@ def test_a_ctrl_c_during_a_download_ends_the_run_at_once_and_leaves_nothing(
         signaller.join(TIMEOUT)
     assert "interrupted before the search started; nothing was created" in capsys.readouterr().err
     assert not list(cache.rglob("*.part")) and not database.exists()
+
+
+def test_a_mirror_user_name_without_a_password_is_not_masked_inside_other_words() -> None:
+    """`http://ro@host/` masked `ro` in every word of the error: `<urlopen er***r ...>`."""
+    from lightning_modules.data.download import _without_secrets
+
+    assert _without_secrets("<urlopen error [Errno 111] Connection refused>", "http://ro@127.0.0.1:9/t.gz") == (
+        "<urlopen error [Errno 111] Connection refused>"
+    )

@@ -21,7 +21,7 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, features
 from PIL.Image import DecompressionBombWarning
 
 from lightning_modules.data.readers import write_csv
@@ -181,7 +181,7 @@ def test_bad_inputs_raise_one_clear_error(known: Known, tmp_path: Path) -> None:
     (tmp_path / "cut.png").write_bytes((tmp_path / "whole.png").read_bytes()[:120])
     Image.fromarray(np.zeros((20, 20), dtype=np.uint8)).save(tmp_path / "small.png")
     cases = {
-        tmp_path / "text.png": "not a PNG, JPEG, GIF, BMP, TIFF, WebP or PBM/PGM/PPM image, or its header is corrupt; save the digit as PNG",
+        tmp_path / "text.png": "not a PNG, JPEG, GIF, BMP, TIFF, WebP, AVIF or PBM/PGM/PPM image, or its header is corrupt; save the digit as PNG",
         tmp_path / "cut.png": "corrupt or truncated image",
         tmp_path / "small.png": "20x20 pixels; it must be at least 28x28",
         tmp_path / "missing.png": "file not found",
@@ -491,7 +491,7 @@ def test_a_corrupt_dds_or_blp_is_one_line(name: str, tmp_path: Path, capsys: pyt
     format is opened now (only IMAGE_FORMATS are)."""
     path = tmp_path / name
     path.write_bytes(CORRUPT_HEADERS[name])
-    with pytest.raises(PredictError, match=f"{name}: not a PNG, JPEG, GIF, BMP, TIFF, WebP or PBM/PGM/PPM image"):
+    with pytest.raises(PredictError, match=f"{name}: not a PNG, JPEG, GIF, BMP, TIFF, WebP, AVIF or PBM/PGM/PPM image"):
         predict.read_image(path)
     bar = np.zeros((784, 10), dtype=np.float32)
     assert predict.main(["--model", str(matmul_folder(tmp_path / "model", bar, "logits")), str(path)]) == 2
@@ -643,7 +643,7 @@ def test_only_formats_opened_from_their_header_are_read(known: Known, tmp_path: 
     big = icon(tmp_path / "big.ico", blank_png(tmp_path / "big.png", 6000, 6000).read_bytes(), 6000)
     assert predict.main(["--model", str(known.folder), str(big)]) == 2
     assert capsys.readouterr().err == (
-        f"error: {big}: not a PNG, JPEG, GIF, BMP, TIFF, WebP or PBM/PGM/PPM image, or its header is corrupt; save the digit as PNG\n"
+        f"error: {big}: not a PNG, JPEG, GIF, BMP, TIFF, WebP, AVIF or PBM/PGM/PPM image, or its header is corrupt; save the digit as PNG\n"
     )
     model = predict.load_model(known.folder)
     for suffix in (".gif", ".bmp", ".webp", ".pgm"):  # PNG, JPEG and TIFF are read in the tests above
@@ -651,6 +651,9 @@ def test_only_formats_opened_from_their_header_are_read(known: Known, tmp_path: 
         for image, path in zip(known.images, paths, strict=False):
             Image.fromarray(image).save(path, **({"lossless": True} if suffix == ".webp" else {}))
         assert digits(predict.predict_images(model, paths)) == known.labels[:3].tolist(), suffix
+    if features.check("avif"):  # what phones and browsers save; lossy, so read, not checked digit by digit
+        Image.fromarray(known.images[0]).save(tmp_path / "digit.avif", quality=100)
+        assert len(predict.predict_images(model, [tmp_path / "digit.avif"])) == 1
 
 
 def loop_folder(folder: Path) -> Path:
@@ -719,7 +722,7 @@ def test_a_file_name_cannot_fake_a_line_of_output(known: Known, tmp_path: Path, 
     ]
 
 
-@pytest.mark.parametrize("case", ["image-name", "csv-name", "deep-image", "deep-model", "csv-cell"])
+@pytest.mark.parametrize("case", ["image-name", "csv-name", "deep-image", "deep-model", "csv-cell", "deep-csv-cell"])
 def test_an_error_quotes_a_bounded_part_of_what_it_names(case: str, known: Known, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Errors quoted a path or a CSV cell whole: a 100,000-character image or CSV name printed
     ~120 KB, a 3,000,000-character cell a 3 MB line. Each error is now one line of a few hundred
@@ -728,6 +731,9 @@ def test_an_error_quotes_a_bounded_part_of_what_it_names(case: str, known: Known
     deep = tmp_path.joinpath(*["d" * 200] * 19, "digit.png")  # ~3,900 characters, under PATH_MAX; never created
     cell = tmp_path / "cell.csv"
     cell.write_text("1," + "x" * 10_000 + ",0" * 783 + "\n")  # a row short enough to be parsed, its cell quoted
+    deep_cell = tmp_path.joinpath(*["c" * 200] * 5, "cell.csv")  # the reader quotes its path whole: over the line's cut
+    deep_cell.parent.mkdir(parents=True)
+    deep_cell.write_bytes(cell.read_bytes())
     model = ["--model", str(known.folder)]
     argv, message = {
         "image-name": ([*model, long_name], "holds a name of 100000 bytes (at most 255 per folder or file name); pass a shorter path"),
@@ -735,6 +741,7 @@ def test_an_error_quotes_a_bounded_part_of_what_it_names(case: str, known: Known
         "deep-image": ([*model, str(deep)], "dddd/digit.png: file not found"),
         "deep-model": (["--model", str(deep.parent), str(deep)], "does not exist; pass --model an export folder written by python -m search.export"),
         "csv-cell": ([*model, "--csv", str(cell)], "' is not a whole number"),
+        "deep-csv-cell": ([*model, "--csv", str(deep_cell)], "' is not a whole number"),
     }[case]
     assert predict.main(argv) == 2
     captured = capsys.readouterr()

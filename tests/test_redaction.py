@@ -72,6 +72,15 @@ def test_a_storage_flag_written_with_equals_is_masked_too() -> None:
     assert "Eq9pw" in secrets_in([word])
 
 
+def test_a_password_starting_with_digits_after_a_user_with_an_at_is_still_a_password() -> None:
+    """`admin@srv:2024/Spring@host/db` looked like host `srv`, port 2024: it connected there and
+    showed the password. An '@' before the query makes `2024/Spring` a password."""
+    url = "postgresql://admin@srv:2024/Spring@127.0.0.1/db"
+    parsed = make_url(normalise_url(url))
+    assert (parsed.username, parsed.password, parsed.host, parsed.database) == ("admin@srv", "2024/Spring", "127.0.0.1", "db")
+    assert redact(url) == "postgresql://admin@srv:***@127.0.0.1/db"
+
+
 def test_a_password_with_at_and_slash_connects_to_the_host_after_the_last_at() -> None:
     """Read as SQLAlchemy reads it unescaped, `P@ss/w0rd` would send `P` to host `ss`, and the
     driver's error would quote the rest of the password as the database name."""

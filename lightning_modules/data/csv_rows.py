@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 
 from lightning_modules.data.files import clipped, non_empty_file
-from lightning_modules.data.format import CSV_COLUMNS, IMAGE_SIDE, MAX_CSV_BYTES, MAX_CSV_LINE_BYTES, MAX_ROWS, N_CLASSES, N_PIXELS
+from lightning_modules.data.format import CSV_CELL_BYTES, CSV_COLUMNS, IMAGE_SIDE, MAX_CSV_BYTES, MAX_CSV_LINE_BYTES, MAX_ROWS, N_CLASSES, N_PIXELS
 from lightning_modules.errors import DataError, one_line
 
 if TYPE_CHECKING:
@@ -122,8 +122,8 @@ def _surely_short(newline: np.ndarray) -> bool:
 
 def _too_long(path: Path, number: int) -> DataError:
     return DataError(
-        f"{path}: row {number} is longer than {MAX_CSV_LINE_BYTES:,} bytes, far more than a row of "
-        f"{CSV_COLUMNS} numbers takes; is this the tutorial's CSV (label, then 784 pixels 0-255)?"
+        f"{path}: row {number} is longer than {MAX_CSV_LINE_BYTES:,} bytes, over {CSV_CELL_BYTES} a cell for its "
+        f"{CSV_COLUMNS} cells; is this the tutorial's CSV (label, then 784 pixels 0-255)?"
     )
 
 

@@ -35,7 +35,10 @@ def mirrors_for(spec: DatasetSpec, env: Mapping[str, str] | None = None) -> tupl
     override = [url.strip() for url in env.get(MIRRORS_ENV, "").split(",") if url.strip()]
     for number, url in enumerate(override, 1):
         if not url.lower().startswith(("http://", "https://")):  # not shown: without a scheme, no part of it is known to be public
-            raise DataError(f"{MIRRORS_ENV}: mirror {number} is not an http:// or https:// URL; give base URLs such as http://host/mnist/, comma-separated")
+            raise DataError(
+                f"{MIRRORS_ENV}: mirror {number} is not an http:// or https:// URL; give base URLs such as http://host/mnist/, "
+                f"comma-separated (for files on this machine, point --data-dir or {DATA_DIR_ENV} at their folder)"
+            )
     if override:
         return tuple(url if url.endswith("/") else url + "/" for url in override)
     return spec.mirrors
@@ -128,8 +131,9 @@ def _without_secrets(text: str, url: str) -> str:
     """`text` (an error from urllib or http.client, which may quote the URL or a piece of it) with
     the URL's user-info and query masked: a mirror's password or token is never shown."""
     parts = urllib.parse.urlsplit(url)
-    userinfo, password = parts.netloc.rpartition("@")[0], parts.password or ""
-    pieces = {userinfo, password, parts.query, *(value for _, value in urllib.parse.parse_qsl(parts.query))}
+    password = parts.password or ""  # a user name alone is no secret: masking `ro` hid it inside every word
+    userinfo = parts.netloc.rpartition("@")[0] if password else ""
+    pieces = {userinfo, password, parts.query, *(value for _, value in urllib.parse.parse_qsl(parts.query) if len(value) > 2)}
     pieces |= {piece for piece in re.split("[@:]", password) if len(piece) > 2}  # urllib splits a password at its '@'
     for piece in sorted((p for p in pieces if p), key=len, reverse=True):
         text = text.replace(piece, "***").replace(urllib.parse.unquote(piece), "***")

@@ -20,6 +20,8 @@ GZIP_MAGIC = b"\x1f\x8b"
 MAX_ROWS = 700_000
 MAX_IDX_BYTES = 16 + MAX_ROWS * N_PIXELS
 MAX_CSV_BYTES = 4 * CSV_COLUMNS * MAX_ROWS  # "255," per cell at most, plus line ends
-# One CSV line, refused past this before it is kept: a row of numbers takes at most 4 bytes a cell
-# ("255,"), a header of names ("label,pixel0,...") ~9, quoted ones ~11; 16 leaves room for spaces.
-MAX_CSV_LINE_BYTES = 16 * CSV_COLUMNS
+# One CSV line, refused past this before it is kept: a row of whole numbers takes 4 bytes a cell
+# ("255,"), a header of names ("label,pixel0,...") ~9, quoted ones ~11, numpy's savetxt default
+# ("2.550000000000000000e+02,") 25: 32 a cell leaves room for signs and spaces.
+CSV_CELL_BYTES = 32
+MAX_CSV_LINE_BYTES = CSV_CELL_BYTES * CSV_COLUMNS
