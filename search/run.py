@@ -248,7 +248,8 @@ def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop
         summary = summary.with_export(metrics.test_accuracy, metrics.export_dir)
         line += f" test_acc={metrics.test_accuracy:.4f}; exported to {metrics.export_dir}"
     print(line)
-    write_study_note(study, summary)
+    if not write_study_note(study, summary):
+        print("note: the study's dashboard note was written by hand; kept as it is (no run summary there)")
     shown_url = shlex.quote(redact(url))
     print(f"watch it: python -m search.dashboard --storage {shown_url}")  # read-only, Host-checked: not the plain optuna-dashboard
     return 0

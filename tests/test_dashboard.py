@@ -332,6 +332,23 @@ def test_study_note_without_target_or_export_says_so() -> None:
     assert "exported pictures" in study_note("mnist", SUMMARY) and "the export's param_importances.png" in study_note("mnist", SUMMARY)
 
 
+def test_a_note_written_by_hand_is_kept_and_a_name_cannot_add_markdown(tmp_path: Path) -> None:
+    """Each run's end replaced the note, so a note a user wrote on a dashboard run with
+    --allow-writes was gone for good; and a study name with a backtick closed its code span, so
+    `x` **[Download](https://evil.example)** `y` rendered a link the project never wrote."""
+    import optuna
+    from optuna_dashboard import get_note, save_note
+
+    storage = writer_storage(f"sqlite:///{tmp_path / 'n.db'}")
+    study = optuna.create_study(study_name="mnist", storage=storage)
+    save_note(study, "MY OWN NOTES: lr > 1e-2 diverges")
+    assert write_study_note(study, SUMMARY) is False
+    assert get_note(load_existing_study("mnist", storage)) == "MY OWN NOTES: lr > 1e-2 diverges"
+    name = "x` **[Download](https://evil.example)** ``y"
+    title = study_note(name, SUMMARY).splitlines()[0]
+    assert title == f"## Run summary: study ``` {name} ```", title  # a fence longer than any run of backticks in it
+
+
 def test_write_study_note_replaces_the_previous_note(tmp_path: Path) -> None:
     import optuna
     from optuna_dashboard import get_note

@@ -172,3 +172,19 @@ def test_a_trial_resumed_after_an_interruption_reproduces(tmp_path: Path, capsys
     assert len(rows) == 3 and rows[0][0] == rows[0][1]  # epoch 0 runs at the full rate under either schedule
     assert [r for r, _ in rows] == [round(retry.intermediate_values[epoch], 6) for epoch in range(3)]
     assert any(r != p for r, p in rows[1:])
+
+
+def test_the_reproduce_command_names_a_study_whose_name_starts_with_a_dash() -> None:
+    """`--study-name -rf` as two words: argparse took `-rf` for an option, so the command the
+    report printed failed with "expected one argument"."""
+    import shlex
+
+    import optuna
+
+    from search.export.__main__ import parse_args
+    from search.export.reproduce import reproduce_command
+
+    study = optuna.create_study(study_name="-rf")
+    words = shlex.split(reproduce_command(study, 2, "sqlite:////tmp/x.db"))
+    args = parse_args(words[3:])
+    assert (args.study_name, args.reproduce, args.study_storage) == ("-rf", 2, "sqlite:////tmp/x.db")

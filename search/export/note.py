@@ -7,6 +7,7 @@ rather than "Objective 0".
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 import optuna
@@ -31,6 +32,17 @@ class RunSummary:
         return replace(self, test_accuracy=test_accuracy, export_dir=export_dir)
 
 
+NOTE_TITLE = "## Run summary: study "  # a note that starts so is a run's own, replaced by the next run's
+
+
+def _code(value: str) -> str:
+    """`value` as a Markdown code span fenced with more backticks than it holds: a study name (or
+    folder) with a backtick closed a single-backtick span, and the rest rendered as Markdown (a
+    name could add a link to the note)."""
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", value)), default=0) + 1)
+    return f"{fence} {value} {fence}" if "`" in value else f"`{value}`"
+
+
 def _fmt(value: float | None) -> str:
     return f"{value:.4f}" if value is not None else "n/a"
 
@@ -53,7 +65,7 @@ def study_note(study_name: str, summary: RunSummary) -> str:
         if n is not None else ""
     )
     lines = [
-        f"## Run summary: study `{study_name}`",
+        f"{NOTE_TITLE}{_code(study_name)}",
         "",
         f"- **Target** validation accuracy: {_fmt(target) if target is not None else 'none (spend the whole budget)'}",
         f"- **Budget**: {summary.budget} finished trials",
@@ -61,7 +73,7 @@ def study_note(study_name: str, summary: RunSummary) -> str:
         f"- **Best**: {best}{f' ({summary.classifier})' if summary.classifier else ''}",
         f"- **Best validation accuracy**: {_fmt(summary.val_accuracy)}",
         f"- **Test accuracy** of the best trial: {_fmt(summary.test_accuracy)}",
-        f"- **Export folder**: {f'`{summary.export_dir}`' if summary.export_dir else 'none (export off)'}",
+        f"- **Export folder**: {_code(summary.export_dir) if summary.export_dir else 'none (export off)'}",
         "",
         _artifacts_line(summary.export_dir is not None)
         + "the Intermediate Values chart shows validation accuracy per epoch, where pruned trials stop early. "
@@ -72,11 +84,17 @@ def study_note(study_name: str, summary: RunSummary) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_study_note(study: optuna.Study, summary: RunSummary) -> None:
-    """Replace the study's dashboard note with the summary of the run that just ended."""
+def write_study_note(study: optuna.Study, summary: RunSummary) -> bool:
+    """Replace the study's dashboard note with the summary of the run that just ended, unless a
+    user wrote the note (on a dashboard run with --allow-writes): each run's end replaced it, and
+    the user's text was gone for good. Returns whether the note was written."""
     from optuna.trial import TrialState
-    from optuna_dashboard import save_note
+    from optuna_dashboard import get_note, save_note
 
-    dnn = sum(t.params.get("classifier") == "dnn" for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     study.set_metric_names([OBJECTIVE_NAME])
+    current = get_note(study)
+    if current.strip() and not current.startswith(NOTE_TITLE):
+        return False
+    dnn = sum(t.params.get("classifier") == "dnn" for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     save_note(study, study_note(study.study_name, replace(summary, completed_dnn_trials=dnn)))
+    return True

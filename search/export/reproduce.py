@@ -109,7 +109,7 @@ def reproduce(trial: FrozenTrial, split: DataSplit, settings: Settings) -> Repro
 def reproduce_command(study: optuna.Study, trial_number: int, storage_url: str | None, data_dir: Path | None = None) -> str:
     """The shell command that reproduces a trial (the storage's password masked); `data_dir`
     names the IDX folder when the study found it through the environment."""
-    parts = ["python", "-m", "search.export", "--reproduce", str(trial_number), "--study-name", study.study_name]
+    parts = ["python", "-m", "search.export", "--reproduce", str(trial_number), f"--study-name={study.study_name}"]  # = : a name may start with -
     if storage_url:
         parts += ["--storage", redact(storage_url)]
     if data_dir is not None:
