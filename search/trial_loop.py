@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from lightning_modules.data.datasets import DATASETS
 from lightning_modules.data.sources import DataSource
 from lightning_modules.data.split import DataSplit
 from lightning_modules.device import CUDA_VISIBLE_DEVICES, Device, configure_torch, physical_ids, worker_visible_devices
@@ -50,8 +51,8 @@ def stored_settings(settings: Settings, url: str, source: DataSource) -> dict[st
         if raw[section][key] is not None:
             raw[section][key] = redact(raw[section][key])
     data = raw["data"]
-    if source.kind == "csv" or (data["source"] and source.path.is_dir()):
-        data["source"] = str(source.path.resolve())
+    if source.kind == "csv" or (data["source"] and data["source"].lower() not in DATASETS and source.path.is_dir()):
+        data["source"] = str(source.path.resolve())  # a name stays a name: fashion-mnist's folder read later was checked as MNIST's
     elif not source.download:
         data["data_dir"] = str(source.path.resolve())
     return raw

@@ -188,3 +188,22 @@ def test_a_study_without_a_recorded_identity_whose_data_is_gone_is_refused(
     code = run_main([*study_args(tmp_path), "--trials", "2"])  # MNIST, which the study never saw
     assert_one_line_refusal(code, capsys, "recorded no data identity", str(other_csv), "file not found")
     assert snapshot(url) == before
+
+
+@pytest.mark.parametrize(("download", "data_dir"), [(False, "/usr/share/datasets/fashion-mnist"), (True, None)])
+def test_a_dataset_name_is_recorded_as_a_name_and_read_back_as_that_dataset(download: bool, data_dir: str | None, tmp_path: Path) -> None:
+    """`--data fashion-mnist` was recorded as its folder, which the export and --reproduce (the
+    report's own command) then read as MNIST's files and refused: a name is kept, its folder
+    recorded as the data folder unless it is the download cache."""
+    from lightning_modules.data.datasets import FASHION_MNIST
+    from lightning_modules.data.sources import DataSource, resolve_data_source
+    from search.settings import Settings
+    from search.settings_file import load_settings
+    from search.trial_loop import stored_settings
+
+    folder = Path("/usr/share/datasets/fashion-mnist") if not download else tmp_path / "cache" / "fashion-mnist"
+    settings = load_settings(None, {"data": {"source": "fashion-mnist"}})
+    stored = stored_settings(settings, f"sqlite:///{tmp_path / 's.db'}", DataSource("idx", folder, FASHION_MNIST, download=download))
+    assert (stored["data"]["source"], stored["data"]["data_dir"]) == ("fashion-mnist", data_dir)
+    recorded = Settings.model_validate(stored).data
+    assert resolve_data_source(recorded.source, recorded.data_dir, env={}, cache_dir=tmp_path / "cache").spec is FASHION_MNIST
