@@ -241,10 +241,10 @@ class Settings(Strict):
             return self
         if pruner.name in ("successive_halving", "hyperband") and pruner.min_resource > last:
             raise ValueError(f"pruner.min_resource {pruner.min_resource} is past the last epoch index ({last}) of training.max_epochs "
-                             f"{self.training.max_epochs}, so {pruner.name} would never prune; lower it or raise max_epochs")
+                             f"{self.training.max_epochs}, so {pruner.name} would never prune; lower it in the config file or raise --max-epochs")
         if pruner.name == "median" and pruner.n_warmup_steps > last:
             raise ValueError(f"pruner.n_warmup_steps {pruner.n_warmup_steps} is past the last epoch index ({last}) of training.max_epochs "
-                             f"{self.training.max_epochs}, so the median pruner would never prune; lower it or raise max_epochs")
+                             f"{self.training.max_epochs}, so the median pruner would never prune; lower it in the config file or raise --max-epochs")
         return self
 
     @model_validator(mode="before")
