@@ -107,7 +107,7 @@ def test_a_trial_stopped_at_the_target_reproduces_and_the_export_says_how(
     metrics = json.loads((default_export_dir("mnist") / "metrics.json").read_text())  # the run's own export
     command = shlex.split(metrics["reproduce_command"])
     assert command[:5] == ["python", "-m", "search.export", "--reproduce", "0"]
-    assert command[5:] == ["--study-name", "mnist", "--storage", url, "--data-dir", str(mnist_dir)]
+    assert command[5:] == ["--study-name=mnist", "--storage", url, "--data-dir", str(mnist_dir)]
     capsys.readouterr()
     assert export_main(command[3:]) == 0  # the command as written, minus the interpreter
     assert_reproduced(capsys.readouterr().out, trial)
