@@ -290,10 +290,11 @@ def location_for_run(study: optuna.Study, given: str | None) -> StoreLocation:
 
 
 def storage_location(storage: Any) -> StoreLocation:
-    """For a reader of every study in a storage (the dashboard): the one location they recorded."""
+    """For a reader of every study in a storage (the dashboard): their one store; a study that recorded
+    none uses this machine's folder (serving a shared one made each of its artifacts a server error)."""
     from search.record import ARTIFACT_STORE
 
-    found = sorted({str(s.user_attrs[ARTIFACT_STORE]) for s in storage.get_all_studies() if s.user_attrs.get(ARTIFACT_STORE)})
+    found = sorted({str(s.user_attrs.get(ARTIFACT_STORE) or LOCAL) for s in storage.get_all_studies()})
     if len(found) > 1:
         raise ArtifactStoreError(f"the studies in this storage keep artifacts in {len(found)} stores ({', '.join(found)}); pass --artifact-store")
-    return parse_location(found[0]) if found else local_location()
+    return local_location() if found in ([], [LOCAL]) else parse_location(found[0])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -420,22 +421,27 @@ def test_a_search_on_s3_keeps_its_models_there_and_any_machine_exports_them(
 
 
 def test_the_dashboard_shows_the_store_the_studies_recorded(tmp_path: Path) -> None:
-    from search.artifact_stores import storage_location
+    """A study that recorded no store keeps its artifacts in this machine's folder: beside a study
+    with a shared store, the dashboard served the shared one for both and every artifact of the
+    other was a server error; the mix is refused like two shared stores."""
+    from search.artifact_stores import LOCAL, storage_location
     from search.dashboard import open_dashboard, parse_args
 
     url = f"sqlite:///{tmp_path / 'd.db'}"
     shared = tmp_path / "shared"
     shared.mkdir()
     optuna.create_study(study_name="a", storage=url).set_user_attr(record.ARTIFACT_STORE, str(shared))
-    optuna.create_study(study_name="b", storage=url)  # recorded none: it adds no store
     board = open_dashboard(parse_args(["--storage", url, "--port", "0"]))
     try:
         assert board.artifacts == str(shared)
     finally:
         board.server.server_close()
         board.storage.engine.dispose()
+    optuna.create_study(study_name="b", storage=url)  # recorded none: this machine's folder
+    with pytest.raises(ArtifactStoreError, match=f"in 2 stores .*{re.escape(LOCAL)}.*pass --artifact-store"):
+        storage_location(reader_storage(url))
     optuna.create_study(study_name="c", storage=url).set_user_attr(record.ARTIFACT_STORE, "s3://other-bucket/x")
-    with pytest.raises(ArtifactStoreError, match="in 2 stores .*pass --artifact-store"):
+    with pytest.raises(ArtifactStoreError, match="in 3 stores .*pass --artifact-store"):
         storage_location(reader_storage(url))
 
 
