@@ -49,7 +49,7 @@ def parse_settings(argv: list[str]) -> Settings:
     overrides = overrides_from_args(args, RUN_FLAGS)
     if args.no_export:
         overrides["export"] = False
-    settings = load_settings(args.config, overrides)
+    settings = load_settings(args.config, overrides, {flag.key: flag.name for flag in RUN_FLAGS})
     if "trials" in overrides.get("warm_start", {}) and settings.warm_start.study is None:  # as --warm-start-storage alone is
         raise UserInputError(f"--warm-start-trials {settings.warm_start.trials} counts the trials of a warm start; add --warm-start STUDY, or drop it")
     return settings

@@ -195,12 +195,18 @@ def check_overridden_values(raw: dict[str, Any], overrides: dict[str, Any], orig
             raise ConfigError(_describe_one(bad, origin)) from None
 
 
-def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
-    """Defaults <- config file <- command-line overrides (nested dicts), validated together."""
+def load_settings(
+    path: Path | None = None, overrides: dict[str, Any] | None = None, names: dict[tuple[str, ...], str] | None = None
+) -> Settings:
+    """Defaults <- config file <- command-line overrides (nested dicts), validated together; an
+    error in a value a flag gave names the flag (`names`: settings key -> flag), not the file."""
     raw = exponent_floats(read_config_file(path)) if path is not None else {}
     origin = f"in {path}" if path is not None else "value"
     check_overridden_values(raw, overrides or {}, origin)
     try:
         return Settings.model_validate(merge_settings(raw, overrides or {}))
     except ValidationError as error:
+        first = error.errors()[0]
+        if names and _overridden(tuple(first["loc"]), overrides or {}):
+            raise ConfigError(_describe_one(first, "option", names)) from None
         raise ConfigError(describe_invalid(error, origin)) from None

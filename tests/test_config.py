@@ -141,6 +141,28 @@ def test_a_bad_value_a_flag_overrides_is_still_a_bad_file(tmp_path: Path, conten
     assert str(error.value).startswith(f"invalid config in {path}: ") and all(w in str(error.value) for w in words), error.value
 
 
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--trials", "0"], ["--trials", "greater than 0", "(got 0)"]),
+        (["--target-accuracy", "2"], ["--target-accuracy", "(got 2.0)"]),
+        (["--max-epochs", "2000"], ["--max-epochs", "(got 2000)"]),
+    ],
+)
+def test_a_bad_flag_value_names_the_flag_not_the_config_file(tmp_path: Path, argv: list[str], words: list[str]) -> None:
+    """`--config empty.yaml --trials 0` said "invalid config in empty.yaml: study.trials": the file
+    held nothing; the value came from the flag."""
+    from search.run import parse_settings
+
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    for config in ([], ["--config", str(path)]):
+        with pytest.raises(ConfigError) as error:
+            parse_settings([*config, *argv])
+        assert str(error.value).startswith("invalid config option: ") and str(path) not in str(error.value), error.value
+        assert all(word in str(error.value) for word in words), error.value
+
+
 @pytest.mark.parametrize("name", ["exp:v2@gpu", "lr 1:10@bs64", "a@b"])
 def test_a_name_with_a_colon_and_an_at_is_a_name_not_a_url(name: str) -> None:
     """Only a URL (a scheme's '://') with a password is refused as a study name."""
