@@ -121,6 +121,15 @@ class SpaceConfig(Strict):
             raise ValueError(f"weight decay must lie in [0, 1] (got [{value.low}, {value.high}])")
         return value
 
+    @field_validator("classifier", "optimizer", "batch_size")
+    @classmethod
+    def _each_choice_once(cls, value: list[Any]) -> list[Any]:
+        """Optuna keeps a repeated choice: [64, 128, 128] drew 128 twice as often, unsaid."""
+        repeated = sorted({str(v) for v in value if value.count(v) > 1})
+        if repeated:
+            raise ValueError(f"lists {', '.join(repeated)} more than once; name each choice once")
+        return value
+
     @field_validator("batch_size")
     @classmethod
     def _positive_batches(cls, value: list[int]) -> list[int]:

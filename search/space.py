@@ -26,7 +26,7 @@ def suggest_params(trial: optuna.trial.BaseTrial, space: SpaceConfig) -> HyperPa
     hidden: tuple[int, ...] = ()
     dropout = 0.0
     if classifier == "dnn":
-        layers = trial.suggest_int("hidden_layers", space.hidden_layers.low, space.hidden_layers.high)
+        layers = trial.suggest_int("hidden_layers", space.hidden_layers.low, space.hidden_layers.high, log=space.hidden_layers.log)
         hidden = tuple(
             trial.suggest_int(f"units_l{i + 1}", space.units.low, space.units.high, log=space.units.log)
             for i in range(layers)

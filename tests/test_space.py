@@ -132,3 +132,22 @@ def test_constant_liar_reaches_tpe() -> None:
         drawn[liar] = [t.params for t in study.trials]
     assert drawn[True][:9] == drawn[False][:9]  # the same until a trial runs beside the one asked
     assert drawn[True][9:] != drawn[False][9:]
+
+
+def test_every_range_suggests_on_the_scale_the_config_names() -> None:
+    """`hidden_layers: {log: true}` was accepted, recorded with the study's settings, and ignored."""
+    overrides = {"space": {"classifier": ["dnn"], "hidden_layers": {"low": 1, "high": 4, "log": True}}, "baseline": {"enabled": False}}
+    space = load_settings(None, overrides).space
+    study = optuna.create_study()
+    trial = study.ask()
+    suggest_params(trial, space)
+    assert trial.distributions["hidden_layers"].log and trial.distributions["units_l1"].log == space.units.log
+
+
+@pytest.mark.parametrize(("field", "value"), [("batch_size", [64, 128, 128]), ("optimizer", ["adam", "adam"]), ("classifier", ["dnn", "dnn"])])
+def test_a_choice_listed_twice_is_refused(field: str, value: list) -> None:
+    """Optuna keeps a repeated choice: [64, 128, 128] drew 128 in 217 of 300 random trials, unsaid."""
+    from search.settings_file import ConfigError
+
+    with pytest.raises(ConfigError, match=f"space.{field}: lists .* more than once"):
+        load_settings(None, {"space": {field: value}, "first_dnn": {"enabled": False}, "baseline": {"enabled": False}})
