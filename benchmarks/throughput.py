@@ -120,18 +120,16 @@ def _epoch_timer():  # noqa: ANN202
 def trial_callbacks(tmp: Path) -> list:
     """The callbacks search.objective adds to every trial, on an in-memory study."""
     import optuna
-    from optuna_integration import PyTorchLightningPruningCallback
 
     from lightning_modules.callbacks import EpochCheckpoint, StopOnRequest
-    from lightning_modules.metric_names import MONITOR
-    from search.trial_callbacks import EpochRecorder, StopAtStudyTarget
+    from search.trial_callbacks import EpochRecorder, PruneBeforeTheLastEpoch, StopAtStudyTarget
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(direction="maximize")
     trial = study.ask()
     return [
         EpochRecorder(trial),
-        PyTorchLightningPruningCallback(trial, monitor=MONITOR),
+        PruneBeforeTheLastEpoch(trial),
         StopAtStudyTarget(study, 0.999),
         EpochCheckpoint(tmp / "trial.ckpt"),
         StopOnRequest(threading.Event()),

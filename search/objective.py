@@ -16,7 +16,6 @@ from pathlib import Path
 import optuna
 from optuna.artifacts import upload_artifact
 from optuna.trial import TrialState
-from optuna_integration import PyTorchLightningPruningCallback
 
 from lightning_modules.callbacks import EpochCheckpoint, StopOnRequest
 from lightning_modules.data.split import DataSplit
@@ -42,7 +41,7 @@ from search.sampling import seed_scheme, trial_seed
 from search.settings import FULL_PRECISION, Settings
 from search.space import suggest_params
 from search.stopping import SurplusTrial, over_budget, trial_at_target
-from search.trial_callbacks import EpochRecorder, ReportEpochs, StopAtStudyTarget
+from search.trial_callbacks import EpochRecorder, PruneBeforeTheLastEpoch, ReportEpochs, StopAtStudyTarget
 
 
 def trial_seeds(trial: optuna.Trial, settings: Settings) -> record.TrialSeeds:
@@ -149,7 +148,7 @@ def make_objective(
             promoted = record.promoted_from(trial) is not None  # never pruned: its epochs do not compare (search/promotion.py)
             callbacks = [
                 EpochRecorder(trial),
-                ReportEpochs(trial) if promoted else PyTorchLightningPruningCallback(trial, monitor=MONITOR),
+                ReportEpochs(trial) if promoted else PruneBeforeTheLastEpoch(trial),
                 StopAtStudyTarget(trial.study, target),
                 EpochCheckpoint(checkpoint.path, on_saved=checkpoint.upload),
                 StopOnRequest(stop_event),

@@ -133,7 +133,7 @@ class PrunerConfig(Strict):
     name: Literal["median", "successive_halving", "hyperband", "none"] = Field(
         default="median", description="median | successive_halving (per classifier) | hyperband | none",
     )
-    n_startup_trials: int = Field(default=3, ge=0, le=10_000, description="median: finished trials of a classifier before pruning starts")
+    n_startup_trials: int = Field(default=3, ge=0, le=10_000, description="median: completed (not pruned) trials of a classifier before pruning starts")
     n_warmup_steps: int = Field(default=0, ge=0, le=1000, description="median: epochs a trial always runs before it can be pruned")
     min_resource: int = Field(default=1, gt=0, le=1000, description="successive_halving, hyperband: the epoch index (from 0) of the first rung; 1: after 2 epochs")
     reduction_factor: int = Field(default=3, gt=1, le=100, description="successive_halving, hyperband: how many trials each rung keeps one of")
@@ -234,16 +234,16 @@ class Settings(Strict):
 
     @model_validator(mode="after")
     def _pruner_within_the_epochs(self, info: ValidationInfo) -> Settings:
-        """A first rung (or warm-up) at or past the last epoch never prunes: the run would look
-        pruned and train every trial in full. A new run's settings only (`RECORDED`)."""
+        """A first rung (or warm-up) at or past the last epoch (only reported: search/trial_callbacks.py)
+        never prunes; a new run's settings only (`RECORDED`); no warm-up and one epoch is allowed."""
         pruner, last = self.pruner, self.training.max_epochs - 1
         if info.context == RECORDED:
             return self
-        if pruner.name in ("successive_halving", "hyperband") and pruner.min_resource > last:
-            raise ValueError(f"pruner.min_resource {pruner.min_resource} is past the last epoch index ({last}) of training.max_epochs "
-                             f"{self.training.max_epochs}, so {pruner.name} would never prune; lower it in the config file or raise --max-epochs")
-        if pruner.name == "median" and pruner.n_warmup_steps > last:
-            raise ValueError(f"pruner.n_warmup_steps {pruner.n_warmup_steps} is past the last epoch index ({last}) of training.max_epochs "
+        if pruner.name in ("successive_halving", "hyperband") and pruner.min_resource >= last:
+            raise ValueError(f"pruner.min_resource {pruner.min_resource} is not before the last epoch index ({last}) of training.max_epochs {last + 1}, "
+                             f"so {pruner.name} would never prune; raise --max-epochs to at least {pruner.min_resource + 2} or lower it in the config file")
+        if pruner.name == "median" and pruner.n_warmup_steps and pruner.n_warmup_steps >= last:
+            raise ValueError(f"pruner.n_warmup_steps {pruner.n_warmup_steps} is not before the last epoch index ({last}) of training.max_epochs "
                              f"{self.training.max_epochs}, so the median pruner would never prune; lower it in the config file or raise --max-epochs")
         return self
 

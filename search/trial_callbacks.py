@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 import optuna
+from optuna_integration import PyTorchLightningPruningCallback
 
 from lightning_modules.metric_names import MONITOR
 from search import record
@@ -34,6 +35,22 @@ class ReportEpochs(pl.Callback):
         score = trainer.callback_metrics.get(MONITOR)
         if not trainer.sanity_checking and score is not None:
             self.trial.report(float(score), step=pl_module.current_epoch)
+
+
+class PruneBeforeTheLastEpoch(PyTorchLightningPruningCallback):
+    """Optuna's pruning callback until the last epoch, which it only reports: a trial pruned there
+    had trained in full, saved nothing, and dropped out of the best, the promotions and the target
+    (a median pruner with --max-epochs 1 pruned fully trained trials)."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        super().__init__(trial, monitor=MONITOR)
+        self.report_only = ReportEpochs(trial)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.max_epochs is not None and pl_module.current_epoch >= trainer.max_epochs - 1:
+            self.report_only.on_validation_end(trainer, pl_module)
+        else:
+            super().on_validation_end(trainer, pl_module)
 
 
 class StopAtStudyTarget(pl.Callback):

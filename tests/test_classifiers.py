@@ -314,6 +314,25 @@ def test_trial_value_intermediate_values_and_history_agree_exactly(tiny_split: D
     assert reproduction.matches and reproduction.reproduced == reproduction.recorded
 
 
+@pytest.mark.parametrize(("max_epochs", "state", "epochs"), [(1, "COMPLETE", 1), (2, "PRUNED", 1), (3, "PRUNED", 1)])
+def test_the_pruner_is_never_asked_at_the_last_epoch(tiny_split: DataSplit, max_epochs: int, state: str, epochs: int) -> None:
+    """A pruner that prunes every trial at every epoch: before the last epoch it stops the trial,
+    at the last one the trial, trained in full, completes (a median pruner with --max-epochs 1
+    marked fully trained trials pruned, and they dropped out of the best and the target)."""
+    import optuna
+
+    from search.trial_callbacks import PruneBeforeTheLastEpoch
+
+    def objective(trial: optuna.Trial) -> float:
+        return fit(DNN, tiny_split, seed=7, max_epochs=max_epochs, callbacks=[PruneBeforeTheLastEpoch(trial)]).metrics[MONITOR]
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.0))  # below 1.0: pruned
+    study.optimize(objective, n_trials=1, catch=())
+    trial = study.trials[0]
+    assert trial.state.name == state and len(trial.intermediate_values) == epochs
+
+
 def test_a_model_file_that_cannot_be_written_is_an_os_error_naming_it(tmp_path: Path) -> None:
     """safetensors raised its own error on a full disk ("I/O error: No space left on device"),
     which no caller's `except OSError` caught: `search.export` onto a full disk ended in a

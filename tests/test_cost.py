@@ -94,7 +94,7 @@ def test_a_search_prunes_costly_nets_before_training_and_trains_the_rest(
             assert ratio is not None and ratio > 1 and t.user_attrs[record.OVER_COST] == round(ratio, 2)
             assert "not trained" in trial_line(t)
         else:
-            assert t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.intermediate_values  # trained
+            assert t.state == TrialState.COMPLETE and t.intermediate_values  # trained its one epoch, the last: never pruned there
             assert ratio is None or ratio <= 1
     trained_dnns = [t for t in trials if t.params["classifier"] == "dnn" and t not in over]
     assert len(trained_dnns) >= 2  # the first DNN and at least one cheaper net
