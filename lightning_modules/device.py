@@ -94,6 +94,16 @@ def configure_torch(workers: int = 1, cores: int | None = None) -> int:
     return threads
 
 
+def placement(device: str) -> dict[str, object]:
+    """Where a fit runs, as a trial records it: a CPU's float sums depend on its thread count (one
+    and two threads gave one trial 0.9535 and 0.954 after 8 epochs), a GPU's on its model."""
+    import torch
+
+    if device.startswith("cuda"):
+        return {"device": "cuda", "gpu": torch.cuda.get_device_name(torch.device(device))}
+    return {"device": "cpu", "threads": torch.get_num_threads()}
+
+
 def visible_gpus() -> list[str]:
     """Names of the GPUs torch can use, by visible index; empty on a CPU-only build or machine."""
     import torch

@@ -17,5 +17,5 @@ HISTORY_KEYS = (EPOCH, STEP, TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, MONITOR)
 # Every logged metric is rounded to this many decimals where it is computed: torchmetrics works
 # in float32, whose 0.9519 reads 0.9519000053405762 once widened to a Python float, and the
 # trial's value, intermediate values and history must show (and compare as) the same number.
-# Six decimals separate every accuracy of up to 10^6 rows, and are what reproduce's 1e-6 compares.
+# Six decimals separate every accuracy of up to 10^6 rows, and are what reproduce compares (to half the last).
 METRIC_DECIMALS = 6

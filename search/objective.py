@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from lightning_modules.callbacks import EpochCheckpoint, StopOnRequest
 from lightning_modules.data.split import DataSplit
+from lightning_modules.device import placement
 from lightning_modules.errors import TrainingInterrupted
 from lightning_modules.metric_names import MONITOR
 from lightning_modules.model_file import save_model_file
@@ -141,7 +142,7 @@ def make_objective(
         hp = suggest_params(trial, settings.space)
         prune_if_over_cost(trial, settings.space.max_cost_ratio)
         seeds, key, arguments = trial_seeds(trial, settings), checkpoint_key(trial), fit_arguments(trial, settings)
-        record.record_start(trial, seeds, key, hp.to_dict(), arguments)
+        record.record_start(trial, seeds, key, hp.to_dict(), arguments, placement(device))
         checkpoint: TrialCheckpoint | None = None
         try:  # from the checkpoint's fetch to the best weights' upload: a full disk anywhere hands the trial back
             checkpoint = _trial_checkpoint(trial, key, checkpoint_dir, artifact_store, retry)

@@ -3,7 +3,7 @@
     python -m search.predict --model storage/exports/mnist digit.png [more.png ...]
     python -m search.predict --model storage/exports/mnist --csv rows.csv
 
-Images: PNG, JPEG, GIF, BMP, TIFF, WebP or PBM/PGM/PPM, grayscale or colour, 28x28 or larger, up
+Images: PNG, JPEG, GIF, BMP, TIFF, WebP, AVIF or PBM/PGM/PPM, grayscale or colour, 28x28 or larger, up
 to 4096x4096 pixels (judged from the file's header, before it is decoded). Dark digits on a light background are
 inverted (MNIST is white on black). A larger image is framed the way MNIST was made: the digit's
 bounding box is scaled to fit 20x20 and centred by its centre of mass in a 28x28 image. CSV: the

@@ -46,6 +46,8 @@ RESUMED_FROM_EPOCH = "resumed_from_epoch"
 SURPLUS = "surplus"  # set on a trial that stepped aside before training (the budget was spent)
 OVER_COST = "over_cost"  # set on a DNN pruned before training: its multiply-adds over the median tried DNN's (search/cost.py)
 MAX_EPOCHS = "max_epochs"  # input: set on an enqueued trial (the baseline, a promotion) to train it for other epochs
+TRAINED_ON = "trained_on"  # {"device": "cpu", "threads": N} or {"device": "cuda", "gpu": name}: what
+#              the values depend on besides the record (lightning_modules.device.placement)
 PROMOTED_FROM = "promoted_from"  # input: the base-budget trial a promotion retrains longer (search/promotion.py)
 
 # ---------------------------------------------------------------- trial system attributes (hidden)
@@ -127,11 +129,13 @@ def read_seeds(trial: AnyTrial) -> TrialSeeds | None:
     return None if any(v is None for v in values) else TrialSeeds(*(int(v) for v in values))
 
 
-def record_start(trial: optuna.Trial, seeds: TrialSeeds, checkpoint_key: int, hyperparams: dict[str, Any], fit: dict[str, Any]) -> None:
+def record_start(
+    trial: optuna.Trial, seeds: TrialSeeds, checkpoint_key: int, hyperparams: dict[str, Any], fit: dict[str, Any], trained_on: dict[str, Any]
+) -> None:
     """What any trial needs to be re-run exactly, written before training starts."""
     for key, value in (
         (SEED_SAMPLER, seeds.sampler), (SEED_TRAINING, seeds.training), (SEED_SPLIT, seeds.split),
-        (CHECKPOINT_KEY, checkpoint_key), (HYPERPARAMS, hyperparams), (FIT, fit),
+        (CHECKPOINT_KEY, checkpoint_key), (HYPERPARAMS, hyperparams), (FIT, fit), (TRAINED_ON, trained_on),
     ):
         write(trial, key, value)
 

@@ -1,7 +1,8 @@
 """The sampler of a study, seeded per trial: trial n samples with a seed drawn from (seed, n).
 
 Seeding by trial number, not by process, makes the search reproducible from the seed alone
-(a resumed study samples trial n as an uninterrupted one would, given the same history) and
+(trial n samples as it did in another run with the same history: a stop and resume changes the
+history, since the interrupted trial is retried under a new number, so later trials differ) and
 keeps two processes that open one study at the same moment (several machines, or two runs
 started together) from drawing identical parameters: no two of them ever sample the same
 trial number.

@@ -127,6 +127,9 @@ def start_run(
     location = location_for_run(study, settings.study.artifact_store)
     if record.DATA not in study.user_attrs:  # a study from before identities were recorded
         study.set_user_attr(record.DATA, identity.as_dict())
+    previous = study.user_attrs.get(record.SETTINGS)
+    if not opened.created and isinstance(previous, dict) and isinstance(previous.get("warm_start"), dict):
+        stored = {**stored, "warm_start": previous["warm_start"]}  # a warm start runs at creation: a resume's --warm-start-trials never did
     study.set_user_attr(record.SETTINGS, stored)  # this run's budget, target, workers: what the export reports
     status = study_status(study)
     target = settings.study.target_accuracy

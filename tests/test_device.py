@@ -108,7 +108,7 @@ def test_device_flags_reach_the_settings() -> None:
         (["--devices", "0,x"], [H200], ["GPU indices like 0 or 0,1"]),
         (["--devices", "4096"], [H200], ["distinct GPU indices 0-4095"]),
         (["--devices", "0,0"], [H200], ["distinct GPU indices 0-4095"]),
-        (["--accelerator", "tpu"], [H200], ["training.accelerator", "tpu"]),
+        (["--accelerator", "tpu"], [H200], ["--accelerator", "tpu"]),
     ],
 )
 def test_a_device_the_machine_lacks_is_refused_before_any_study_is_created(

@@ -112,7 +112,7 @@ def test_no_promotion_is_queued_once_the_target_is_reached(tmp_path: Path) -> No
 def test_a_promotion_trains_its_longer_budget_and_is_never_pruned(tmp_path: Path, tiny_split: DataSplit) -> None:
     settings = load_settings(None, {
         "study": {"name": "r", "trials": 10, "target_accuracy": None},
-        "training": {"max_epochs": 1, "promote_factor": 2, "snapshot_steps": []},
+        "training": {"max_epochs": 2, "promote_factor": 2, "snapshot_steps": []},  # 2: the last epoch is never pruned
         "baseline": {"enabled": False}, "first_dnn": {"enabled": False},
     })
     storage = writer_storage(f"sqlite:///{tmp_path / 'r.db'}")
@@ -120,13 +120,13 @@ def test_a_promotion_trains_its_longer_budget_and_is_never_pruned(tmp_path: Path
     objective = make_objective(settings, tiny_split, build_artifact_store(tmp_path / "artifacts"), tmp_path / "checkpoints")
     params = {"classifier": "linear", "learning_rate": 0.003, "optimizer": "adam", "weight_decay": 1e-6, "batch_size": 128}
     study.enqueue_trial(params)
-    study.enqueue_trial(params, user_attrs={record.MAX_EPOCHS: 2, record.PROMOTED_FROM: 0})
+    study.enqueue_trial(params, user_attrs={record.MAX_EPOCHS: 4, record.PROMOTED_FROM: 0})
     study.optimize(objective, n_trials=2)
     plain, promoted = study.trials
-    assert plain.state == TrialState.PRUNED  # the pruner prunes any value below 1.0 ...
+    assert plain.state == TrialState.PRUNED and record.epochs_run(plain) == 1  # the pruner prunes any value below 1.0 ...
     assert promoted.state == TrialState.COMPLETE  # ... but never a promotion
-    assert record.epochs_run(promoted) == 2 and record.read(promoted, record.FIT)["max_epochs"] == 2
-    assert sorted(promoted.intermediate_values) == [0, 1]  # its curve is reported, as every trial's
+    assert record.epochs_run(promoted) == 4 and record.read(promoted, record.FIT)["max_epochs"] == 4
+    assert sorted(promoted.intermediate_values) == [0, 1, 2, 3]  # its curve is reported, as every trial's
 
 
 def test_the_median_pruner_leaves_promotions_out(tmp_path: Path) -> None:

@@ -188,3 +188,49 @@ def test_the_reproduce_command_names_a_study_whose_name_starts_with_a_dash() -> 
     words = shlex.split(reproduce_command(study, 2, "sqlite:////tmp/x.db"))
     args = parse_args(words[3:])
     assert (args.study_name, args.reproduce, args.study_storage) == ("-rf", 2, "sqlite:////tmp/x.db")
+
+
+def test_a_refit_uses_the_thread_count_the_trial_trained_with_and_compares_every_metric(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CPU sums depend on the thread count: a trial trained with one thread per worker DIFFERED when
+    `--reproduce` ran in a shell with two. The trial records it, the refit uses it (and gives this
+    process its own back). And the verdict reads every recorded metric: on a small validation set
+    accuracy moves in coarse steps, and a refit with other losses passed as "every epoch matches"."""
+    import torch
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    assert run_main(run_args(tmp_path, "--trials", "2", "--target-accuracy", "none", "--no-export")) == 0, capsys.readouterr().err
+    trial = load(url).trials[1]  # the first DNN: a hidden layer, whose sums split over threads
+    assert record.read(trial, record.TRAINED_ON) == {"device": "cpu", "threads": 1}  # the suite runs with OMP_NUM_THREADS=1
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        code, output = reproduce(url, 1, capsys)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert code == 0, output
+    assert_reproduced(output, trial)
+    assert "losses included" in output
+
+    history = record.history(trial)
+    history[1] = {**history[1], "val/loss": history[1]["val/loss"] + 0.001}  # accuracy untouched
+    storage = writer_storage(url)
+    with finished_trial_writable(storage):
+        storage.set_trial_system_attr(trial._trial_id, record.HISTORY, history)
+    code, output = reproduce(url, 1, capsys)
+    assert code == 1, output
+    assert re.search(r"trial 1 DIFFERS from the recorded values: val/loss at epoch 1 \(\S+ recorded, \S+ reproduced\)", output), output
+
+
+def test_the_reproduce_command_names_a_relative_sqlite_file_by_its_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--storage sqlite:///rel.db` went into the report as written, and its reproduce command, run
+    from anywhere but the folder the search started in, said "no study database at rel.db"."""
+    import optuna
+
+    from search.export.reproduce import reproduce_command
+
+    monkeypatch.chdir(tmp_path)
+    words = shlex.split(reproduce_command(optuna.create_study(study_name="s"), 0, "sqlite:///runs/rel.db"))
+    assert words[words.index("--storage") + 1] == f"sqlite:///{tmp_path / 'runs' / 'rel.db'}"

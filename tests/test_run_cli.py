@@ -148,7 +148,7 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Captur
     bad = tmp_path / "bad.yaml"
     bad.write_text("space: {learning_rate: {low: -1, high: 0.1}}\n")
     assert_one_line_error(in_process(["--config", str(bad)], capsys), "space.learning_rate", "positive")
-    assert_one_line_error(in_process(["--trials", "0"], capsys), "study.trials")
+    assert_one_line_error(in_process(["--trials", "0"], capsys), "--trials")
     assert_one_line_error(in_process(["--trials", "many"], capsys), "--trials", "invalid int value")
     assert_one_line_error(in_process(["--target-accuracy", "high"], capsys), "--target-accuracy", "'none'")
 

@@ -186,8 +186,8 @@ def test_bad_warm_starts_are_one_line_errors_that_create_nothing(tmp_path: Path,
     one_line_error(run_main([*base, "--warm-start", "nope", "--warm-start-storage", f"sqlite:///{earlier}"], capsys), "'nope'", "'earlier'", "--warm-start")
     one_line_error(run_main([*base, "--warm-start", "earlier", "--warm-start-storage", f"sqlite:///{tmp_path / 'missing.db'}"], capsys), "--warm-start-storage")
     one_line_error(run_main([*base, "--warm-start", "earlier"], capsys), "no study database", "--warm-start-storage")  # new.db is not there
-    one_line_error(run_main([*base, "--warm-start", "earlier", "--warm-start-trials", "0"], capsys), "warm_start.trials")
-    one_line_error(run_main([*base, "--warm-start", "earlier", "--warm-start-trials", "101"], capsys), "warm_start.trials")
+    one_line_error(run_main([*base, "--warm-start", "earlier", "--warm-start-trials", "0"], capsys), "--warm-start-trials")
+    one_line_error(run_main([*base, "--warm-start", "earlier", "--warm-start-trials", "101"], capsys), "--warm-start-trials")
     one_line_error(run_main([*base, "--warm-start", "earlier", "--trials", "1"], capsys), "--trials 1 leaves no trial")
     # a count of warm-start trials with nothing to warm-start from was ignored without a word
     one_line_error(run_main([*base, "--warm-start-trials", "3"], capsys), "--warm-start-trials 3", "add --warm-start STUDY")
@@ -218,9 +218,11 @@ def test_a_warm_started_run_trains_the_earlier_best_first_and_resumes(tmp_path: 
     assert [t.params.get("classifier") for t in study.trials[:2]] == ["linear", "dnn"]
 
     optuna.delete_study(study_name="earlier", storage=writer_storage(url))  # resuming needs it no more
-    resumed = run_main([*argv[:-4], "--trials", "3", "--warm-start", "earlier", "--warm-start-trials", "1"], capsys)
+    resumed = run_main([*argv[:-4], "--trials", "3", "--warm-start", "earlier", "--warm-start-trials", "3"], capsys)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed study 'next'" in resumed.stdout and "warm start:" not in resumed.stdout
+    # a warm start runs at creation: the resume's count never ran, and the recorded settings said 3
+    assert load(url, "next").user_attrs[record.SETTINGS]["warm_start"]["trials"] == 1
     other = optuna.create_study(study_name="other", storage=writer_storage(url), direction="maximize")
     add(other, dnn([128]), 0.97)
     before = len(load(url, "next").get_trials())

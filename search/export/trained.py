@@ -19,7 +19,7 @@ from lightning_modules.metric_names import MONITOR
 from lightning_modules.model_file import ModelFile, ModelFileError, load_model_file
 from lightning_modules.training import Evaluation, evaluate
 from search import record
-from search.export.reproduce import refit
+from search.export.reproduce import MATCH_TOLERANCE, refit
 from search.optuna_compat import ArtifactStore
 from search.settings import FULL_PRECISION, Settings
 
@@ -40,7 +40,7 @@ class TrainedTrial:
         """None when the stored weights were used; else whether retraining matched the trial."""
         if not self.retrained or self.retrained_val_accuracy is None or self.trial.value is None:
             return None
-        return math.isclose(self.retrained_val_accuracy, self.trial.value, abs_tol=1e-6)
+        return math.isclose(self.retrained_val_accuracy, self.trial.value, abs_tol=MATCH_TOLERANCE)
 
     @property
     def test_accuracy(self) -> float:
@@ -61,7 +61,7 @@ def _download_model(store: ArtifactStore, artifact_id: str) -> ModelFile:
 
 def retrain_note(trial_number: int, reason: str, recorded: float | None, retrained: float) -> str:
     """The report's sentence on a retrained model: why, and whether it matched the trial."""
-    if recorded is not None and math.isclose(retrained, recorded, abs_tol=1e-6):
+    if recorded is not None and math.isclose(retrained, recorded, abs_tol=MATCH_TOLERANCE):
         outcome = f"reproduces the recorded validation accuracy {recorded:.4f}"
     else:
         shown = "nothing" if recorded is None else f"{recorded:.4f}"
