@@ -28,7 +28,7 @@ from search.resume import new_study_uid
 from search.sampling import INDEPENDENT, build_sampler, seed_scheme
 from search.settings import PrunerConfig, Settings
 from search.space import baseline_params, first_dnn_params
-from search.stopping import SurplusTrial, stop_reason
+from search.stopping import SurplusTrial, finished_trials, stop_reason
 from search.warm_start import WarmStart, enqueue_warm_start, require_same_warm_start
 
 GC_EVERY_TRIALS = 10  # a full collection costs ~0.3 s; every trial would double tiny trials' time
@@ -219,7 +219,9 @@ def run_worker(
     """Run trials until a stop rule holds; returns the reason it stopped.
 
     With the budget spent but trials still running elsewhere, the worker waits: if one of
-    them dies, its retry is queued (heartbeat) and this worker runs it.
+    them dies, its retry is queued (heartbeat) and this worker runs it. Once finished trials
+    alone fill the budget, the running ones belong to another run's larger one, which retries
+    them: a `--trials 4` run beside a `--trials 100` one waited for all 100.
     """
     # Here, not at the top: opening a study (the runner before it spawns workers, export, a
     # process that only asks for trials) then never pays for importing Lightning.
@@ -253,7 +255,7 @@ def run_worker(
                 gc.collect()  # Trainer/module reference cycles otherwise grow RSS ~1 MB a trial
             continue
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if reason.startswith("budget") and running:
+        if reason.startswith("budget") and running and len(finished_trials(study)) < settings.study.trials:
             time.sleep(poll_seconds)
             continue
         if not running and not reason.startswith("timeout"):  # the study is done, not just this run

@@ -491,3 +491,25 @@ def test_a_worker_whose_trial_was_retried_while_it_was_paused_drops_it_and_goes_
     assert study.trials[1].params == study.trials[0].params
     err = capsys.readouterr().err
     assert "note: trial 0 was retried by another worker while this one was paused" in err and "Traceback" not in err
+
+
+def test_a_run_whose_budget_is_finished_leaves_another_runs_trials_running(storage_url: str, name: str) -> None:
+    """A `--trials 2` run on a study where another run with a larger budget has a trial running:
+    its own budget is filled by finished trials, so nothing of the running one is owed to it. It
+    waited (a poll a second) until the other run's whole budget had finished. With a finished
+    trial short of its budget it still waits, to take a retry if the running one dies."""
+    settings = settings_for(name, trials=2, target_accuracy=None)
+    study = open_study(settings, writer_storage(storage_url)).study
+    run_worker(study, quick_objective, settings)
+    study.ask()  # a trial of another run's larger budget, running elsewhere
+    polls: list[int] = []
+
+    def storage_check() -> None:
+        polls.append(1)
+        if len(polls) > 20:
+            raise AssertionError("waited for another run's trial")
+
+    assert run_worker(study, quick_objective, settings, poll_seconds=0.01, storage_check=storage_check).startswith("budget")
+    assert len(polls) == 1
+    with pytest.raises(AssertionError, match="waited"):  # one finished trial short: it waits for the running one
+        run_worker(study, quick_objective, settings_for(name, trials=3, target_accuracy=None), poll_seconds=0.01, storage_check=storage_check)
