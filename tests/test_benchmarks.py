@@ -68,8 +68,105 @@ def test_gpu_check_kills_a_search_past_its_share_of_the_budget_and_says_so(isola
     gets what is left of the budget and its row says it was killed (a real search.run, killed)."""
     from benchmarks.gpu_check import search_run
 
-    wall, _finished, accuracy, memory = search_run(["--accelerator", "cpu", "--target-accuracy", "none", "--trials", "50"], timeout=1, gpu=False)
+    wall, search, _finished, accuracy, memory = search_run(["--accelerator", "cpu", "--target-accuracy", "none", "--trials", "50"], timeout=1, gpu=False)
     assert accuracy == "killed after 1 s" and memory == "none (CPU)" and wall >= 1
+    assert search is None  # killed: it never said how long its trials took, and no per-minute figure is made up
+
+
+def test_gpu_check_without_a_gpu_refuses_in_one_line_before_any_work(capsys: pytest.CaptureFixture[str]) -> None:
+    """It used to warn and spend its 8 minutes on the CPU under a "GPU check" title."""
+    import torch
+
+    from benchmarks.gpu_check import main, pick_device
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the check would measure it")
+    assert main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and captured.err.startswith("error: torch "), captured
+    assert "--allow-cpu" in captured.err and "--quick" in captured.err
+    assert [pick_device(quick, allow, cuda=False) for quick, allow in ((False, False), (False, True), (True, False))] == [None, "cpu", "cpu"]
+    assert [pick_device(quick, allow, cuda=True) for quick, allow in ((False, False), (False, True), (True, False))] == ["cuda:0", "cuda:0", "cpu"]
+
+
+def test_gpu_check_header_names_the_versions_it_ran_with() -> None:
+    """The GPU image's torch (2.11) is not pyproject's (2.13): a figure without its versions is unplaceable."""
+    import importlib.metadata
+    import platform
+
+    import torch
+
+    from benchmarks.gpu_check import versions
+
+    def fake(name: str) -> str:
+        if name == "optuna":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return f"{name}-v"
+
+    line = versions(fake)
+    assert line.startswith(f"versions: python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda or 'none'})")
+    assert line.endswith(", lightning lightning-v, torchmetrics torchmetrics-v, optuna not installed"), line
+    real = versions()
+    assert all(f"{name} {importlib.metadata.version(name)}" in real for name in ("lightning", "torchmetrics", "optuna")), real
+
+
+def test_gpu_check_reads_the_search_s_own_seconds_from_its_stopped_line() -> None:
+    """trials/min over the process's wall time counted imports, worker start-up and the export."""
+    from benchmarks.gpu_check import search_seconds
+
+    assert search_seconds("trial 0 ...\nstopped: timeout of 120 s reached after 121.3 s\nbest trial 0: val_acc=0.9\n") == 121.3
+    assert search_seconds("stopped: target reached by trial 3 (0.9512 >= 0.95) after 14 s\n") == 14.0
+    assert search_seconds("stopped: budget of 100 finished trials spent after 95.0 s\n") == 95.0
+    for out in ("", "trial 0 ...\n", "stopped on request; finished trials are saved ... Resume with: python -m search.run\n",
+                "note: stopped: timeout of 1 s reached after 2.0 s\n", "stopped: timeout of 1 s reached after 2.0 s, then more\n"):
+        assert search_seconds(out) is None, out
+
+
+def test_gpu_check_memory_rows_leave_out_the_processes_there_before_the_search() -> None:
+    """The check's own process (CUDA context, allocator cache from its rows) was counted as a worker."""
+    import os
+
+    from benchmarks.gpu_check import MemorySampler, compute_apps
+
+    assert compute_apps("101, 500\n 202 ,[N/A]\nNo running processes found\n303, 700\n") == {"101": 500, "303": 700}
+    sampler = MemorySampler()  # not entered: no thread, no nvidia-smi
+    sampler.excluded.add("101")  # as on entry: what nvidia-smi listed before the search started
+    for used in (800, 900):
+        sampler.record(f"101, 500\n{os.getpid()}, 600\n303, {used}\n")
+    assert sampler.samples == {"303": [800, 900]}
+    assert sampler.summary() == "1 process(es): peak 900 MiB, first to last +100 MiB at most"
+
+
+def test_gpu_check_budget_fits_the_outer_timeout_and_keeps_each_later_search_its_timeout() -> None:
+    """RESERVE (60 s) was below the 120-s search timeout, and the deadline was set after the imports."""
+    from benchmarks.gpu_check import DEFAULT_BUDGET, OUTER_TIMEOUT, SEARCH_OVERHEAD, STOP_GRACE, allowance, process_age
+
+    assert DEFAULT_BUDGET + STOP_GRACE + 15 <= OUTER_TIMEOUT
+    assert f"exec timeout {OUTER_TIMEOUT} " in (Path(__file__).parents[1] / "benchmarks" / "gpu_check.sh").read_text()
+    assert SEARCH_OVERHEAD >= 30
+    assert allowance(400, 2, 120) == 400 - 2 * (120 + SEARCH_OVERHEAD)  # the default run: what the two searches leave it
+    assert allowance(300, 1, 120) == 300 - 120 - SEARCH_OVERHEAD and allowance(150, 0, 120) == 150  # the last: all that is left
+    stat = "4242 (python3 -m x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 5 1 0 0 20 0 3 0 {start} 1000 100"
+    assert process_age(stat.format(start=1000), since_boot=12.5, ticks_per_s=100) == 2.5  # field 22 after a ')' in the name
+    assert process_age(stat.format(start=100), since_boot=1000.0, ticks_per_s=100) == 0.0  # 999 s: not this run's imports
+    assert process_age(stat.format(start=2000), since_boot=10.0, ticks_per_s=100) == 0.0  # in the future
+
+
+def test_gpu_check_preflight_names_what_the_wheels_bring_apart_from_what_the_image_lacks() -> None:
+    """It said "run gpu_wheels.sh" for joblib, matplotlib or PIL too, which gpu_wheels.sh does not fetch."""
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[1]
+    script = re.search(r"<<'PY' \|\| exit 2\n(.*?)\nPY\n", (root / "benchmarks" / "gpu_check.sh").read_text(), re.DOTALL).group(1)
+    ok = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60, check=False)
+    assert ok.returncode == 0 and ok.stderr == "", ok.stderr
+    bare = subprocess.run([sys.executable, "-I", "-S", "-c", script], cwd=root, capture_output=True, text=True, timeout=60, check=False)  # no site-packages
+    assert bare.returncode == 1 and bare.stderr.count("\n") == 1, bare.stderr
+    wheels, image = bare.stderr.split("; and ")
+    assert "optuna, optuna-integration" in wheels and "pydantic-core" in wheels and "gpu_wheels.sh" in wheels and "joblib" not in wheels
+    assert "torch" in image and "joblib" in image and "PIL" in image and "optuna" not in image and "does not fetch" in image
 
 
 # ---------------------------------------------------------------- bounded flags
