@@ -236,7 +236,7 @@ def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop
     line = f"best trial {best.number}: val_acc={best.value:.4f}"
     summary = RunSummary(settings.study.target_accuracy, settings.study.trials, reason, best.number, best.params.get("classifier"), best.value)
     if settings.export:
-        from search.export.errors import ExportInterrupted
+        from search.export.errors import ExportInterrupted, ExportSuperseded
         from search.export.exporter import export_study  # torch and the figures: only when exporting
 
         try:
@@ -245,6 +245,9 @@ def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop
             print(f"stopped on request during the export; every trial is saved, the previous export is as it was. "
                   f"Export with: {export_command(url, settings.study.name)}", file=sys.stderr)
             return stop.exit_code
+        except ExportSuperseded as superseded:  # another run's export of a trial as good or better went in meanwhile: its note stands
+            print(f"{line}\nnote: {superseded}")
+            return 0
         summary = summary.with_export(metrics.test_accuracy, metrics.export_dir)
         line += f" test_acc={metrics.test_accuracy:.4f}; exported to {metrics.export_dir}"
     print(line)

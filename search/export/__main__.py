@@ -111,7 +111,7 @@ def check_study_flags(args: argparse.Namespace) -> None:
             raise ConfigError(f"{flag.name} is {len(value):,} characters long, over the {limit} python -m search.run accepts; "
                               f"pass the {flag.name} the study was run with")
         try:
-            load_settings(None, overrides_from_args(args, [flag]))
+            load_settings(None, overrides_from_args(args, [flag]), {flag.key: flag.name})
         except ConfigError as error:
             raise ConfigError(f"{error}; pass {flag.name} a value python -m search.run accepts") from None
 
@@ -137,13 +137,18 @@ def run(args: argparse.Namespace, stop_requested: Callable[[], bool] = lambda: F
     if args.reproduce is not None:  # checks its trial first: one pruned untrained needs no data
         return reproduce_trial(study, settings, args.reproduce)
     check_data(settings.data)  # before torch: a bad data folder answers at once (the export reads it again)
+    from search.export.errors import ExportSuperseded
     from search.export.exporter import checked_target, export_study
 
     checked_target(study, args.out)  # before the store is opened (which may create this machine's folder)
     store = open_store(given or recorded_location(study))  # given: e.g. the study's folder mounted elsewhere here
     if given is not None and str(given) != str(recorded_location(study)):
         check_given_store(study, store, given)
-    result = export_study(study, args.out, settings=settings, artifact_store=store, stop_requested=stop_requested)
+    try:
+        result = export_study(study, args.out, settings=settings, artifact_store=store, stop_requested=stop_requested)
+    except ExportSuperseded as superseded:  # the folder holds the best already: what this command promises
+        print(f"note: {superseded}")
+        return 0
     metrics = result.metrics
     if metrics.note:
         print(f"note: {metrics.note}")

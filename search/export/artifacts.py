@@ -13,7 +13,7 @@ import hashlib
 import io
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -54,9 +54,13 @@ def _stored_digest(store: ArtifactStore, artifact_id: str, suffix: str) -> str |
         return None
 
 
-def attach_artifacts(study: optuna.Study, trial: FrozenTrial, paths: Sequence[Path], store: ArtifactStore) -> tuple[str, dict[str, str]]:
+def attach_artifacts(
+    study: optuna.Study, trial: FrozenTrial, files: Mapping[str, bytes] | Sequence[Path], store: ArtifactStore
+) -> tuple[str, dict[str, str]]:
     """Link files to `trial` (else to the study): replace the content of a file name linked before,
-    upload a new one otherwise. Returns (what the files are linked to, {file name: artifact id})."""
+    upload a new one otherwise. `files`: {file name: content}, or paths to read (the exporter reads its
+    own before it swaps them into place, where another export's may stand a moment later). Returns
+    (what the files are linked to, {file name: artifact id})."""
     backend = study_storage(study)  # the cache may hold a stale copy of the finished trial
     if not isinstance(backend, RDBStorage):  # other storages replay the log and drop such links
         target: optuna.Study | FrozenTrial = study
@@ -68,15 +72,15 @@ def attach_artifacts(study: optuna.Study, trial: FrozenTrial, paths: Sequence[Pa
         linked.setdefault(meta.filename, []).append(meta.artifact_id)
     ids: dict[str, str] = {}
     with finished_trial_writable(backend) if target is trial else nullcontext():
-        for path in paths:
-            data = path.read_bytes()
-            owned = linked.get(path.name) or [export_artifact_id(study, None if target is study else trial, path.name)]
+        for name, data in files.items() if isinstance(files, Mapping) else ((path.name, path.read_bytes()) for path in files):
+            suffix = Path(name).suffix
+            owned = linked.get(name) or [export_artifact_id(study, None if target is study else trial, name)]
             for artifact_id in owned:  # the content first, then the link: a link never names a missing artifact
-                if _stored_digest(store, artifact_id, path.suffix) != content_digest(data, path.suffix):
+                if _stored_digest(store, artifact_id, suffix) != content_digest(data, suffix):
                     store.write(artifact_id, io.BytesIO(data))
-            if path.name not in linked:
-                link_artifact(storage, target, owned[0], path.name, ARTIFACT_MIMETYPES.get(path.suffix, "application/octet-stream"))
-            ids[path.name] = owned[0]
+            if name not in linked:
+                link_artifact(storage, target, owned[0], name, ARTIFACT_MIMETYPES.get(suffix, "application/octet-stream"))
+            ids[name] = owned[0]
     return linked_to, ids
 
 

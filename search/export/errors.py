@@ -12,3 +12,9 @@ class ExportError(UserInputError):
 class ExportInterrupted(Exception):
     """A stop request (Ctrl-C, SIGTERM) came while the runner exported: the export stops at its next
     step, leaving the previous export, the store and the trial as they were."""
+
+
+class ExportSuperseded(Exception):
+    """The export folder holds, by the time this export would swap in, an export of a trial the
+    study ranks as high or higher (written meanwhile by another run or export): this one is left
+    out, nothing is changed, and the folder already holds what an export promises (the best)."""

@@ -2,15 +2,16 @@
 
 One folder per study (default: exports/<study folder> under the runtime folder); the file names
 (`FILES`) are a contract. The folder is built in a temporary sibling and swapped into place
-(search/export/folder.py), so a failed export never leaves half a folder behind and an export
-only ever replaces an earlier export of the same study (the folder's marker names it). The
-pictures and the model are also linked to the best trial in the artifact store for
-optuna-dashboard. The export loads the data the study recorded (or the data options given), and
-refuses data other than the study's own.
+(search/export/folder.py), so a failed export never leaves half a folder behind, and an export
+only replaces an earlier export of the same study (the folder's marker names it) of a trial the
+study ranks no higher (`swap_rule`). The pictures and the model are also linked to the best
+trial in the artifact store for optuna-dashboard. The export loads the data the study recorded
+(or the data options given), and refuses data other than the study's own.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shlex
@@ -32,7 +33,7 @@ from search.artifact_stores import open_store, recorded_location
 from search.data import DataIdentity, check_data, data_identity, load_split
 from search.export import figures, plots
 from search.export.artifacts import ARTIFACT_MIMETYPES, attach_artifacts
-from search.export.errors import ExportError, ExportInterrupted
+from search.export.errors import ExportError, ExportInterrupted, ExportSuperseded
 from search.export.files import FILES, export_identity
 from search.export.folder import check_target, replace_dir, share, staging_dir
 from search.export.metrics import (
@@ -110,8 +111,7 @@ def model_metrics(trained: TrainedTrial | None) -> ModelMetrics | None:
 def _summary(trained: TrainedTrial | None, name: str) -> plots.ModelSummary | None:
     if trained is None:
         return None
-    m = model_metrics(trained)
-    assert m is not None
+    m = ModelMetrics(trial=trained.trial.number, **_model_fields(trained))
     return plots.ModelSummary(
         f"{name} (trial {m.trial})", m.trial, float(trained.trial.value or 0.0), m.test_accuracy,
         float(trained.evaluation.log_loss), m.param_count, m.train_seconds, m.epochs, trained.evaluation.confusion.numpy(),
@@ -169,11 +169,35 @@ def _load_models(study: optuna.Study, store: ArtifactStore, split: DataSplit, se
     best = best_trials(study)
     if "best" not in best:
         raise ExportError(f"study {study.study_name!r} has no completed trial yet; run python -m search.run first")
-    by_number: dict[int, TrainedTrial] = {}
-    for trial in best.values():
-        if trial.number not in by_number:
-            by_number[trial.number] = load_trial_model(trial, store, split, settings)
+    unique = {trial.number: trial for trial in best.values()}  # the best is often its classifier's best too
+    by_number = {number: load_trial_model(trial, store, split, settings) for number, trial in unique.items()}
     return {key: by_number[trial.number] for key, trial in best.items()}
+
+
+def swap_rule(study: optuna.Study, trial: optuna.trial.FrozenTrial, out_dir: Path) -> Callable[[Path, bool], None]:
+    """`replace_dir`'s `keep`: an export of `trial` replaces the study's export only where the study, as it
+    stands at the swap, ranks `trial` (as it picks its best) as high as the folder's trial: an export that
+    ends late never replaces a better one written meanwhile, nor one of the same trial that went in at
+    the same moment (`raced`); a re-export of the same trial replaces it, as before."""
+    def keep(folder: Path, raced: bool) -> None:
+        try:  # a few KB; one unreadable, or naming no trial the study completed (an older version's), is replaced
+            with (folder / "metrics.json").open("rb") as handle:
+                number = json.loads(handle.read(1 << 20)).get("best_trial")
+        except (OSError, ValueError, AttributeError, RecursionError):
+            return
+        done = {t.number: t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if t.value is not None}
+        held, ours, rank = done.get(number) if type(number) is int else None, done.get(trial.number, trial), lambda t: (t.value, -t.number)
+        if held is None or rank(held) < rank(ours) or (held.number == ours.number and not raced):
+            return
+        what = f"trial {held.number} (val_acc {held.value:.4f})"
+        if raced:
+            mine = "this export of the same trial" if held.number == ours.number else f"this export of trial {ours.number}"
+            raise ExportSuperseded(f"another export of this study replaced {out_dir} at the same moment, with {what}; it was left as is, "
+                              f"and {mine} was not swapped in")
+        best = "the study's best now" if held is max(done.values(), key=rank) else f"which the study ranks above trial {ours.number}"
+        raise ExportSuperseded(f"{out_dir} already holds the export of {what}, {best}; this export of trial {ours.number} "
+                          f"(val_acc {ours.value:.4f}) was not swapped in, and nothing was changed")
+    return keep
 
 
 def checked_target(study: optuna.Study, out_dir: Path | str | None) -> Path:
@@ -229,21 +253,16 @@ def export_study(
     try:
         onnx_check = write_model_files(top.model_file, top.trial, top.test_accuracy, study.study_name, staging, split.x_test, probabilities)
         write_confusion_csv(top.evaluation.confusion.numpy(), staging / "confusion_matrix.csv")
-        requested = list(settings.training.snapshot_steps)
-        note = snapshot_note(requested, sorted(top.model_file.snapshots))
+        note = snapshot_note(list(settings.training.snapshot_steps), sorted(top.model_file.snapshots))
         step()
         draw_model_figures(top, trained, split, staging, note)
         step()
         notes = draw_study_plots(study, staging)
         url = storage_url(study)
         metrics = ExportMetrics(
-            study=study.study_name,
-            best_trial=top.trial.number,
-            **_model_fields(top),
-            best_linear=model_metrics(trained.get("linear")),
-            best_dnn=model_metrics(trained.get("dnn")),
-            snapshot_steps=sorted(top.model_file.snapshots),
-            snapshot_note=note,
+            study=study.study_name, best_trial=top.trial.number, **_model_fields(top),
+            best_linear=model_metrics(trained.get("linear")), best_dnn=model_metrics(trained.get("dnn")),
+            snapshot_steps=sorted(top.model_file.snapshots), snapshot_note=note,
             trials=_trial_counts(study),
             onnx_check=OnnxCheckRecord(**onnx_check.as_dict()),
             data=DataRecord(
@@ -251,8 +270,7 @@ def export_study(
                 train_rows=len(split.y_train), val_rows=len(split.y_val), test_rows=len(split.y_test),
                 split_seed=split.split_seed, sha256=identity.sha256 if identity else None,
             ),
-            study_plot_notes=notes,
-            storage=redact(url) if url else "in-memory storage",
+            study_plot_notes=notes, storage=redact(url) if url else "in-memory storage",
             reproduce_command=reproduce_command(study, top.trial.number, url, source.path if settings.data.source is None else None),
             predict_command=f"python -m search.predict --model {shlex.quote(str(out_dir))} digit.png",
             files=list(FILES),
@@ -264,16 +282,17 @@ def export_study(
             raise RuntimeError(f"export is missing {missing}")
         step()
         share(staging, owner)
-        replace_dir(staging, out_dir, FILES, owner)
+        # read before the swap: what is linked is this export's, whatever the folder holds a moment after
+        built = {name: (staging / name).read_bytes() for name in FILES if Path(name).suffix in ARTIFACT_MIMETYPES}
+        replace_dir(staging, out_dir, FILES, owner, swap_rule(study, top.trial, out_dir))
     except OSError as error:
         raise ExportError(f"cannot write the export to {out_dir} ({error})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     # Linked only once the folder is in place: a target refused at the swap leaves the store and
     # the trial as they were, as its message says.
-    uploads = [out_dir / name for name in FILES if (out_dir / name).suffix in ARTIFACT_MIMETYPES]
     try:
-        linked_to, artifact_ids = attach_artifacts(study, top.trial, uploads, store)
+        linked_to, artifact_ids = attach_artifacts(study, top.trial, built, store)
     except Exception as error:  # noqa: BLE001 - any store or database failure: the export itself is done
         reason = clip((str(error).strip().splitlines() or [type(error).__name__])[0], 200)  # masked, then cut
         raise ExportError(f"the export is in {out_dir} (it replaced the previous one), but linking its files to trial "

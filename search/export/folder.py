@@ -14,6 +14,7 @@ storages do not replace each other's exports.
 from __future__ import annotations
 
 import ast
+import errno
 import hashlib
 import itertools
 import json
@@ -24,7 +25,7 @@ import socket
 import stat
 import tempfile
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,24 +127,18 @@ def _check_contents(folder: Path, export_files: Collection[str], identity: Expor
     unlisted, entries = len(entries) > limit, entries[:limit]  # "and more" only when an entry was left unread
     foreign = sorted(entry.name for entry in entries if entry.name not in allowed or not entry.is_file() or entry.is_symlink())
     if foreign:
-        raise ExportError(
-            f"{shown} holds files an export did not write ({_shown(foreign, more=unlisted)}); "
-            "nothing was changed: choose another --out"
-        )
+        raise ExportError(f"{shown} holds files an export did not write ({_shown(foreign, more=unlisted)}); "
+                          "nothing was changed: choose another --out")
     if not any(entry.name == MARKER for entry in entries):
         if not marked:
             return
         names = sorted(entry.name for entry in entries)
-        raise ExportError(
-            f"{shown} holds {_shown(names)} but no {MARKER} marker, so it is not an export folder; "
-            "nothing was changed: choose another --out (a new or empty folder)"
-        )
+        raise ExportError(f"{shown} holds {_shown(names)} but no {MARKER} marker, so it is not an export folder; "
+                          "nothing was changed: choose another --out (a new or empty folder)")
     held = read_marker(folder, shown)
     if identity is not None and not held.same_study(identity):
-        raise ExportError(
-            f"{shown} holds the export of {held.describe()}, not of {identity.describe()}; "
-            "nothing was changed: choose another --out"
-        )
+        raise ExportError(f"{shown} holds the export of {held.describe()}, not of {identity.describe()}; "
+                          "nothing was changed: choose another --out")
 
 
 def check_target(out_dir: Path, export_files: Collection[str], identity: ExportIdentity | None) -> None:
@@ -206,10 +201,8 @@ def _gone(pid: int) -> bool:
         return True
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # alive, another user's
-        return False
+    except OSError as error:  # PermissionError: alive, another user's
+        return isinstance(error, ProcessLookupError)
     return False
 
 
@@ -266,27 +259,42 @@ def share(folder: Path, identity: ExportIdentity) -> None:
         path.chmod(0o666 & ~umask)
 
 
-def replace_dir(staging: Path, out_dir: Path, export_files: Collection[str], identity: ExportIdentity) -> None:
+def replace_dir(staging: Path, out_dir: Path, export_files: Collection[str], identity: ExportIdentity,
+                keep: Callable[[Path, bool], None] = lambda folder, raced: None) -> None:
     """Move the finished folder into place; the study's previous export is swapped out, then deleted.
 
-    The target is checked again (it may have changed while the export worked), and once more
-    after it is moved aside, so what is deleted is exactly what was checked.
+    The target is checked again (it may have changed while the export worked), and once more after
+    it is moved aside, so what is deleted is exactly what was checked. `keep(folder, raced)` raises
+    ExportSuperseded where the export there must stay (exporter.py: a better trial's); `raced` once another
+    export went in at the moment this one did (what this one had moved aside, replaced, is deleted).
     """
-    check_target(out_dir, export_files, identity)
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{_owner()}.{uuid.uuid4().hex[:8]}")
-        os.replace(out_dir, old)
-        try:
-            _check_contents(old, export_files, identity, out_dir)
-        except ExportError:
-            os.replace(old, out_dir)
-            raise
-    try:
-        os.replace(staging, out_dir)
-    except OSError:
+    raced = False
+    for _ in range(3):  # swapped in again only when `keep` lets this export replace the racer's
+        check_target(out_dir, export_files, identity)
+        old = out_dir.with_name(f".{out_dir.name}.old-{_owner()}.{uuid.uuid4().hex[:8]}") if out_dir.exists() else None
         if old is not None:
-            os.replace(old, out_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+            keep(out_dir, raced)
+            try:
+                os.replace(out_dir, old)
+            except FileNotFoundError:  # another export moved it aside at this moment
+                raced = True
+                continue
+            try:
+                _check_contents(old, export_files, identity, out_dir)
+                keep(old, raced)
+            except BaseException:  # refused, or the study's database failed: put back as it was
+                os.replace(old, out_dir)
+                raise
+        try:
+            os.replace(staging, out_dir)
+        except OSError as error:
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):  # not another export in place
+                if old is not None:
+                    os.replace(old, out_dir)
+                raise
+            raced = True  # another export went in at this moment, and replaced what `old` holds
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        if not staging.exists():
+            return
+    raise ExportError(f"other exports of this study kept replacing {out_dir} at the moment this one did; the last one was left as is")
