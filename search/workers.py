@@ -9,6 +9,7 @@ runner forwards exactly one request; each worker asks the kernel for a signal of
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import multiprocessing
 from multiprocessing import resource_tracker
@@ -101,10 +102,13 @@ STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, PARENT_DIED}  # blocked in a work
 
 
 def answered(code: int) -> int:
-    """`code`; from here on a stop signal ends the process at once with it. The command has
-    answered: a Ctrl-C in the interpreter's teardown (about a second with torch loaded) turned a
-    finished run or export into exit 130 after its last line of success, and a teardown that
-    hangs (a thread, a pool) must still end on Ctrl-C or a supervisor's SIGTERM."""
+    """`code`; from here on a stop signal ends the process with it. The command has answered: a
+    Ctrl-C in the interpreter's teardown (about a second with torch loaded) turned a finished run
+    or export into exit 130 after its last line of success. Until the exit hooks a stop signal
+    ends the process at once (a thread that hangs must still end on Ctrl-C or a supervisor's
+    SIGTERM); from the exit hooks on it is ignored, since the interpreter resets a Python handler
+    to the default (death by the signal) before it tears the modules down, but leaves an ignored
+    signal ignored."""
     for stream in (sys.stdout, sys.stderr):  # os._exit flushes nothing
         try:
             stream.flush()
@@ -116,6 +120,7 @@ def answered(code: int) -> int:
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, leave)
+    atexit.register(lambda: [signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS])  # runs first: registered last
     return code
 
 

@@ -89,3 +89,33 @@ def test_a_command_that_has_answered_ends_on_its_own_code_at_a_stop_signal(signu
     finally:
         process.kill()
     assert code == 0 and "Traceback" not in process.stderr.read()
+
+
+TEARDOWN = """
+import os, sys
+from search.workers import answered
+
+class TornDown:  # a module global whose finaliser runs in the interpreter's teardown, as torch's do
+    def __del__(self) -> None:
+        os.write(1, b"tearing down\\n")
+        os.read(0, 1)  # until the test closes stdin
+
+keep = TornDown()
+sys.exit(answered(0))
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_in_the_interpreters_teardown_keeps_the_answered_code(signum: int, python: str, run_env: dict[str, str]) -> None:
+    """The interpreter puts Python's signal handlers back to the default before it tears modules
+    down: a Ctrl-C then, after a run's last line of success, still ended it with 130."""
+    process = subprocess.Popen([python, "-c", TEARDOWN], env=run_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert process.stdout is not None and process.stdin is not None
+        assert process.stdout.readline().strip() == b"tearing down"
+        process.send_signal(signum)
+        process.stdin.close()
+        code = process.wait(timeout=60)  # a hang guard, not a speed check
+    finally:
+        process.kill()
+    assert code == 0, process.stderr.read() if process.stderr else ""
