@@ -1,6 +1,6 @@
 """Worker processes and stop signals: K spawned workers share one study and die with their parent.
 
-The first Ctrl-C or SIGTERM asks every worker for a clean stop at the next batch (its trial is
+The first Ctrl-C, SIGTERM or SIGHUP asks every worker for a clean stop at the next batch (its trial is
 queued again and resumes from its last epoch); a second one ends everything at once. Workers
 sit in their own process group, so a Ctrl-C at the terminal reaches the runner only and the
 runner forwards exactly one request; each worker asks the kernel for a signal of its own
@@ -33,8 +33,11 @@ still names the runner, so a repeated SIGTERM could not be told from the "second
 the worker left mid-stop; a repeated PARENT_DIED is the same single stop request."""
 
 
+STOP_REQUESTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class StopRequest:
-    """The first SIGINT/SIGTERM sets `event` and runs the `on_first` hooks; a second one runs the
+    """The first SIGINT/SIGTERM/SIGHUP sets `event` and runs the `on_first` hooks; a second one runs the
     `on_second` hooks and exits at once. In a worker (`parent_pid` given) PARENT_DIED is a stop
     request as SIGTERM is, however often it comes."""
 
@@ -47,8 +50,11 @@ class StopRequest:
         self._previous: dict[int, Any] = {}
 
     def install(self) -> StopRequest:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
+        """SIGHUP (the terminal or ssh session closed) too: it killed the run mid-trial, and each
+        hang-up counted as a death of the trial; unless it is ignored (nohup: outlive the terminal)."""
+        for signum in STOP_REQUESTS:
+            if signum != signal.SIGHUP or signal.getsignal(signum) != signal.SIG_IGN:
+                self._previous[signum] = signal.signal(signum, self._handle)
         if self.parent_pid is not None:
             self._previous[PARENT_DIED] = signal.signal(PARENT_DIED, self._parent_died)
         return self
@@ -98,7 +104,7 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(128 + signal.SIGTERM)
 
 
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, PARENT_DIED}  # blocked in a worker until its handlers are in place
+STOP_SIGNALS = {*STOP_REQUESTS, PARENT_DIED}  # blocked in a worker until its handlers are in place
 
 
 def answered(code: int) -> int:

@@ -6,6 +6,7 @@ the only way it can end is the second signal's hard exit: no timing assumption i
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 
@@ -119,3 +120,22 @@ def test_a_stop_signal_in_the_interpreters_teardown_keeps_the_answered_code(sign
     finally:
         process.kill()
     assert code == 0, process.stderr.read() if process.stderr else ""
+
+
+def test_a_hang_up_is_a_stop_request_unless_nohup_ignores_it() -> None:
+    """Closing the terminal (or a dropped ssh session) killed the run mid-trial: no resume line,
+    and the trial counted a death, so three hang-ups left it failed for good."""
+    from search.workers import StopRequest
+
+    before = signal.getsignal(signal.SIGHUP)
+    try:
+        stop = StopRequest().install()
+        os.kill(os.getpid(), signal.SIGHUP)  # handled in this (main) thread before the next line runs
+        assert stop.event.is_set() and stop.exit_code == 128 + signal.SIGHUP
+        stop.uninstall()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup starts it
+        ignored = StopRequest().install()
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        ignored.uninstall()
+    finally:
+        signal.signal(signal.SIGHUP, before)
