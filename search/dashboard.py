@@ -26,6 +26,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from lightning_modules.errors import UserInputError, error_line
+from search.console import OutputGuard
 from search.options import OneLineParser, add_artifact_store_flag
 from search.redaction import clip, mask_known, redact
 from search.web_guards import host_guard, read_only_guard, tolerant
@@ -266,6 +267,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    guard = OutputGuard().install()  # `| head -1` exited: it serves on, its console to /dev/null
     try:
         return serve(args)
     except UserInputError as error:
@@ -274,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C is how a user stops it, even while it starts
         print("\ndashboard stopped", file=sys.stderr)
         return 0
+    finally:
+        guard.uninstall()
 
 
 if __name__ == "__main__":

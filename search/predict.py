@@ -29,6 +29,7 @@ import numpy as np
 
 from lightning_modules.data.format import CSV_COLUMNS, N_CLASSES, N_PIXELS
 from lightning_modules.errors import UserInputError, check_path_length, error_line, one_line
+from search.console import OutputGuard
 from search.digit_inputs import (  # re-exported (__all__): the predictor's public names
     MAX_IMAGE_PIXELS,
     MAX_IMAGE_SIDE,
@@ -261,36 +262,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    guard = OutputGuard().install()  # `| head -1` exited: the rest of the lines go to /dev/null, no traceback
     try:
         model = load_model(args.model)
         predictions = predict_images(model, args.images) if args.images else []
         csv_predictions = predict_csv(model, args.csv) if args.csv is not None else []
+        for prediction in [*predictions, *csv_predictions]:
+            print(prediction.line())
+        if csv_predictions:
+            right = sum(p.digit == p.label for p in csv_predictions)
+            print(f"{one_line(str(args.csv))}: {right} of {len(csv_predictions)} rows right ({right / len(csv_predictions):.2%})")
+        return 0
     except UserInputError as error:
         print(f"error: {error_line(str(error))}", file=sys.stderr)  # escaped, and bounded whatever it quotes
         return 2
-    for prediction in [*predictions, *csv_predictions]:
-        print(prediction.line())
-    if csv_predictions:
-        right = sum(p.digit == p.label for p in csv_predictions)
-        print(f"{one_line(str(args.csv))}: {right} of {len(csv_predictions)} rows right ({right / len(csv_predictions):.2%})")
-    return 0
+    except KeyboardInterrupt:  # Ctrl-C, even while the model loads: one line, not a traceback
+        print("\nstopped", file=sys.stderr)
+        return 130
+    finally:
+        guard.uninstall()
 
 
-__all__ = [
-    "MAX_IMAGE_PIXELS",
-    "MAX_IMAGE_SIDE",
-    "Model",
-    "PredictError",
-    "Prediction",
-    "frame_digit",
-    "is_light_background",
-    "load_model",
-    "main",
-    "predict_csv",
-    "predict_images",
-    "read_image",
-    "to_model_input",
-    "to_white_on_black",
+__all__ = [  # the predictor's public names
+    "MAX_IMAGE_PIXELS", "MAX_IMAGE_SIDE", "Model", "PredictError", "Prediction", "frame_digit",
+    "is_light_background", "load_model", "main", "predict_csv", "predict_images", "read_image", "to_model_input", "to_white_on_black",
 ]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -16,6 +17,7 @@ from typing import Any
 
 from lightning_modules.device import Device, physical_ids, resolve_device, threads_per_worker, usable_cores, visible_gpus, worker_visible_devices
 from lightning_modules.errors import UserInputError, error_line
+from search.console import OutputGuard
 from search.failures import EXIT_STORAGE_FAILED, describe_storage_failure, quiet_storage_failures_in_threads, storage_failure
 from search.options import RUN_FLAGS, OneLineParser, add_flags, overrides_from_args
 from search.paths import artifact_dir, check_run_folders, checkpoints_dir, exports_dir, inside, study_dir_name
@@ -261,6 +263,7 @@ def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     stop = StopRequest().install()
+    guard = OutputGuard(lambda: stop.request(signal.SIGPIPE)).install()  # `| head -1` exited: stop, as SIGPIPE would
     start_up = StartUp(stop)
     quiet_storage_failures_in_threads()
     try:
@@ -281,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {describe_storage_failure(cause, secrets_in(argv))}; {kept}. Fix it, then {again} with: {resume_command(argv)}", file=sys.stderr)
         return EXIT_STORAGE_FAILED
     finally:
+        guard.uninstall()
         stop.uninstall()
 
 

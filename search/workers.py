@@ -72,6 +72,11 @@ class StopRequest:
             os._exit(128 + signum)
         self._first(signum)
 
+    def request(self, signum: int) -> None:
+        """A stop asked for without a signal (the run's output closed: `signum` SIGPIPE, its exit code)."""
+        if not self.event.is_set():
+            self._first(signum)
+
     def _parent_died(self, signum: int, frame: object) -> None:
         if not self.event.is_set():  # a repeat: the stop the runner's death asked for is under way
             self._first(signal.SIGTERM)

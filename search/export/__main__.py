@@ -221,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     folder (it was a traceback, and could land between moving the old export aside and the new
     one in); --reproduce writes nothing and stops at once."""
     from lightning_modules.errors import TrainingInterrupted
+    from search.console import OutputGuard
     from search.export.errors import ExportInterrupted
     from search.workers import StopRequest
 
@@ -229,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopRequest()
     if args.reproduce is None:
         stop.install()
+    guard = OutputGuard().install()  # `| head -1` exited: the export finishes, its last lines to /dev/null
     try:
         return run(args, stop.event.is_set)
     except UserInputError as error:
@@ -245,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {storage_failure_line(cause, args, argv)}", file=sys.stderr)
         return EXIT_STORAGE_FAILED
     finally:
+        guard.uninstall()
         stop.uninstall()
 
 
