@@ -26,7 +26,7 @@ from lightning_modules.model_file import save_model_file
 from lightning_modules.training import FitResult, fit
 from search import record
 from search.cost import prune_if_over_cost
-from search.failures import disk_failure
+from search.failures import disk_failure, storage_failure
 from search.optuna_compat import ArtifactStore
 from search.resume import (
     TrialCheckpoint,
@@ -99,15 +99,17 @@ def _trial_checkpoint(trial: optuna.Trial, key: int, checkpoint_dir: Path, store
     return checkpoint
 
 
-def hand_back(trial: optuna.Trial, checkpoint: TrialCheckpoint | None) -> None:
-    """Queue a retry of a trial a full or read-only disk stopped, keeping its checkpoint. Each
-    step may hit the same disk: then the trial stays running, and the heartbeat check retries it
-    on the next run; the disk error is what the run reports either way."""
+def hand_back(trial: optuna.Trial, checkpoint: TrialCheckpoint | None, cause: BaseException) -> None:
+    """Queue a retry of a trial a full or read-only disk, or a failing database, stopped, keeping
+    its checkpoint: the trial was not at fault (a database locked for 80 s failed a fully trained
+    trial, and no resume retried it). Each step may hit the same failure: then the trial stays
+    running, and the heartbeat check retries it on the next run; the failure is what the run
+    reports either way."""
     with contextlib.suppress(Exception):
         if checkpoint is not None:
             checkpoint.close(trial, keep=True)
     with contextlib.suppress(Exception):
-        requeue(trial, died=record.DISK_ERROR)
+        requeue(trial, died=record.DISK_ERROR if disk_failure(cause) else record.STORAGE_ERROR)
 
 
 def make_objective(
@@ -167,10 +169,11 @@ def make_objective(
             record.record_result(trial, result.seconds, result.model.parameter_count())
             _keep_model_if_best(trial, result, hp.classifier, artifact_store)
             checkpoint.close(trial, keep=False)
-        except OSError as error:
-            if not disk_failure(error):
+        except Exception as error:
+            cause = storage_failure(error)
+            if cause is None:
                 raise
-            hand_back(trial, checkpoint)  # a full disk is fixed and resumed: the trial was not at fault
+            hand_back(trial, checkpoint, cause)  # a full disk or a failing database is fixed and resumed
             raise
         return result.metrics[MONITOR]
 

@@ -61,7 +61,7 @@ PARAMS_WIDTH = len(describe_params(_widest_params()))  # "dnn 8192-8192-8192-819
 def failure_note(trial: FrozenTrial, trials: list[FrozenTrial]) -> str:
     """Why a trial failed, in plain words, and which trial retries it (or that none does).
 
-    Three things retry a trial: a stop request and a full or read-only disk (each marks why, in
+    Three things retry a trial: a stop request, a full or read-only disk or a failing database (each marks why, in
     record.DIED), and Optuna's heartbeat check, which finds a dead worker's trial; a failure
     without a retry may also be an error the objective raised, so its note does not claim the
     heartbeat.
@@ -72,6 +72,8 @@ def failure_note(trial: FrozenTrial, trials: list[FrozenTrial]) -> str:
         cause = "interrupted by a stop request"
     elif died == record.DISK_ERROR:
         cause = "stopped by a full or read-only disk"
+    elif died == record.STORAGE_ERROR:
+        cause = "stopped by a failure of the study's database"
     elif retry is not None:
         cause = "found dead (its worker stopped sending heartbeats)" + ("" if trial.params else " before it trained")
     elif not trial.params:

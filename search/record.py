@@ -64,6 +64,7 @@ DEATHS = "deaths"  # how many earlier attempts died (heartbeat gone stale), stop
 DIED = "died"  # why the attempt ended without a result: INTERRUPTED or DISK_ERROR
 INTERRUPTED = "interrupted"  # a stop request (Ctrl-C, SIGTERM) between two batches
 DISK_ERROR = "disk error"  # a full or read-only disk (search/failures.py)
+STORAGE_ERROR = "storage error"  # the study's database failed under the trial (locked, connection dropped)
 CHECKPOINT_SECONDS = "checkpoint_seconds"  # this attempt's seconds copying checkpoints to the artifact store
 
 SYSTEM_KEYS = (HISTORY, HYPERPARAMS, CHECKPOINT_KEY, FIT, MODEL_ARTIFACT, CHECKPOINT_SECONDS)

@@ -196,6 +196,54 @@ def test_a_full_disk_after_training_hands_the_trial_back_too(tmp_path: Path, tin
     assert list((tmp_path / "checkpoints").rglob("*.ckpt"))  # kept for the retry
 
 
+def test_a_database_failure_under_a_trial_hands_it_back(tmp_path: Path, tiny_split, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A database locked past its busy timeout under a trial (another writer, a dropped connection)
+    failed the trial for good once the database answered again: a fully trained trial was "not
+    retried", and its checkpoint stayed in the store. Handed back like a full disk's, it is queued
+    again. Here another connection takes the write lock as the first epoch's checkpoint is stored,
+    and lets go just before the hand-back writes."""
+    from search import objective as objective_module
+    from search import record
+    from search.artifact_stores import AtomicFolderStore
+    from search.failures import storage_failure
+    from search.objective import make_objective
+    from search.settings_file import load_settings
+    from search.study import open_study, run_worker
+
+    path = tmp_path / "locked.db"
+    locker = sqlite3.connect(path, isolation_level=None)
+
+    class LockedAfterTheCheckpoint(AtomicFolderStore):
+        """A real folder store; once the first checkpoint is stored, another writer holds the database."""
+
+        def write(self, artifact_id: str, content_body) -> None:  # noqa: ANN001
+            super().write(artifact_id, content_body)
+            if artifact_id.startswith("checkpoints/") and not locker.in_transaction:
+                locker.execute("BEGIN EXCLUSIVE")
+
+    requeue = objective_module.requeue
+
+    def after_the_lock(trial, died):  # noqa: ANN001, ANN202 - the other writer lets go before the hand-back writes
+        if locker.in_transaction:
+            locker.execute("COMMIT")
+        requeue(trial, died=died)
+
+    monkeypatch.setattr(objective_module, "requeue", after_the_lock)
+    settings = load_settings(None, {"study": {"name": "l", "trials": 1, "target_accuracy": None}, "data": {"val_size": 200, "train_size": 600},
+                                    "training": {"max_epochs": 2, "promote_factor": None}, "first_dnn": {"enabled": False}})
+    storage = optuna.storages.RDBStorage(f"sqlite:///{path}", engine_kwargs={"connect_args": {"timeout": 0.5}})  # a short busy timeout
+    study = open_study(settings, storage).study
+    objective = make_objective(settings, tiny_split, LockedAfterTheCheckpoint(tmp_path / "artifacts"), tmp_path / "checkpoints")
+    with pytest.raises(optuna.exceptions.StorageInternalError) as raised:  # Optuna's, around SQLAlchemy's
+        run_worker(study, objective, settings)
+    locker.close()
+    assert "database is locked" in str(storage_failure(raised.value))
+    first, retry = study.get_trials()
+    assert first.state == TrialState.FAIL and first.user_attrs[record.DIED] == record.STORAGE_ERROR
+    assert retry.state == TrialState.WAITING and record.retried_from(retry) == 0
+    assert list((tmp_path / "checkpoints").rglob("*.ckpt"))  # kept for the retry
+
+
 class PrivateServer:
     """A PostgreSQL server of this test's own (initdb in a temporary folder, a free port on
     127.0.0.1): stopping it cannot break another test using the shared server at the same time
