@@ -271,8 +271,9 @@ def storage_guard(url: str) -> Callable[[], None]:
             same = False
         if not same:
             raise StorageError(
-                f"the database file {path} was deleted or replaced during the run; the trials it held went "
-                "with it: restore it from a backup, or run again to start a new study there"
+                f"the database file {path} was deleted or replaced during the run, which stopped rather than write where no one "
+                "reads; what it wrote since may be missing from the file there now: check it, restore it from a backup if need be, "
+                "and run again (a new study if the file is gone)"
             )
 
     return check

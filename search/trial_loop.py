@@ -19,6 +19,7 @@ from lightning_modules.data.datasets import DATASETS
 from lightning_modules.data.sources import DataSource
 from lightning_modules.data.split import DataSplit
 from lightning_modules.device import CUDA_VISIBLE_DEVICES, Device, configure_torch, physical_ids, worker_visible_devices
+from lightning_modules.errors import UserInputError, error_line
 from search import record
 from search.artifact_stores import location_for_run, open_store
 from search.data import DataIdentity, check_split_sizes, data_identity, load_split
@@ -186,6 +187,9 @@ def worker_process(
         run_trials(settings, url, stop, device=device, deadline=deadline)
     except WorkerInterrupted:
         sys.exit(stop.exit_code)
+    except UserInputError as error:  # the database file replaced under the run (storage_guard): one line, not a traceback
+        print(f"error: worker {index}: {error_line(str(error))}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_STORAGE_FAILED)
     except Exception as error:  # a full disk or a failed database: one line, as the runner says it, not a traceback
         cause = storage_failure(error)
         if cause is None:
@@ -202,6 +206,17 @@ def worker_environments(settings: Settings, device: Device) -> list[dict[str, st
     return [{CUDA_VISIBLE_DEVICES: gpu} for gpu in ids]
 
 
+def _tolerant(poll: Callable[[], None]) -> None:
+    """The runner's report of what its workers finished: a database that fails under it (locked
+    past its timeout, a dropped connection) is the workers' to tell, each in one line; aborting
+    here killed healthy workers mid-trial. The report catches up once the database answers."""
+    try:
+        poll()
+    except Exception as error:
+        if storage_failure(error) is None:
+            raise
+
+
 def run_worker_pool(
     settings: Settings, url: str, stop: StopRequest, study: optuna.Study, on_poll: Any, device: Device | None = None,
     deadline: float | None = None,
@@ -214,7 +229,9 @@ def run_worker_pool(
         worker_process, (settings.model_dump(mode="json"), url, threads, worker_device, deadline), settings.study.workers, stop,
         worker_environments(settings, device),
     )
-    codes = pool.run(on_poll)
+    still_there = storage_guard(url)  # the runner's own connection reads a deleted file on: its workers' check is not its
+    codes = pool.run(lambda: _tolerant(on_poll))
     if stop.event.is_set():
         raise WorkerInterrupted
+    still_there()
     return codes

@@ -205,14 +205,18 @@ def test_a_study_at_its_target_starts_nothing_after_a_crash(setup: Callable[...,
         assert trials[0].value == crashed[0].value and trials[0].state == TrialState.COMPLETE
 
 
-def test_deleted_database_mid_run_is_a_clear_error(setup: Callable[..., SearchProcess]) -> None:
-    process = setup(trials=6)
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_deleted_database_mid_run_is_a_clear_error(setup: Callable[..., SearchProcess], workers: str) -> None:
+    """With workers, each printed a traceback (the check's error was not taken for a storage failure)."""
+    process = setup("--workers", workers, trials=6)
     wait_for(setup.url, reported(1, 1), process)
     db = Path(setup.url.removeprefix("sqlite:///"))
     for path in db.parent.glob(db.name + "*"):
         path.unlink()
     code, out, err = finish(process)
-    assert code == 2
+    assert code == 2 and "Traceback" not in err, err
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err
+    assert all(line.startswith(("error: ", "warning: ")) for line in lines), err
+    if workers == "1":
+        assert len(lines) == 1
     assert "deleted" in lines[0] and str(db) in lines[0]

@@ -429,3 +429,22 @@ def test_checking_the_export_folder_imports_neither_lightning_nor_matplotlib(pyt
     )
     done = subprocess.run([python, "-c", script], env=run_env, capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_a_database_failure_in_the_runners_report_leaves_the_workers_running() -> None:
+    """The runner's poll of what its workers finished raised on a locked or dropped database, and
+    the pool's clean-up then killed both healthy workers mid-trial (their trials left running)."""
+    import sqlalchemy.exc
+
+    from search.trial_loop import _tolerant
+
+    def locked() -> None:
+        raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("database is locked"))
+
+    _tolerant(locked)  # the workers tell it, each in one line; the report catches up later
+
+    def bug() -> None:
+        raise ValueError("a bug is still a bug")
+
+    with pytest.raises(ValueError, match="still a bug"):
+        _tolerant(bug)
