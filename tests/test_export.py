@@ -437,7 +437,7 @@ def test_a_failure_to_link_after_the_swap_says_the_export_is_in_place(
 
     monkeypatch.setattr(exporter, "attach_artifacts", store_down)
     target = tmp_path / "export"
-    with pytest.raises(ExportError, match=r"^the export is in .*export \(it replaced the previous one\), but linking its files to trial \d+ "
+    with pytest.raises(ExportError, match=r"^the export is in .*export, but linking its files to trial \d+ "
                                           r"in the artifact store failed \(artifact store s3://bucket/p answered 503: SlowDown\); export again"):
         export_study(tiny_study.load(), target, artifact_store=tiny_study.store, split=tiny_split)
     assert (target / "metrics.json").is_file()

@@ -49,6 +49,7 @@ from search.export.report import render_report
 from search.export.reproduce import reproduce_command
 from search.export.study_plots import draw_study_plots
 from search.export.trained import TrainedTrial, load_trial_model
+from search.failures import storage_failure
 from search.optuna_compat import ArtifactStore, storage_url
 from search.paths import exports_dir, study_dir_name
 from search.redaction import clip, redact
@@ -289,12 +290,11 @@ def export_study(
         raise ExportError(f"cannot write the export to {out_dir} ({error})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    # Linked only once the folder is in place: a target refused at the swap leaves the store and
-    # the trial as they were, as its message says.
-    try:
+    try:  # linked once the folder is in place: a target refused at the swap leaves store and trial as they were
         linked_to, artifact_ids = attach_artifacts(study, top.trial, built, store)
     except Exception as error:  # noqa: BLE001 - any store or database failure: the export itself is done
-        reason = clip((str(error).strip().splitlines() or [type(error).__name__])[0], 200)  # masked, then cut
-        raise ExportError(f"the export is in {out_dir} (it replaced the previous one), but linking its files to trial "
-                          f"{top.trial.number} in the artifact store failed ({reason}); export again to link them") from None
+        cause = storage_failure(error) or error  # the database's own words, not Optuna's wrapper's ("invalid data in the commit")
+        reason = clip((str(getattr(cause, "orig", None) or cause).strip().splitlines() or [type(cause).__name__])[0], 200)
+        raise ExportError(f"the export is in {out_dir}, but linking its files to trial {top.trial.number} "
+                          f"in the artifact store failed ({reason}); export again to link them") from None
     return ExportResult(metrics, str(out_dir), time.perf_counter() - start, artifact_ids, linked_to)
