@@ -442,6 +442,18 @@ def test_a_failure_to_link_after_the_swap_says_the_export_is_in_place(
         export_study(tiny_study.load(), target, artifact_store=tiny_study.store, split=tiny_split)
     assert (target / "metrics.json").is_file()
 
+    def database_locked(*_: object) -> None:  # as Optuna raises it: its own words around SQLAlchemy's
+        import sqlalchemy.exc
+
+        try:
+            raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("database is locked"))
+        except sqlalchemy.exc.OperationalError as error:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from error
+
+    monkeypatch.setattr(exporter, "attach_artifacts", database_locked)
+    with pytest.raises(ExportError, match=r"linking its files to trial \d+ in the artifact store failed \(database is locked\)"):
+        export_study(tiny_study.load(), target, artifact_store=tiny_study.store, split=tiny_split)
+
 
 def test_the_current_folder_is_refused_before_any_work(tiny_study: TinyStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
