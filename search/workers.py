@@ -10,6 +10,7 @@ runner forwards exactly one request; each worker asks the kernel for a signal of
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import multiprocessing
 from multiprocessing import resource_tracker
@@ -34,6 +35,8 @@ the worker left mid-stop; a repeated PARENT_DIED is the same single stop request
 
 
 STOP_REQUESTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+SECOND_STOP = ("\nstopped at once (a second stop request): what was finished is saved; run the same command again "
+               "(a trial it was training resumes from its last epoch once it is found stale)\n")
 
 
 class StopRequest:
@@ -69,6 +72,9 @@ class StopRequest:
         if self.event.is_set():
             for hook in self.on_second:
                 hook(signum)
+            if self.parent_pid is None:  # the command's own process: it ended silently, with no word of what stays
+                with contextlib.suppress(OSError):
+                    os.write(2, SECOND_STOP.encode())
             os._exit(128 + signum)
         self._first(signum)
 

@@ -37,7 +37,9 @@ def test_a_second_signal_ends_a_stop_that_never_finishes(python: str, run_env: d
     finally:
         process.kill()
     assert code == 128 + signal.SIGINT
-    assert "Traceback" not in process.stderr.read()
+    err = process.stderr.read()
+    assert "Traceback" not in err
+    assert err.strip().startswith("stopped at once (a second stop request)") and "run the same command again" in err, err  # it said nothing
 
 
 ORPHANED = """
