@@ -199,6 +199,15 @@ class WorkerPool:
                 except ProcessLookupError:
                     pass
 
+    def _suspend(self, signum: int, frame: object) -> None:
+        """Ctrl-Z: the workers, in their own process group, never got it and trained on while the job
+        read "Stopped"; they stop with the runner, and go on with it (fg, bg)."""
+        self._signal_all(signal.SIGSTOP)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)  # the runner stops here until SIGCONT
+        signal.signal(signal.SIGTSTP, self._suspend)
+        self._signal_all(signal.SIGCONT)
+
     def run(self, on_poll: Callable[[], None]) -> list[int]:
         """Start every worker, call `on_poll` until all have ended; returns their exit codes."""
         self.stop.on_second.append(lambda _: self._signal_all(signal.SIGKILL))
@@ -216,9 +225,13 @@ class WorkerPool:
             # Relay SIGTERM whatever came: a worker whose handler is in place stops at its next
             # batch; one still starting holds it until its handler is.
             self.stop.add_first(lambda _: self._signal_all(signal.SIGTERM))  # a request during start-up too
-            while any(p.is_alive() for p in self.processes):
-                on_poll()
-                time.sleep(POLL_SECONDS)
+            suspend_before = signal.signal(signal.SIGTSTP, self._suspend)
+            try:
+                while any(p.is_alive() for p in self.processes):
+                    on_poll()
+                    time.sleep(POLL_SECONDS)
+            finally:
+                signal.signal(signal.SIGTSTP, suspend_before)
         except BaseException:
             self._signal_all(signal.SIGKILL)
             raise

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -141,3 +143,53 @@ def test_a_hang_up_is_a_stop_request_unless_nohup_ignores_it() -> None:
         ignored.uninstall()
     finally:
         signal.signal(signal.SIGHUP, before)
+
+
+SUSPENDED = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from search.workers import StopRequest, WorkerPool
+from worker_bodies import spin_until_stopped
+
+folder = Path({folder!r})
+stop = StopRequest().install()
+pool = WorkerPool(spin_until_stopped, (str(folder),), 2, stop)
+said = []
+def poll():
+    if not said and len(list(folder.glob("pid-*"))) == 2:
+        said.append(print("ready", flush=True))
+sys.exit(0 if pool.run(poll) else 1)
+"""
+
+
+def process_state(pid: int) -> str:
+    """R, S, T (stopped), ... from /proc/PID/stat."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+
+
+def wait_for_state(pids: list[int], stopped: bool) -> None:
+    for _ in range(6000):  # a hang guard (60 s), not a speed check
+        if all((process_state(pid) == "T") == stopped for pid in pids):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{pids} never {'stopped' if stopped else 'went on'}: {[process_state(pid) for pid in pids]}")
+
+
+def test_ctrl_z_stops_the_workers_with_the_runner_and_fg_resumes_them(tmp_path: Path, python: str, run_env: dict[str, str]) -> None:
+    """The workers sit in their own process group, so the terminal's SIGTSTP reached the runner
+    only: the job read "Stopped" while both workers trained its whole budget."""
+    script = SUSPENDED.format(tests=str(Path(__file__).parent), folder=str(tmp_path))
+    runner = subprocess.Popen([python, "-c", script], env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert runner.stdout is not None and runner.stdout.readline().strip() == "ready"
+        workers = [int((tmp_path / f"pid-{i}").read_text()) for i in range(2)]
+        runner.send_signal(signal.SIGTSTP)  # Ctrl-Z
+        wait_for_state([runner.pid, *workers], stopped=True)
+        runner.send_signal(signal.SIGCONT)  # fg
+        wait_for_state([runner.pid, *workers], stopped=False)
+        runner.send_signal(signal.SIGTERM)
+        code = runner.wait(timeout=60)  # a hang guard, not a speed check
+    finally:
+        runner.kill()
+    assert code == 128 + signal.SIGTERM or code == 0, runner.stderr.read() if runner.stderr else ""

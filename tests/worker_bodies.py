@@ -16,3 +16,12 @@ from lightning_modules.device import CUDA_VISIBLE_DEVICES
 def record_environment(stop: object, folder: str, index: int) -> None:
     """Write what this process was started with (its CUDA_VISIBLE_DEVICES), then end."""
     Path(folder, f"worker-{index}").write_text(os.environ.get(CUDA_VISIBLE_DEVICES, "<unset>"))
+
+
+def spin_until_stopped(stop: object, folder: str, index: int) -> None:
+    """Say its pid, then spin (a trial that never ends) until the stop request comes."""
+    import time
+
+    Path(folder, f"pid-{index}").write_text(str(os.getpid()))
+    while not stop.event.is_set():  # type: ignore[attr-defined]
+        time.sleep(0.01)
