@@ -247,8 +247,9 @@ def run_worker(
             except ValueError:
                 if watch.taken is None:
                     raise
-                print(f"note: trial {watch.taken} was retried by another worker while this one was paused past "
-                      f"study.stale_after_seconds ({settings.study.stale_after_seconds} s); its result here is dropped",
+                print(f"note: trial {watch.taken} was retried by another worker: this one's heartbeat went unseen for "
+                      f"study.stale_after_seconds ({settings.study.stale_after_seconds} s: a pause, or a database too busy "
+                      "to take it); its result here is dropped",
                       file=sys.stderr, flush=True)
             trials_run += 1
             if trials_run % GC_EVERY_TRIALS == 0:

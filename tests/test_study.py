@@ -490,7 +490,7 @@ def test_a_worker_whose_trial_was_retried_while_it_was_paused_drops_it_and_goes_
     assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]  # the retry ran, then a new trial
     assert study.trials[1].params == study.trials[0].params
     err = capsys.readouterr().err
-    assert "note: trial 0 was retried by another worker while this one was paused" in err and "Traceback" not in err
+    assert "note: trial 0 was retried by another worker: this one's heartbeat went unseen" in err and "Traceback" not in err
 
 
 def test_a_run_whose_budget_is_finished_leaves_another_runs_trials_running(storage_url: str, name: str) -> None:
