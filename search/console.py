@@ -19,7 +19,8 @@ from typing import Any, TextIO
 
 
 def _closed_pipe(error: OSError) -> bool:
-    return isinstance(error, BrokenPipeError) or error.errno in (errno.EPIPE, errno.ECONNRESET)
+    """A pipe whose reader left, or a terminal that hung up (EIO: the ssh session or window closed)."""
+    return isinstance(error, BrokenPipeError) or error.errno in (errno.EPIPE, errno.ECONNRESET, errno.EIO)
 
 
 class GuardedStream:
@@ -83,4 +84,9 @@ class OutputGuard:
         return self
 
     def uninstall(self) -> None:
+        """Flush first: output to a pipe is block-buffered, and what is left would fail in the
+        interpreter's own last flush ("Exception ignored ... BrokenPipeError", exit 120)."""
+        for stream in (sys.stdout, sys.stderr):
+            if isinstance(stream, GuardedStream):
+                stream.flush()
         sys.stdout, sys.stderr = self._previous

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -123,10 +123,11 @@ class SpaceConfig(Strict):
 
     @field_validator("classifier", "optimizer", "batch_size")
     @classmethod
-    def _each_choice_once(cls, value: list[Any]) -> list[Any]:
-        """Optuna keeps a repeated choice: [64, 128, 128] drew 128 twice as often, unsaid."""
+    def _each_choice_once(cls, value: list[Any], info: ValidationInfo) -> list[Any]:
+        """Optuna keeps a repeated choice: [64, 128, 128] drew 128 twice as often, unsaid. A new
+        run's settings only: a study recorded with one still exports and resumes."""
         repeated = sorted({str(v) for v in value if value.count(v) > 1})
-        if repeated:
+        if repeated and not (info.context or {}).get("recorded"):  # settings.RECORDED
             raise ValueError(f"lists {', '.join(repeated)} more than once; name each choice once")
         return value
 

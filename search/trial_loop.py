@@ -78,7 +78,8 @@ def _nothing_to_do(study: optuna.Study, settings: Settings) -> str | None:
     if reason is None:
         return None
     running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-    if reason.startswith("budget") and running:  # run_worker waits for them: "nothing to run" was untrue
+    waits = running and len(study.get_trials(deepcopy=False, states=FINISHED)) < settings.study.trials  # as run_worker decides
+    if reason.startswith("budget") and waits:  # run_worker waits for them: "nothing to run" was untrue
         return (
             f"the budget of {settings.study.trials} trials is taken by finished trials and {running} marked running "
             "(another worker's, or a run's that stopped): waiting for them; one whose worker is gone is retried here "

@@ -97,3 +97,34 @@ def test_a_run_whose_output_closes_stops_its_workers_cleanly(tmp_path: Path, pyt
     trials = optuna.load_study(study_name="mnist", storage=reader_storage(url)).trials
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert all(t.user_attrs.get(record.DIED) == record.INTERRUPTED for t in trials if t.state == TrialState.FAIL)  # stopped, not dead
+
+
+def test_a_terminal_that_hung_up_is_a_closed_output_too() -> None:
+    """Writing to a terminal after its window or ssh session closed fails with EIO, not EPIPE:
+    with workers the runner's report raised it and the pool killed both workers mid-trial."""
+    import errno
+
+    from search.console import _closed_pipe
+
+    assert _closed_pipe(OSError(errno.EIO, "Input/output error"))
+    assert not _closed_pipe(OSError(errno.ENOSPC, "No space left on device"))  # a full disk is not a reader that left
+
+
+def test_what_a_pipe_still_buffers_is_flushed_under_the_guard() -> None:
+    """Output to a pipe is block-buffered: the guard came off first, and the interpreter's own last
+    flush printed "Exception ignored ... BrokenPipeError" and exited 120."""
+    import sys
+
+    read_end, write_end = os.pipe()
+    buffered = io.TextIOWrapper(os.fdopen(write_end, "wb"))  # block-buffered, as sys.stdout is into a pipe
+    told: list[int] = []
+    guard = OutputGuard(lambda: told.append(1)).install()
+    sys.stdout.stream = buffered
+    try:
+        print("a line the reader never takes")  # buffered: no error yet
+        os.close(read_end)
+    finally:
+        guard.uninstall()
+    assert told == [1]
+    buffered.flush()  # what the interpreter does at exit: to /dev/null now
+    buffered.close()

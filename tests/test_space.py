@@ -151,3 +151,12 @@ def test_a_choice_listed_twice_is_refused(field: str, value: list) -> None:
 
     with pytest.raises(ConfigError, match=f"space.{field}: lists .* more than once"):
         load_settings(None, {"space": {field: value}, "first_dnn": {"enabled": False}, "baseline": {"enabled": False}})
+
+
+def test_a_study_recorded_with_a_repeated_choice_still_reads() -> None:
+    """Settings a study recorded before repeats were refused: its export and --reproduce read them."""
+    from search.settings import RECORDED
+
+    raw = Settings().model_dump(mode="json")
+    raw["space"]["batch_size"] = [64, 128, 128]
+    assert Settings.model_validate(raw, context=RECORDED).space.batch_size == [64, 128, 128]

@@ -513,3 +513,16 @@ def test_a_run_whose_budget_is_finished_leaves_another_runs_trials_running(stora
     assert len(polls) == 1
     with pytest.raises(AssertionError, match="waited"):  # one finished trial short: it waits for the running one
         run_worker(study, quick_objective, settings_for(name, trials=3, target_accuracy=None), poll_seconds=0.01, storage_check=storage_check)
+
+
+def test_the_start_line_says_waiting_only_when_the_run_waits(storage_url: str, name: str) -> None:
+    """With its budget filled by finished trials the run stops at once (another run's running trial
+    is not its to wait for), yet its first line said it was waiting for that trial."""
+    from search.trial_loop import _nothing_to_do
+
+    settings = settings_for(name, trials=2, target_accuracy=None)
+    study = open_study(settings, writer_storage(storage_url)).study
+    run_worker(study, quick_objective, settings)
+    study.ask()  # another run's trial, running
+    assert "waiting for them" not in (_nothing_to_do(study, settings) or "")
+    assert "waiting for them" in (_nothing_to_do(study, settings_for(name, trials=3, target_accuracy=None)) or "")

@@ -16,5 +16,5 @@ class ExportInterrupted(Exception):
 
 class ExportSuperseded(Exception):
     """The export folder holds, by the time this export would swap in, an export of a trial the
-    study ranks as high or higher (written meanwhile by another run or export): this one is left
-    out, nothing is changed, and the folder already holds what an export promises (the best)."""
+    study ranks higher (or of the same trial, swapped in at the same moment) by another run or
+    export: this one is left out, nothing is changed, and the folder holds the best already."""

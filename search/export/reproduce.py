@@ -133,7 +133,8 @@ class Reproduction:
             rep = f"{self.reproduced[epoch]:.6f}" if epoch < len(self.reproduced) else "-"
             out.append(f"          {epoch:>5}  {rec:>9}  {rep:>11}")
         other = self.first_difference()
-        verdict = "reproduced: every epoch matches, losses included" if self.matches else "DIFFERS from the recorded values"
+        every = ", losses included" if self.recorded_history else ""  # a trial recorded before its history: accuracy only
+        verdict = f"reproduced: every epoch matches{every}" if self.matches else "DIFFERS from the recorded values"
         return [*out, *([self.note] if self.note else []), f"trial {self.trial} {verdict}" + (f": {other}" if other else "")]
 
 
