@@ -133,6 +133,7 @@ def test_a_hang_up_is_a_stop_request_unless_nohup_ignores_it() -> None:
 
     before = signal.getsignal(signal.SIGHUP)
     try:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as a terminal starts it (this suite may run under nohup)
         stop = StopRequest().install()
         os.kill(os.getpid(), signal.SIGHUP)  # handled in this (main) thread before the next line runs
         assert stop.event.is_set() and stop.exit_code == 128 + signal.SIGHUP
@@ -180,7 +181,9 @@ def test_ctrl_z_stops_the_workers_with_the_runner_and_fg_resumes_them(tmp_path: 
     """The workers sit in their own process group, so the terminal's SIGTSTP reached the runner
     only: the job read "Stopped" while both workers trained its whole budget."""
     script = SUSPENDED.format(tests=str(Path(__file__).parent), folder=str(tmp_path))
-    runner = subprocess.Popen([python, "-c", script], env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a process group of its own under this one, as a shell's job is: in an orphaned group (the
+    # suite run by setsid or nohup) the kernel discards a stop signal's default action
+    runner = subprocess.Popen([python, "-c", script], env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, process_group=0)
     try:
         assert runner.stdout is not None and runner.stdout.readline().strip() == "ready"
         workers = [int((tmp_path / f"pid-{i}").read_text()) for i in range(2)]
