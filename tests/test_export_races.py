@@ -123,6 +123,13 @@ def once(action: Callable[[], None]) -> Callable[[], bool]:
     return run
 
 
+def better_trial_exported(url: str) -> None:
+    """Meanwhile: trial 1, better, finishes, and `python -m search.export` (B) exports it."""
+    run_better_trial(url)
+    with second_export():
+        assert export_cli(url) == 0
+
+
 def test_an_export_that_ends_late_leaves_a_better_one_written_meanwhile(
     run_args: list[str], url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -131,12 +138,7 @@ def test_an_export_that_ends_late_leaves_a_better_one_written_meanwhile(
     folder held trial 0 while the study's best, the run's line and the dashboard note said trial 1."""
     target = default_export_dir("mnist")
 
-    def meanwhile() -> None:
-        run_better_trial(url)
-        with second_export():
-            assert export_cli(url) == 0
-
-    b_runs, share = once(meanwhile), exporter.share
+    b_runs, share = once(lambda: better_trial_exported(url)), exporter.share
     monkeypatch.setattr(exporter, "share", lambda staging, owner: (b_runs(), share(staging, owner)))
     code = run_main([*run_args, "--trials", "1"])
     out, err = capsys.readouterr()
@@ -165,12 +167,7 @@ def test_an_export_links_the_files_it_built_though_another_replaced_them_after_i
     assert run_main([*run_args, "--trials", "1", "--no-export"]) == 0
     target = default_export_dir("mnist")
 
-    def meanwhile() -> None:
-        run_better_trial(url)
-        with second_export():
-            assert export_cli(url) == 0
-
-    b_runs, attach = once(meanwhile), exporter.attach_artifacts
+    b_runs, attach = once(lambda: better_trial_exported(url)), exporter.attach_artifacts
     monkeypatch.setattr(exporter, "attach_artifacts", lambda *args: (b_runs(), attach(*args))[1])
     a = export_study(load(url), target)
     assert a.metrics.best_trial == 0 and a.linked_to == "trial 0"
