@@ -48,6 +48,13 @@ def over_budget(study: optuna.Study, budget: int, retry: bool = False) -> bool:
     return sum(t.state in FINISHED or record.retried_from(t) is not None for t in used) > budget
 
 
+def waits_for_running(study: optuna.Study, budget: int) -> bool:
+    """Whether a run whose budget is spent waits for running trials (to retry one whose worker
+    died): only while finished trials alone fall short of it; past that, they are another run's."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return bool(running) and len(finished_trials(study)) < budget
+
+
 def trial_at_target(study: optuna.Study, target: float | None) -> FrozenTrial | None:
     """The first completed (not pruned) trial whose value reaches the target, if any."""
     if target is None:

@@ -28,7 +28,7 @@ from search.resume import new_study_uid
 from search.sampling import INDEPENDENT, build_sampler, seed_scheme
 from search.settings import PrunerConfig, Settings
 from search.space import baseline_params, first_dnn_params
-from search.stopping import SurplusTrial, finished_trials, stop_reason
+from search.stopping import SurplusTrial, stop_reason, waits_for_running
 from search.warm_start import WarmStart, enqueue_warm_start, require_same_warm_start
 
 GC_EVERY_TRIALS = 10  # a full collection costs ~0.3 s; every trial would double tiny trials' time
@@ -256,7 +256,7 @@ def run_worker(
                 gc.collect()  # Trainer/module reference cycles otherwise grow RSS ~1 MB a trial
             continue
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if reason.startswith("budget") and running and len(finished_trials(study)) < settings.study.trials:
+        if reason.startswith("budget") and waits_for_running(study, settings.study.trials):
             time.sleep(poll_seconds)
             continue
         if not running and not reason.startswith("timeout"):  # the study is done, not just this run

@@ -27,7 +27,7 @@ from search.failures import EXIT_STORAGE_FAILED, describe_storage_failure, quiet
 from search.paths import checkpoints_dir
 from search.redaction import message_secrets, redact
 from search.settings import Settings
-from search.stopping import FINISHED, stop_reason
+from search.stopping import FINISHED, stop_reason, waits_for_running
 from search.storage import open_study_storage, storage_guard
 from search.studies import quiet_optuna
 from search.study import (
@@ -78,8 +78,7 @@ def _nothing_to_do(study: optuna.Study, settings: Settings) -> str | None:
     if reason is None:
         return None
     running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-    waits = running and len(study.get_trials(deepcopy=False, states=FINISHED)) < settings.study.trials  # as run_worker decides
-    if reason.startswith("budget") and waits:  # run_worker waits for them: "nothing to run" was untrue
+    if reason.startswith("budget") and waits_for_running(study, settings.study.trials):  # run_worker waits: "nothing to run" was untrue
         return (
             f"the budget of {settings.study.trials} trials is taken by finished trials and {running} marked running "
             "(another worker's, or a run's that stopped): waiting for them; one whose worker is gone is retried here "
