@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterable
 
 from lightning_modules.errors import one_line
+from search import sqlite_file
 from search.redaction import clip
 
 DISK_ERRORS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EFBIG})
@@ -52,6 +53,11 @@ def describe_storage_failure(cause: BaseException, secrets: Iterable[str] = (), 
             return one_line(f"{verb} run state ({cause.strerror}; the run-state folder or the temporary folder, {tempfile.gettempdir()})")
         return one_line(f"{verb} {named} ({cause.strerror})")
     reason = clip(str(getattr(cause, "orig", None) or cause).strip().splitlines()[0], 200, secrets)
+    if reason == "database is locked":  # SQLite's busy timeout ran out: someone else's lock, not a broken file
+        return one_line(
+            f"the study's SQLite database stayed locked by another process for {sqlite_file.SQLITE_BUSY_TIMEOUT_SECONDS} s ({reason}; "
+            "a sqlite3 shell or a backup holding it?)"
+        )
     return one_line(f"the study's storage failed {during} ({reason})")
 
 

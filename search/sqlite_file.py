@@ -17,6 +17,9 @@ from search.paths import nearest_existing
 from search.storage_url import StorageError
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 60
+# A write lock held longer than this when a search opens the file is another program's (a
+# sqlite3 shell, a backup): a search's own writes hold it for milliseconds.
+LOCK_NOTICE_SECONDS = 2.0
 # Tables every Optuna study database has: a database without them is not one.
 OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})
 # Every table Optuna's RDB storage creates, with its key column (Optuna 5;
@@ -96,6 +99,26 @@ def writable(path: Path) -> bool:
     """Whether this user can write the SQLite file and beside it (its -wal, -shm and -journal);
     False on a read-only file system too."""
     return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+
+
+def locked_by_another(path: Path, wait: float = LOCK_NOTICE_SECONDS) -> bool:
+    """Whether another connection holds the file's write lock for over `wait` seconds: the open
+    that follows then waits up to the busy timeout without a word, so the caller says why first.
+    A missing file is not locked; one SQLite cannot read is left to the open, which names it."""
+    if not path.is_file():
+        return False
+    try:
+        connection = sqlite3.connect(path, timeout=wait, isolation_level=None)
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("ROLLBACK")
+        finally:
+            connection.close()
+    except sqlite3.OperationalError as error:
+        return "locked" in str(error)
+    except sqlite3.DatabaseError:
+        return False
+    return False
 
 
 def foreign_file(path: Path, foreign: list[str]) -> StorageError:

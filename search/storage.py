@@ -11,6 +11,7 @@ file, a folder or a table, and the dashboard's connection is read-only.
 from __future__ import annotations
 
 import sqlite3
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -82,6 +83,12 @@ def _prepare_sqlite(path: Path) -> set[str]:
     foreign = sqlite_file.foreign_in(schema)
     if foreign:
         raise sqlite_file.foreign_file(path, foreign)
+    if sqlite_file.locked_by_another(path):
+        print(
+            f"note: another program holds the write lock on {path} (a sqlite3 shell, a backup?); "
+            f"waiting up to {sqlite_file.SQLITE_BUSY_TIMEOUT_SECONDS} s for it",
+            file=sys.stderr, flush=True,
+        )
     if not sqlite_file.OPTUNA_TABLES <= schema.names:
         _switch_to_wal(path)
     return schema.names

@@ -542,3 +542,35 @@ def test_a_full_disk_behind_a_nameless_error_names_where_to_look() -> None:
     assert line == f"cannot write run state (No space left on device; the run-state folder or the temporary folder, {tempfile.gettempdir()})"
     too_large = OSError(errno.EFBIG, "File too large", "/runs/trial-3.ckpt")  # a file-size limit: a disk failure, not a bug
     assert storage_failure(RuntimeError("wrapped")) is None and storage_failure(too_large) is too_large
+
+
+def test_a_study_file_locked_by_another_program_is_told_at_once_and_named_when_the_wait_ends(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sqlite3 shell holding the study file's write lock made a run wait the whole busy
+    timeout without a word, then say "the study's storage failed mid-run (database is locked)"."""
+    from search import sqlite_file
+    from search.failures import describe_storage_failure, storage_failure
+
+    path = tmp_path / "study.db"
+    open_study_storage(f"sqlite:///{path}", heartbeat_seconds=60, grace_seconds=120).engine.dispose()
+    assert not sqlite_file.locked_by_another(path, wait=0.1)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        assert sqlite_file.locked_by_another(path, wait=0.1)
+        monkeypatch.setattr(sqlite_file, "SQLITE_BUSY_TIMEOUT_SECONDS", 1)  # the wait itself, shortened
+        storage = open_study_storage(f"sqlite:///{path}", heartbeat_seconds=60, grace_seconds=120)
+        with pytest.raises(Exception) as raised:  # whichever layer wraps SQLite's error
+            optuna.create_study(storage=storage, study_name="blocked")  # a run's first write
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    note = capsys.readouterr().err
+    assert note.startswith(f"note: another program holds the write lock on {path}") and note.count("\n") == 1, note
+    cause = storage_failure(raised.value)
+    assert cause is not None, raised.value
+    line = describe_storage_failure(cause)
+    assert line.startswith("the study's SQLite database stayed locked by another process for 1 s (database is locked"), line
+    assert "mid-run" not in line
+    assert not sqlite_file.locked_by_another(path, wait=0.1)

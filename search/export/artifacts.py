@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
+from typing import BinaryIO
 
 import optuna
 from optuna.artifacts import get_all_artifact_meta
@@ -55,12 +56,13 @@ def _stored_digest(store: ArtifactStore, artifact_id: str, suffix: str) -> str |
 
 
 def attach_artifacts(
-    study: optuna.Study, trial: FrozenTrial, files: Mapping[str, bytes] | Sequence[Path], store: ArtifactStore
+    study: optuna.Study, trial: FrozenTrial, files: Mapping[str, BinaryIO] | Sequence[Path], store: ArtifactStore
 ) -> tuple[str, dict[str, str]]:
     """Link files to `trial` (else to the study): replace the content of a file name linked before,
-    upload a new one otherwise. `files`: {file name: content}, or paths to read (the exporter reads its
-    own before it swaps them into place, where another export's may stand a moment later). Returns
-    (what the files are linked to, {file name: artifact id})."""
+    upload a new one otherwise. `files`: {file name: an open file}, or paths; each is read when its
+    turn comes, so one file at a time is in memory (the exporter opens its own before it swaps
+    them into place, where another export's may stand a moment later). Returns (what the files
+    are linked to, {file name: artifact id})."""
     backend = study_storage(study)  # the cache may hold a stale copy of the finished trial
     if not isinstance(backend, RDBStorage):  # other storages replay the log and drop such links
         target: optuna.Study | FrozenTrial = study
@@ -72,7 +74,8 @@ def attach_artifacts(
         linked.setdefault(meta.filename, []).append(meta.artifact_id)
     ids: dict[str, str] = {}
     with finished_trial_writable(backend) if target is trial else nullcontext():
-        for name, data in files.items() if isinstance(files, Mapping) else ((path.name, path.read_bytes()) for path in files):
+        for name, source in files.items() if isinstance(files, Mapping) else ((path.name, path) for path in files):
+            data = source.read_bytes() if isinstance(source, Path) else source.read()
             suffix = Path(name).suffix
             owned = linked.get(name) or [export_artifact_id(study, None if target is study else trial, name)]
             for artifact_id in owned:  # the content first, then the link: a link never names a missing artifact

@@ -18,6 +18,7 @@ import shlex
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,14 +37,7 @@ from search.export.artifacts import ARTIFACT_MIMETYPES, attach_artifacts
 from search.export.errors import ExportError, ExportInterrupted, ExportSuperseded
 from search.export.files import FILES, export_identity
 from search.export.folder import check_target, replace_dir, share, staging_dir
-from search.export.metrics import (
-    DataRecord,
-    ExportMetrics,
-    ModelMetrics,
-    OnnxCheckRecord,
-    Seeds,
-    TrialCounts,
-)
+from search.export.metrics import DataRecord, ExportMetrics, ModelMetrics, OnnxCheckRecord, Seeds, TrialCounts
 from search.export.model_formats import write_model_files
 from search.export.report import render_report
 from search.export.reproduce import reproduce_command
@@ -251,50 +245,51 @@ def export_study(
     with torch.inference_mode():
         probabilities = torch.softmax(top.model_file.model(split.x_test), dim=1)
     staging = staging_dir(out_dir, FILES, owner)
-    try:
-        onnx_check = write_model_files(top.model_file, top.trial, top.test_accuracy, study.study_name, staging, split.x_test, probabilities)
-        write_confusion_csv(top.evaluation.confusion.numpy(), staging / "confusion_matrix.csv")
-        note = snapshot_note(list(settings.training.snapshot_steps), sorted(top.model_file.snapshots))
-        step()
-        draw_model_figures(top, trained, split, staging, note)
-        step()
-        notes = draw_study_plots(study, staging)
-        url = storage_url(study)
-        metrics = ExportMetrics(
-            study=study.study_name, best_trial=top.trial.number, **_model_fields(top),
-            best_linear=model_metrics(trained.get("linear")), best_dnn=model_metrics(trained.get("dnn")),
-            snapshot_steps=sorted(top.model_file.snapshots), snapshot_note=note,
-            trials=_trial_counts(study),
-            onnx_check=OnnxCheckRecord(**onnx_check.as_dict()),
-            data=DataRecord(
-                description=identity.source if identity else (settings.data.source or "MNIST"),
-                train_rows=len(split.y_train), val_rows=len(split.y_val), test_rows=len(split.y_test),
-                split_seed=split.split_seed, sha256=identity.sha256 if identity else None,
-            ),
-            study_plot_notes=notes, storage=redact(url) if url else "in-memory storage",
-            reproduce_command=reproduce_command(study, top.trial.number, url, source.path if settings.data.source is None else None),
-            predict_command=f"python -m search.predict --model {shlex.quote(str(out_dir))} digit.png",
-            files=list(FILES),
-        )
-        (staging / "metrics.json").write_text(metrics.to_json())
-        (staging / "report.html").write_text(render_report(metrics, staging), encoding="utf-8")
-        missing = [name for name in FILES if not (staging / name).is_file()]
-        if missing:  # a bug, not bad input: fail loudly rather than ship an incomplete export
-            raise RuntimeError(f"export is missing {missing}")
-        step()
-        share(staging, owner)
-        # read before the swap: what is linked is this export's, whatever the folder holds a moment after
-        built = {name: (staging / name).read_bytes() for name in FILES if Path(name).suffix in ARTIFACT_MIMETYPES}
-        replace_dir(staging, out_dir, FILES, owner, swap_rule(study, top.trial, out_dir))
-    except OSError as error:
-        raise ExportError(f"cannot write the export to {out_dir} ({error})") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    try:  # linked once the folder is in place: a target refused at the swap leaves store and trial as they were
-        linked_to, artifact_ids = attach_artifacts(study, top.trial, built, store)
-    except Exception as error:  # noqa: BLE001 - any store or database failure: the export itself is done
-        cause = storage_failure(error) or error  # the database's own words, not Optuna's wrapper's ("invalid data in the commit")
-        reason = clip((str(getattr(cause, "orig", None) or cause).strip().splitlines() or [type(cause).__name__])[0], 200)
-        raise ExportError(f"the export is in {out_dir}, but linking its files to trial {top.trial.number} "
-                          f"in the artifact store failed ({reason}); export again to link them") from None
+    with ExitStack() as held:  # the artifact files, open from before the swap until they are linked
+        try:
+            onnx_check = write_model_files(top.model_file, top.trial, top.test_accuracy, study.study_name, staging, split.x_test, probabilities)
+            write_confusion_csv(top.evaluation.confusion.numpy(), staging / "confusion_matrix.csv")
+            note = snapshot_note(list(settings.training.snapshot_steps), sorted(top.model_file.snapshots))
+            step()
+            draw_model_figures(top, trained, split, staging, note)
+            step()
+            notes = draw_study_plots(study, staging)
+            url = storage_url(study)
+            metrics = ExportMetrics(
+                study=study.study_name, best_trial=top.trial.number, **_model_fields(top),
+                best_linear=model_metrics(trained.get("linear")), best_dnn=model_metrics(trained.get("dnn")),
+                snapshot_steps=sorted(top.model_file.snapshots), snapshot_note=note,
+                trials=_trial_counts(study),
+                onnx_check=OnnxCheckRecord(**onnx_check.as_dict()),
+                data=DataRecord(
+                    description=identity.source if identity else (settings.data.source or "MNIST"),
+                    train_rows=len(split.y_train), val_rows=len(split.y_val), test_rows=len(split.y_test),
+                    split_seed=split.split_seed, sha256=identity.sha256 if identity else None,
+                ),
+                study_plot_notes=notes, storage=redact(url) if url else "in-memory storage",
+                reproduce_command=reproduce_command(study, top.trial.number, url, source.path if settings.data.source is None else None),
+                predict_command=f"python -m search.predict --model {shlex.quote(str(out_dir))} digit.png",
+                files=list(FILES),
+            )
+            (staging / "metrics.json").write_text(metrics.to_json())
+            (staging / "report.html").write_text(render_report(metrics, staging), encoding="utf-8")
+            missing = [name for name in FILES if not (staging / name).is_file()]
+            if missing:  # a bug, not bad input: fail loudly rather than ship an incomplete export
+                raise RuntimeError(f"export is missing {missing}")
+            step()
+            share(staging, owner)
+            # opened before the swap: what is linked is this export's, whatever the folder holds a moment after
+            built = {name: held.enter_context((staging / name).open("rb")) for name in FILES if Path(name).suffix in ARTIFACT_MIMETYPES}
+            replace_dir(staging, out_dir, FILES, owner, swap_rule(study, top.trial, out_dir))
+        except OSError as error:
+            raise ExportError(f"cannot write the export to {out_dir} ({error})") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        try:  # linked once the folder is in place: a target refused at the swap leaves store and trial as they were
+            linked_to, artifact_ids = attach_artifacts(study, top.trial, built, store)
+        except Exception as error:  # noqa: BLE001 - any store or database failure: the export itself is done
+            cause = storage_failure(error) or error  # the database's own words, not Optuna's wrapper's ("invalid data in the commit")
+            reason = clip((str(getattr(cause, "orig", None) or cause).strip().splitlines() or [type(cause).__name__])[0], 200)
+            raise ExportError(f"the export is in {out_dir}, but linking its files to trial {top.trial.number} "
+                              f"in the artifact store failed ({reason}); export again to link them") from None
     return ExportResult(metrics, str(out_dir), time.perf_counter() - start, artifact_ids, linked_to)
