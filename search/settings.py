@@ -83,10 +83,8 @@ class StudyConfig(Strict):
     @model_validator(mode="after")
     def _stale_after_heartbeats(self) -> StudyConfig:
         if self.stale_after_seconds < 2 * self.heartbeat_seconds:
-            raise ValueError(
-                f"stale_after_seconds ({self.stale_after_seconds}) must be at least twice heartbeat_seconds "
-                f"({self.heartbeat_seconds}), or live trials would be failed as stale"
-            )
+            raise ValueError(f"stale_after_seconds ({self.stale_after_seconds}) must be at least twice heartbeat_seconds "
+                             f"({self.heartbeat_seconds}), or live trials would be failed as stale")
         return self
 
 
@@ -100,9 +98,7 @@ class WarmStartConfig(Strict):
         default=None, min_length=1, max_length=MAX_NAME_LENGTH,
         description="earlier study whose best parameter sets a new study runs first (null: none)",
     )
-    storage: str | None = Field(
-        default=None, min_length=1, max_length=MAX_URL_LENGTH, description="storage URL of that study (null: this run's storage)",
-    )
+    storage: str | None = Field(default=None, min_length=1, max_length=MAX_URL_LENGTH, description="storage URL of that study (null: this run's storage)")
     trials: int = Field(default=5, gt=0, le=MAX_WARM_START_TRIALS, description="how many of its best distinct parameter sets to enqueue")
 
     @field_validator("study")
@@ -274,6 +270,8 @@ class Settings(Strict):
 # record only the last. The others belong to one run and may change (budget, target, timeout,
 # workers, device, storage, snapshots, export); the data and the warm start have checks of their own.
 TRIAL_DEFINING = ("study.seed", "sampler", "pruner", "training.max_epochs", "training.promote_factor", "training.precision", "space", "baseline", "first_dnn")
+# Checked as those are: a run declaring trials dead after 3 s failed those of a run beating every 15 s.
+SHARED_BY_RUNS = ("study.heartbeat_seconds", "study.stale_after_seconds")
 
 
 def settings_as_dict(settings: Settings) -> dict[str, Any]:

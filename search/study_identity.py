@@ -21,7 +21,7 @@ from optuna.distributions import CategoricalDistribution
 from lightning_modules.errors import DataError, UserInputError
 from search.data import DataIdentity, check_data, data_identity, load_split
 from search.record import DATA, SETTINGS, study_settings
-from search.settings import TRIAL_DEFINING
+from search.settings import SHARED_BY_RUNS, TRIAL_DEFINING
 from search.space import CATEGORICAL_FIELDS
 
 SHOWN_DIFFERENCES = 3
@@ -123,7 +123,7 @@ def settings_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]
     return [
         "{} {} (this run: {})".format(key, *_shown_pair(old[key], value))
         for key, value in sorted(new.items())
-        if any(key == p or key.startswith(p + ".") for p in TRIAL_DEFINING) and key in old and old[key] != value
+        if any(key == p or key.startswith(p + ".") for p in TRIAL_DEFINING + SHARED_BY_RUNS) and key in old and old[key] != value
     ]
 
 
@@ -136,6 +136,6 @@ def require_same_settings(study: optuna.Study, current: Mapping[str, Any]) -> No
     more = len(differences) - SHOWN_DIFFERENCES
     listed = "; ".join(differences[:SHOWN_DIFFERENCES]) + (f"; and {more} more" if more > 0 else "")
     raise UserInputError(
-        f"study {study.study_name!r} records other trial settings than this run's: {listed}; resume it with the "
+        f"study {study.study_name!r} records other settings than this run's: {listed}; resume it with the "
         "study's values shown first, or pass a new --study-name"
     )

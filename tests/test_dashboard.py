@@ -237,17 +237,19 @@ def detail_after_export(base: str, sid: int, timeout: float = 30) -> dict[str, A
     """The study as the dashboard serves it once it has re-read the trials after the export.
 
     The dashboard caches a study's trials for 2 s; it watched the run, so its cache may still hold
-    the best trial as it was before the export attached the pictures.
+    the best trial as it was before the export attached the pictures, or while it attached them
+    one by one (a snapshot with all but the last: wait for every picture of the export).
     """
     deadline = time.monotonic() + timeout
+    pictures = {name for name in FILES if name.endswith(".png")}
     while True:
         detail = get_json(f"{base}/api/studies/{sid}")
         best_number = detail["best_trials"][0]["number"]
         best = next(t for t in detail["trials"] if t["number"] == best_number)
-        if any(a["mimetype"] == "image/png" for a in best["artifacts"]):
+        if pictures <= {a["filename"] for a in best["artifacts"]}:
             return detail
-        # returning here instead made every PNG check below pass on an empty list
-        assert time.monotonic() < deadline, f"no PNG linked to the best trial after {timeout:.0f} s: {best['artifacts']}"
+        # returning on no PNG made every PNG check below pass on an empty list
+        assert time.monotonic() < deadline, f"not every picture linked to the best trial after {timeout:.0f} s: {best['artifacts']}"
         time.sleep(0.5)
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from search.export.files import FIGURES, FILES, STUDY_PLOTS, export_identity
 from search.export.folder import MARKER, ExportIdentity, check_target
 from search.export.trained import retrain_note
 from search.objective import make_objective
+from search.optuna_compat import finished_trial_writable
 from search.settings import settings_as_dict
 from search.settings_file import load_settings
 from search.artifact_stores import build_artifact_store
@@ -531,6 +533,33 @@ def test_unreadable_weights_are_named_by_their_artifact_not_a_deleted_copy(tiny_
     assert "model.safetensors" not in note, note  # the temporary copy's name
 
 
+def test_a_retrained_model_that_differs_in_any_recorded_metric_is_not_called_reproduced(
+    tiny_study: TinyStudy, tiny_split: DataSplit, tmp_path: Path
+) -> None:
+    """A retrain compared its last validation accuracy only: "reproduced: true" in metrics.json
+    where `--reproduce`, which compares every recorded metric, said DIFFERS. The trial's recorded
+    validation loss is nudged here, as another CPU's arithmetic would move it."""
+    best = best_trials(tiny_study.load())["best"]
+    copy = tmp_path / "study.db"
+    with sqlite3.connect(tiny_study.url.removeprefix("sqlite:///")) as source, sqlite3.connect(copy) as target:
+        source.backup(target)  # the -wal's pages too
+    storage = writer_storage(f"sqlite:///{copy}")
+    history = record.history(best)
+    history[0] = {**history[0], "val/loss": history[0]["val/loss"] + 1e-5}
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(STUDY), best.number)
+    with finished_trial_writable(storage):
+        storage.set_trial_system_attr(trial_id, record.HISTORY, history)
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    store_copy = tmp_path / "artifacts"
+    shutil.copytree(tiny_study.home / "artifacts", store_copy)
+    (store_copy / record.read(best, record.MODEL_ARTIFACT)).unlink()
+    metrics = export_study(study, tmp_path / "export", artifact_store=build_artifact_store(store_copy), split=tiny_split).metrics
+    assert metrics.weights == "retrained" and metrics.reproduced is False, metrics.note
+    assert "reproduces the recorded validation accuracy" in metrics.note and "but DIFFERS in val/loss at epoch 0" in metrics.note
+    assert metrics.val_accuracy == metrics.retrained_val_accuracy
+    assert 'class="note warn"' in (tmp_path / "export" / "report.html").read_text()
+
+
 def test_retrain_note_says_when_the_result_differs() -> None:
     assert "DIFFERS from the recorded 0.9000" in retrain_note(3, "no weights", 0.9, 0.85)
     assert retrain_note(3, "no weights", 0.9, 0.9).startswith("Trial 3 was retrained: no weights.")
@@ -609,8 +638,14 @@ def run_cli(python: str, env: dict[str, str], *args: str) -> subprocess.Complete
 def test_cli_exports_on_the_full_test_set(
     tiny_study: TinyStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """In-process (the entry point as a subprocess: test_cli_bad_input_is_one_line_and_exit_code_2)."""
+    """In-process (the entry point as a subprocess: test_cli_bad_input_is_one_line_and_exit_code_2).
+    The dashboard note of a --no-export run said "export off" after this export: it names it now."""
+    from optuna_dashboard import get_note
+
+    from search.export.note import RunSummary, write_study_note
+
     monkeypatch.setenv("MNIST_SEARCH_HOME", str(tiny_study.home))
+    write_study_note(tiny_study.load(), RunSummary(None, 3, "budget of 3 finished trials spent", 0, "linear", 0.5))  # a --no-export run's
     out = tmp_path / "cli-export"
     code = export_main(["--study-name", STUDY, "--storage", tiny_study.url, "--out", str(out)])
     stdout, stderr = capsys.readouterr()
@@ -621,6 +656,10 @@ def test_cli_exports_on_the_full_test_set(
     assert counts.sum() == metrics["test_size"] == 10_000
     assert counts.trace() / 10_000 == metrics["test_accuracy"]
     assert sorted(p.name for p in out.iterdir()) == sorted([*FILES, MARKER])
+    note = get_note(tiny_study.load())
+    assert f"- **Export folder**: `{out}`" in note and f"- **Test accuracy** of the best trial: {metrics['test_accuracy']:.4f}" in note, note
+    assert f"- **Best**: trial {metrics['best_trial']} ({metrics['classifier']})" in note and "- **Budget**: 3 finished trials" in note, note
+    assert "- **Stopped**: budget of 3 finished trials spent" in note and "export off" not in note, note
 
 
 @pytest.mark.slow
@@ -709,6 +748,11 @@ def test_a_bf16_trial_export_says_what_the_float32_model_scores(tmp_path: Path, 
         f"the exported float32 model scores {float32:.4f} on the same rows"
     ) in result.metrics.note, result.metrics.note
     assert result.metrics.note in (tmp_path / "export" / "report.html").read_text()
+    # every accuracy given as the model's is the float32 weights' own; the search's is named as such
+    model = json.loads((tmp_path / "export" / "model.json").read_text())
+    assert model["val_accuracy"] == result.metrics.val_accuracy == float32, (model, float32)
+    assert model["trial_value"] == result.metrics.trial_value == study.trials[0].value
+    assert model["note"] == result.metrics.note
 
 
 def test_an_export_clears_what_a_killed_export_left_and_nothing_else(tiny_study: TinyStudy, tiny_split: DataSplit, tmp_path: Path) -> None:
@@ -753,9 +797,12 @@ def test_an_export_clears_what_a_killed_export_left_and_nothing_else(tiny_study:
     assert all((folder / name).read_text() in ("keep", ExportIdentity("another study").marker_text()) for folder, name in kept.items())
 
 
-@pytest.mark.parametrize(("foreign", "shown"), [(["notes.txt"], "(notes.txt);"), ([f"n{i}.txt" for i in range(6)], " and more);")])
+@pytest.mark.parametrize(("foreign", "shown"), [
+    (["notes.txt"], "(notes.txt);"), (["a.txt", "b.txt"], "(a.txt, b.txt);"), ([f"n{i}.txt" for i in range(6)], " more);"),
+])
 def test_a_refused_folder_names_its_foreign_files_and_says_more_only_when_there_are(tmp_path: Path, foreign: list[str], shown: str) -> None:
-    """A whole export plus the user's notes.txt was refused as holding "notes.txt and more"."""
+    """A whole export plus the user's notes.txt was refused as holding "notes.txt and more", and
+    plus two files as "a.txt, b.txt and more"."""
     out = tmp_path / "out"
     out.mkdir()
     for name in [*FILES, MARKER, *foreign]:

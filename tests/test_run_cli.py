@@ -461,9 +461,10 @@ def study_attrs(url: str) -> tuple[int, dict[str, object]]:
         (["--seed", "5"], ("study.seed 0 (this run: 5)",)),
         (["--max-epochs", "1"], ("training.max_epochs 2 (this run: 1)",)),
         (["--pruner", "none"], ('pruner.name "median" (this run: "none")',)),
+        (["--config", "{other_heartbeat}"], ("study.heartbeat_seconds 5 (this run: 15)", "study.stale_after_seconds 20 (this run: 60)")),
         (["--config", "{changed_space}"], ('baseline.optimizer "adam" (this run: "sgd")', 'space.optimizer ["adam", ', '(this run: ["sgd"])')),
     ],
-    ids=["seed", "epochs", "pruner", "choice-list"],
+    ids=["seed", "epochs", "pruner", "heartbeat", "choice-list"],
 )
 def test_a_resume_with_other_trial_settings_is_refused_and_changes_nothing(
     change: list[str], words: tuple[str, ...], tmp_path: Path, tiny_config: Path, capsys: pytest.CaptureFixture[str]
@@ -473,13 +474,15 @@ def test_a_resume_with_other_trial_settings_is_refused_and_changes_nothing(
     epochs, pruner, space) was mixed into the study without a word."""
     changed_space = tmp_path / "changed.yaml"
     changed_space.write_text(TINY + "space: {optimizer: [sgd]}\nbaseline: {optimizer: sgd}\nfirst_dnn: {enabled: false}\n")
+    other_heartbeat = tmp_path / "heartbeat.yaml"  # another machine's liveness rule: it failed this one's live trials as dead
+    other_heartbeat.write_text(TINY + "study: {heartbeat_seconds: 15, stale_after_seconds: 60}\n")
     url = f"sqlite:///{tmp_path / 's.db'}"
     base = ["--config", str(tiny_config), "--storage", url, "--target-accuracy", "none", "--no-export", "--promote-factor", "none"]
     assert in_process([*base, "--trials", "1"], capsys).returncode == 0
     before = study_attrs(url)
-    argv = [*base, "--trials", "3", *[a.format(changed_space=changed_space) for a in change]]
+    argv = [*base, "--trials", "3", *[a.format(changed_space=changed_space, other_heartbeat=other_heartbeat) for a in change]]
     result = in_process(argv, capsys)
-    assert_one_line_error(result, "records other trial settings than this run's", *words, "pass a new --study-name")
+    assert_one_line_error(result, "records other settings than this run's", *words, "pass a new --study-name")
     assert study_attrs(url) == before
 
 

@@ -157,6 +157,11 @@ def run(args: argparse.Namespace, stop_requested: Callable[[], bool] = lambda: F
         f"val_acc={metrics.val_accuracy:.4f} test_acc={metrics.test_accuracy:.4f} -> {result.export_dir} "
         f"in {result.seconds:.1f} s; {len(result.artifacts)} files linked to {result.linked_to} in the artifact store"
     )
+    from search.export.note import export_summary, write_study_note
+
+    best, tested = (metrics.best_trial, metrics.classifier, metrics.trial_value), (metrics.test_accuracy, result.export_dir)
+    if not write_study_note(study, export_summary(study, settings.study.target_accuracy, settings.study.trials, best, tested)):
+        print("note: the study's dashboard note was written by hand; kept as it is (no export summary there)")
     return 0
 
 

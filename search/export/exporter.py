@@ -83,7 +83,8 @@ def _model_fields(trained: TrainedTrial) -> dict[str, Any]:
         "classifier": trained.model_file.hp.classifier,
         "params": trial.params,
         "hyperparams": trained.model_file.hp.to_dict(),
-        "val_accuracy": trial.value,
+        "val_accuracy": _finite(trained.val_accuracy),
+        "trial_value": trial.value,
         "test_accuracy": trained.test_accuracy,
         "test_log_loss": _finite(trained.evaluation.log_loss),
         "test_size": trained.evaluation.n_samples,
@@ -108,7 +109,7 @@ def _summary(trained: TrainedTrial | None, name: str) -> plots.ModelSummary | No
         return None
     m = ModelMetrics(trial=trained.trial.number, **_model_fields(trained))
     return plots.ModelSummary(
-        f"{name} (trial {m.trial})", m.trial, float(trained.trial.value or 0.0), m.test_accuracy,
+        f"{name} (trial {m.trial})", m.trial, float(m.val_accuracy or 0.0), m.test_accuracy,
         float(trained.evaluation.log_loss), m.param_count, m.train_seconds, m.epochs, trained.evaluation.confusion.numpy(),
     )
 
@@ -247,7 +248,7 @@ def export_study(
     staging = staging_dir(out_dir, FILES, owner)
     with ExitStack() as held:  # the artifact files, open from before the swap until they are linked
         try:
-            onnx_check = write_model_files(top.model_file, top.trial, top.test_accuracy, study.study_name, staging, split.x_test, probabilities)
+            onnx_check = write_model_files(top, study.study_name, staging, split.x_test, probabilities)
             write_confusion_csv(top.evaluation.confusion.numpy(), staging / "confusion_matrix.csv")
             note = snapshot_note(list(settings.training.snapshot_steps), sorted(top.model_file.snapshots))
             step()

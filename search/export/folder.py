@@ -105,10 +105,10 @@ def read_marker(folder: Path, shown: Path | None = None) -> ExportIdentity:
     return identity
 
 
-def _shown(names: list[str], more: bool = False) -> str:
-    """The first few names, on one line (a name with a line break is shown quoted)."""
+def _shown(names: list[str], more: str = "") -> str:
+    """The first few names on one line (one with a line break quoted); `more`: of names unread."""
     first = [name if name.isprintable() else repr(name) for name in names[:3]]
-    rest = "" if len(names) <= 3 and not more else " and more" if more else f" and {len(names) - 3} more"
+    rest = f" {more}" if more else "" if len(names) <= 3 else f" and {len(names) - 3} more"
     return ", ".join(first) + rest
 
 
@@ -117,17 +117,18 @@ def _check_contents(folder: Path, export_files: Collection[str], identity: Expor
     None) and nothing else; unless `marked`, a folder of export files without the marker (an
     export being built) passes."""
     allowed = set(export_files) | {MARKER}
-    limit = len(allowed) + 1  # an export holds at most len(allowed) entries: a folder of millions is not listed in full
+    limit = len(allowed) + 2  # an export holds at most len(allowed) entries: a folder of millions is not listed in full
     try:
         entries = list(itertools.islice(folder.iterdir(), limit + 1))
     except OSError as error:
         raise ExportError(f"cannot list {shown} ({error.strerror}); choose another --out") from None
     if not entries:
         return
-    unlisted, entries = len(entries) > limit, entries[:limit]  # "and more" only when an entry was left unread
+    unlisted, entries = len(entries) > limit, entries[:limit]  # an entry left unread: foreign for sure once every allowed name is read
     foreign = sorted(entry.name for entry in entries if entry.name not in allowed or not entry.is_file() or entry.is_symlink())
     if foreign:
-        raise ExportError(f"{shown} holds files an export did not write ({_shown(foreign, more=unlisted)}); "
+        more = "" if not unlisted else "and more" if allowed <= {entry.name for entry in entries} else "and perhaps more"
+        raise ExportError(f"{shown} holds files an export did not write ({_shown(foreign, more)}); "
                           "nothing was changed: choose another --out")
     if not any(entry.name == MARKER for entry in entries):
         if not marked:
@@ -215,8 +216,7 @@ def sweep_leftovers(out_dir: Path, export_files: Collection[str], identity: Expo
     space = _pid_space()
     if not space:
         return
-    here = re.escape(f"{socket.gethostname()}.{space}")
-    name = re.escape(out_dir.name)
+    here, name = re.escape(f"{socket.gethostname()}.{space}"), re.escape(out_dir.name)
     partial, aside = re.compile(rf"\.{name}\.{here}-(\d+)\.\w+\.partial"), re.compile(rf"\.{name}\.old-{here}-(\d+)\.\w+")
     try:
         entries = [e for e in out_dir.parent.iterdir() if e.name.startswith(f".{out_dir.name}.")]

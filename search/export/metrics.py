@@ -31,7 +31,7 @@ class _ModelFields(_Frozen):
     classifier: str
     params: dict[str, Any]
     hyperparams: dict[str, Any]
-    val_accuracy: float | None
+    val_accuracy: float | None  # the exported weights' own, in float32 (TrainedTrial.val_accuracy)
     test_accuracy: float
     test_log_loss: float | None
     test_size: int
@@ -44,6 +44,7 @@ class _ModelFields(_Frozen):
     retrained_val_accuracy: float | None
     reproduced: bool | None
     note: str
+    trial_value: float | None = None  # what the search recorded and ranked by (bf16, or before a retrain)
 
 
 class ModelMetrics(_ModelFields):

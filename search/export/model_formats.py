@@ -17,15 +17,15 @@ import lightning
 import numpy as np
 import optuna
 import torch
-from optuna.trial import FrozenTrial
 from torch import nn
 
 from lightning_modules.classifier import RNG_KEYS, TRAINED_SECONDS, Classifier
 from lightning_modules.data.format import IMAGE_SIDE, N_CLASSES, N_PIXELS
 from lightning_modules.metric_names import EPOCH, STEP
-from lightning_modules.model_file import FORMAT, ModelFile, save_model_file
+from lightning_modules.model_file import FORMAT, save_model_file
 from lightning_modules.training import build_trainer
 from search.export.errors import ExportError
+from search.export.trained import TrainedTrial
 
 ONNX_INPUT = "pixels"
 ONNX_OUTPUTS = ("logits", "probabilities")
@@ -137,8 +137,10 @@ def save_checkpoint(model: Classifier, path: Path) -> Path:
     return path
 
 
-def model_json(model_file: ModelFile, trial: FrozenTrial, test_accuracy: float, study_name: str, onnx_check: OnnxCheck) -> dict[str, Any]:
-    """model.json: everything needed to use the model without the study."""
+def model_json(top: TrainedTrial, study_name: str, onnx_check: OnnxCheck) -> dict[str, Any]:
+    """model.json: everything needed to use the model without the study. Its accuracies are the
+    exported weights' own; `trial_value` is what the search recorded (bf16, or before a retrain)."""
+    model_file, trial = top.model_file, top.trial
     hp = model_file.hp
     return {
         "format": FORMAT,
@@ -148,8 +150,10 @@ def model_json(model_file: ModelFile, trial: FrozenTrial, test_accuracy: float, 
         "hyperparams": hp.to_dict(),
         "architecture": " -> ".join([str(N_PIXELS), *(f"{u} ReLU" for u in hp.hidden_units), str(N_CLASSES)]),
         "param_count": model_file.model.parameter_count(),
-        "val_accuracy": trial.value,
-        "test_accuracy": test_accuracy,
+        "val_accuracy": top.val_accuracy,
+        "test_accuracy": top.test_accuracy,
+        "trial_value": trial.value,
+        "note": top.note,
         "preprocessing": preprocessing(),
         "files": {"weights": "model.safetensors", "checkpoint": "model.ckpt", "onnx": "model.onnx"},
         "lightning_module": f"{Classifier.__module__}.{Classifier.__qualname__}",
@@ -158,15 +162,12 @@ def model_json(model_file: ModelFile, trial: FrozenTrial, test_accuracy: float, 
     }
 
 
-def write_model_files(
-    model_file: ModelFile, trial: FrozenTrial, test_accuracy: float, study_name: str, folder: Path,
-    x_test: torch.Tensor, probabilities: torch.Tensor,
-) -> OnnxCheck:
+def write_model_files(top: TrainedTrial, study_name: str, folder: Path, x_test: torch.Tensor, probabilities: torch.Tensor) -> OnnxCheck:
     """model.safetensors, model.ckpt, model.onnx (checked in ONNX Runtime) and model.json.
 
     `probabilities` are the PyTorch model's on `x_test`, which the ONNX graph must reproduce.
     """
-    model = model_file.model
+    model, trial = top.model_file.model, top.trial
     extra = {"study": study_name, "trial": str(trial.number), "preprocessing": json.dumps(preprocessing())}
     save_model_file(model, folder / "model.safetensors", extra=extra)
     save_checkpoint(model, folder / "model.ckpt")
@@ -177,5 +178,5 @@ def write_model_files(
             f"the ONNX model disagrees with the trained model on {check.disagreements} of {check.rows} test images "
             f"(largest probability difference {check.max_probability_diff:.2g}); nothing was exported"
         )
-    (folder / "model.json").write_text(json.dumps(model_json(model_file, trial, test_accuracy, study_name, check), indent=2) + "\n")
+    (folder / "model.json").write_text(json.dumps(model_json(top, study_name, check), indent=2) + "\n")
     return check

@@ -33,6 +33,19 @@ class RunSummary:
 
 
 NOTE_TITLE = "## Run summary: study "  # a note that starts so is a run's own, replaced by the next run's
+_STOPPED = re.compile(r"^- \*\*Stopped\*\*: (.*)$", re.MULTILINE)
+
+
+def export_summary(study: optuna.Study, target: float | None, budget: int, best: tuple[int, str, float | None], tested: tuple[float, str]) -> RunSummary:
+    """The note after `python -m search.export`: the last run's target, budget (its recorded
+    settings) and stop reason (its note's) kept; the best trial and the export this export's. A
+    --no-export run's note still said "export off" after the export. `best`: (trial, classifier,
+    its recorded value); `tested`: (test accuracy, export folder)."""
+    from optuna_dashboard import get_note
+
+    found = _STOPPED.search(get_note(study))
+    stopped = found.group(1) if found and found.group(1) != "n/a" else None
+    return RunSummary(target, budget, stopped, *best).with_export(*tested)
 
 
 def _code(value: str) -> str:

@@ -140,7 +140,12 @@ class Reproduction:
 
 def reproduce(trial: FrozenTrial, split: DataSplit, settings: Settings) -> Reproduction:
     """Refit the trial and compare every recorded metric, epoch by epoch, with the refit's."""
-    result = refit(trial, split, settings)
+    return compare(trial, refit(trial, split, settings))
+
+
+def compare(trial: FrozenTrial, result: FitResult) -> Reproduction:
+    """A refit of `trial` against what the trial recorded: one verdict for --reproduce and for an
+    export that had to retrain (which once checked the last validation accuracy only)."""
     recorded = [float(trial.intermediate_values[step]) for step in sorted(trial.intermediate_values)]
     reproduced = [float(row[MONITOR]) for row in result.history]
     return Reproduction(trial.number, recorded, reproduced, record.history(trial), list(result.history), recorded_threads(trial)[1])

@@ -19,7 +19,7 @@ from lightning_modules.metric_names import MONITOR
 from lightning_modules.model_file import ModelFile, ModelFileError, load_model_file
 from lightning_modules.training import Evaluation, evaluate
 from search import record
-from search.export.reproduce import MATCH_TOLERANCE, refit
+from search.export.reproduce import MATCH_TOLERANCE, compare, refit
 from search.optuna_compat import ArtifactStore
 from search.settings import FULL_PRECISION, Settings
 
@@ -34,13 +34,22 @@ class TrainedTrial:
     evaluation: Evaluation
     note: str = ""  # why it was retrained, and whether that reproduced the trial
     retrained_val_accuracy: float | None = None
+    matched: bool | None = None  # a retrained model's: whether every recorded metric came out again
+    float32_val_accuracy: float | None = None  # a trial validated in bf16: the float32 weights' own
 
     @property
     def reproduced(self) -> bool | None:
         """None when the stored weights were used; else whether retraining matched the trial."""
-        if not self.retrained or self.retrained_val_accuracy is None or self.trial.value is None:
-            return None
-        return math.isclose(self.retrained_val_accuracy, self.trial.value, abs_tol=MATCH_TOLERANCE)
+        return self.matched if self.retrained else None
+
+    @property
+    def val_accuracy(self) -> float | None:
+        """The exported weights' own validation accuracy, in float32: the trial's value, unless
+        the trial was validated in bf16 or its model had to be retrained (model.json gave the
+        trial's 0.86 beside a test accuracy of weights that score 0.865)."""
+        if self.float32_val_accuracy is not None:
+            return self.float32_val_accuracy
+        return self.retrained_val_accuracy if self.retrained else self.trial.value
 
     @property
     def test_accuracy(self) -> float:
@@ -59,10 +68,13 @@ def _download_model(store: ArtifactStore, artifact_id: str) -> ModelFile:
             raise ModelFileError(str(error).replace(f"{path}: ", "")) from None
 
 
-def retrain_note(trial_number: int, reason: str, recorded: float | None, retrained: float) -> str:
-    """The report's sentence on a retrained model: why, and whether it matched the trial."""
+def retrain_note(trial_number: int, reason: str, recorded: float | None, retrained: float, difference: str | None = None) -> str:
+    """The report's sentence on a retrained model: why, and whether it matched the trial
+    (`difference`: the first other recorded metric that did not, as --reproduce names it)."""
     if recorded is not None and math.isclose(retrained, recorded, abs_tol=MATCH_TOLERANCE):
         outcome = f"reproduces the recorded validation accuracy {recorded:.4f}"
+        if difference:
+            outcome += f" but DIFFERS in {difference}"
     else:
         shown = "nothing" if recorded is None else f"{recorded:.4f}"
         outcome = f"reaches validation accuracy {retrained:.4f}, which DIFFERS from the recorded {shown}"
@@ -89,14 +101,16 @@ def _not_the_trials(model_file: ModelFile, trial: FrozenTrial) -> str | None:
     return None
 
 
-def precision_note(trial: FrozenTrial, model_file: ModelFile, split: DataSplit) -> str:
-    """For a trial trained in a reduced precision (bf16-mixed autocast), whose validation accuracy
-    was measured in it: what the exported float32 model scores on the same rows. The report gave
-    the search's value as the exported model's (0.8448 where the float32 weights score 0.8451)."""
+def reduced_precision(trial: FrozenTrial) -> str | None:
+    """The precision a trial trained and was validated in, when not float32 (bf16-mixed autocast)."""
     precision = (record.read(trial, record.FIT) or {}).get("precision", FULL_PRECISION)
-    if precision == FULL_PRECISION:
-        return ""
-    exported = evaluate(model_file.model, split.x_val, split.y_val).accuracy
+    return None if precision == FULL_PRECISION else str(precision)
+
+
+def precision_note(trial: FrozenTrial, precision: str, exported: float) -> str:
+    """What the exported float32 model scores on the validation rows its trial measured in
+    `precision`. The report gave the search's value as the exported model's (0.8448 where the
+    float32 weights score 0.8451)."""
     return (
         f"Trial {trial.number} trained and was validated in {precision}, which measured validation accuracy "
         f"{trial.value if trial.value is not None else float('nan'):.4f}; the exported float32 model scores {exported:.4f} "
@@ -107,9 +121,10 @@ def precision_note(trial: FrozenTrial, model_file: ModelFile, split: DataSplit) 
 def load_trial_model(trial: FrozenTrial, artifact_store: ArtifactStore, split: DataSplit, settings: Settings) -> TrainedTrial:
     """Stored weights when they are readable, else retrain and check against the recorded value."""
     loaded = _load_trial_model(trial, artifact_store, split, settings)
-    extra = precision_note(trial, loaded.model_file, split)
-    if extra:
-        loaded.note = f"{loaded.note} {extra}".strip()
+    precision = reduced_precision(trial)
+    if precision is not None:
+        loaded.float32_val_accuracy = evaluate(loaded.model_file.model, split.x_val, split.y_val).accuracy
+        loaded.note = f"{loaded.note} {precision_note(trial, precision, loaded.float32_val_accuracy)}".strip()
     return loaded
 
 
@@ -127,10 +142,12 @@ def _load_trial_model(trial: FrozenTrial, artifact_store: ArtifactStore, split: 
                 return TrainedTrial(trial, model_file, False, evaluate(model_file.model, split.x_test, split.y_test))
             reason = f"its stored weights ({artifact_id}) are {mismatch}"
     result = refit(trial, split, settings)
+    check = compare(trial, result)  # before the recorded history replaces the refit's
     val_accuracy = float(result.metrics.get(MONITOR, float("nan")))
     model_file = _with_recorded_history(ModelFile(result.model, result.model.hp, result.snapshots, {}), trial)
     model_file.model.eval()
     return TrainedTrial(
         trial, model_file, True, evaluate(model_file.model, split.x_test, split.y_test),
-        note=retrain_note(trial.number, reason, trial.value, val_accuracy), retrained_val_accuracy=val_accuracy,
+        note=retrain_note(trial.number, reason, trial.value, val_accuracy, check.first_difference()),
+        retrained_val_accuracy=val_accuracy, matched=check.matches,
     )
