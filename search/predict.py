@@ -10,16 +10,31 @@ bounding box is scaled to fit 20x20 and centred by its centre of mass in a 28x28
 tutorial's rows (label in column 0, then 784 pixels 0-255), at most 10,000 rows (MNIST's test
 set) at a time, counted before the file is parsed.
 
-Runs the export's model.onnx in ONNX Runtime, without importing PyTorch, so it starts fast; a
-graph with control flow (Loop, Scan, If) or another operator no export holds is refused unrun.
+Runs the export's model.onnx in ONNX Runtime, without importing PyTorch, so it starts fast, 256
+images at a time (Ctrl-C stops it between two). A graph with control flow (Loop, Scan, If) or
+another operator no export holds, a shape that cannot be known before it runs, or more work or
+memory per image than the largest export could need, is refused unrun (search/onnx_graph.py).
 Bad input (a missing model or one of another kind, a corrupt or too small image, a bad CSV) prints one line on stderr
-and exits with code 2. File names are printed with control characters escaped.
+and exits with code 2. File names are printed with control characters escaped, bytes that are not UTF-8 as \\xff.
 """
 
 from __future__ import annotations
 
-import argparse
+import signal
 import sys
+
+
+def _stop_while_starting(signum: int, frame: object) -> None:
+    """Ctrl-C during the imports below (~0.3 s, before main's try): one line and exit 130, not a
+    KeyboardInterrupt traceback from whichever module was loading."""
+    print("\nstopped", file=sys.stderr)
+    raise SystemExit(130)
+
+
+if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored
+    signal.signal(signal.SIGINT, _stop_while_starting)
+
+import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +58,12 @@ from search.digit_inputs import (  # re-exported (__all__): the predictor's publ
     is_light_background,
     read_bounded,
     read_image,
+    real_bytes,
     shown,
     to_model_input,
     to_white_on_black,
 )
+from search.onnx_graph import Graph, not_ours, read_graph, unloadable
 from search.options import OneLineParser
 
 # Every CSV row costs ~15 KB on its way through the parser and the model (text, int64 cells,
@@ -62,13 +79,7 @@ MODEL_FILE = "model.onnx"
 PROBABILITIES = "probabilities"  # the export's softmax output; any other is read as logits
 OUTPUT_TYPES = ("tensor(float)", "tensor(double)", "tensor(float16)")  # scores numpy can softmax
 PROBABILITY_SUM_TOLERANCE = 1e-3  # float32 softmax rows sum to 1 within ~1e-6; float16 within ~1e-3
-# The operators a graph may use: what search.export writes (Gemm, Relu, Softmax), and a few that do
-# a fixed amount of work per element. Control flow is refused: a 32 KB graph looping 10^15 times
-# around an Add ran forever.
-_PER_ELEMENT = ("Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Exp", "Clip", "Softmax", "LogSoftmax")
-OPERATORS = frozenset((*_PER_ELEMENT, "Identity", "Constant", "Cast", "Flatten", "Reshape", "Shape", "Slice", "Transpose", "ReduceMax"))
-CONTROL_FLOW = ("Loop", "Scan", "If")
-MAX_GRAPH_NODES = 1_000  # an export has two per layer and a softmax: 10 for 4 hidden layers
+CHUNK_ROWS = 256  # images per ONNX Runtime call: a Ctrl-C is handled between two calls, not inside one
 
 
 @dataclass(frozen=True)
@@ -79,7 +90,7 @@ class Prediction:
     label: int | None = None  # the true label, when the input carries one (CSV)
 
     def line(self) -> str:
-        text = f"{one_line(self.source)}: {self.digit} ({self.probability:.1%})"  # a name cannot print a line
+        text = f"{one_line(real_bytes(self.source))}: {self.digit} ({self.probability:.1%})"  # a name cannot print a line
         if self.label is not None:
             text += f", label {self.label}" + ("" if self.label == self.digit else " WRONG")
         return text
@@ -88,37 +99,39 @@ class Prediction:
 # ---------------------------------------------------------------- model
 
 
-def _not_ours(file: Path, reason: str) -> PredictError:
-    """An ONNX file that loads but is no digit classifier: ONNX Runtime or numpy would fail on it
-    with a traceback, or print nonsense ("0 (inf%)"). One line says what is wrong and the fix."""
-    return PredictError(f"{shown(file)}: not an mnist-search model ({reason}); export one with python -m search.export")
-
-
 @dataclass
 class Model:
     """An ONNX Runtime session on an exported model: float32 (N, 784) in [0, 1] -> probabilities."""
 
     session: Any
     path: Path
+    graph: Graph  # its shapes, to bound each run's cost before it starts
     output: str = PROBABILITIES  # the output read: the export's probabilities, or bare logits
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        """(N, 10) probabilities, checked: a graph's declared shapes may be dynamic or wrong, and
-        its scores NaN, so what it gives is judged at run time too."""
+        """(N, 10) probabilities, CHUNK_ROWS images per run: Python handles a Ctrl-C only once ONNX
+        Runtime's call returns (one run of 10,000 images ignored it to the end)."""
+        parts = [self._chunk(pixels[start : start + CHUNK_ROWS]) for start in range(0, len(pixels), CHUNK_ROWS)]
+        return np.concatenate(parts) if parts else np.zeros((0, N_CLASSES))
+
+    def _chunk(self, pixels: np.ndarray) -> np.ndarray:
+        """One run, its cost checked on the shapes of this batch size first; what it gives is checked
+        too: a graph's declared shapes may be dynamic or wrong, and its scores NaN."""
+        self.graph.check(len(pixels))
         try:
             (result,) = self.session.run([self.output], {self.session.get_inputs()[0].name: pixels.astype(np.float32)})
         except Exception as error:  # noqa: BLE001 - ORT raises its own untyped errors (a fixed batch size, a bad node)
-            raise _not_ours(self.path, f"it fails on {len(pixels)} images: {shown(first_line(error))}") from None
+            raise not_ours(self.path, f"it fails on {len(pixels)} images: {shown(first_line(error))}") from None
         result = np.asarray(result, dtype=np.float64)
         if result.shape != (len(pixels), N_CLASSES):
-            raise _not_ours(self.path, f"it gives {shown(repr(self.output), 60)} of shape {result.shape} for {len(pixels)} images, not (N, 10)")
+            raise not_ours(self.path, f"it gives {shown(repr(self.output), 60)} of shape {result.shape} for {len(pixels)} images, not (N, 10)")
         if not np.isfinite(result).all():
-            raise _not_ours(self.path, f"its {shown(repr(self.output), 60)} holds NaN or infinite values")
+            raise not_ours(self.path, f"its {shown(repr(self.output), 60)} holds NaN or infinite values")
         if self.output != PROBABILITIES:  # a bare-logits model: softmax here
             shifted = np.exp(result - result.max(axis=1, keepdims=True))
             return shifted / shifted.sum(axis=1, keepdims=True)
         if result.min() < 0 or result.max() > 1 or not np.allclose(result.sum(axis=1), 1.0, atol=PROBABILITY_SUM_TOLERANCE):
-            raise _not_ours(self.path, f"its {shown(repr(self.output), 60)} are not probabilities (each row in [0, 1], summing to 1)")
+            raise not_ours(self.path, f"its {shown(repr(self.output), 60)} are not probabilities (each row in [0, 1], summing to 1)")
         return result
 
 
@@ -131,12 +144,12 @@ def _check_input(file: Path, session: Any) -> None:
     """Exactly one input, float32 (N, 784): the pixels predict feeds. Anything else fails in ONNX Runtime."""
     inputs = session.get_inputs()
     if len(inputs) != 1:
-        raise _not_ours(file, f"it takes {len(inputs)} inputs ({shown(', '.join(i.name for i in inputs[:10]))}), not one")
+        raise not_ours(file, f"it takes {len(inputs)} inputs ({shown(', '.join(i.name for i in inputs[:10]))}), not one")
     (pixels,) = inputs
     if pixels.type != "tensor(float)":
-        raise _not_ours(file, f"its input {shown(repr(pixels.name), 60)} is {pixels.type}, not tensor(float)")
+        raise not_ours(file, f"its input {shown(repr(pixels.name), 60)} is {pixels.type}, not tensor(float)")
     if len(pixels.shape) != 2 or pixels.shape[1] != N_PIXELS:
-        raise _not_ours(file, f"its input has shape {_dims(pixels.shape)}, not (N, 784)")
+        raise not_ours(file, f"its input has shape {_dims(pixels.shape)}, not (N, 784)")
 
 
 def _chosen_output(file: Path, session: Any) -> str:
@@ -144,59 +157,35 @@ def _chosen_output(file: Path, session: Any) -> str:
     classes where the graph says its size."""
     outputs = session.get_outputs()
     if not outputs:
-        raise _not_ours(file, "it has no outputs")
+        raise not_ours(file, "it has no outputs")
     output = next((o for o in outputs if o.name == PROBABILITIES), outputs[0])
     if output.type not in OUTPUT_TYPES:
-        raise _not_ours(file, f"its output {shown(repr(output.name), 60)} is {output.type}, not float scores")
+        raise not_ours(file, f"its output {shown(repr(output.name), 60)} is {output.type}, not float scores")
     shape = output.shape
     if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != N_CLASSES):
-        raise _not_ours(file, f"its output {shown(repr(output.name), 60)} has shape {_dims(shape)}, not (N, 10)")
+        raise not_ours(file, f"its output {shown(repr(output.name), 60)} has shape {_dims(shape)}, not (N, 10)")
     return output.name
 
 
-def _unloadable(file: Path, error: Exception) -> PredictError:
-    return PredictError(f"{shown(file)}: not a loadable ONNX model ({shown(first_line(error))})")
-
-
-def _check_graph(file: Path, data: bytes) -> None:
-    """Refuse, before anything runs, a graph whose cost has no bound: control flow, or any operator
-    outside OPERATORS (in subgraphs and local functions too), or more than MAX_GRAPH_NODES nodes (the walk stops there)."""
-    import onnx
-
-    try:
-        model = onnx.load_from_string(data)
-    except Exception as error:  # noqa: BLE001 - protobuf's DecodeError and onnx's own errors
-        raise _unloadable(file, error) from None
-    graphs, count = [model.graph, *model.functions], 0  # a local function's body runs as if inlined
-    while graphs:
-        for node in graphs.pop().node:
-            count += 1
-            if count > MAX_GRAPH_NODES:
-                raise _not_ours(file, f"its graph has more than {MAX_GRAPH_NODES:,} nodes; an export has a few dozen at most")
-            op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
-            if op not in OPERATORS:
-                why = "control flow, whose cost has no bound" if op in CONTROL_FLOW else "an operator exports never hold"
-                raise _not_ours(file, f"its graph uses the operator {shown(repr(op), 60)}, {why}")
-            graphs.extend([*(a.g for a in node.attribute if a.HasField("g")), *(g for a in node.attribute for g in a.graphs)])
-
-
 def load_model(path: Path) -> Model:
-    """The export folder's model.onnx (or an .onnx file given directly), its operators checked before
-    it is loaded and its inputs and outputs after. The bytes checked are the bytes run."""
+    """The export folder's model.onnx (or an .onnx file given directly), its operators and the cost
+    of its shapes checked before it is loaded, its inputs and outputs after. The bytes checked are the bytes run."""
     check_path_length(path, "--model")
     file = file_in(path, MODEL_FILE, "pass --model an export folder written by python -m search.export")
     data = read_bounded(file, MAX_MODEL_BYTES, "a model file")
-    _check_graph(file, data)
+    graph = read_graph(file, data)  # operators, shapes and cost, before ONNX Runtime folds a constant
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: ONNX Runtime's warnings are not the user's problem
+    # fatal only: its errors are raised to predict too, which says them in one line; at 3 a node
+    # failing at run time printed ONNX Runtime's own coloured log line before it
+    options.log_severity_level = 4
     try:
         session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # noqa: BLE001 - ORT raises its own untyped errors for bad files
-        raise _unloadable(file, error) from None
+        raise unloadable(file, error) from None
     _check_input(file, session)
-    return Model(session, file, _chosen_output(file, session))
+    return Model(session, file, graph, _chosen_output(file, session))
 
 
 def predict_pixels(model: Model, pixels: np.ndarray, sources: Sequence[str], labels: Sequence[int] | None = None) -> list[Prediction]:
@@ -264,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     guard = OutputGuard().install()  # `| head -1` exited: the rest of the lines go to /dev/null, no traceback
     try:
+        if signal.getsignal(signal.SIGINT) is _stop_while_starting:
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on the except below says it
         model = load_model(args.model)
         predictions = predict_images(model, args.images) if args.images else []
         csv_predictions = predict_csv(model, args.csv) if args.csv is not None else []
@@ -271,10 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(prediction.line())
         if csv_predictions:
             right = sum(p.digit == p.label for p in csv_predictions)
-            print(f"{one_line(str(args.csv))}: {right} of {len(csv_predictions)} rows right ({right / len(csv_predictions):.2%})")
+            print(f"{one_line(real_bytes(str(args.csv)))}: {right} of {len(csv_predictions)} rows right ({right / len(csv_predictions):.2%})")
         return 0
     except UserInputError as error:
-        print(f"error: {error_line(str(error))}", file=sys.stderr)  # escaped, and bounded whatever it quotes
+        print(f"error: {error_line(real_bytes(str(error)))}", file=sys.stderr)  # escaped, and bounded whatever it quotes
         return 2
     except KeyboardInterrupt:  # Ctrl-C, even while the model loads: one line, not a traceback
         print("\nstopped", file=sys.stderr)

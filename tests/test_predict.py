@@ -7,10 +7,14 @@ their labels. Bad input is one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import itertools
+import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -685,6 +689,7 @@ UNBOUNDED_MODELS = {  # each loaded, and the loop then ran forever
         "its graph uses the operator 'Tile', an operator exports never hold",
     ),
     "too-many-nodes": (lambda folder: chain_folder(folder, "Identity", 1_001), "its graph has more than 1,000 nodes"),
+    "local-function": (lambda folder: local_function_folder(folder), "its graph defines functions of its own"),
 }
 
 
@@ -747,3 +752,274 @@ def test_an_error_quotes_a_bounded_part_of_what_it_names(case: str, known: Known
     captured = capsys.readouterr()
     assert captured.out == "" and len(captured.err.splitlines()) == 1, captured.err[:1000]
     assert len(captured.err) <= 500 and message in captured.err, captured.err[:1000]
+
+
+# ---------------------------------------------------------------- graphs whose cost is known before they run
+
+
+def broadcast_folder(folder: Path, side: int = 30_000) -> Path:
+    """The red-team's 272 KB model of allowed operators: (M, 1) + (1, M), its max added to the
+    logits. At M = 30,000 it took 3.7 GB."""
+    nodes = [
+        helper.make_node("Add", ["column", "row"], ["square"]),
+        helper.make_node("ReduceMax", ["square"], ["top"]),
+        helper.make_node("MatMul", ["x", "w"], ["scores"]),
+        helper.make_node("Add", ["scores", "top"], ["logits"]),
+    ]
+    weights = {"column": np.zeros((side, 1), np.float32), "row": np.zeros((1, side), np.float32), "w": np.zeros((784, 10), np.float32)}
+    return onnx_folder(folder, nodes, [PIXELS], [value("logits", FLOAT, ["N", 10])], weights)
+
+
+def long_chain_folder(folder: Path, count: int = 606) -> Path:
+    """The red-team's 66 KB model of 606 nodes that ran over 120 s: each image made 1,000 times
+    over by a Mul, then carried through a chain of Transposes, Muls and Identities."""
+    nodes = [helper.make_node("Reshape", ["x", "rows"], ["t0"]), helper.make_node("Mul", ["t0", "copies"], ["t1"])]
+    for i in range(1, count - 3):
+        op = ("Transpose", "Mul", "Identity")[i % 3]
+        nodes.append(helper.make_node(op, [f"t{i}", "one"] if op == "Mul" else [f"t{i}"], [f"t{i + 1}"], **({"perm": [0, 1, 2]} if op == "Transpose" else {})))
+    nodes += [helper.make_node("ReduceMax", [f"t{count - 3}"], ["pixels"], axes=[1], keepdims=0), helper.make_node("MatMul", ["pixels", "w"], ["logits"])]
+    weights = {
+        "rows": np.array([-1, 1, 784], dtype=np.int64), "copies": np.ones((1000, 1), np.float32),
+        "one": np.ones(1, np.float32), "w": np.zeros((784, 10), np.float32),
+    }
+    return onnx_folder(folder, nodes, [PIXELS], [value("logits", FLOAT, ["N", 10])], weights)
+
+
+def unknown_shape_folder(folder: Path) -> Path:
+    """A Reshape to sizes read from the pixels themselves: no shape can be known before it runs."""
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["brightest"], axes=[0], keepdims=0),
+        helper.make_node("Cast", ["brightest"], ["sizes"], to=TensorProto.INT64),
+        helper.make_node("Slice", ["sizes", "zero", "two"], ["target"]),
+        helper.make_node("Reshape", ["x", "target"], ["reshaped"]),
+        helper.make_node("MatMul", ["reshaped", "w"], ["logits"]),
+    ]
+    weights = {"zero": np.array([0], dtype=np.int64), "two": np.array([2], dtype=np.int64), "w": np.zeros((784, 10), np.float32)}
+    return onnx_folder(folder, nodes, [PIXELS], [value("logits", FLOAT, ["N", 10])], weights)
+
+
+def declared_mlp_folder(folder: Path, hidden: Sequence[int]) -> Path:
+    """An MLP as the export writes it (Gemm, Relu, ..., Gemm, Softmax) whose weights are declared
+    and not stored (ONNX external data): a few KB for any size. Only shapes are read before a graph
+    runs, so its cost is judged as a real model's would be (ONNX Runtime itself cannot load it)."""
+    widths, nodes, weights, last = [784, *hidden, 10], [], [], "pixels"
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(widths)):
+        for name, dims in ((f"w{i}", [n_out, n_in]), (f"b{i}", [n_out])):
+            tensor = TensorProto(name=name, data_type=FLOAT, dims=dims, data_location=TensorProto.EXTERNAL)
+            tensor.external_data.add(key="location", value="weights.bin")
+            weights.append(tensor)
+        out = "logits" if i == len(hidden) else f"gemm{i}"
+        nodes.append(helper.make_node("Gemm", [last, f"w{i}", f"b{i}"], [out], transB=1))
+        if i < len(hidden):
+            nodes.append(helper.make_node("Relu", [out], [f"relu{i}"]))
+            last = f"relu{i}"
+    nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1))
+    outputs = [value(name, FLOAT, ["batch", 10]) for name in ("logits", "probabilities")]
+    graph = helper.make_graph(nodes, "main_graph", [value("pixels", FLOAT, ["batch", 784])], outputs, weights)
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString())
+    return folder
+
+
+def local_function_folder(folder: Path) -> Path:
+    """A model defining its own Relu: ONNX Runtime runs the standard one, while shape inference may
+    read the body; which one a node means is not left to chance."""
+    file = matmul_folder(folder, np.zeros((784, 10)), "logits") / "model.onnx"
+    model = onnx.load(file)
+    body = [helper.make_node("Reshape", ["X", "shape"], ["Y"])]
+    model.functions.append(helper.make_function("", "Relu", ["X", "shape"], ["Y"], body, [helper.make_opsetid("", 17)]))
+    onnx.save(model, file)
+    return folder
+
+
+COSTLY_MODELS = {  # each loaded, then ran out of memory or for minutes
+    "broadcast": (broadcast_folder, "its nodes make 1,800,000,021 values for one image"),  # the square, its max's read of it, 21 more
+    "606-node-chain": (long_chain_folder, "values for one image, more than the 1,048,576 per image an export could need"),
+    "9-layers-of-8192": (
+        lambda folder: declared_mlp_folder(folder, [8192] * 9),
+        "its matrix products do 543,375,360 multiply-adds for one image, more than the 500,000,000 per image",
+    ),
+    "unknown-shape": (unknown_shape_folder, "the shape of 'reshaped', an output of its Reshape node, cannot be known before it runs"),
+}
+
+
+@pytest.mark.parametrize("kind", list(COSTLY_MODELS))
+def test_a_model_whose_shapes_cost_too_much_is_refused_unrun(kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Small files of allowed operators had no bound: a 272 KB broadcast took 3.7 GB, a 66 KB chain
+    of 606 nodes ran over 120 s. Every shape is now inferred for the batch that runs, and the work
+    and values it adds up to are bounded per image, before ONNX Runtime is given the graph."""
+    build, message = COSTLY_MODELS[kind]
+    folder = build(tmp_path / "model")
+    assert (folder / "model.onnx").stat().st_size < 300_000
+    with pytest.raises(PredictError, match="not an mnist-search model"):
+        predict.load_model(folder)
+    assert_one_line_exit_2(["--model", str(folder), *map(str, two_digits(tmp_path))], message, capsys)
+
+
+def test_the_largest_model_the_search_can_export_passes_in_a_millisecond(tmp_path: Path) -> None:
+    """The search's space allows at most 4 hidden layers of 8192 units; that model's cost (207,831,040
+    multiply-adds per image) passes with room to spare, for one image and a chunk of 256, and
+    checking it costs milliseconds (an 831 MB file of real weights: 0.4 ms, after its 0.7 s parse)."""
+    from pydantic import ValidationError
+
+    from search.onnx_graph import read_graph
+    from search.settings_space import IntRange, SpaceConfig
+
+    for too_big in ({"hidden_layers": IntRange(low=1, high=5)}, {"units": IntRange(low=64, high=8193)}):
+        with pytest.raises(ValidationError):
+            SpaceConfig(**too_big)
+    file = declared_mlp_folder(tmp_path / "model", [8192] * 4) / "model.onnx"
+    started = time.perf_counter()
+    graph = read_graph(file, file.read_bytes())
+    chunk = graph.check(predict.CHUNK_ROWS)
+    assert time.perf_counter() - started < 1.0
+    assert graph.check(1).multiply_adds == 784 * 8192 + 3 * 8192**2 + 8192 * 10 and chunk.multiply_adds == 256 * graph.check(1).multiply_adds
+    assert graph.check(1).values == 8 * 8192 + 3 * 10  # Gemm and Relu outputs, logits, probabilities and the softmax's read
+
+
+def test_a_model_whose_cost_grows_faster_than_its_batch_is_checked_at_the_batch_that_runs(tmp_path: Path) -> None:
+    """Shapes inferred for one image alone would pass a graph whose tensors grow as N^4: (N, N)
+    made a column and a row of N^2, added into N^2 x N^2 (585 MB for 110 images, 17 GB for 256)."""
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["xt"]),
+        helper.make_node("MatMul", ["x", "xt"], ["gram"]),
+        helper.make_node("Reshape", ["gram", "column"], ["tall"]),
+        helper.make_node("Reshape", ["gram", "row"], ["wide"]),
+        helper.make_node("Add", ["tall", "wide"], ["square"]),
+        helper.make_node("ReduceMax", ["square"], ["top"]),
+        helper.make_node("MatMul", ["x", "w"], ["scores"]),
+        helper.make_node("Add", ["scores", "top"], ["logits"]),
+    ]
+    weights = {"column": np.array([-1, 1], dtype=np.int64), "row": np.array([1, -1], dtype=np.int64), "w": np.zeros((784, 10), np.float32)}
+    model = predict.load_model(onnx_folder(tmp_path / "model", nodes, [PIXELS], [value("logits", FLOAT, ["N", 10])], weights))
+    assert model.probabilities(np.zeros((2, 784), np.float32)).shape == (2, 10)  # 16 values: it runs
+    with pytest.raises(PredictError, match=r"its nodes make [\d,]+ values for a batch of 110 images, more than the 1,048,576 per image"):
+        model.probabilities(np.zeros((110, 784), np.float32))
+
+
+def test_a_model_failing_at_run_time_prints_only_predicts_own_line(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """ONNX Runtime's own error log (a coloured line naming its source file) was printed before
+    predict's one line: a Reshape that cannot hold 2 images fails only when it runs."""
+    nodes = [helper.make_node("Reshape", ["x", "target"], ["square"]), helper.make_node("MatMul", ["square", "w"], ["logits"])]
+    weights = {"target": np.array([7, 7], dtype=np.int64), "w": np.zeros((7, 10), np.float32)}
+    folder = onnx_folder(tmp_path / "model", nodes, [PIXELS], [value("logits", FLOAT, ["N", 10])], weights)
+    assert predict.main(["--model", str(folder), *map(str, two_digits(tmp_path))]) == 2
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1, captured.err
+    assert captured.err.startswith("error: ") and "it fails on 2 images: [ONNXRuntimeError]" in captured.err, captured.err
+
+
+def matmul_chain_folder(folder: Path, count: int = 100) -> Path:
+    """A slow model within the bounds: `count` products with a 784x784 matrix made at run time
+    (6.1e7 multiply-adds per image, ~0.4 s for 256 images; a 40 KB file)."""
+    nodes = [helper.make_node("Add", ["column", "row"], ["m"])]
+    nodes += [helper.make_node("MatMul", ["x" if i == 0 else f"h{i - 1}", "m"], [f"h{i}"]) for i in range(count)]
+    nodes.append(helper.make_node("MatMul", [f"h{count - 1}", "w"], ["logits"]))
+    weights = {"column": np.zeros((784, 1), np.float32), "row": np.zeros((1, 784), np.float32), "w": np.zeros((784, 10), np.float32)}
+    return onnx_folder(folder, nodes, [PIXELS], [value("logits", FLOAT, ["N", 10])], weights)
+
+
+STOPPABLE = """
+import sys
+import numpy as np
+from pathlib import Path
+from search import predict
+
+model = predict.load_model(Path(sys.argv[1]))
+print("running", flush=True)
+try:
+    predict.predict_pixels(model, np.zeros((10_000, 784), np.float32), [""] * 10_000)
+except KeyboardInterrupt:
+    print("stopped", flush=True)
+    sys.exit(130)
+print("finished", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_long_run_between_two_chunks(tmp_path: Path, python: str, run_env: dict[str, str]) -> None:
+    """ONNX Runtime runs without Python's signal handling: one run of 10,000 images (~15 s here)
+    finished before a Ctrl-C was seen. Run 256 images at a time, it stops within one of them."""
+    folder = matmul_chain_folder(tmp_path / "model")
+    root = Path(__file__).resolve().parents[1]
+    child = subprocess.Popen([python, "-c", STOPPABLE, str(folder)], stdout=subprocess.PIPE, text=True, env=run_env, cwd=root)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "running\n"
+        time.sleep(1.0)  # inside the run
+        child.send_signal(signal.SIGINT)
+        sent = time.perf_counter()
+        out, _ = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert (child.returncode, out) == (130, "stopped\n")
+    assert time.perf_counter() - sent < 4.0
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_predict_still_imports_is_one_line(tmp_path: Path, python: str, run_env: dict[str, str]) -> None:
+    """A Ctrl-C in the first ~0.3 s, while predict imports numpy and the settings, printed a
+    KeyboardInterrupt traceback: the signal is sent here once predict has begun its own imports
+    (-X importtime prints a line as each finishes), well before they end."""
+    child = subprocess.Popen(
+        [python, "-X", "importtime", "-m", "search.predict", "--model", str(tmp_path), "x.png"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=run_env, cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        assert child.stderr is not None
+        for line in child.stderr:
+            if line.rstrip().endswith("| argparse"):  # predict's first import after its handler
+                child.send_signal(signal.SIGINT)
+                break
+        out, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    said = [line for line in err.splitlines() if line and not line.startswith("import time:")]
+    assert (child.returncode, out, said) == (130, "", ["stopped"]), err[-2000:]
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_by_its_bytes(known: Known, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Bytes of a name that are not UTF-8 were printed as the surrogates Python holds them as
+    ('seven\\udcff.png'), not as the name's bytes ('seven\\xff.png')."""
+    (good,) = save(known.images[:1], tmp_path / "plain", "ok")
+    named = tmp_path / os.fsdecode(b"seven\xff.png")
+    shutil.copy(good, named)
+    assert predict.main(["--model", str(known.folder), str(named)]) == 0
+    assert capsys.readouterr().out == f"{tmp_path}/seven\\xff.png: {known.labels[0]} ({known.probabilities[0].max():.1%})\n"
+    missing = tmp_path / os.fsdecode(b"gone\xfe.png")
+    assert predict.main(["--model", str(known.folder), str(missing)]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path}/gone\\xfe.png: file not found\n"
+
+
+# ---------------------------------------------------------------- digits on grey paper
+
+
+def on_paper(digit: np.ndarray, background: int, noise: float = 0.0, side: int = 200, ink: int = 20) -> np.ndarray:
+    """An MNIST digit (white on black, 28x28) drawn `side` pixels wide in ink of `ink` on paper of
+    `background`, with Gaussian grain of `noise` levels (seeded)."""
+    strokes = np.asarray(Image.fromarray(digit).resize((side, side), Image.Resampling.BILINEAR), dtype=np.float64) / 255
+    page = background + (ink - background) * strokes + np.random.default_rng(0).normal(0, noise, strokes.shape) * (noise > 0)
+    return np.clip(np.rint(page), 0, 255).astype(np.uint8)
+
+
+def test_digits_on_grey_paper_read_as_well_as_on_white(known: Known, small_split: DataSplit, tmp_path: Path) -> None:
+    """200x200 MNIST digits in ink of 20 on paper of 200 scored 32% (on white: 91%): after inversion
+    the background (~55) was above the ink cut-off (~47) and the whole image was framed as the
+    digit. The background level is now taken off first; MNIST's own images read exactly as before."""
+    images = (small_split.x_test[:50] * 255).round().to(torch.uint8).reshape(-1, 28, 28).numpy()
+    labels = small_split.y_test[:50].numpy()
+    model = predict.load_model(known.folder)
+    plain = predict.predict_images(model, save(images, tmp_path / "plain", "digit"))
+    reference = model.probabilities(images.reshape(-1, 784).astype(np.float32) / 255)
+    assert np.array_equal([p.probability for p in plain], reference.max(axis=1))  # bit for bit: MNIST's black is left alone
+    write_csv(images, labels, tmp_path / "rows.csv")
+    assert [p.probability for p in predict.predict_csv(model, tmp_path / "rows.csv")] == [p.probability for p in plain]
+    accuracy = {}
+    for name, background, noise in (("white", 255, 0), ("grey", 200, 0), ("grey-grain", 200, 8.0)):
+        pages = np.stack([on_paper(image, background, noise) for image in images])
+        predictions = predict.predict_images(model, save(pages, tmp_path / name, "page"))
+        accuracy[name] = float(np.mean(digits(predictions) == labels))
+    assert accuracy["white"] >= 0.85, accuracy
+    assert abs(accuracy["grey"] - accuracy["white"]) <= 0.06 and abs(accuracy["grey-grain"] - accuracy["white"]) <= 0.06, accuracy
+    small_grey = np.stack([on_paper(image, 200, side=28) for image in images[:10]])  # 28x28: not framed, levelled all the same
+    levelled = np.stack([predict.to_model_input(page, "page") for page in small_grey])
+    assert np.abs(levelled - images[:10].reshape(-1, 784) / 255).max() <= 3 / 255
