@@ -67,7 +67,7 @@ class StoreLocation:
 
 
 def local_location() -> StoreLocation:
-    return StoreLocation(folder=artifact_dir(), shared=False)
+    return StoreLocation(folder=artifact_dir().resolve(), shared=False)  # resolved, as a folder given is: the same folder, the same text
 
 
 def parse_location(text: str | None) -> StoreLocation:
@@ -102,9 +102,8 @@ def _check_folder(location: StoreLocation, writable: bool) -> None:
     folder = location.folder
     assert folder is not None
     if not folder.exists():
-        raise ArtifactStoreError(
-            f"artifact store folder {folder} does not exist on this machine; mount the shared folder there (or create it: mkdir -p {folder})"
-        )
+        raise ArtifactStoreError(f"artifact store folder {folder} does not exist on this machine; mount the shared folder there "
+                                 f"(or create it: mkdir -p {folder})")
     if not folder.is_dir():
         raise ArtifactStoreError(f"artifact store {folder} is not a folder; pass {FORMS}")
     if writable and not os.access(folder, os.W_OK | os.X_OK):
@@ -129,17 +128,19 @@ def open_store(location: StoreLocation, *, create: bool = True, writable: bool =
         return S3Store.connect(check_location(str(location)))  # check: boto3 is there
     if location.shared:
         _check_folder(location, writable)
-    elif create:
-        location.folder.mkdir(parents=True, exist_ok=True)
-    return AtomicFolderStore(location.folder)
+        return AtomicFolderStore(location.folder)
+    return build_artifact_store(location.folder, create)
 
 
 def build_artifact_store(directory: Path | None = None, create: bool = True) -> AtomicFolderStore:
-    """A folder artifact store (default: this machine's artifacts/) with atomic writes, for tests
-    and tools; the store a study runs with comes from its location (`open_store`)."""
+    """A folder artifact store (default: this machine's artifacts/) with atomic writes; the store a study runs with comes from
+    its location (`open_store`). A folder that cannot be made is one line (under a $MNIST_SEARCH_HOME in /proc, a traceback)."""
     directory = directory or artifact_dir()
-    if create:
-        directory.mkdir(parents=True, exist_ok=True)
+    try:
+        if create:
+            directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ArtifactStoreError(f"cannot make the artifact folder {directory} ({err.strerror}); point MNIST_SEARCH_HOME elsewhere") from None
     return AtomicFolderStore(directory)
 
 
@@ -280,13 +281,11 @@ def recorded_location(study: optuna.Study) -> StoreLocation:
 def location_for_run(study: optuna.Study, given: str | None) -> StoreLocation:
     """The store a run on `study` uses: the recorded one; `given` (--artifact-store) must name it."""
     recorded = recorded_location(study)
-    if given is None or (recorded.shared and str(parse_location(given)) == str(recorded)):
+    if given is None or str(parse_location(given)) == str(recorded):  # the local folder, named in full, is the study's too
         return recorded
     where = str(recorded) if recorded.shared else LOCAL
-    raise ArtifactStoreError(
-        f"study {study.study_name!r} keeps its artifacts in {where}, not in {parse_location(given)}: run without --artifact-store "
-        "to use the study's store, or pass a new --study-name to start a study there"
-    )
+    raise ArtifactStoreError(f"study {study.study_name!r} keeps its artifacts in {where}, not in {parse_location(given)}: run without "
+                             "--artifact-store to use the study's store, or pass a new --study-name to start a study there")
 
 
 def storage_location(storage: Any) -> StoreLocation:

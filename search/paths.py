@@ -7,6 +7,7 @@ the disk only through `study_dir_name`, which makes it safe and unique.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -27,6 +28,7 @@ _HASHED = re.compile(rf"-[0-9a-f]{{{HASH_CHARS}}}$")  # what study_dir_name appe
 def runtime_dir() -> Path:
     """The folder for the default database, artifacts, checkpoints and exports (git-ignored `storage/`)."""
     home = os.environ.get(HOME_ENV) or "storage"  # set but empty: unset, not the current folder
+    check_home_text(home)
     check_path_length(home, HOME_ENV)
     folder = expand_home(home, HOME_ENV).resolve()
     blocker = next((p for p in (folder, *folder.parents) if p.exists()), folder)
@@ -35,6 +37,16 @@ def runtime_dir() -> Path:
         what = "a file" if blocker.is_file() else "a device, pipe or socket"
         raise UserInputError(f"{named} is not a folder ({blocker} is {what}); move it aside or point {HOME_ENV} at a folder")
     return folder
+
+
+def check_home_text(home: str) -> None:
+    """UserInputError for a $MNIST_SEARCH_HOME no one means as a folder: blank (" " made a folder
+    named " " in the current one) or holding a control character (a line break split the
+    'created study ... in ...' line, and every later line that names the folder)."""
+    if not home.strip():
+        raise UserInputError(f"{HOME_ENV}={home!r} is blank; unset it (the run state then goes to storage/) or point it at a folder")
+    if any(unicodedata.category(c) == "Cc" for c in home):
+        raise UserInputError(f"{HOME_ENV}={home[:120]!r} holds a control character (a line break, ...); point it at a folder named without one")
 
 
 def nearest_existing(path: Path) -> Path:
@@ -66,16 +78,38 @@ def check_run_folders(folders: list[Path]) -> None:
     """UserInputError if one of the folders a run writes in under the runtime folder is a file
     (or anything but a folder), or it (or the folder it would be made in) cannot be written: found
     before the study is made, where it was a traceback after, or a study created and left with
-    its seed recorded by a run that could not keep its first checkpoint (a read-only mount)."""
+    its seed recorded by a run that could not keep its first checkpoint (a read-only mount). A
+    folder still to be made is tried (`_can_make_folder_in`): `os.access` says yes to root
+    everywhere, /proc included, where the mkdir then failed after the study was created."""
+    tried: set[Path] = set()
     for folder in folders:
         if os.path.lexists(folder) and not folder.is_dir():
             raise UserInputError(f"{folder} is not a folder, and the run keeps its {folder.name} there; move it aside, or point {HOME_ENV} elsewhere")
         target = nearest_existing(folder)
-        if target.is_dir() and not os.access(target, os.W_OK | os.X_OK):
+        if not target.is_dir():
+            continue  # a file on the way: the runtime folder's own check names it
+        problem = None if os.access(target, os.W_OK | os.X_OK) else f"{target} cannot be written (read-only, or not yours)"
+        if problem is None and target != folder and target not in tried:
+            tried.add(target)
+            problem = _can_make_folder_in(target)
+        if problem is not None:
             raise UserInputError(
-                f"{target} cannot be written (read-only, or not yours), and the run keeps its {folder.name} "
-                f"{'there' if target == folder else 'under it'}; point {HOME_ENV} at a folder you can write"
+                f"{problem}, and the run keeps its {folder.name} {'there' if target == folder else 'under it'}; "
+                f"point {HOME_ENV} at a folder you can write"
             )
+
+
+def _can_make_folder_in(folder: Path) -> str | None:
+    """None if a folder can be made in `folder` (one is made under a name of this process's own
+    and removed at once, so nothing is left), else why not."""
+    probe = folder / f".mnist-search-probe-{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        probe.mkdir()
+    except OSError as error:
+        return f"no folder can be made in {folder} ({error.strerror or type(error).__name__})"
+    with contextlib.suppress(OSError):  # made, so removable: a failure here is no reason to stop the run
+        probe.rmdir()
+    return None
 
 
 def study_dir_name(study_name: str) -> str:

@@ -396,6 +396,35 @@ def test_a_study_without_a_shared_store_cannot_move_to_one(tmp_path: Path, capsy
     assert "each machine's own artifacts/ folder" in capsys.readouterr().err
 
 
+def test_naming_this_machines_own_artifact_folder_resumes_a_study_that_keeps_its_artifacts_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The study keeps its artifacts in this machine's own folder, and the run named that very folder
+    (spelled another way here): it was refused with "keeps its artifacts in each machine's own
+    artifacts/ folder ..., not in <that folder>", where only another store is refused."""
+    assert run_tiny(tmp_path, "--trials", "1") == 0
+    own = artifact_dir()
+    assert own.is_dir()
+    capsys.readouterr()
+    assert run_tiny(tmp_path, "--trials", "2", "--artifact-store", f"{own.parent}/./{own.name}/") == 0, capsys.readouterr().err
+    study = optuna.load_study(study_name="mnist", storage=reader_storage(f"sqlite:///{tmp_path / 's.db'}"))
+    assert record.ARTIFACT_STORE not in study.user_attrs  # still this machine's own folder, on every machine
+    assert len([t for t in study.trials if t.state.is_finished()]) == 2
+    models = [record.read(t, record.MODEL_ARTIFACT) for t in study.trials if record.read(t, record.MODEL_ARTIFACT)]
+    assert len(models) == 2 and all((own / m).is_file() for m in models)
+
+
+def test_this_machines_artifact_folder_that_cannot_be_made_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a MNIST_SEARCH_HOME in /proc (root may write there, says os.access) making the folder
+    was a FileNotFoundError traceback after the study had been created."""
+    from search.artifact_stores import local_location
+
+    monkeypatch.setenv("MNIST_SEARCH_HOME", "/proc/mnist-search-home")
+    with pytest.raises(ArtifactStoreError, match="cannot make the artifact folder /proc/mnist-search-home/artifacts") as error:
+        open_store(local_location())
+    assert "\n" not in str(error.value) and "MNIST_SEARCH_HOME" in str(error.value)
+
+
 @pytest.mark.slow
 def test_a_search_on_s3_keeps_its_models_there_and_any_machine_exports_them(
     s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

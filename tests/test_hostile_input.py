@@ -486,3 +486,120 @@ def test_a_split_too_small_to_tell_models_apart_is_refused_before_the_study(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err, err
     assert not database.exists()
+
+
+# ---- control characters, hosts and '~' in storage URLs; MNIST_SEARCH_HOME; MNIST_DATA_DIR ----------
+
+@pytest.mark.parametrize(
+    ("url", "part"),
+    [
+        ("postgresql://postgres:Zq7X%00@127.0.0.1:1/test", "its password"),  # libpq cut the conninfo at the NUL: port 5432, not 1
+        ("postgresql://postgres:Zq7X%0Aok@127.0.0.1:1/test", "its password"),
+        ("postgresql://post%00gres:Zq7X@127.0.0.1:1/test", "its user"),
+        ("postgresql://postgres:Zq7X@127.0.0.1:1/te%01st", "its database"),
+        ("postgresql://postgres:Zq7X@127.0.0.1%00x:1/test", "its host"),
+        ("postgresql://postgres@127.0.0.1:1/test?password=Zq7X%00", "its query parameter 'password'"),
+        ("postgresql://postgres@127.0.0.1:1/test?application_name=a%0Ab&password=Zq7X", "its query parameter 'application_name'"),
+        ("sqlite:///{tmp}/a\nb.db", "its path"),
+        ("sqlite:///{tmp}/a%00b.db", "its path"),
+        ("sqlite:///{tmp}/a\x01b.db", "its path"),
+    ],
+)
+def test_a_control_character_in_any_part_of_a_storage_url_is_refused_before_it_is_used(
+    url: str, part: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A NUL in the password (`x%00`) made libpq cut the connection string there, so the study went
+    to port 5432 while the console said port 1; a line break in a SQLite path split the 'created
+    study ... in ...' line. Refused before the data (missing here) is even looked at."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["--storage", url.format(tmp=tmp_path), "--data-dir", str(tmp_path / "missing")]) == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and f"{part} holds a control character" in err and "Traceback" not in err, err
+    assert CORE not in out + err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("url", ["sqlite://tmp/x.db", "sqlite://u:Zq7Xpw@tmp/y.db", "sqlite://localhost:5/z.db", "sqlite://u:Zq7X@/w.db"])
+def test_an_sqlite_url_with_a_host_user_or_port_is_refused_before_any_file_is_made(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`sqlite://tmp/x.db` (two slashes: the host `tmp`) made ./x.db in the current folder, switched
+    to WAL, and only then failed with SQLAlchemy's "Invalid SQLite URL". The data is there, so
+    nothing but the URL check stands between the run and that file."""
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert main(["--storage", url, "--trials", "1", "--train-size", "600", "--val-size", "200", "--max-epochs", "1", "--no-export"]) == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "four slashes (sqlite:////tmp/x.db), a relative one three" in err, err
+    assert CORE not in out + err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd"] and list((tmp_path / "cwd").iterdir()) == []
+
+
+def test_a_home_folder_in_an_sqlite_path_is_written_out_as_every_path_flag_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`sqlite:///~/x.db` made a folder named `~` in the current one; MNIST_SEARCH_HOME, --data-dir
+    and --artifact-store read a leading `~` as the home folder, and so does the SQLite path now."""
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "me").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.setenv("HOME", str(tmp_path / "me"))
+    assert main(["--storage", "sqlite:///~/x.db", "--trials", "1", "--train-size", "600", "--val-size", "200", "--max-epochs", "1",
+                 "--no-export"]) == 0
+    assert f"sqlite:///{tmp_path / 'me' / 'x.db'}" in capsys.readouterr().out
+    assert (tmp_path / "me" / "x.db").is_file() and list((tmp_path / "cwd").iterdir()) == []
+    assert main(["--storage", "sqlite:///~nouser-zq7/x.db", "--data-dir", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "~nouser-zq7" in err and "no such user's home folder" in err, err
+    assert list((tmp_path / "cwd").iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["run", "export", "dashboard"])
+@pytest.mark.parametrize(("home", "words"), [(" ", "is blank"), ("\t", "is blank"), ("{tmp}/h\nx", "control"), ("{tmp}/h\x01x", "control")])
+def test_a_run_state_home_that_is_blank_or_holds_a_control_character_is_one_line(
+    command: str, home: str, words: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """MNIST_SEARCH_HOME=" " made a folder named " " in the current one; a line break in it split
+    the 'created study ... in ...' line."""
+    import importlib
+
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.setenv("MNIST_SEARCH_HOME", home.format(tmp=tmp_path))
+    module = {"run": "search.run", "export": "search.export.__main__", "dashboard": "search.dashboard"}[command]
+    argv = ["--data-dir", str(tmp_path / "missing")] if command == "run" else []
+    assert importlib.import_module(module).main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "MNIST_SEARCH_HOME=" in err and words in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd"] and list((tmp_path / "cwd").iterdir()) == []
+
+
+def test_a_run_state_home_where_no_folder_can_be_made_answers_before_the_study_is_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """MNIST_SEARCH_HOME in /proc: `os.access` says root may write there, so the run made its study,
+    printed 'created study ...' and died in a 40-line FileNotFoundError making its artifact folder."""
+    monkeypatch.setenv("MNIST_SEARCH_HOME", "/proc/mnist-search-home")
+    database = tmp_path / "s.db"
+    assert main(["--storage", f"sqlite:///{database}", "--trials", "1", "--train-size", "600", "--val-size", "200", "--no-export"]) == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "/proc" in err and "point MNIST_SEARCH_HOME at a folder you can write" in err, err
+    assert "created study" not in out and not database.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["https://u:S3cr3tZq7X@h/x", "https://u:P@ss/Zq7X@h/x?token=Zq7Xtok", "s3://Zq7X:Zq7X@bucket/x", "https://u:Zq7X@h/" + "x" * 5000],
+)
+def test_a_data_folder_url_in_the_environment_is_refused_without_its_secrets(
+    value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """MNIST_DATA_DIR=https://u:pw@h/x became the path https:/u:pw@h/x (the `//` collapsed), and its
+    error printed the password: no URL was left in it to mask. The same value as --data-dir was
+    already refused as a URL."""
+    monkeypatch.setenv("MNIST_DATA_DIR", value)
+    assert main(["--storage", f"sqlite:///{tmp_path / 's.db'}", "--trials", "1", "--no-export"]) == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and err.startswith("error: MNIST_DATA_DIR ") and "is a URL, and data is read from files" in err, err
+    assert CORE not in out + err, err
+    assert list(tmp_path.iterdir()) == []

@@ -7,6 +7,7 @@ data folder is one line in a fraction of a second.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ def resolve_data_source(
     env = os.environ if env is None else env
     for given, what in ((data, "--data"), (data_dir, "--data-dir"), (env.get(DATA_DIR_ENV), DATA_DIR_ENV)):
         if given:
+            refuse_a_url(os.fspath(given), what)
             check_path_length(given, what)
     spec = MNIST
     if data:
@@ -81,6 +83,23 @@ def resolve_data_source(
             return DataSource("idx", directory, spec)
     cache = (cache_dir or default_cache_dir()) / spec.name
     return DataSource("idx", cache, spec, download=not has_all_files(cache, spec))
+
+
+def refuse_a_url(value: str, what: str) -> None:
+    """DataError if `value` is a URL: as a path, `https://u:pw@h/x` became `https:/u:pw@h/x` (the
+    `//` collapsed), whose error printed the password, since no URL was left to mask. Settings
+    refuse a URL in --data and --data-dir; MNIST_DATA_DIR reaches only this check. The URL is shown
+    without what may be secret: everything up to its last `@` (a password may hold `@` and `/`),
+    and its query and fragment. Here, not in search/redaction.py: lightning_modules imports nothing of search/."""
+    scheme, separator, rest = value.partition("://")
+    if not separator:
+        return
+    scheme = scheme if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]{0,20}", scheme) else "..."
+    shown = f"{scheme}://{re.split('[?#]', rest.rpartition('@')[2])[0]}"
+    raise DataError(
+        f"{what} {shown[:120]!r} is a URL, and data is read from files: download it and give its path on disk "
+        "(mnist and fashion-mnist download themselves)"
+    )
 
 
 def _not_a_csv_file(path: Path) -> str:
