@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Command-line values override the config file; the config file overrides the built-in "
         "defaults (configs/default.yaml spells them out).",
     )
-    parser.add_argument("--config", type=Path, default=None, help="YAML settings file (default: the built-in defaults, as in configs/default.yaml)")
+    parser.add_argument("--config", type=str, default=None, help="YAML settings file (default: the built-in defaults, as in configs/default.yaml)")
     add_flags(parser, RUN_FLAGS)
     parser.add_argument("--no-export", action="store_true", help="do not export the best model when the study ends")
     return parser

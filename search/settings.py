@@ -21,6 +21,7 @@ from search.settings_space import (
     SpaceConfig,
     Strict,
     choices_problem,
+    each_listed_once,
     files_not_urls,
     first_dnn_problem,
     ints_as_floats,
@@ -170,6 +171,7 @@ class TrainingConfig(Strict):
     snapshot_steps: list[int] = Field(
         default=[10, 100, 1000], max_length=MAX_SNAPSHOTS, description="optimizer steps at which first-layer weights are kept",
     )
+    _each_step_once = field_validator("snapshot_steps")(each_listed_once)  # a new run's only: RECORDED ones load
     accelerator: Accelerator = Field(default="auto", description="auto (a GPU when torch sees one, else the CPU) | cpu | gpu")
     devices: list[int] | None = Field(
         default=None, min_length=1, max_length=MAX_WORKERS, description="GPU indices to train on, e.g. 0,1 (null: every visible GPU)",

@@ -7,7 +7,9 @@ becomes one short line that names the key.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -137,19 +139,82 @@ def merge_settings(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     return merged
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    """The raw mapping in a YAML config file; unreadable or non-mapping files are ConfigErrors."""
+def _config_path(path: Path | str) -> Path:
+    """`path` as a Path, refused when empty: Path("") is Path("."), so `--config ''` was called
+    "config file ." (a folder) and never said what had gone wrong."""
+    if isinstance(path, str) and not path:
+        raise ConfigError("--config is empty; pass the path of a YAML file, or leave --config out for the built-in defaults")
+    return Path(path)
+
+
+def _regular_file_status(descriptor: int, path: Path) -> os.stat_result:
+    """The open file's status, refused unless a regular file under the cap by its reported size:
+    a folder, a FIFO or a device (/dev/zero never ends) is not a config file."""
+    status = os.fstat(descriptor)
+    if not stat.S_ISREG(status.st_mode):
+        kind = "a folder" if stat.S_ISDIR(status.st_mode) else "not a regular file"
+        raise ConfigError(f"config file {path} is {kind}; pass a YAML file to --config")
+    if status.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is {status.st_size:,} bytes; a config file may have at most {MAX_CONFIG_BYTES:,}")
+    return status
+
+
+def _unreadable(path: Path, error: OSError) -> ConfigError:
+    """An OSError as one line: its reason without Python's "[Errno 13] ...: 'path'" around it."""
+    return ConfigError(f"config file {path} cannot be read ({error.strerror or type(error).__name__}); pass a readable YAML file to --config")
+
+
+def _read_at_most(descriptor: int, limit: int) -> bytes:
+    """Up to `limit` bytes, however few each read returns (a /proc file gives a page at a time)."""
+    chunks: list[bytes] = []
+    while limit > 0 and (chunk := os.read(descriptor, limit)):
+        chunks.append(chunk)
+        limit -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_capped(path: Path) -> bytes:
+    """At most MAX_CONFIG_BYTES of a regular file, read from the one descriptor checked. The cap
+    was the size stat reported: /proc/kallsyms (0 bytes by stat) was read and parsed whole, 5 MB
+    for 3 s, as was a file that grew after the check. O_NONBLOCK: opening a FIFO never waits."""
     try:
-        size = path.stat().st_size
-        if not path.is_file():
-            raise ConfigError(f"config file {path} is not a regular file; pass a YAML file to --config")
-        if size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"config file {path} is {size:,} bytes; a config file may have at most {MAX_CONFIG_BYTES:,}")
-        text = path.read_text(encoding="utf-8")
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found; pass an existing file to --config") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"config file {path} cannot be read ({str(error)[:MAX_SHOWN]})") from None
+    except OSError as error:
+        raise _unreadable(path, error) from None
+    try:
+        reported = _regular_file_status(descriptor, path).st_size
+        data = _read_at_most(descriptor, MAX_CONFIG_BYTES + 1)
+    except OSError as error:
+        raise _unreadable(path, error) from None
+    finally:
+        os.close(descriptor)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {path} holds more than {MAX_CONFIG_BYTES:,} bytes (its reported size: {reported:,}); "
+            f"a config file may have at most {MAX_CONFIG_BYTES:,}"
+        )
+    return data
+
+
+def _decoded(data: bytes, path: Path) -> str:
+    """The file's text; a byte that is not UTF-8 named by line and offset. Python's own message was
+    cut to "(... invalid )" and never said how to fix the file."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text: byte 0x{data[error.start]:02x} at line {line} (byte offset {error.start:,}) "
+            "cannot be decoded; save the file as UTF-8"
+        ) from None
+
+
+def read_config_file(path: Path | str) -> dict[str, Any]:
+    """The raw mapping in a YAML config file; unreadable or non-mapping files are ConfigErrors."""
+    path = _config_path(path)
+    text = _decoded(_read_capped(path), path)
     loader = None
     try:
         loader = _BoundedLoader(text, str(path))  # the reader refuses non-printable characters here
@@ -196,7 +261,7 @@ def check_overridden_values(raw: dict[str, Any], overrides: dict[str, Any], orig
 
 
 def load_settings(
-    path: Path | None = None, overrides: dict[str, Any] | None = None, names: dict[tuple[str, ...], str] | None = None
+    path: Path | str | None = None, overrides: dict[str, Any] | None = None, names: dict[tuple[str, ...], str] | None = None
 ) -> Settings:
     """Defaults <- config file <- command-line overrides (nested dicts), validated together; an
     error in a value a flag gave names the flag (`names`: settings key -> flag), not the file."""

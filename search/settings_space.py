@@ -29,6 +29,16 @@ def files_not_urls(value: str | None) -> str | None:
     return value
 
 
+def each_listed_once(value: list[Any], info: ValidationInfo) -> list[Any]:
+    """A list validator refusing a repeated item. Optuna keeps a repeated choice: [64, 128, 128]
+    drew 128 twice as often, unsaid; snapshot steps [10, 10] took one snapshot, and the export said
+    both were asked for. A new run's settings only: a study recorded with one still exports and resumes."""
+    repeated = sorted({str(v) for v in value if value.count(v) > 1})
+    if repeated and not (info.context or {}).get("recorded"):  # settings.RECORDED
+        raise ValueError(f"lists {', '.join(repeated)} more than once; name each once")
+    return value
+
+
 class FloatRange(Strict):
     """A float searched between low and high (log scale when `log`)."""
 
@@ -121,15 +131,7 @@ class SpaceConfig(Strict):
             raise ValueError(f"weight decay must lie in [0, 1] (got [{value.low}, {value.high}])")
         return value
 
-    @field_validator("classifier", "optimizer", "batch_size")
-    @classmethod
-    def _each_choice_once(cls, value: list[Any], info: ValidationInfo) -> list[Any]:
-        """Optuna keeps a repeated choice: [64, 128, 128] drew 128 twice as often, unsaid. A new
-        run's settings only: a study recorded with one still exports and resumes."""
-        repeated = sorted({str(v) for v in value if value.count(v) > 1})
-        if repeated and not (info.context or {}).get("recorded"):  # settings.RECORDED
-            raise ValueError(f"lists {', '.join(repeated)} more than once; name each choice once")
-        return value
+    _each_choice_once = field_validator("classifier", "optimizer", "batch_size")(each_listed_once)
 
     @field_validator("batch_size")
     @classmethod

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -266,3 +268,73 @@ def test_a_url_as_data_is_refused_with_its_password_masked(key: str, tmp_path: P
     with pytest.raises(ConfigError) as error:
         load_settings(path)
     assert f"data.{key}: is a URL, and data is read from files" in str(error.value) and "Zq7Xdatapw" not in str(error.value), error.value
+
+
+def test_a_config_file_is_capped_by_the_bytes_read_not_its_reported_size() -> None:
+    """stat gives /proc/kallsyms 0 bytes: its 5 MB were read and parsed for 3 s before "not valid YAML"."""
+    kallsyms = Path("/proc/kallsyms")
+    try:
+        with kallsyms.open("rb") as stream:
+            if len(stream.read(70_000)) <= 65_536 or kallsyms.stat().st_size:
+                pytest.skip("/proc/kallsyms here is not a file over the cap that stat calls empty")
+    except OSError as error:
+        pytest.skip(f"/proc/kallsyms cannot be read here ({error.strerror})")
+    with pytest.raises(ConfigError, match=r"holds more than 65,536 bytes \(its reported size: 0\); a config file may have at most 65,536"):
+        load_settings(kallsyms)
+
+
+def test_a_config_file_grown_after_its_size_was_checked_is_still_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that grows between the size check and the read: stat (and fstat) report 10 bytes, the read finds 100 KB."""
+    import os
+    import stat
+
+    path = tmp_path / "grows.yaml"
+    path.write_text("# padding\n" * 10_000)
+
+    def small(real: Callable[..., os.stat_result]) -> Callable[..., os.stat_result]:
+        """os.stat or os.fstat, reporting a regular file's size as it was when checked."""
+
+        def reported(*args: Any, **kwargs: Any) -> os.stat_result:
+            result = real(*args, **kwargs)
+            return os.stat_result((*result[:6], 10, *result[7:10])) if stat.S_ISREG(result.st_mode) else result
+
+        return reported
+
+    with monkeypatch.context() as patched, pytest.raises(ConfigError) as error:
+        patched.setattr(os, "stat", small(os.stat))
+        patched.setattr(os, "fstat", small(os.fstat))
+        load_settings(path)
+    assert str(error.value) == f"config file {path} holds more than 65,536 bytes (its reported size: 10); a config file may have at most 65,536"
+
+
+def test_a_config_file_that_is_not_utf8_names_the_byte_and_the_fix(tmp_path: Path) -> None:
+    """Python's message was cut to "(... invalid )" and never said to save the file as UTF-8."""
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("study:\n  name: café\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as error:
+        load_settings(path)
+    assert str(error.value) == f"config file {path} is not UTF-8 text: byte 0xe9 at line 2 (byte offset 18) cannot be decoded; save the file as UTF-8"
+
+
+def test_an_empty_config_path_is_named_empty_not_the_current_folder(tmp_path: Path) -> None:
+    """`--config ''` became Path("."), "config file . is not a regular file": nothing said the path was empty."""
+    with pytest.raises(ConfigError) as error:
+        load_settings("")
+    assert str(error.value) == "--config is empty; pass the path of a YAML file, or leave --config out for the built-in defaults"
+    with pytest.raises(ConfigError, match=f"config file {tmp_path} is a folder; pass a YAML file to --config"):
+        load_settings(tmp_path)
+
+
+def test_repeated_snapshot_steps_are_refused_but_a_recorded_study_with_them_still_loads(tmp_path: Path) -> None:
+    """[10, 10] took one snapshot and the export said "steps 10, 10 were asked for"; repeated batch
+    sizes were refused already. A study that recorded repeated steps still exports."""
+    from search.settings import RECORDED
+
+    path = tmp_path / "steps.yaml"
+    path.write_text("training: {snapshot_steps: [10, 100, 10, 100, 1000]}\n")
+    with pytest.raises(ConfigError) as error:
+        load_settings(path)
+    assert str(error.value) == f"invalid config in {path}: training.snapshot_steps: lists 10, 100 more than once; name each once (got [10, 100, 10, 100, 1000])"
+    raw = Settings().model_dump(mode="json")
+    raw["training"] = {**raw["training"], "snapshot_steps": [10, 10]}
+    assert Settings.model_validate(raw, context=RECORDED).training.snapshot_steps == [10, 10]
