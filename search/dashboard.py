@@ -19,6 +19,7 @@ import re
 import socket
 import sys
 import threading
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from socketserver import ThreadingMixIn
@@ -157,12 +158,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.storage is not None and not args.storage.strip():  # it opened the default database, as if --storage were left out
         parser.error("--storage is empty; give a storage URL, or leave --storage out for the default database")
-    if args.host not in LOOPBACK and not args.allow_remote:
+    if not is_loopback(args.host) and not args.allow_remote:
         parser.error(
             f"--host {clip(args.host, 60)} makes the dashboard reachable from other machines, without a password; "
             "add --allow-remote if that is what you want, or use an SSH tunnel to 127.0.0.1"
         )
     return args
+
+
+def is_loopback(host: str) -> bool:
+    """This machine only: localhost in any case, or any loopback address however written
+    (127.0.0.2, ::1 in full). Exact strings called 127.0.0.2 reachable from other machines."""
+    try:
+        return host.lower() == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def allowed_hosts(host: str, port: int, bound: str = "", extra: Iterable[str] = ()) -> set[str]:
@@ -203,11 +213,14 @@ def server_url(server: WSGIServer, host: str) -> str:
     return f"http://{'[' + shown + ']' if ':' in shown else shown}:{server.server_address[1]}"
 
 
-def study_urls(storage: Any, base_url: str) -> dict[str, str]:
+def study_urls(storage: Any, url: str, base_url: str) -> dict[str, str]:
     """Each study's page, so the user can open the one they care about directly."""
+    from search.storage import checked_read
     from search.studies import study_names
 
-    return {name: f"{base_url}/dashboard/studies/{storage.get_study_id_from_name(name)}" for name in study_names(storage)}
+    return checked_read(url, lambda: {
+        name: f"{base_url}/dashboard/studies/{storage.get_study_id_from_name(name)}" for name in study_names(storage)
+    })
 
 
 @dataclass
@@ -224,14 +237,16 @@ class Dashboard:
 def open_dashboard(args: argparse.Namespace) -> Dashboard:
     """Open the storage and the artifact folder and listen; read-only unless --allow-writes."""
     from search.artifact_stores import check_location, open_store, storage_location
-    from search.storage import check_storage_url, open_existing_storage
+    from search.storage import check_storage_url, checked_read, open_existing_storage
 
     url = check_storage_url(args.storage)
     given = check_location(args.artifact_store, writable=args.allow_writes) if args.artifact_store is not None else None
     from optuna_dashboard import wsgi
 
+    # what Optuna warns while it computes a page (an importance on few trials) is no one's to act on here
+    warnings.filterwarnings("ignore", module=r"optuna(\.|$)")
     storage = open_existing_storage(url, read_only=not args.allow_writes)
-    location = given or storage_location(storage)
+    location = given or checked_read(url, lambda: storage_location(storage))  # its first read: a damaged file fails here
     store = open_store(location, create=False, writable=args.allow_writes)
     app = tolerant(wsgi(storage, artifact_store=store))
     if not args.allow_writes:
@@ -246,14 +261,14 @@ def serve(args: argparse.Namespace) -> int:
     board = open_dashboard(args)
     port = board.server.server_address[1]
     try:
+        urls = study_urls(board.storage, board.url, board.base)  # first: a damaged file fails before the banner
         mode = "read-write" if args.allow_writes else "read-only"
         print(f"optuna-dashboard ({mode}) on {redact(board.url)}, artifacts in {board.artifacts}")
-        if args.host not in LOOPBACK:
+        if not is_loopback(args.host):
             print(f"warning: listening on {args.host}: anyone who can reach this machine's port {port} can read the studies", file=sys.stderr)
         if args.host in UNSPECIFIED and not args.allowed_host:
             hint = f"open it as http://{socket.gethostname()}:{port}; add --allowed-host to use an IP address"
             print(f"note: from other machines {hint}", file=sys.stderr)
-        urls = study_urls(board.storage, board.base)
         for name, page in urls.items():
             print(f"  study {name!r}: {page}")
         if not urls:

@@ -69,7 +69,7 @@ def check_location(path: Path, *, content: bool = True) -> None:
     if mode is not None and not stat.S_ISREG(mode):
         raise StorageError(f"SQLite database {path} is not a regular file; pass another path with --storage")
     if mode is not None:
-        if content and size and not _is_sqlite(path):
+        if content and size and not is_sqlite(path):
             raise StorageError(f"{path} is not an SQLite database (a file of another kind); pass another path with --storage")
         return
     folder = nearest_existing(path.parent)
@@ -78,7 +78,7 @@ def check_location(path: Path, *, content: bool = True) -> None:
         raise StorageError(f"{folder} {why}, so SQLite database {path} cannot be made there; pass another path with --storage")
 
 
-def _is_sqlite(path: Path) -> bool:
+def is_sqlite(path: Path) -> bool:
     """Whether SQLite reads `path` as a database (an unreadable one counts: its open names the
     problem). Asked through SQLite, never with open(): closing any descriptor of the file drops
     every POSIX lock this process holds on it, SQLite connections' included, and a reader in

@@ -130,10 +130,11 @@ def _open(url: str, build: Callable[[], T]) -> T:
 
     try:
         return _retry_lost_race(build, _lost_schema_race, SCHEMA_ATTEMPTS)
-    except StorageInternalError as error:  # Optuna's wrapper of a failed commit (e.g. a read-only database)
+    except StorageInternalError as error:  # Optuna's wrapper of a failed commit (e.g. a read-only database) or read
         cause = error.__cause__
         reason = clip(str(getattr(cause, "orig", None) or cause or error).strip().splitlines()[0], 200, message_secrets(url))
-        raise StorageError(f"cannot open storage {redact(url)} ({reason}); check that this user can write beside it") from None
+        hint = "the file is damaged: restore it from a backup" if "malformed" in reason else "check that this user can write beside it"
+        raise StorageError(f"cannot open storage {redact(url)} ({reason}); {hint}") from None
     except ImportError as error:
         module = error.name or getattr(error.__cause__, "name", None)  # Optuna wraps the driver's ImportError
         if module is None:
@@ -148,6 +149,12 @@ def _open(url: str, build: Callable[[], T]) -> T:
     except RuntimeError as error:  # Optuna's schema check: another Optuna version's tables
         reason = clip(str(error).strip().splitlines()[0], 300, message_secrets(url)) if str(error).strip() else type(error).__name__
         raise StorageError(f"cannot open storage {redact(url)}: {reason} (back the database up first)") from None
+
+
+def checked_read(url: str, read: Callable[[], T]) -> T:
+    """A first read of an opened storage (the dashboard's study list), failing in one line as an
+    open does: an SQLite file damaged past its first pages opens, then failed with a traceback."""
+    return _open(url, read)
 
 
 def _server_connect_args(url: str) -> dict[str, object]:
@@ -232,7 +239,11 @@ def open_existing_storage(url: str | None, *, read_only: bool = False, flag: str
     open_url = url
     if path is not None:
         if not path.is_file():
+            if path.exists():  # a folder, a device, a pipe: "no study database" sent the user looking for a missing file
+                raise StorageError(f"{path} is not a regular file, so not a study database; pass {flag} the database file a search wrote")
             raise StorageError(f"no study database at {path}; start a search first (python -m search.run) or pass {flag}")
+        if path.stat().st_size and not sqlite_file.is_sqlite(path):  # a damaged header read as "no studies table"
+            raise StorageError(f"{path} is not an SQLite database (a file of another kind, or one damaged); pass {flag} a study database")
         engine_kwargs = {"connect_args": {"timeout": sqlite_file.SQLITE_BUSY_TIMEOUT_SECONDS}}
         real = path.resolve()
         writable = sqlite_file.writable(real)

@@ -7,7 +7,9 @@ small function a test can call on a plain WSGI app.
 
 from __future__ import annotations
 
+import logging
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
@@ -19,6 +21,7 @@ MAX_DISCARDED_BODY = 64 << 20  # bytes read and dropped before a refusal; a larg
 MAX_SHOWN_PATH = 100  # characters of a request's path in the line a failed request prints
 
 WsgiApp = Callable[..., Iterable[bytes]]
+_requests = threading.local()  # the request each server thread handles, for a failure logged without it
 
 
 def host_guard(app: WsgiApp, allowed: Callable[[], set[str]]) -> WsgiApp:
@@ -88,14 +91,34 @@ class _OneLineErrors:
         self.out.flush()
 
 
+class _OneLineLog(logging.Handler):
+    """optuna-dashboard's API views log a failure with its traceback inside the message (bottle's
+    error stream never sees it), and Python's last-resort handler printed it whole: a 9-line
+    traceback per `?after=abc` anyone could send. One line here, naming this thread's request."""
+
+    def __init__(self, out: TextIO | None) -> None:
+        super().__init__()
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        lines = [line.strip() for line in record.getMessage().splitlines() if line.strip()]
+        reason = (lines[0] if lines else record.levelname).removeprefix("Exception: ")
+        request = getattr(_requests, "current", "a request")
+        print(f"dashboard: {one_line(request)} failed ({one_line(reason)[:200]})", file=self.out or sys.stderr, flush=True)
+
+
 def tolerant(app: WsgiApp, out: TextIO | None = None) -> WsgiApp:
     """WSGI middleware: a header optuna-dashboard reads without a default (Accept-Encoding: every
     request from curl or a health check failed with a KeyError) is given an empty one, and the
-    app's failures are one line each (`_OneLineErrors`)."""
+    app's failures are one line each, whether bottle writes them (`_OneLineErrors`) or
+    optuna-dashboard logs them (`_OneLineLog`, on its logger for this process)."""
+    logger = logging.getLogger("optuna_dashboard")
+    logger.handlers[:], logger.propagate = [_OneLineLog(out)], False
 
     def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         environ.setdefault("HTTP_ACCEPT_ENCODING", "")
-        environ["wsgi.errors"] = _OneLineErrors(environ, out or sys.stderr)
+        environ["wsgi.errors"] = errors = _OneLineErrors(environ, out or sys.stderr)
+        _requests.current = errors.request
         return app(environ, start_response)
 
     return wrapped

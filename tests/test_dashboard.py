@@ -388,6 +388,46 @@ def test_bad_storage_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Captu
     assert not (tmp_path / "missing").exists(), "a mistyped SQLite path must not create a database"
 
 
+def damaged_study_file(path: Path) -> None:
+    """A study database whose `studies` table page is overwritten (a disk error, a bad copy): its
+    schema reads and Optuna opens it; listing its studies fails."""
+    import sqlite3
+
+    import optuna
+
+    optuna.create_study(study_name="damaged", storage=f"sqlite:///{path}").optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)
+    with sqlite3.connect(path) as connection:
+        connection.execute("PRAGMA journal_mode=DELETE")  # every page in the file itself
+        page = connection.execute("PRAGMA page_size").fetchone()[0]
+        (root,) = connection.execute("SELECT rootpage FROM sqlite_master WHERE name = 'studies'").fetchone()
+    data = bytearray(path.read_bytes())
+    data[(root - 1) * page:root * page] = b"\xab" * page
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda path: path.mkdir(), "is not a regular file, so not a study database; pass --storage the database file"),
+        (lambda path: path.write_bytes(bytes(range(256)) * 16), "is not an SQLite database (a file of another kind, or one damaged)"),
+        (damaged_study_file, "(database disk image is malformed); the file is damaged: restore it from a backup"),
+    ],
+    ids=["folder", "not-sqlite", "damaged"],
+)
+def test_a_storage_that_is_no_readable_database_is_one_line_before_the_banner(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make: Any, message: str
+) -> None:
+    """A folder was "no study database at" (it exists), a file of another kind "no studies table",
+    and a damaged database printed the banner, then a 95-line traceback."""
+    path = tmp_path / "s.db"
+    make(path)
+    before = sorted(tmp_path.iterdir())
+    assert main(["--storage", f"sqlite:///{path}", "--port", "0"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: ") and err.count("\n") == 1 and message in err, (out, err)
+    assert sorted(tmp_path.iterdir()) == before
+
+
 @pytest.mark.parametrize("storage", ["", " "])
 def test_an_empty_storage_is_refused_not_read_as_the_default(
     storage: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -444,6 +484,12 @@ def serving_one_study(tmp_path: Path, host: str, *extra: str) -> Iterator[Dashbo
 def studies_listed(board: Dashboard) -> list[str]:
     with urllib.request.urlopen(f"{board.base}/api/studies", timeout=30) as response:  # noqa: S310 - a local test server
         return [s["study_name"] for s in json.load(response)["study_summaries"]]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.2", "0:0:0:0:0:0:0:1", "LOCALHOST"])
+def test_a_loopback_host_however_written_needs_no_allow_remote(host: str) -> None:
+    """127.0.0.2, ::1 in full and LOCALHOST were refused as "reachable from other machines"."""
+    assert parse_args(["--host", host]).host == host
 
 
 @pytest.mark.parametrize("host", LOOPBACK)
@@ -722,8 +768,10 @@ def test_a_request_the_app_fails_on_is_one_line_on_the_terminal(board_files: Boa
             assert raw_get(port, path).startswith(b"HTTP/1.0 500")
     err = capfd.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
-    assert "Traceback" not in err and len(lines) <= 2, err  # the second is optuna-dashboard's own 500, logged or not
+    assert "Traceback" not in err and len(lines) == 2, err
     assert lines[0].startswith("dashboard: GET /artifacts/99999999999999999999999/1/abc failed (OverflowError"), lines
+    # optuna-dashboard logs the second with its traceback inside the message: printed whole before
+    assert lines[1] == f"dashboard: GET /api/studies/{board_files.study_id} failed (invalid literal for int() with base 10: 'abc')", lines
 
 
 def test_idle_connections_are_closed_and_bounded(
