@@ -43,6 +43,34 @@ def storage_failure(error: BaseException) -> BaseException | None:
     return None
 
 
+RECONNECT_PAUSES = (1, 2, 4, 8, 16)  # seconds before each retry of a worker that lost its database server
+_LOST = ("server closed the connection", "terminating connection", "connection refused", "could not connect", "connection timed out",
+         "connection already closed", "ssl connection has been closed", "the database system is")
+
+
+def lost_connection(error: BaseException) -> BaseException | None:
+    """The failure behind `error` when it is a database server's connection lost mid-query (a
+    restart, a failover, an administrator's terminate): the server comes back, so a worker pauses
+    and goes on (the objective has handed its trial back); anything else stays a failure."""
+    cause = storage_failure(error)
+    if cause is None or isinstance(cause, OSError):
+        return None
+    text = str(getattr(cause, "orig", None) or cause).lower()
+    return cause if getattr(cause, "connection_invalidated", False) or any(words in text for words in _LOST) else None
+
+
+def reconnect_pause(error: Exception, lost: int) -> float:
+    """The pause before a worker's next attempt after `lost` (+1) connections lost in a row, told
+    in one line; re-raises `error` when it is no lost connection, or once the server stayed away
+    through every pause. One dropped connection stopped every worker of every machine."""
+    cause = lost_connection(error)
+    if cause is None or lost >= len(RECONNECT_PAUSES):
+        raise error
+    reason = clip(str(getattr(cause, "orig", None) or cause).strip().splitlines()[0], 120)
+    print(f"note: lost the study's database connection ({reason}); trying again in {RECONNECT_PAUSES[lost]} s", file=sys.stderr, flush=True)
+    return RECONNECT_PAUSES[lost]
+
+
 def describe_storage_failure(cause: BaseException, secrets: Iterable[str] = (), during: str = "mid-run") -> str:
     """'cannot write /x/trial-3.ckpt (No space left on device)': for a copy or a rename, the
     file it was writing (the second name), not the temporary file it came from."""

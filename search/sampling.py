@@ -11,10 +11,13 @@ Two seed schemes exist. Studies created since the scheme was recorded (study att
 `seed_scheme` = "independent") draw trial n's seed from numpy's `SeedSequence([seed, n])`, so
 the searches of seeds 0 and 1 are independent. Older studies (no attribute) used seed + n, which
 made seed 1's trial n a copy of seed 0's trial n + 1; they resume with that scheme unchanged.
+A warm-started study salts the sequence (`warm_scheme`), or it replays its source's random trials.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,17 +32,26 @@ from search import record
 from search.settings import MAX_SEED, SamplerConfig
 
 OFFSET = "offset"  # trial n: seed + n (studies created before the scheme was recorded)
-INDEPENDENT = "independent"  # trial n: SeedSequence([seed, n]); every new study
+INDEPENDENT = "independent"  # trial n: SeedSequence([seed, n]); every new study not warm-started
 SEED_SCHEMES = (OFFSET, INDEPENDENT)
+WARM = re.compile(r"warm-([0-9a-f]{8})")  # trial n: SeedSequence([seed, n, salt]); a warm-started study (`warm_scheme`)
+
+
+def warm_scheme(source: str) -> str:
+    """A warm-started study's scheme, salted by where its sets came from: with the source's seed
+    and scheme it drew the source's random trials again, trial for trial (its trial 3 was the
+    source's trial 3, parameters, seed and values), and a chain of warm starts would too."""
+    return f"warm-{hashlib.sha256(source.encode()).hexdigest()[:8]}"
 
 
 def trial_seed(seed: int, trial_number: int, scheme: str = INDEPENDENT) -> int:
     """The seed trial `trial_number` samples and trains with (below 2**32, numpy's limit)."""
     if scheme == OFFSET:
         return (seed + trial_number) % (2 * (MAX_SEED + 1))
-    if scheme != INDEPENDENT:
-        raise ValueError(f"unknown seed scheme {scheme!r}; known: {', '.join(SEED_SCHEMES)}")
-    return int(np.random.SeedSequence([seed, trial_number]).generate_state(1)[0])
+    salt = WARM.fullmatch(scheme)
+    if scheme != INDEPENDENT and salt is None:
+        raise ValueError(f"unknown seed scheme {scheme!r}; known: {', '.join(SEED_SCHEMES)}, warm-<8 hex digits>")
+    return int(np.random.SeedSequence([seed, trial_number, *([int(salt[1], 16)] if salt else [])]).generate_state(1)[0])
 
 
 class SeedSchemeError(UserInputError):
@@ -49,7 +61,7 @@ class SeedSchemeError(UserInputError):
 def seed_scheme(study: optuna.Study) -> str:
     """The study's recorded seed scheme; a study without one predates it and used seed + n."""
     scheme = study.user_attrs.get(record.SEED_SCHEME, OFFSET)
-    if scheme not in SEED_SCHEMES:
+    if scheme not in SEED_SCHEMES and not (isinstance(scheme, str) and WARM.fullmatch(scheme)):
         raise SeedSchemeError(
             f"study {study.study_name!r} records seed scheme {scheme!r}, which this version of mnist-search does not know "
             f"(it knows {', '.join(SEED_SCHEMES)}); resume it with the version that created it"

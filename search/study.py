@@ -21,11 +21,12 @@ from optuna.trial import FrozenTrial, TrialState
 from lightning_modules.errors import UserInputError
 from search import record
 from search.artifact_stores import parse_location
+from search.failures import reconnect_pause
 from search.optuna_compat import trial_state
 from search.promotion import Promoter, drop_queued_promotions
 from search.pruning import SameClassifierPruner
 from search.resume import new_study_uid
-from search.sampling import INDEPENDENT, build_sampler, seed_scheme
+from search.sampling import INDEPENDENT, build_sampler, seed_scheme, warm_scheme
 from search.settings import PrunerConfig, Settings
 from search.space import baseline_params, first_dnn_params
 from search.stopping import SurplusTrial, stop_reason, waits_for_running
@@ -123,7 +124,7 @@ def open_study(
         require_same_warm_start(study, warm)
         if record.UID not in study.user_attrs:  # a study from before uids existed (it has trials that ran)
             study.set_user_attr(record.UID, new_study_uid())
-        sampler.scheme = seed_scheme(study)
+    sampler.scheme = seed_scheme(study)  # a warm-started study's is its own
     return OpenedStudy(study, created)
 
 
@@ -134,7 +135,7 @@ def _set_up(
     process that takes over a study whose creator died (or stalled `wait` s) setting it up:
     what the creator queued already is not queued twice (`skip_if_exists`)."""
     study.set_metric_names([record.OBJECTIVE_NAME])
-    study.set_user_attr(record.SEED_SCHEME, INDEPENDENT)
+    study.set_user_attr(record.SEED_SCHEME, INDEPENDENT if warm is None else warm_scheme(f"{warm.storage}/{warm.study}"))
     _still_creating(study, wait)
     if settings.baseline.enabled:
         study.enqueue_trial(
@@ -206,6 +207,19 @@ class TakeoverWatch:
         return value
 
 
+def _next_step(study: optuna.Study, settings: Settings, deadline: float | None) -> str | None:
+    """The dead trials failed (retried), then whether a stop rule holds."""
+    optuna.storages.fail_stale_trials(study)
+    return stop_reason(study, settings.study, deadline)
+
+
+def _pause(seconds: float, stop_event: threading.Event | None) -> None:
+    if stop_event is None:
+        time.sleep(seconds)
+    elif stop_event.wait(seconds):
+        raise WorkerInterrupted
+
+
 def run_worker(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], float],
@@ -231,17 +245,22 @@ def run_worker(
         deadline = time.monotonic() + settings.study.timeout
     callbacks = [*callbacks, Promoter(settings.study, settings.training, deadline)]
     watch = TakeoverWatch(objective)
-    trials_run = 0
+    trials_run, lost = 0, 0
     while True:
         if stop_event is not None and stop_event.is_set():
             raise WorkerInterrupted
         storage_check()
-        optuna.storages.fail_stale_trials(study)
-        reason = stop_reason(study, settings.study, deadline)
+        try:
+            reason = _next_step(study, settings, deadline)
+        except Exception as error:  # noqa: BLE001 - re-raised unless a lost server connection
+            _pause(reconnect_pause(error, lost), stop_event)
+            lost += 1
+            continue
         if reason is None:
             watch.taken = None
             try:
                 study.optimize(watch, n_trials=1, callbacks=callbacks, catch=(SurplusTrial,))
+                lost = 0
             except TrainingInterrupted:
                 raise WorkerInterrupted from None
             except ValueError:
@@ -251,6 +270,9 @@ def run_worker(
                       f"study.stale_after_seconds ({settings.study.stale_after_seconds} s: a pause, or a database too busy "
                       "to take it); its result here is dropped",
                       file=sys.stderr, flush=True)
+            except Exception as error:  # noqa: BLE001 - re-raised unless a lost server connection
+                _pause(reconnect_pause(error, lost), stop_event)
+                lost += 1
             trials_run += 1
             if trials_run % GC_EVERY_TRIALS == 0:
                 gc.collect()  # Trainer/module reference cycles otherwise grow RSS ~1 MB a trial

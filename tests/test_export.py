@@ -813,12 +813,13 @@ def test_a_refused_folder_names_its_foreign_files_and_says_more_only_when_there_
 
 
 def test_export_input_errors_answer_before_torch_is_imported(tiny_study: TinyStudy, tmp_path: Path, python: str, run_env: dict[str, str]) -> None:
-    """A bad data folder or study name reached the export after torch, Lightning and matplotlib
-    were imported (10 s on this machine for a mistyped path); one interpreter runs each case."""
+    """A bad data folder, study name or --reproduce trial reached the export after torch, Lightning and
+    matplotlib were imported (10 s on this machine for a mistyped path); one interpreter runs each case."""
     cases = [
         ["--storage", tiny_study.url, "--study-name", STUDY, "--data-dir", str(tmp_path / "missing")],
         ["--storage", tiny_study.url, "--study-name", STUDY, "--data", str(tmp_path / "missing.csv")],
         ["--storage", tiny_study.url, "--study-name", "no-such-study"],
+        ["--storage", tiny_study.url, "--study-name", STUDY, "--reproduce", "99"],  # imported Lightning first (6 s)
     ]
     code = (
         "import sys, json\n"
@@ -828,8 +829,8 @@ def test_export_input_errors_answer_before_torch_is_imported(tiny_study: TinyStu
     )
     result = subprocess.run([python, "-c", code], env=run_env, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"codes": [2, 2, 2], "heavy": []}, result.stderr
-    assert [line.split(":")[0] for line in result.stderr.strip().splitlines()] == ["error"] * 3, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"codes": [2, 2, 2, 2], "heavy": []}, result.stderr
+    assert [line.split(":")[0] for line in result.stderr.strip().splitlines()] == ["error"] * 4, result.stderr
 
 
 def test_exports_racing_on_one_study_link_each_file_once_and_none_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,7 @@ PostgreSQL test stops and restarts a server of its own, started from the install
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -317,23 +318,45 @@ def test_postgres_restart_mid_run(
                 pass
             time.sleep(0.1)
         private_postgres.ctl("stop", "-m", "fast")
-        out, err = process.communicate(timeout=120)
-    finally:
+        time.sleep(3)  # the run's first attempts meet a closed port
         private_postgres.ctl("start")  # -w: returns once it accepts connections
+        out, err = process.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):  # started already, unless the test failed before
+            private_postgres.ctl("start")
         process.kill()
-    assert process.returncode == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "storage failed mid-run" in lines[0] and "Traceback" not in err
-    study = optuna.load_study(study_name=unique_name, storage=reader_storage(postgres_url))
-    complete_before = {t.number: t.value for t in study.trials if t.state == TrialState.COMPLETE}
-    assert len(complete_before) >= 2
-    resumed = run_main(args, capsys)  # the resume needs no process of its own: the fault was in the first
-    assert resumed.returncode == 0, resumed.stderr
+    # one restart stopped the run (and every worker of every machine) for good: it pauses and goes on
+    assert process.returncode == 0, err
+    notes = [line for line in err.strip().splitlines() if line.strip()]
+    assert notes and all(line.startswith("note: lost the study's database connection (") for line in notes), err
     study = optuna.load_study(study_name=unique_name, storage=reader_storage(postgres_url))
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 6
-    assert {t.number: t.value for t in study.trials if t.number in complete_before} == complete_before
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+
+
+@pytest.mark.postgres
+def test_a_worker_pauses_for_a_lost_server_connection_and_gives_up_when_it_stays_lost(postgres_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The error is the driver's own: a connection the server terminated mid-query."""
+    import sqlalchemy
+
+    from search.failures import RECONNECT_PAUSES, reconnect_pause
+
+    engine = sqlalchemy.create_engine(postgres_url)
+    try:
+        with pytest.raises(sqlalchemy.exc.OperationalError) as dropped, engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_terminate_backend(pg_backend_pid())"))
+    finally:
+        engine.dispose()
+    wrapped = RuntimeError("Optuna's wrapper")
+    wrapped.__cause__ = dropped.value
+    assert [reconnect_pause(wrapped, lost) for lost in range(len(RECONNECT_PAUSES))] == list(RECONNECT_PAUSES)
+    with pytest.raises(RuntimeError):  # the server stayed away through every pause
+        reconnect_pause(wrapped, len(RECONNECT_PAUSES))
+    with pytest.raises(ValueError, match="not the database"):
+        reconnect_pause(ValueError("not the database"), 0)
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert len(notes) == len(RECONNECT_PAUSES) and notes[0].startswith("note: lost the study's database connection (terminating connection"), notes
 
 
 @pytest.mark.slow

@@ -116,6 +116,15 @@ def test_a_new_study_runs_the_warm_start_after_the_baseline_in_place_of_the_firs
     again = open_study(settings, writer_storage(url), warm=read_warm_start(settings, url))
     assert not again.created and len(again.study.get_trials()) == 3
 
+    # its own seeds: with the source's seed and scheme it drew the source's random trials again
+    from search.sampling import INDEPENDENT, seed_scheme, trial_seed
+
+    scheme = seed_scheme(again.study)
+    assert scheme == study.user_attrs[record.SEED_SCHEME] and scheme.startswith("warm-"), scheme
+    assert [trial_seed(0, n, scheme) for n in range(3, 8)] != [trial_seed(0, n, INDEPENDENT) for n in range(3, 8)]
+    other = load_settings(None, {"warm_start": {"study": "earlier", "storage": f"sqlite:///{tmp_path / 'earlier.db'}", "trials": 2}})
+    assert open_study(other, writer_storage(f"sqlite:///{tmp_path / 'again.db'}"), warm=warm).study.user_attrs[record.SEED_SCHEME] == scheme
+
 
 def test_a_warm_start_read_leaves_nothing_beside_the_source_file(tmp_path: Path) -> None:
     """A WAL-mode source copied alone (no writer, no -wal): the read-only read created its -wal

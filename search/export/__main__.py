@@ -200,12 +200,12 @@ def reproduce_trial(study: optuna.Study, settings: Settings, number: int) -> int
     from search import record
     from search.data import check_data, data_identity, load_split
     from search.export.errors import ExportError
-    from search.export.reproduce import reproduce
     from search.study_identity import require_same_data
 
     trials = study.get_trials(deepcopy=False)
     if number >= len(trials):
-        raise ExportError(f"study {study.study_name!r} has trials 0-{len(trials) - 1}; there is no trial {number}")
+        held = f"trials 0-{len(trials) - 1}" if trials else "no trial yet"
+        raise ExportError(f"study {study.study_name!r} has {held}; there is no trial {number}")
     trial = trials[number]
     if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
         raise ExportError(f"trial {number} is {trial.state.name.lower()}, not finished; reproduce a complete or pruned trial")
@@ -215,6 +215,8 @@ def reproduce_trial(study: optuna.Study, settings: Settings, number: int) -> int
     source = check_data(settings.data)
     split = load_split(settings.data, source)
     require_same_data(study, data_identity(split, source))
+    from search.export.reproduce import reproduce  # Lightning: once the trial and the data are known good
+
     result = reproduce(trial, split, settings)
     for line in result.lines():
         print(line)
