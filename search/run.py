@@ -72,8 +72,9 @@ def check_device(settings: Settings, cores: int | None = None) -> Device:
     """Resolve --accelerator/--devices against this machine's GPUs, and check that --workers fit
     on them, before any study is created: a GPU asked for and missing is a one-line error."""
     training, workers = settings.training, settings.study.workers
+    threads = threads_per_worker(workers, cores or usable_cores())  # before torch: libgomp warns of a bad OMP_NUM_THREADS on import
     gpus = [] if training.accelerator == "cpu" else visible_gpus()  # torch only when a GPU may be wanted
-    device = resolve_device(training.accelerator, training.devices, gpus, threads_per_worker(workers, cores or usable_cores()), workers)
+    device = resolve_device(training.accelerator, training.devices, gpus, threads, workers)
     if device.kind == "cuda" and workers > 1:
         worker_visible_devices(workers, physical_ids(device.indices), training.workers_per_device)
     if device.kind == "cpu" and training.workers_per_device != 1:  # as the description names --devices on the CPU

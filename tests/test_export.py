@@ -474,6 +474,10 @@ def test_the_current_folder_is_refused_before_any_work(tiny_study: TinyStudy, tm
         assert export_main(["--storage", tiny_study.url, "--study-name", STUDY, "--out", out]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "is the current folder or holds it" in err, err
+    for out in (f"{tmp_path}/a\nb", f"{tmp_path}/a\x01b"):  # accepted, and printed raw: a line of its own
+        assert export_main(["--storage", tiny_study.url, "--study-name", STUDY, "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "holds a control character" in err, err
     assert list(here.iterdir()) == [] and sorted(tmp_path.iterdir()) == beside
     assert store() == before
 

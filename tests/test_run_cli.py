@@ -215,6 +215,16 @@ def test_input_errors_answer_before_torch_is_imported(python: str, run_env: dict
     assert len(errors) == len(BAD_INPUTS) and all(line.startswith("error: ") for line in errors), result.stderr
 
 
+def test_a_bad_thread_count_is_one_line_before_openmp_warns(python: str, run_env: dict[str, str], tmp_path: Path) -> None:
+    """OMP_NUM_THREADS=0 printed libgomp's "Invalid value" warning (torch imported for the GPU
+    check) before the run's own error line."""
+    argv = ["--storage", f"sqlite:///{tmp_path / 's.db'}", "--trials", "1", "--no-export"]
+    result = subprocess.run([python, "-m", "search.run", *argv], env={**run_env, "OMP_NUM_THREADS": "0"},
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2 and result.stderr.startswith("error: OMP_NUM_THREADS='0' is not a thread count"), result.stderr
+    assert result.stderr.count("\n") == 1 and not list(tmp_path.iterdir()), result.stderr
+
+
 @pytest.mark.slow
 def test_tiny_run_then_resume_to_a_larger_budget(
     python: str, run_env: dict[str, str], tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

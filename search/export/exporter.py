@@ -201,6 +201,8 @@ def checked_target(study: optuna.Study, out_dir: Path | str | None) -> Path:
     to be one an export may write (`check_target`): before anything else is opened or written."""
     if out_dir is not None:
         check_path_length(out_dir, "--out")
+        if any(ord(c) < 32 or ord(c) == 127 for c in str(out_dir)):  # the "exported ... ->" line split in two
+            raise ExportError(f"--out {str(out_dir)!r:.80} holds a control character (a line break, ...); name a folder without one")
     target = Path(os.path.abspath(out_dir)) if out_dir is not None else default_export_dir(study.study_name)
     check_target(target, FILES, export_identity(study))
     return target
