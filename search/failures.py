@@ -45,7 +45,8 @@ def storage_failure(error: BaseException) -> BaseException | None:
 
 RECONNECT_PAUSES = (1, 2, 4, 8, 16)  # seconds before each retry of a worker that lost its database server
 _LOST = ("server closed the connection", "terminating connection", "connection refused", "could not connect", "connection timed out",
-         "connection already closed", "ssl connection has been closed", "the database system is")
+         "connection already closed", "ssl connection has been closed", "the database system is",
+         "can't reconnect until invalid transaction")  # the session after a failed rollback (optuna_compat.forget_broken_session)
 
 
 def lost_connection(error: BaseException) -> BaseException | None:

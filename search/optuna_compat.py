@@ -6,6 +6,7 @@ test fails by name, and this file is the only one to change.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -128,7 +129,7 @@ class SilentTrialAwareStorage(RDBStorage):
         try:
             super().record_heartbeat(trial_id)
         except (StorageInternalError, SQLAlchemyError):
-            pass
+            forget_broken_session(self)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         from optuna.storages._rdb import models
@@ -147,7 +148,18 @@ class SilentTrialAwareStorage(RDBStorage):
         return sorted(set(stale))
 
 
+def forget_broken_session(storage: BaseStorage) -> None:
+    """10. Drop this thread's database session (`RDBStorage.scoped_session`, an attribute Optuna
+    says is not for users): when the server dropped the connection mid-transaction and Optuna's
+    rollback failed too, every later call in the thread raised "Can't reconnect until invalid
+    transaction is rolled back", so a worker (or its heartbeat) never recovered once the server
+    was back. The next call opens a new session, and a new connection."""
+    if isinstance(storage, RDBStorage):
+        with contextlib.suppress(Exception):  # closing a session whose connection is gone may fail too: it is dropped anyway
+            storage.scoped_session.remove()
+
+
 __all__ = [
-    "ArtifactStore", "SilentTrialAwareStorage", "enqueued", "finished_trial_writable", "link_artifact", "set_trial_system_attr",
+    "ArtifactStore", "SilentTrialAwareStorage", "enqueued", "finished_trial_writable", "forget_broken_session", "link_artifact", "set_trial_system_attr",
     "storage_url", "study_storage", "trial_state", "trial_system_attrs",
 ]

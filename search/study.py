@@ -22,7 +22,7 @@ from lightning_modules.errors import UserInputError
 from search import record
 from search.artifact_stores import parse_location
 from search.failures import reconnect_pause
-from search.optuna_compat import trial_state
+from search.optuna_compat import forget_broken_session, study_storage, trial_state
 from search.promotion import Promoter, drop_queued_promotions
 from search.pruning import SameClassifierPruner
 from search.resume import new_study_uid
@@ -213,7 +213,10 @@ def _next_step(study: optuna.Study, settings: Settings, deadline: float | None) 
     return stop_reason(study, settings.study, deadline)
 
 
-def _pause(seconds: float, stop_event: threading.Event | None) -> None:
+def _reconnect(study: optuna.Study, error: Exception, lost: int, stop_event: threading.Event | None) -> None:
+    """After a lost server connection: a new session, then the pause (`reconnect_pause`)."""
+    seconds = reconnect_pause(error, lost)
+    forget_broken_session(study_storage(study))
     if stop_event is None:
         time.sleep(seconds)
     elif stop_event.wait(seconds):
@@ -253,7 +256,7 @@ def run_worker(
         try:
             reason = _next_step(study, settings, deadline)
         except Exception as error:  # noqa: BLE001 - re-raised unless a lost server connection
-            _pause(reconnect_pause(error, lost), stop_event)
+            _reconnect(study, error, lost, stop_event)
             lost += 1
             continue
         if reason is None:
@@ -271,7 +274,7 @@ def run_worker(
                       "to take it); its result here is dropped",
                       file=sys.stderr, flush=True)
             except Exception as error:  # noqa: BLE001 - re-raised unless a lost server connection
-                _pause(reconnect_pause(error, lost), stop_event)
+                _reconnect(study, error, lost, stop_event)
                 lost += 1
             trials_run += 1
             if trials_run % GC_EVERY_TRIALS == 0:

@@ -22,6 +22,7 @@ from search.optuna_compat import (
     SilentTrialAwareStorage,
     enqueued,
     finished_trial_writable,
+    forget_broken_session,
     set_trial_system_attr,
     storage_url,
     study_storage,
@@ -159,9 +160,20 @@ def test_9_an_artifact_linked_under_a_chosen_id_is_one_optuna_reads_back(url: st
     assert (tmp_path / "out.html").read_bytes() == b"content"
 
 
+def test_10_a_threads_broken_session_is_dropped_for_a_new_one(url: str) -> None:
+    """After a connection lost mid-transaction and a failed rollback, the thread's session kept
+    answering "Can't reconnect until invalid transaction is rolled back"."""
+    storage = RDBStorage(url)
+    broken = storage.scoped_session()
+    assert storage.scoped_session() is broken  # one session per thread, kept between calls
+    forget_broken_session(storage)
+    assert storage.scoped_session() is not broken
+    optuna.create_study(storage=storage).ask()  # and the storage works on
+
+
 def test_every_private_use_is_listed_in_the_module() -> None:
     assert set(optuna_compat.__all__) == {
-        "ArtifactStore", "SilentTrialAwareStorage", "enqueued", "finished_trial_writable", "link_artifact", "set_trial_system_attr",
+        "ArtifactStore", "SilentTrialAwareStorage", "enqueued", "finished_trial_writable", "forget_broken_session", "link_artifact", "set_trial_system_attr",
         "storage_url", "study_storage", "trial_state", "trial_system_attrs",
     }
 
