@@ -256,7 +256,7 @@ def without_background(image: np.ndarray) -> np.ndarray:
     border = _border(image).astype(np.float64)
     median = float(np.median(border))
     level = median + 3 * NOISE_PER_MAD * float(np.median(np.abs(border - median)))
-    if level <= 0:
+    if level <= 0 or level >= 0.5 * float(image.max()):  # a digit cropped to its outline: the border is ink, not paper
         return image
     ink = image.astype(np.float32) - np.float32(level)  # float32: a 4096x4096 page is 64 MB, not 128
     top = float(ink.max())

@@ -27,7 +27,7 @@ OPERATORS = frozenset((*_PER_ELEMENT, "Identity", "Constant", "Cast", "Flatten",
 CONTROL_FLOW = ("Loop", "Scan", "If")
 MAX_GRAPH_NODES = 1_000  # an export has two per layer and a softmax: 10 for 4 hidden layers
 # The largest net the search can export (search/settings_space.py: 4 hidden layers of 8192 units)
-# does 784*8192 + 3*8192^2 + 8192*10 = 207,831,040 multiply-adds per image, and makes 65,578
+# does 784*8192 + 3*8192^2 + 8192*10 = 207,831,040 multiply-adds per image, and makes 65,566
 # values per image (each Gemm's and Relu's output, the logits, the probabilities). The bounds leave
 # room above both; an element-wise value costs far more time than a multiply-add of a matrix
 # product, so the two are bounded apart.

@@ -74,3 +74,14 @@ def stop_reason(study: optuna.Study, config: StudyConfig, deadline: float | None
     if deadline is not None and time.monotonic() >= deadline:
         return f"timeout of {config.timeout:g} s reached"
     return None
+
+
+def next_step(study: optuna.Study, config: StudyConfig, deadline: float | None) -> tuple[str | None, bool, bool]:
+    """The dead trials failed (retried); then whether a stop rule holds, whether this worker waits
+    for running trials, and whether any runs: every read of the loop but the trial's, in one step."""
+    optuna.storages.fail_stale_trials(study)
+    reason = stop_reason(study, config, deadline)
+    if reason is None:
+        return None, False, True
+    running = bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    return reason, reason.startswith("budget") and waits_for_running(study, config.trials), running

@@ -91,7 +91,7 @@ def _check_sqlite(parsed: Any, url: str) -> str:
     if not database.startswith("~"):
         return url
     try:
-        return f"{parsed.drivername}:///{expand_home(database, 'the SQLite path')}"
+        return parsed.set(database=str(expand_home(database, "the SQLite path"))).render_as_string(hide_password=False)  # re-quoted: %3F stays
     except UserInputError as error:
         raise StorageError(str(error)) from None
 

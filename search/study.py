@@ -29,7 +29,7 @@ from search.resume import new_study_uid
 from search.sampling import INDEPENDENT, build_sampler, seed_scheme, warm_scheme
 from search.settings import PrunerConfig, Settings
 from search.space import baseline_params, first_dnn_params
-from search.stopping import SurplusTrial, stop_reason, waits_for_running
+from search.stopping import SurplusTrial, next_step
 from search.warm_start import WarmStart, enqueue_warm_start, require_same_warm_start
 
 GC_EVERY_TRIALS = 10  # a full collection costs ~0.3 s; every trial would double tiny trials' time
@@ -207,12 +207,6 @@ class TakeoverWatch:
         return value
 
 
-def _next_step(study: optuna.Study, settings: Settings, deadline: float | None) -> str | None:
-    """The dead trials failed (retried), then whether a stop rule holds."""
-    optuna.storages.fail_stale_trials(study)
-    return stop_reason(study, settings.study, deadline)
-
-
 def _reconnect(study: optuna.Study, error: Exception, lost: int, stop_event: threading.Event | None) -> None:
     """After a lost server connection: a new session, then the pause (`reconnect_pause`)."""
     seconds = reconnect_pause(error, lost)
@@ -254,7 +248,7 @@ def run_worker(
             raise WorkerInterrupted
         storage_check()
         try:
-            reason = _next_step(study, settings, deadline)
+            reason, waiting, running = next_step(study, settings.study, deadline)
         except Exception as error:  # noqa: BLE001 - re-raised unless a lost server connection
             _reconnect(study, error, lost, stop_event)
             lost += 1
@@ -280,8 +274,8 @@ def run_worker(
             if trials_run % GC_EVERY_TRIALS == 0:
                 gc.collect()  # Trainer/module reference cycles otherwise grow RSS ~1 MB a trial
             continue
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if reason.startswith("budget") and waits_for_running(study, settings.study.trials):
+        if waiting:
+            lost = 0  # a recovered connection: the next loss starts the pauses over
             time.sleep(poll_seconds)
             continue
         if not running and not reason.startswith("timeout"):  # the study is done, not just this run

@@ -548,6 +548,9 @@ def test_a_home_folder_in_an_sqlite_path_is_written_out_as_every_path_flag_is(
                  "--no-export"]) == 0
     assert f"sqlite:///{tmp_path / 'me' / 'x.db'}" in capsys.readouterr().out
     assert (tmp_path / "me" / "x.db").is_file() and list((tmp_path / "cwd").iterdir()) == []
+    from search.storage_url import check_storage_url, sqlite_path
+
+    assert sqlite_path(check_storage_url("sqlite:///~/a%3Fb.db")) == tmp_path / "me" / "a?b.db"  # pasted back unquoted: /me/a
     assert main(["--storage", "sqlite:///~nouser-zq7/x.db", "--data-dir", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "~nouser-zq7" in err and "no such user's home folder" in err, err

@@ -28,6 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image, ImageFile, features
 from PIL.Image import DecompressionBombWarning
 
+from lightning_modules.data.arrays import MnistArrays
 from lightning_modules.data.readers import write_csv
 from lightning_modules.data.split import DataSplit
 from lightning_modules.hyperparams import HyperParams
@@ -1023,3 +1024,13 @@ def test_digits_on_grey_paper_read_as_well_as_on_white(known: Known, small_split
     small_grey = np.stack([on_paper(image, 200, side=28) for image in images[:10]])  # 28x28: not framed, levelled all the same
     levelled = np.stack([predict.to_model_input(page, "page") for page in small_grey])
     assert np.abs(levelled - images[:10].reshape(-1, 784) / 255).max() <= 3 / 255
+
+
+def test_a_digit_cropped_to_its_outline_is_not_taken_for_paper(mnist_arrays: MnistArrays) -> None:
+    """Test image 180 (a 1) cropped to its outline, 8x, dark on white: its border is mostly ink,
+    whose level, taken for the paper's, erased the whole digit (the model saw a black image)."""
+    image = mnist_arrays.test_images[180].numpy()
+    rows, cols = np.nonzero(image)
+    cropped = np.kron(255 - image[rows.min():rows.max() + 1, cols.min():cols.max() + 1], np.ones((8, 8), dtype=np.uint8))
+    assert min(cropped.shape) >= 28 and int(mnist_arrays.test_labels[180]) == 1
+    assert predict.to_model_input(cropped, "cropped").max() > 0.5, "the digit was erased"
