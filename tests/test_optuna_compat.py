@@ -69,6 +69,7 @@ def test_3_a_finished_trial_takes_system_attrs_only_inside_the_block(url: str) -
     assert optuna.load_study(study_name=study.study_name, storage=url).trials[0].system_attrs["link"] == "inside"
 
 
+@pytest.mark.slow  # seconds of training or waiting: the fast subset stays under 90 s on a loaded machine
 def test_4_a_running_trial_that_never_beat_is_failed_as_stale(url: str) -> None:
     storage = SilentTrialAwareStorage(url, heartbeat_interval=1, grace_period=1)
     study = optuna.create_study(storage=storage)
@@ -101,6 +102,7 @@ def test_4_a_heartbeat_survives_a_database_error(url: str) -> None:
         assert connection.execute(sqlalchemy.text("SELECT COUNT(*) FROM trial_heartbeats")).scalar_one() == 1
 
 
+@pytest.mark.slow  # seconds of training or waiting: the fast subset stays under 90 s on a loaded machine
 def test_4_plain_rdb_storage_still_lacks_the_silent_check(url: str) -> None:
     """The reason the subclass exists: if Optuna starts catching silent trials itself, this fails
     and the subclass can go."""

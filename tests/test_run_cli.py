@@ -469,10 +469,12 @@ def study_attrs(url: str) -> tuple[int, dict[str, object]]:
     ("change", "words"),
     [
         (["--seed", "5"], ("study.seed 0 (this run: 5)",)),
-        (["--max-epochs", "1"], ("training.max_epochs 2 (this run: 1)",)),
-        (["--pruner", "none"], ('pruner.name "median" (this run: "none")',)),
+        # the others in the whole suite only: a trained trial each, and the fast subset stays under 90 s loaded
+        pytest.param(["--max-epochs", "1"], ("training.max_epochs 2 (this run: 1)",), marks=pytest.mark.slow),
+        pytest.param(["--pruner", "none"], ('pruner.name "median" (this run: "none")',), marks=pytest.mark.slow),
         (["--config", "{other_heartbeat}"], ("study.heartbeat_seconds 5 (this run: 15)", "study.stale_after_seconds 20 (this run: 60)")),
-        (["--config", "{changed_space}"], ('baseline.optimizer "adam" (this run: "sgd")', 'space.optimizer ["adam", ', '(this run: ["sgd"])')),
+        pytest.param(["--config", "{changed_space}"], ('baseline.optimizer "adam" (this run: "sgd")', 'space.optimizer ["adam", ',
+                     '(this run: ["sgd"])'), marks=pytest.mark.slow),
     ],
     ids=["seed", "epochs", "pruner", "heartbeat", "choice-list"],
 )
@@ -539,6 +541,7 @@ def test_a_budget_held_by_a_stopped_runs_trial_waits_for_it_and_says_so(tmp_path
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE], states
 
 
+@pytest.mark.slow  # seconds of training or waiting: the fast subset stays under 90 s on a loaded machine
 def test_the_choice_lists_trials_were_sampled_from_outrank_a_record_a_crashed_resume_left(
     tmp_path: Path, tiny_config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

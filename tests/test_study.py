@@ -126,6 +126,7 @@ def test_median_pruner_prunes_below_median_trials(storage_url: str, name: str) -
     assert not good.should_prune()
 
 
+@pytest.mark.slow  # seconds of training or waiting: the fast subset stays under 90 s on a loaded machine
 @pytest.mark.parametrize("name", ["median", "successive_halving", "hyperband", "none"])
 def test_every_configured_pruner_runs_a_study(storage_url: str, name: str) -> None:
     settings = load_settings(None, {"study": {"name": name, "trials": 12, "target_accuracy": None}, "pruner": {"name": name, "n_startup_trials": 2}})

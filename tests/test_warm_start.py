@@ -212,6 +212,7 @@ def test_bad_warm_starts_are_one_line_errors_that_create_nothing(tmp_path: Path,
     assert len(load(f"sqlite:///{earlier}", "earlier").get_trials()) == 7
 
 
+@pytest.mark.slow  # seconds of training or waiting: the fast subset stays under 90 s on a loaded machine
 def test_a_warm_started_run_trains_the_earlier_best_first_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The real command: the earlier study's best DNN is trial 1; the same command resumes; a
     different warm start on the existing study is refused before anything is written."""
