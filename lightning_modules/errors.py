@@ -5,6 +5,7 @@ pool's parent) catches without importing Lightning."""
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 
 NAME_MAX = 255  # bytes in one folder or file name (Linux's file systems)
@@ -41,6 +42,12 @@ def expand_home(path: str | os.PathLike[str], what: str) -> Path:
         return Path(path).expanduser()
     except RuntimeError:
         raise UserInputError(f"{what} {os.fsdecode(path)[:60]!r}: no such user's home folder here; write the path out in full") from None
+
+
+def has_control_character(text: str) -> bool:
+    """A line break, NUL or other control character (Unicode Cc): refused where a path or URL
+    comes in, since printed it splits the line that names it (and libpq cut a password at a NUL)."""
+    return any(unicodedata.category(c) == "Cc" for c in text)
 
 
 def one_line(text: str) -> str:

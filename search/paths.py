@@ -14,7 +14,7 @@ import re
 import unicodedata
 from pathlib import Path
 
-from lightning_modules.errors import UserInputError, check_path_length, expand_home
+from lightning_modules.errors import UserInputError, check_path_length, expand_home, has_control_character
 
 HOME_ENV = "MNIST_SEARCH_HOME"
 DB_NAME = "mnist-search.db"
@@ -45,7 +45,7 @@ def check_home_text(home: str) -> None:
     'created study ... in ...' line, and every later line that names the folder)."""
     if not home.strip():
         raise UserInputError(f"{HOME_ENV}={home!r} is blank; unset it (the run state then goes to storage/) or point it at a folder")
-    if any(unicodedata.category(c) == "Cc" for c in home):
+    if has_control_character(home):
         raise UserInputError(f"{HOME_ENV}={home[:120]!r} holds a control character (a line break, ...); point it at a folder named without one")
 
 

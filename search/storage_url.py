@@ -7,12 +7,11 @@ error of both, lives here and is imported from either.
 
 from __future__ import annotations
 
-import unicodedata
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from lightning_modules.errors import UserInputError, check_path_length, expand_home
+from lightning_modules.errors import UserInputError, check_path_length, expand_home, has_control_character
 from search.paths import default_storage_url
 from search.redaction import normalise_url, redact, remember_secrets
 from search.settings import MAX_URL_LENGTH
@@ -64,7 +63,7 @@ def _refuse_control_characters(parsed: Any, url: str) -> None:
         named = f"query parameter {key[:40]!r}" if key.isprintable() else "a query parameter's name"
         parts[named] = key + "".join(value if isinstance(value, tuple) else (value,))
     parts["text"] = url  # a raw one where no part holds it
-    bad = next((part for part, text in parts.items() if text and any(unicodedata.category(c) == "Cc" for c in text)), None)
+    bad = next((part for part, text in parts.items() if text and has_control_character(text)), None)
     if bad is not None:
         raise StorageError(f"storage URL {redact(url)}: its {bad} holds a control character (NUL, line break, ...); remove it")
 

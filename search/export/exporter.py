@@ -28,7 +28,7 @@ import optuna
 import torch
 
 from lightning_modules.data.split import DataSplit
-from lightning_modules.errors import check_path_length
+from lightning_modules.errors import check_path_length, has_control_character
 from search import record
 from search.artifact_stores import open_store, recorded_location
 from search.data import DataIdentity, check_data, data_identity, load_split
@@ -201,7 +201,7 @@ def checked_target(study: optuna.Study, out_dir: Path | str | None) -> Path:
     to be one an export may write (`check_target`): before anything else is opened or written."""
     if out_dir is not None:
         check_path_length(out_dir, "--out")
-        if any(ord(c) < 32 or ord(c) == 127 for c in str(out_dir)):  # the "exported ... ->" line split in two
+        if has_control_character(str(out_dir)):  # the "exported ... ->" line split in two
             raise ExportError(f"--out {str(out_dir)!r:.80} holds a control character (a line break, ...); name a folder without one")
     target = Path(os.path.abspath(out_dir)) if out_dir is not None else default_export_dir(study.study_name)
     check_target(target, FILES, export_identity(study))
