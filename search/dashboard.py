@@ -12,30 +12,30 @@ unless told otherwise, and imports no torch, so it starts in a second or two.
 
 from __future__ import annotations
 
+from search.console import OutputGuard, quiet_interrupt_while_starting, starting_done
+
+if __name__ == "__main__":
+    quiet_interrupt_while_starting()
+
 import argparse
-import contextlib
 import ipaddress
 import re
 import socket
 import sys
-import threading
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIServer, make_server
 
 from lightning_modules.errors import UserInputError, error_line
-from search.console import OutputGuard
 from search.options import OneLineParser, add_artifact_store_flag
 from search.redaction import clip, mask_known, redact
 from search.web_guards import host_guard, read_only_guard, tolerant
+from search.web_server import QuietHandler, server_class
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
-MAX_CONNECTIONS = 256  # open at once; a browser uses about six
-IDLE_SECONDS = 60  # a connection that sends nothing for this long is closed
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 UNSPECIFIED = ("0.0.0.0", "::")  # every address of this machine: no one name or number to answer to
 _HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]{0,251}[a-z0-9_])?", re.IGNORECASE)
@@ -43,77 +43,6 @@ _HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]{0,251}[a-z0-9_])?", re.IGNORECAS
 
 class DashboardError(UserInputError):
     """The dashboard cannot start as asked (no database yet, port taken)."""
-
-
-class _ThreadedServer(ThreadingMixIn, WSGIServer):
-    """The browser opens several connections at once; one thread each, none blocks Ctrl-C.
-
-    At most MAX_CONNECTIONS at a time (one more is closed at once): 3,000 idle connections held
-    3,000 threads, and nothing bounded them short of the open-file limit."""
-
-    daemon_threads = True
-    block_on_close = False
-
-    def server_activate(self) -> None:
-        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        super().server_activate()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self.slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """socketserver printed a traceback for any error in a connection: an idle one closed
-        after IDLE_SECONDS (TimeoutError) or a client that hung up is routine and says nothing,
-        anything else is one line (a failed request is web_guards' line already)."""
-        error = sys.exc_info()[1]
-        if isinstance(error, (TimeoutError, ConnectionError)):
-            return
-        print(f"dashboard: a connection from {client_address[0]} failed ({type(error).__name__}: {str(error)[:200]})", file=sys.stderr, flush=True)
-
-
-class _ThreadedServer6(_ThreadedServer):
-    """The same on an IPv6 address (--host ::1 or ::): WSGIServer's socket is IPv4 only.
-
-    On `::` it also takes IPv4 (dual stack, as `python -m http.server` does) where the system
-    allows, whatever its default (`net.ipv6.bindv6only`): "all interfaces" includes 127.0.0.1."""
-
-    address_family = socket.AF_INET6
-
-    def server_bind(self) -> None:
-        if self.server_address[0] == "::":
-            with contextlib.suppress(OSError):
-                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        super().server_bind()
-
-
-def _server_class(host: str) -> type[_ThreadedServer]:
-    try:
-        return _ThreadedServer6 if ipaddress.ip_address(host).version == 6 else _ThreadedServer
-    except ValueError:  # a host name: resolved as IPv4, as before
-        return _ThreadedServer
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """No access log: the terminal shows the URL, then only errors. A connection silent for
-    IDLE_SECONDS is closed (none was: each held its thread for ever)."""
-
-    timeout = IDLE_SECONDS
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        pass
 
 
 def host_name(value: str) -> str:
@@ -194,7 +123,7 @@ def allowed_hosts(host: str, port: int, bound: str = "", extra: Iterable[str] = 
 def bind_server(app: Any, host: str, port: int) -> WSGIServer:
     """Listen before printing anything, so a taken port is one clear error line."""
     try:
-        return make_server(host, port, app, server_class=_server_class(host), handler_class=_QuietHandler)
+        return make_server(host, port, app, server_class=server_class(host), handler_class=QuietHandler)
     except socket.gaierror as error:
         raise DashboardError(f"cannot listen on {host}:{port} ({error.strerror}); pass --host an address of this machine") from None
     except (OSError, OverflowError) as error:
@@ -284,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     guard = OutputGuard().install()  # `| head -1` exited: it serves on, its console to /dev/null
     try:
+        starting_done()
         return serve(args)
     except UserInputError as error:
         print(f"error: {error_line(mask_known(str(error)))}", file=sys.stderr)

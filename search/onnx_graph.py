@@ -13,6 +13,7 @@ on, so a 1 GB model is not copied to be checked.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,23 @@ def _check_operators(file: Path, model: Any) -> None:
                 why = "control flow, whose cost has no bound" if op in CONTROL_FLOW else "an operator exports never hold"
                 raise not_ours(file, f"its graph uses the operator {shown(repr(op), 60)}, {why}")
             graphs.extend([*(a.g for a in node.attribute if a.HasField("g")), *(g for a in node.attribute for g in a.graphs)])
+
+
+def _tensors(graph: Any) -> Iterator[Any]:
+    """Every tensor a graph holds: its weights (dense and sparse) and its nodes' constant attributes."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for attribute in (a for node in graph.node for a in node.attribute):
+        yield from (attribute.t, *attribute.tensors)
+        for sparse in (attribute.sparse_tensor, *attribute.sparse_tensors):
+            yield from (sparse.values, sparse.indices)
+
+
+def _in_another_file(tensor: Any) -> bool:
+    """Bytes in another file: ONNX Runtime, given the model's bytes, would read a path the file
+    names relative to the current folder, any readable file (/etc/..., ../..) fed in as weights."""
+    return tensor.data_location == 1 or len(tensor.external_data) > 0  # TensorProto.EXTERNAL
 
 
 def _tensor_input(name: str, elem_type: int, dims: Any) -> Any:
@@ -235,14 +253,27 @@ def _inner(node: Any, first: tuple[int, ...]) -> int:
 
 
 def read_graph(file: Path, data: bytes) -> Graph:
-    """`data` parsed as ONNX and its operators checked, before ONNX Runtime sees it; a batch of one
-    image checked at once, so a graph of unknowable shapes or unbounded cost is refused at load."""
+    """`data` parsed as ONNX and checked (`graph_of`), and every weight in it: before ONNX Runtime sees it."""
     import onnx
 
     try:
         model = onnx.load_from_string(data)
     except Exception as error:  # noqa: BLE001 - protobuf's DecodeError and onnx's own errors
         raise unloadable(file, error) from None
+    graph = graph_of(file, model)
+    graphs = [model.graph]
+    while graphs:  # subgraphs too (_check_operators walked them: a bounded number)
+        inner = graphs.pop()
+        if any(_in_another_file(tensor) for tensor in _tensors(inner)):
+            raise not_ours(file, "it keeps weights in another file (ONNX external data), which exports never do")
+        graphs.extend(a.g for node in inner.node for a in node.attribute if a.HasField("g"))
+        graphs.extend(g for node in inner.node for a in node.attribute for g in a.graphs)
+    return graph
+
+
+def graph_of(file: Path, model: Any) -> Graph:
+    """A parsed model's operators checked, and a batch of one image at once, so a graph of
+    unknowable shapes or unbounded cost is refused at load."""
     _check_operators(file, model)
     graph = Graph(file, *_shapes_only(model))
     graph.check(1)

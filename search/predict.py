@@ -20,21 +20,13 @@ and exits with code 2. File names are printed with control characters escaped, b
 
 from __future__ import annotations
 
-import signal
-import sys
+from search.console import OutputGuard, quiet_interrupt_while_starting, starting_done
 
-
-def _stop_while_starting(signum: int, frame: object) -> None:
-    """Ctrl-C during the imports below (~0.3 s, before main's try): one line and exit 130, not a
-    KeyboardInterrupt traceback from whichever module was loading."""
-    print("\nstopped", file=sys.stderr)
-    raise SystemExit(130)
-
-
-if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored
-    signal.signal(signal.SIGINT, _stop_while_starting)
+if __name__ == "__main__":
+    quiet_interrupt_while_starting()
 
 import argparse
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +36,6 @@ import numpy as np
 
 from lightning_modules.data.format import CSV_COLUMNS, N_CLASSES, N_PIXELS
 from lightning_modules.errors import UserInputError, check_path_length, error_line, one_line
-from search.console import OutputGuard
 from search.digit_inputs import (  # re-exported (__all__): the predictor's public names
     MAX_IMAGE_PIXELS,
     MAX_IMAGE_SIDE,
@@ -253,8 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     guard = OutputGuard().install()  # `| head -1` exited: the rest of the lines go to /dev/null, no traceback
     try:
-        if signal.getsignal(signal.SIGINT) is _stop_while_starting:
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on the except below says it
+        started()  # from here on the except below says it
         model = load_model(args.model)
         predictions = predict_images(model, args.images) if args.images else []
         csv_predictions = predict_csv(model, args.csv) if args.csv is not None else []

@@ -6,6 +6,11 @@ finished (complete or pruned) trials, so a study with 60 of 100 finished runs th
 
 from __future__ import annotations
 
+from search.console import OutputGuard, quiet_interrupt_while_starting, starting_done
+
+if __name__ == "__main__":
+    quiet_interrupt_while_starting()
+
 import argparse
 import shlex
 import signal
@@ -16,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_modules.device import Device, physical_ids, resolve_device, threads_per_worker, usable_cores, visible_gpus, worker_visible_devices
-from lightning_modules.errors import UserInputError, error_line
-from search.console import OutputGuard
+from lightning_modules.errors import TrainingInterrupted, UserInputError, error_line
 from search.failures import EXIT_STORAGE_FAILED, describe_storage_failure, quiet_storage_failures_in_threads, storage_failure
 from search.options import RUN_FLAGS, OneLineParser, add_flags, overrides_from_args
 from search.paths import artifact_dir, check_run_folders, checkpoints_dir, exports_dir, inside, study_dir_name
@@ -31,9 +35,7 @@ EXIT_WORKERS_DIED = 1
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
-        prog="python -m search.run",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m search.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Command-line values override the config file; the config file overrides the built-in "
         "defaults (configs/default.yaml spells them out).",
     )
@@ -172,7 +174,6 @@ def run(argv: list[str], stop: StopRequest, start_up: StartUp) -> int:
     from search.trial_loop import start_run
 
     quiet_optuna()
-
     check_export_target(settings)
     started = start_run(settings, url, source, device, warm, start_up.enter_study)  # data first: bad data creates no database
     check_export_target(settings, started.study)
@@ -188,7 +189,6 @@ def run(argv: list[str], stop: StopRequest, start_up: StartUp) -> int:
 def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop: StopRequest, device: Device) -> int:
     from optuna.trial import TrialState
 
-    from lightning_modules.errors import TrainingInterrupted
     from search.export.note import RunSummary, write_study_note
     from search.progress import TrialReporter
     from search.resume import clear_local_checkpoints, queued_retries
@@ -256,13 +256,13 @@ def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop
     print(line)
     if not write_study_note(study, summary):
         print("note: the study's dashboard note was written by hand; kept as it is (no run summary there)")
-    shown_url = shlex.quote(redact(url))
-    print(f"watch it: python -m search.dashboard --storage {shown_url}")  # read-only, Host-checked: not the plain optuna-dashboard
+    print(f"watch it: python -m search.dashboard --storage {shlex.quote(redact(url))}")  # read-only, Host-checked: not optuna-dashboard
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    starting_done()
     stop = StopRequest().install()
     guard = OutputGuard(lambda: stop.request(signal.SIGPIPE)).install()  # `| head -1` exited: stop, as SIGPIPE would
     start_up = StartUp(stop)

@@ -781,10 +781,10 @@ def test_idle_connections_are_closed_and_bounded(
     the handler's timeout is closed, and one past the cap is closed at once (here: a 1-second
     timeout and a cap of 2, so the test waits for neither); the close printed a 15-line
     traceback on the dashboard's terminal for each."""
-    from search import dashboard
+    from search import web_server
 
-    monkeypatch.setattr(dashboard._QuietHandler, "timeout", 1)
-    monkeypatch.setattr(dashboard, "MAX_CONNECTIONS", 2)
+    monkeypatch.setattr(web_server.QuietHandler, "timeout", 1)
+    monkeypatch.setattr(web_server, "MAX_CONNECTIONS", 2)
     with serving(board_files.argv()) as board:
         port = board.server.server_address[1]
         held = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(2)]

@@ -196,3 +196,29 @@ def test_ctrl_z_stops_the_workers_with_the_runner_and_fg_resumes_them(tmp_path: 
     finally:
         runner.kill()
     assert code == 128 + signal.SIGTERM or code == 0, runner.stderr.read() if runner.stderr else ""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["search.run", "search.export", "search.dashboard", "search.predict"])
+def test_ctrl_c_while_a_command_still_imports_is_one_line(command: str, tmp_path: Path, python: str, run_env: dict[str, str]) -> None:
+    """A Ctrl-C in the first ~0.5 s, while a command imports its modules (before its main takes
+    SIGINT over), printed a KeyboardInterrupt traceback from whichever module was loading: the
+    signal is sent here once the command has begun its own imports (-X importtime prints a line as
+    each finishes; argparse is the first after search.console's handler), well before they end."""
+    args = ["--model", str(tmp_path), "x.png"] if command == "search.predict" else ["--storage", f"sqlite:///{tmp_path}/s.db"]
+    child = subprocess.Popen(
+        [python, "-X", "importtime", "-m", command, *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=run_env, cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        assert child.stderr is not None
+        for line in child.stderr:
+            if line.rstrip().endswith("| argparse"):  # the command's first import after its handler
+                child.send_signal(signal.SIGINT)
+                break
+        out, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    said = [line for line in err.splitlines() if line and not line.startswith("import time:")]
+    assert (child.returncode, out, said) == (130, "", ["stopped before it started; nothing was done"]), err[-2000:]
+    assert not (tmp_path / "s.db").exists()

@@ -14,6 +14,11 @@ recorded, or --artifact-store), so any machine that reaches the store can export
 
 from __future__ import annotations
 
+from search.console import OutputGuard, quiet_interrupt_while_starting, starting_done
+
+if __name__ == "__main__":
+    quiet_interrupt_while_starting()
+
 import argparse
 import sys
 from collections.abc import Callable
@@ -228,7 +233,6 @@ def main(argv: list[str] | None = None) -> int:
     folder (it was a traceback, and could land between moving the old export aside and the new
     one in); --reproduce writes nothing and stops at once."""
     from lightning_modules.errors import TrainingInterrupted
-    from search.console import OutputGuard
     from search.export.errors import ExportInterrupted
     from search.workers import StopRequest
 
@@ -239,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.install()
     guard = OutputGuard().install()  # `| head -1` exited: the export finishes, its last lines to /dev/null
     try:
+        starting_done()
         return run(args, stop.event.is_set)
     except UserInputError as error:
         print(f"error: {error_line(mask_known(str(error)))}", file=sys.stderr)
