@@ -30,6 +30,7 @@ from wsgiref.simple_server import WSGIServer, make_server
 
 from lightning_modules.errors import UserInputError, error_line
 from search.options import OneLineParser, add_artifact_store_flag
+from search.paths import DEFAULT_DB
 from search.redaction import clip, mask_known, redact
 from search.web_guards import host_guard, read_only_guard, tolerant
 from search.web_server import QuietHandler, server_class
@@ -70,7 +71,7 @@ def port_number(value: str) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineParser(prog="python -m search.dashboard", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--storage", default=None, help="storage URL (default: storage/mnist-search.db, or $MNIST_SEARCH_HOME/mnist-search.db)")
+    parser.add_argument("--storage", default=None, help=f"storage URL (default: {DEFAULT_DB})")
     add_artifact_store_flag(parser, "show artifacts from")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}: this machine only)")
     parser.add_argument("--port", type=port_number, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT}; 0 picks a free one)")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from lightning_modules.errors import one_line
+from search.paths import DEFAULT_DB
 from search.redaction import clip, secrets_in
 from search.settings import field_info
 
@@ -131,8 +132,8 @@ STUDY_NAME = Flag(("study", "name"), "--study-name")
 STORAGE = Flag(("study", "storage"))
 RECORDED = "(default: what the study recorded)"
 READ_FLAGS = (  # commands that read a study: its own record is the default
-    Flag(("study", "name"), "--study-name", help="the study to read (default mnist)"),
-    Flag(("study", "storage"), help="storage URL of the study (default: storage/mnist-search.db, or $MNIST_SEARCH_HOME/mnist-search.db)"),
+    Flag(("study", "name"), "--study-name", help=f"the study to read (default {field_info(('study', 'name'))[0]})"),
+    Flag(("study", "storage"), help=f"storage URL of the study (default: {DEFAULT_DB})"),
 )
 DATA_FLAGS = (
     Flag(("data", "source"), "--data"),

@@ -18,6 +18,8 @@ from lightning_modules.errors import UserInputError, check_path_length, expand_h
 
 HOME_ENV = "MNIST_SEARCH_HOME"
 DB_NAME = "mnist-search.db"
+DEFAULT_HOME = "storage"  # relative: the repository's git-ignored storage/ when run from its root
+DEFAULT_DB = f"{DEFAULT_HOME}/{DB_NAME}, or ${HOME_ENV}/{DB_NAME}"  # as help texts say where the default database is
 _UNSAFE = re.compile(r"[^\w.-]+")  # \w is Unicode-aware: letters of any script are kept
 MAX_DIR_NAME = 80
 MAX_DIR_BYTES = 160  # UTF-8 bytes before the hash: with it and a resume uid, well under NAME_MAX (255)
@@ -27,7 +29,7 @@ _HASHED = re.compile(rf"-[0-9a-f]{{{HASH_CHARS}}}$")  # what study_dir_name appe
 
 def runtime_dir() -> Path:
     """The folder for the default database, artifacts, checkpoints and exports (git-ignored `storage/`)."""
-    home = os.environ.get(HOME_ENV) or "storage"  # set but empty: unset, not the current folder
+    home = os.environ.get(HOME_ENV) or DEFAULT_HOME  # set but empty: unset, not the current folder
     check_home_text(home)
     check_path_length(home, HOME_ENV)
     folder = expand_home(home, HOME_ENV).resolve()

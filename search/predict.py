@@ -244,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     guard = OutputGuard().install()  # `| head -1` exited: the rest of the lines go to /dev/null, no traceback
     try:
-        started()  # from here on the except below says it
+        starting_done()  # from here on the except below says it
         model = load_model(args.model)
         predictions = predict_images(model, args.images) if args.images else []
         csv_predictions = predict_csv(model, args.csv) if args.csv is not None else []

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from search.paths import DEFAULT_DB
 from search.redaction import shown_name
 from search.settings_space import (
     BaselineConfig,
@@ -54,7 +55,7 @@ class StudyConfig(Strict):
     name: str = Field(default="mnist", min_length=1, max_length=MAX_NAME_LENGTH, description="study to create or resume")
     storage: str | None = Field(
         default=None, min_length=1, max_length=MAX_URL_LENGTH,
-        description="storage URL: sqlite:///file.db or postgresql://user@host/db (null: storage/mnist-search.db, or $MNIST_SEARCH_HOME/mnist-search.db)",
+        description=f"storage URL: sqlite:///file.db or postgresql://user@host/db (null: {DEFAULT_DB})",
     )
     artifact_store: str | None = Field(
         default=None, min_length=1, max_length=1024,
@@ -157,8 +158,6 @@ class DataConfig(Strict):
 Accelerator = Literal["auto", "cpu", "gpu"]  # lightning_modules.device.ACCELERATORS (a test keeps them equal)
 Precision = Literal["32-true", "bf16-mixed"]
 FULL_PRECISION: Precision = "32-true"  # no autocast: the arithmetic of the exported float32 model
-
-
 MAX_TRIAL_EPOCHS = 1000  # no trial trains longer: max_epochs and a promotion's epochs
 
 

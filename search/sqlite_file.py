@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from search.paths import nearest_existing
+from search.paths import DB_NAME, nearest_existing
 from search.storage_url import StorageError
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 60
@@ -64,7 +64,7 @@ def check_location(path: Path, *, content: bool = True) -> None:
         return  # unreadable: the open names it
     if mode is not None and stat.S_ISDIR(mode):
         raise StorageError(  # the folder may be the default database's place (MNIST_SEARCH_HOME): moving it is a fix too
-            f"SQLite database {path} is a folder; move the folder aside, or pass a file's path with --storage (e.g. {path / 'mnist-search.db'})"
+            f"SQLite database {path} is a folder; move the folder aside, or pass a file's path with --storage (e.g. {path / DB_NAME})"
         )
     if mode is not None and not stat.S_ISREG(mode):
         raise StorageError(f"SQLite database {path} is not a regular file; pass another path with --storage")

@@ -36,6 +36,7 @@ from search.options import (
     overrides_from_args,
 )
 from search.redaction import mask, mask_known, redact, secrets_in
+from search.settings import field_info
 
 if TYPE_CHECKING:
     import optuna
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace, stop_requested: Callable[[], bool] = lambda: F
         raise UserInputError(f"{unused[0]} is not used by --reproduce, which trains one trial again and writes nothing; drop {unused[0]}")
     url = check_storage_url(getattr(args, "study_storage", None))
     given = check_location(args.artifact_store) if args.artifact_store is not None else None
-    name = getattr(args, "study_name", "mnist")
+    name = getattr(args, "study_name", field_info(("study", "name"))[0])  # --study-name left out: the run's default
     from search.data import check_data
     from search.storage import open_existing_storage
     from search.studies import load_existing_study, quiet_optuna
