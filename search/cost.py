@@ -23,13 +23,13 @@ from lightning_modules.data.format import N_CLASSES, N_PIXELS
 from lightning_modules.network import multiply_adds
 from search import record
 from search.optuna_compat import enqueued
-from search.space import hidden_units_of
+from search.space import CLASSIFIER_PARAM, hidden_units_of
 
 
 def net_cost(params: Mapping[str, object]) -> int | None:
     """Multiply-adds per image of a trial's network, from its parameters (as `suggest_params`
     names them); None for a linear trial, which the bound leaves alone."""
-    if params.get("classifier") != "dnn":
+    if params.get(CLASSIFIER_PARAM) != "dnn":
         return None
     return multiply_adds(N_PIXELS, hidden_units_of(params), N_CLASSES)
 

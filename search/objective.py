@@ -40,7 +40,7 @@ from search.resume import (
 )
 from search.sampling import seed_scheme, trial_seed
 from search.settings import FULL_PRECISION, Settings
-from search.space import suggest_params
+from search.space import CLASSIFIER_PARAM, suggest_params
 from search.stopping import SurplusTrial, over_budget, trial_at_target
 from search.trial_callbacks import EpochRecorder, PruneBeforeTheLastEpoch, ReportEpochs, StopAtStudyTarget
 
@@ -73,7 +73,7 @@ def _best_value_of(study: optuna.Study, classifier: str) -> float:
     values = [
         t.value
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.value is not None and t.params.get("classifier") == classifier
+        if t.value is not None and t.params.get(CLASSIFIER_PARAM) == classifier
     ]
     return max(values, default=float("-inf"))
 

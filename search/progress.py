@@ -17,6 +17,7 @@ from tqdm import tqdm
 from lightning_modules.hyperparams import OPTIMIZERS
 from search import record
 from search.resume import retry_of
+from search.space import CLASSIFIER_PARAM
 from search.stopping import FINISHED
 
 # The ceilings search/settings.py puts on the space (SpaceConfig refuses more; tests/test_progress.py
@@ -33,7 +34,7 @@ def describe_params(params: dict[str, object]) -> str:
     """Key parameters in a short, stable order: 'dnn 512-128 drop=0.21 adam lr=1.2e-03 bs=128'."""
     if not params:
         return "(no parameters: failed before sampling)"
-    parts = [str(params.get("classifier", "?"))]
+    parts = [str(params.get(CLASSIFIER_PARAM, "?"))]
     layers = int(params.get("hidden_layers", 0) or 0)  # type: ignore[call-overload]
     if layers:
         parts.append("-".join(str(params.get(f"units_l{i + 1}")) for i in range(layers)))
@@ -50,7 +51,7 @@ def _widest_params() -> dict[str, object]:
     would only push its own line's tail one column right."""
     units = {f"units_l{i + 1}": MAX_UNITS for i in range(MAX_HIDDEN_LAYERS)}
     return {
-        "classifier": "dnn", "hidden_layers": MAX_HIDDEN_LAYERS, **units, "dropout": 0.5,
+        CLASSIFIER_PARAM: "dnn", "hidden_layers": MAX_HIDDEN_LAYERS, **units, "dropout": 0.5,
         "optimizer": max(OPTIMIZERS, key=len), "learning_rate": 1e-2, "batch_size": MAX_BATCH_SIZE,
     }
 

@@ -27,8 +27,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import record
 from search.optuna_compat import study_storage
-from search.pruning import CLASSIFIER_PARAM
 from search.settings import StudyConfig, TrainingConfig
+from search.space import CLASSIFIER_PARAM
 from search.stopping import remaining_budget, stop_reason
 
 

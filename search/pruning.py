@@ -15,8 +15,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search import record
-
-CLASSIFIER_PARAM = "classifier"  # the parameter `search.space.suggest_params` records
+from search.space import CLASSIFIER_PARAM
 
 
 class _ClassifierTrials:
@@ -48,4 +47,4 @@ class SameClassifierPruner(optuna.pruners.BasePruner):
         return self.pruner.prune(cast(optuna.Study, view), trial)
 
 
-__all__ = ["CLASSIFIER_PARAM", "SameClassifierPruner"]
+__all__ = ["SameClassifierPruner"]

@@ -192,6 +192,7 @@ def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop
     from search.export.note import RunSummary, write_study_note
     from search.progress import TrialReporter
     from search.resume import clear_local_checkpoints, queued_retries
+    from search.space import CLASSIFIER_PARAM
     from search.stopping import stop_reason
     from search.study import WorkerInterrupted, best_trials
     from search.trial_loop import run_trials, run_worker_pool
@@ -237,7 +238,7 @@ def finish_run(settings: Settings, url: str, started: Any, argv: list[str], stop
         print("no completed trial yet; nothing to export")
         return 0
     line = f"best trial {best.number}: val_acc={best.value:.4f}"
-    summary = RunSummary(settings.study.target_accuracy, settings.study.trials, reason, best.number, best.params.get("classifier"), best.value)
+    summary = RunSummary(settings.study.target_accuracy, settings.study.trials, reason, best.number, best.params.get(CLASSIFIER_PARAM), best.value)
     if settings.export:
         from search.export.errors import ExportInterrupted, ExportSuperseded
         from search.export.exporter import export_study  # torch and the figures: only when exporting

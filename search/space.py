@@ -9,7 +9,8 @@ import optuna
 from lightning_modules.hyperparams import HyperParams
 from search.settings_space import BaselineConfig, FirstDnnConfig, FloatRange, SpaceConfig
 
-CATEGORICAL_FIELDS = {"classifier": "classifier", "optimizer": "optimizer", "batch_size": "batch_size"}  # parameter -> space field
+CLASSIFIER_PARAM = "classifier"  # the trial parameter naming its classifier ("linear" or "dnn"), read by the pruner, promotion, cost, ...
+CATEGORICAL_FIELDS = {CLASSIFIER_PARAM: "classifier", "optimizer": "optimizer", "batch_size": "batch_size"}  # parameter -> space field
 
 
 def _suggest_float(trial: optuna.trial.BaseTrial, name: str, span: FloatRange) -> float:
@@ -18,7 +19,7 @@ def _suggest_float(trial: optuna.trial.BaseTrial, name: str, span: FloatRange) -
 
 def suggest_params(trial: optuna.trial.BaseTrial, space: SpaceConfig) -> HyperParams:
     """Suggest one trial's hyperparameters; DNN-only parameters exist only on DNN trials."""
-    classifier = trial.suggest_categorical("classifier", space.classifier)
+    classifier = trial.suggest_categorical(CLASSIFIER_PARAM, space.classifier)
     learning_rate = _suggest_float(trial, "learning_rate", space.learning_rate)
     optimizer = trial.suggest_categorical("optimizer", space.optimizer)
     weight_decay = _suggest_float(trial, "weight_decay", space.weight_decay)
@@ -43,7 +44,7 @@ def hidden_units_of(params: Mapping[str, object]) -> tuple[int, ...]:
 def baseline_params(baseline: BaselineConfig) -> dict[str, object]:
     """The enqueued first trial, as the parameter names `suggest_params` uses."""
     return {
-        "classifier": "linear",
+        CLASSIFIER_PARAM: "linear",
         "learning_rate": baseline.learning_rate,
         "optimizer": baseline.optimizer,
         "weight_decay": baseline.weight_decay,
@@ -57,7 +58,7 @@ def first_dnn_params(first: FirstDnnConfig) -> dict[str, object] | None:
     if not first.enabled:
         return None
     return {
-        "classifier": "dnn",
+        CLASSIFIER_PARAM: "dnn",
         "learning_rate": first.learning_rate,
         "optimizer": first.optimizer,
         "weight_decay": first.weight_decay,
@@ -76,10 +77,10 @@ def _fits(value: object, low: float, high: float, integer: bool = False) -> bool
 def params_problem(params: dict[str, object], space: SpaceConfig) -> str | None:
     """Why a parameter set (as `suggest_params` names them, e.g. another study's trial) does not
     lie inside `space`, or None when every parameter does and none is missing or extra."""
-    classifier = params.get("classifier")
+    classifier = params.get(CLASSIFIER_PARAM)
     if not isinstance(classifier, str) or classifier not in space.classifier:
         return f"classifier {classifier!r} is not in space.classifier"
-    expected = {"classifier", "learning_rate", "optimizer", "weight_decay", "batch_size"}
+    expected = {CLASSIFIER_PARAM, "learning_rate", "optimizer", "weight_decay", "batch_size"}
     layers = params.get("hidden_layers")
     if classifier == "dnn":
         if not _fits(layers, space.hidden_layers.low, space.hidden_layers.high, integer=True):

@@ -28,7 +28,7 @@ from search.pruning import SameClassifierPruner
 from search.resume import new_study_uid
 from search.sampling import INDEPENDENT, build_sampler, seed_scheme, warm_scheme
 from search.settings import PrunerConfig, Settings
-from search.space import baseline_params, first_dnn_params
+from search.space import CLASSIFIER_PARAM, baseline_params, first_dnn_params
 from search.stopping import SurplusTrial, next_step
 from search.warm_start import WarmStart, enqueue_warm_start, require_same_warm_start
 
@@ -288,7 +288,7 @@ def best_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
     found: dict[str, FrozenTrial] = {}
     for trial in complete:
-        for key in ("best", trial.params.get("classifier", "")):
+        for key in ("best", trial.params.get(CLASSIFIER_PARAM, "")):
             if key and (key not in found or trial.value > found[key].value):  # type: ignore[operator]
                 found[key] = trial
     return found

@@ -25,7 +25,7 @@ from lightning_modules.errors import UserInputError
 from search import record
 from search.redaction import redact
 from search.settings import Settings, SpaceConfig, WarmStartConfig
-from search.space import baseline_params, params_problem
+from search.space import CLASSIFIER_PARAM, baseline_params, params_problem
 
 
 class WarmStartError(UserInputError):
@@ -45,7 +45,7 @@ class WarmStart:
 
     @property
     def has_dnn(self) -> bool:
-        return any(p.get("classifier") == "dnn" for p in self.params)
+        return any(p.get(CLASSIFIER_PARAM) == "dnn" for p in self.params)
 
     def as_record(self) -> dict[str, Any]:
         return {"study": self.study, "storage": self.storage, "trials": list(self.trials)}

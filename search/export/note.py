@@ -14,6 +14,7 @@ import optuna
 
 from search.export.study_plots import MIN_IMPORTANCE_TRIALS
 from search.record import OBJECTIVE_NAME
+from search.space import CLASSIFIER_PARAM
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,6 @@ def write_study_note(study: optuna.Study, summary: RunSummary) -> bool:
     current = get_note(study)
     if current.strip() and not current.startswith(NOTE_TITLE):
         return False
-    dnn = sum(t.params.get("classifier") == "dnn" for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    dnn = sum(t.params.get(CLASSIFIER_PARAM) == "dnn" for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     save_note(study, study_note(study.study_name, replace(summary, completed_dnn_trials=dnn)))
     return True

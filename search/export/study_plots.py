@@ -15,13 +15,15 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from search.space import CLASSIFIER_PARAM
+
 MIN_IMPORTANCE_TRIALS = 10  # below this, fANOVA's ranking changes from one seed to the next
 
 
 def _importance_trials(study: optuna.Study) -> tuple[list[optuna.trial.FrozenTrial], str]:
     """The trials importances rest on, and what to call them ("DNN trials", "trials")."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    dnn = [t for t in complete if t.params.get("classifier") == "dnn"]
+    dnn = [t for t in complete if t.params.get(CLASSIFIER_PARAM) == "dnn"]
     return (dnn, "DNN trials") if dnn else (complete, "trials")
 
 
