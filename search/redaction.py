@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 MASK = "***"
-SECRET_QUERY_KEYS = re.compile(r"pass|pwd|secret|token|key|auth|cred", re.IGNORECASE)
+SECRET_QUERY_KEYS = re.compile(r"pass|pwd|secret|token|key|auth|cred|dsn|conninfo", re.IGNORECASE)  # dsn, conninfo: a whole libpq string
 MAX_SECRETS = 64  # secret values of one URL masked one by one in messages; a URL with more is masked whole there
 MAX_KEY = 64  # characters of a query key read; a longer key's value is masked unread (a secret's name is short, a hostile text is not)
 
@@ -70,17 +70,19 @@ def _secret_values(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def _user_end(rest: str) -> int:
+def _user_end(rest: str, shown: bool) -> int:
     """The index of the ':' that ends the user name, or -1 if `rest` has no user-info password.
-    A user name holds no '/' (SQLAlchemy's reading), so `/path:x@y` is a path, not a user."""
+    A user name holds no '/' (SQLAlchemy's reading), so `/path:x@y` is a path, not a user, where
+    the URL is connected with. Where it is only shown (`shown`), a '/' before it is taken for a
+    mistyped URL's (`postgresql:///u:PW@h/db`, `postgresql//u:PW@h`), whose password was printed."""
     colon = rest.find(":")
-    return colon if colon >= 0 and "/" not in rest[:colon] else -1
+    return colon if colon >= 0 and (shown or "/" not in rest[:colon]) else -1
 
 
-def _userinfo_end(rest: str) -> tuple[int, int] | None:
+def _userinfo_end(rest: str, shown: bool = False) -> tuple[int, int] | None:
     """(colon, at) of `user:password@`, the password running to the LAST '@': the widest reading,
     so no part of a password is ever taken for the host, the database or the query."""
-    colon = _user_end(rest)
+    colon = _user_end(rest, shown)
     at = rest.rfind("@")
     return (colon, at) if colon >= 0 and at > colon else None
 
@@ -141,7 +143,7 @@ def url_secrets(url: str) -> list[str]:
     and each form it may appear in a message; longest first, so no mask is partial."""
     prefix, scheme, rest = _locate(url)
     found = _query_secrets(rest) + _parsed_secrets(url[len(prefix) :])
-    userinfo = _userinfo_end(rest)
+    userinfo = _userinfo_end(rest, _shown_widest(scheme))
     if userinfo is not None:
         found.append(rest[userinfo[0] + 1 : userinfo[1]])
     if scheme:
@@ -162,12 +164,19 @@ def redact(url: str) -> str:
     every '?' or '&' whose key names a secret (the widest reading of the query too). A text that
     is not a URL comes back as it is, unless it holds something shaped like `user:password@`."""
     prefix, scheme, rest = _locate(url)
-    userinfo = _userinfo_end(rest)
+    userinfo = _userinfo_end(rest, _shown_widest(scheme))
     if userinfo is not None and scheme and not prefix and _host_then_port(rest, userinfo[0]):
         userinfo = None  # connected as host and port (`normalise_url`): its secrets are in the query
     head, tail = ("", rest) if userinfo is None else (f"{rest[: userinfo[0]]}:{MASK}@", rest[userinfo[1] + 1 :])
     location, question, query = tail.partition("?")
     return f"{prefix}{scheme}{head}{location}{_masked_query(question + query)}"
+
+
+def _shown_widest(scheme: str) -> bool:
+    """Whether a '/' before `user:x@` is read as a mistyped URL's when shown: for all but an
+    SQLite file's path, which may hold ':' and '@' (`sqlite:////runs/a:1@2.db`: masking `1` would
+    mask it in every message)."""
+    return not scheme.lower().startswith("sqlite")
 
 
 def shown_name(name: str) -> str:

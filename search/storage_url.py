@@ -46,6 +46,8 @@ def check_storage_url(url: str | None) -> str:
     if backend not in BACKENDS:
         raise StorageError(f"storage URL {redact(url)}: {backend!r} is not a database Optuna stores studies in ({example})")
     _check_driver(parsed, url)
+    if backend != "sqlite":
+        _refuse_hidden_credentials(parsed, url)
     if parsed.port is not None and not 0 < parsed.port < 65536:
         raise StorageError(f"storage URL {redact(url)}: port {parsed.port} is outside 1-65535")
     return _check_sqlite(parsed, url) if backend == "sqlite" else url
@@ -66,6 +68,20 @@ def _refuse_control_characters(parsed: Any, url: str) -> None:
     bad = next((part for part, text in parts.items() if text and has_control_character(text)), None)
     if bad is not None:
         raise StorageError(f"storage URL {redact(url)}: its {bad} holds a control character (NUL, line break, ...); remove it")
+
+
+def _refuse_hidden_credentials(parsed: Any, url: str) -> None:
+    """StorageError for a server URL whose user or password sits where it would not be masked or
+    would reach the server as a name: a libpq string in the query (`?dsn=`, `?conninfo=`: its
+    password was printed and stored with the settings), or `user:pw@host` in the database name
+    (`postgresql:///u:pw@h/db`, a slash too many: it went to the local socket, whose log kept it)."""
+    given = next((key for key in parsed.query if key.lower() in ("dsn", "conninfo")), None)
+    if given is not None:
+        raise StorageError(f"storage URL {redact(url)}: a connection string in ?{given}= is not supported; write it as "
+                           "postgresql://user@host:5432/db, the password in PGPASSWORD or ~/.pgpass")
+    if "@" in (parsed.database or ""):
+        raise StorageError(f"storage URL {redact(url)}: its database name holds an '@', as user:password@host after one slash too "
+                           "many does; a server URL is postgresql://user@host:5432/db")
 
 
 def _check_sqlite(parsed: Any, url: str) -> str:

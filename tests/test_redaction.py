@@ -18,6 +18,7 @@ from search.redaction import normalise_url, redact, redact_words, secrets_in, ur
 from search.run import main
 from search.settings_file import ConfigError, load_settings
 from search.storage import StorageError, open_existing_storage
+from search.storage_url import check_storage_url
 
 
 @pytest.fixture(autouse=True)
@@ -139,6 +140,12 @@ STORAGE_CASES = [
     ("postgresql://u:Qm?k9@127.0.0.1:notaport/db", "Qm?k9"),
     ("postgresql://u:P@ss/w0rd@127.0.0.1:99999/db", "P@ss/w0rd"),
     ("sqlite://u:Sq@l/1te@/{tmp}/missing.db", "Sq@l/1te"),
+    # a slash too many or too few: the first went to the local socket, and the server's log kept the password
+    ("postgresql:///u:Zq9SECRETpw@127.0.0.1:5432/test", "Zq9SECRETpw"),
+    ("postgresql//u:Zq9SECRETpw@127.0.0.1:5432/test", "Zq9SECRETpw"),
+    # a libpq string in the query: it connected, its password printed and stored with the settings
+    ("postgresql+psycopg2:///?dsn=host%3D127.0.0.1%20user%3Dpostgres%20password%3DZq9SECRETpw%20dbname%3Dtest", "Zq9SECRETpw"),
+    ("postgresql:///?conninfo=postgresql%3A%2F%2Fu%3AZq9SECRETpw%40127.0.0.1%2Fdb", "Zq9SECRETpw"),
 ]
 
 
@@ -223,11 +230,20 @@ def test_a_password_with_a_space_is_masked_in_argument_errors(flag: str, capsys:
         'Could not connect to the endpoint URL: "http://user:Zq7X spacepw@127.0.0.1:1/bucket"',  # botocore, AWS_ENDPOINT_URL
         "x postgresql://u@h/db?password=Zq7X spacepw&a=1",
         "a sqlite:///a.db then b postgresql://u:Zq7X spacepw@h/db",
+        "Invalid endpoint: http//u:Zq7Xspacepw@127.0.0.1:18790; check AWS_ENDPOINT_URL",  # a typo in it: no ://
+        "Invalid endpoint: htp:///u:Zq7Xspacepw@x y",
     ],
 )
 def test_clip_masks_a_password_that_spans_words(text: str) -> None:
     shown = redaction.clip(text, 300)
     assert "Zq7X" not in shown and "spacepw" not in shown and "***" in shown, shown
+
+
+def test_an_sqlite_path_with_a_colon_and_an_at_is_shown_and_connected_as_typed(tmp_path: Path) -> None:
+    """A mistyped server URL's `/u:PW@h` is masked however many slashes precede it, but an SQLite
+    file's path may hold ':' and '@' as they are: masking `1` there would mask it in every message."""
+    url = f"sqlite:///{tmp_path}/a:1@2.db"
+    assert redaction.redact(url) == url and redaction.url_secrets(url) == [] and check_storage_url(url) == url
 
 
 @pytest.mark.parametrize("flag", ["--study-name", "--warm-start"])

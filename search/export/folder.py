@@ -252,7 +252,7 @@ def share(folder: Path, identity: ExportIdentity) -> None:
     """Mark the folder as `identity`'s export and open it to the umask: mkdtemp makes a private
     (0700) folder and safetensors private files; an export is for sharing."""
     (folder / MARKER).write_text(identity.marker_text(), encoding="utf-8")
-    umask = os.umask(0)
+    umask = os.umask(0o077)  # read by setting it: for that instant the strictest, not 0 (another thread's file was world-writable)
     os.umask(umask)
     folder.chmod(0o777 & ~umask)
     for path in folder.iterdir():
