@@ -183,11 +183,11 @@ def _server_schema(url: str, engine_kwargs: dict[str, object]) -> sqlite_file.Sc
         engine.dispose()
 
 
-def open_study_storage(url: str | None, *, heartbeat_seconds: int, grace_seconds: int):  # noqa: ANN201 - RDBStorage
-    """The storage a search writes to, with heartbeats and retry of dead trials; creates a SQLite
-    file (and its folder) if missing."""
+def open_study_storage(url: str | None, *, heartbeat_seconds: int, grace_seconds: int, on_stale: Callable[..., None] | None = None):  # noqa: ANN201
+    """The storage a search writes to (an RDBStorage), with heartbeats, `on_stale` called for a
+    trial whose heartbeat stopped (the trial loop's retry, search.resume: given, not imported, as
+    the storage lies before the objective); creates a SQLite file (and its folder) if missing."""
     from search.optuna_compat import SilentTrialAwareStorage
-    from search.resume import RetryDeadTrials
 
     url = check_storage_url(url)
     engine_kwargs: dict[str, object] = {"pool_pre_ping": True, "connect_args": _server_connect_args(url)}
@@ -208,7 +208,7 @@ def open_study_storage(url: str | None, *, heartbeat_seconds: int, grace_seconds
     def build(create: bool) -> SilentTrialAwareStorage:
         return SilentTrialAwareStorage(
             url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds, grace_period=grace_seconds,
-            heartbeat_stale_trial_callback=RetryDeadTrials(), skip_table_creation=not create,
+            heartbeat_stale_trial_callback=on_stale, skip_table_creation=not create,
         )
 
     # A study database is opened as it is: Optuna's schema check refuses another version's untouched.

@@ -70,7 +70,10 @@ class StartedRun:
 
 
 def _storage(settings: Settings, url: str) -> optuna.storages.RDBStorage:
-    return open_study_storage(url, heartbeat_seconds=settings.study.heartbeat_seconds, grace_seconds=settings.study.stale_after_seconds)
+    from search.resume import RetryDeadTrials
+
+    study = settings.study
+    return open_study_storage(url, heartbeat_seconds=study.heartbeat_seconds, grace_seconds=study.stale_after_seconds, on_stale=RetryDeadTrials())
 
 
 def _nothing_to_do(study: optuna.Study, settings: Settings) -> str | None:

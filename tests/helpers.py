@@ -22,9 +22,10 @@ def data_error(call: Callable[[], object], *words: str) -> str:
 
 def writer_storage(url: str):  # noqa: ANN201 - RDBStorage
     """A storage as the runner opens it (heartbeats every 5 s, stale after 20 s)."""
+    from search.resume import RetryDeadTrials
     from search.storage import open_study_storage
 
-    return open_study_storage(url, heartbeat_seconds=5, grace_seconds=20)
+    return open_study_storage(url, heartbeat_seconds=5, grace_seconds=20, on_stale=RetryDeadTrials())
 
 
 def reader_storage(url: str):  # noqa: ANN201 - RDBStorage
