@@ -22,9 +22,10 @@ from typing import Any
 
 from lightning_modules.device import Device, physical_ids, resolve_device, threads_per_worker, usable_cores, visible_gpus, worker_visible_devices
 from lightning_modules.errors import TrainingInterrupted, UserInputError, error_line
+from search.export.target import check_export_target
 from search.failures import EXIT_STORAGE_FAILED, describe_storage_failure, quiet_storage_failures_in_threads, storage_failure
 from search.options import RUN_FLAGS, OneLineParser, add_flags, overrides_from_args
-from search.paths import artifact_dir, check_run_folders, checkpoints_dir, exports_dir, inside, study_dir_name
+from search.paths import artifact_dir, check_run_folders, checkpoints_dir, exports_dir
 from search.redaction import mask, mask_known, redact, redact_words, secrets_in
 from search.settings import Settings
 from search.workers import StopRequest, answered, describe_exit_codes
@@ -101,28 +102,6 @@ def run_folders(settings: Settings) -> list[Path]:
     return [checkpoints_dir()] + ([artifact_dir()] if settings.study.artifact_store is None else []) + ([exports_dir()] if settings.export else [])
 
 
-def check_export_target(settings: Settings, study: Any = None) -> None:
-    """The folder the run exports to when it ends, checked before any trial trains: one holding a
-    user's files, or another study's export, was found only after the whole search. Before the
-    study exists (`study` None): what the folder holds; once it exists: that an export there is its own."""
-    if not settings.export:
-        return
-    from search.export.errors import ExportError  # the light modules: Lightning and matplotlib wait for the export
-    from search.export.files import FILES, export_identity
-    from search.export.folder import check_target
-
-    target, store = exports_dir() / study_dir_name(settings.study.name), settings.study.artifact_store
-    if store is not None and "://" not in store and inside(Path(store), target):  # found by the export, after the search
-        raise UserInputError(f"--artifact-store {store} lies in {target}, the folder this run exports to and replaces whole; "
-                             "pass another --artifact-store, or --no-export")
-    try:
-        check_target(target, FILES, None if study is None else export_identity(study))
-    except ExportError as error:
-        problem = str(error).rpartition("; ")[0] or str(error)  # the export's own fix names its --out
-        kept = "nothing was changed" if study is None else "the study is saved and no trial has run"
-        raise UserInputError(f"{problem}; {kept}: move it aside, or pass --no-export or another --study-name") from None
-
-
 def resume_command(argv: list[str]) -> str:
     """The command that resumes this run, with any storage password masked."""
     return "python -m search.run " + " ".join(shlex.quote(a) for a in redact_words(argv))
@@ -174,9 +153,9 @@ def run(argv: list[str], stop: StopRequest, start_up: StartUp) -> int:
     from search.trial_loop import start_run
 
     quiet_optuna()
-    check_export_target(settings)
+    check_export_target(settings, url)
     started = start_run(settings, url, source, device, warm, start_up.enter_study)  # data first: bad data creates no database
-    check_export_target(settings, started.study)
+    check_export_target(settings, url, started.study)
     print(started.first_line)
     if warm is not None and started.created:
         print(warm.describe())

@@ -7,7 +7,7 @@ holds stay two small modules; both are used by the export, the dashboard and the
 from __future__ import annotations
 
 from search.redaction import shown_name
-from search.storage import StorageError
+from search.storage import StorageError, open_existing_storage
 
 
 def quiet_optuna() -> None:
@@ -37,3 +37,21 @@ def load_existing_study(name: str, storage: object, flag: str = "--study-name"):
         names = study_names(storage)  # masked as URLs: a name given or stored may be one, password and all
         listing = ", ".join(repr(shown_name(n)) for n in names[:20]) if names else "none"
         raise StorageError(f"no study named {shown_name(name)!r} in this storage (studies there: {listing}); pass {flag}") from None
+
+
+def recorded_attrs(url: str, name: str) -> dict[str, object] | None:
+    """The user attributes of study `name` at `url`, read-only, or None where it is not there yet
+    (no database file, no Optuna tables, no such study): nothing is created or changed, and a
+    database that cannot be read is left for the run to open and name."""
+    import optuna
+
+    try:
+        storage = open_existing_storage(url, read_only=True, one_read=True)
+    except StorageError:
+        return None
+    try:
+        return dict(optuna.load_study(study_name=name, storage=storage).user_attrs)
+    except KeyError:
+        return None
+    finally:
+        storage.engine.dispose()

@@ -447,8 +447,9 @@ def test_an_export_folder_holding_a_users_files_answers_before_the_study_is_made
 def test_another_studys_export_in_the_way_is_found_before_any_trial_trains(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """An export of a deleted study of the same name: which study it is can be told only once
-    this one exists, so the study is made, and no trial runs."""
+    """An export of another database's study of the same name (or of a deleted one): a new study
+    was made, then refused (its database left holding it); now the database is read first and
+    nothing is made. A study the database does hold, with another uid, is refused as well."""
     import optuna
 
     from search.export.folder import MARKER, ExportIdentity
@@ -457,12 +458,17 @@ def test_another_studys_export_in_the_way_is_found_before_any_trial_trains(
     folder = tmp_path / "exports" / "mnist"
     folder.mkdir(parents=True)
     (folder / MARKER).write_text(ExportIdentity("mnist", "0123456789ab").marker_text())
+    database = tmp_path / "mnist-search.db"
     assert main(["--trials", "2"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds the export of study 'mnist' (uid 0123456789ab)" in err, err
-    assert "the study is saved and no trial has run" in err
-    study = optuna.load_study(study_name="mnist", storage=f"sqlite:///{tmp_path / 'mnist-search.db'}")
-    assert not [t for t in study.trials if t.state.is_finished()]
+    assert "a study this database does not hold yet; nothing was changed" in err and not database.exists()
+    study = optuna.create_study(study_name="mnist", storage=f"sqlite:///{database}")
+    study.set_user_attr("uid", "ba9876543210")
+    assert main(["--trials", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "not of study 'mnist' (uid ba9876543210); nothing was changed" in err, err
+    assert not optuna.load_study(study_name="mnist", storage=f"sqlite:///{database}").trials
     assert sorted(p.name for p in folder.iterdir()) == [MARKER]
 
 
