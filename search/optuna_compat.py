@@ -7,7 +7,7 @@ test fails by name, and this file is the only one to change.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -148,6 +148,32 @@ class SilentTrialAwareStorage(RDBStorage):
         return sorted(set(stale))
 
 
+def retry_attrs(system_attrs: Mapping[str, Any], of: int) -> dict[str, Any]:
+    """11. The system attributes of a retry of attempt `of`, given that attempt's own: the retry
+    link `RetryHeartbeatStaleTrialCallback` writes for a dead worker's trial, under Optuna's
+    undocumented keys: `failed_trial`, the first attempt's number (a retry of a retry keeps it),
+    and `retry_history`, every earlier attempt's number, oldest first. Optuna writes the link only
+    inside the callback, which queues the retry itself with every attribute of the trial; a stop
+    request's retry (`resume.requeue`) leaves some out, and carries the same link so that both
+    kinds of retry read alike (`retry_link`)."""
+    retry = {"failed_trial": of, "retry_history": [], **system_attrs}
+    retry["retry_history"] = [*(retry["retry_history"] or []), of]  # a new list: the attempt's own stays as it was
+    return retry
+
+
+def retry_link(trial: optuna.Trial | FrozenTrial) -> tuple[int | None, list[int]]:
+    """11. The first attempt a trial retries (None for a first attempt) and every earlier attempt,
+    oldest first ([] for a first attempt), read by the callback's own readers
+    (`retried_trial_number`, `retry_history`: experimental, their notes silenced by
+    `studies.quiet_optuna`), which take a FrozenTrial; a running `Trial`'s is read via
+    `Trial._trial_id`, as in 5."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
+
+    frozen = trial if isinstance(trial, FrozenTrial) else trial.storage.get_trial(trial._trial_id)
+    first = Retry.retried_trial_number(frozen)
+    return (None if first is None else int(first)), [int(number) for number in Retry.retry_history(frozen) or []]
+
+
 def forget_broken_session(storage: BaseStorage) -> None:
     """10. Drop this thread's database session (`RDBStorage.scoped_session`, an attribute Optuna
     says is not for users): when the server dropped the connection mid-transaction and Optuna's
@@ -160,6 +186,6 @@ def forget_broken_session(storage: BaseStorage) -> None:
 
 
 __all__ = [
-    "ArtifactStore", "SilentTrialAwareStorage", "enqueued", "finished_trial_writable", "forget_broken_session", "link_artifact", "set_trial_system_attr",
-    "storage_url", "study_storage", "trial_state", "trial_system_attrs",
+    "ArtifactStore", "SilentTrialAwareStorage", "enqueued", "finished_trial_writable", "forget_broken_session", "link_artifact", "retry_attrs",
+    "retry_link", "set_trial_system_attr", "storage_url", "study_storage", "trial_state", "trial_system_attrs",
 ]

@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from lightning_modules.metric_names import MONITOR
-from search.optuna_compat import set_trial_system_attr, trial_system_attrs
+from search.optuna_compat import retry_link, set_trial_system_attr, trial_system_attrs
 from search.settings import RECORDED, Settings
 
 AnyTrial = optuna.Trial | FrozenTrial
@@ -58,8 +58,7 @@ CHECKPOINT_KEY = "checkpoint_key"  # the first attempt's number: every retry res
 FIT = "fit"  # the arguments `fit` ran with: max_epochs, target_accuracy, snapshot_steps
 MODEL_ARTIFACT = "model_artifact_id"  # the stored weights of a new best trial of its classifier
 MODEL_TRIAL = "trial"  # in those weights' metadata: the trial number they belong to (absent in older files)
-FAILED_TRIAL = "failed_trial"  # Optuna's retry link (RetryFailedTrialCallback), also set by requeue
-RETRY_HISTORY = "retry_history"  # Optuna's: every earlier attempt's number, oldest first
+# a retry's link to the attempts it repeats is Optuna's (optuna_compat.retry_attrs, retry_link)
 DEATHS = "deaths"  # how many earlier attempts died (heartbeat gone stale), stop requests not counted
 DIED = "died"  # why the attempt ended without a result: INTERRUPTED or DISK_ERROR
 INTERRUPTED = "interrupted"  # a stop request (Ctrl-C, SIGTERM) between two batches
@@ -148,17 +147,18 @@ def record_result(trial: optuna.Trial, train_seconds: float, param_count: int) -
 
 def first_attempt(trial: AnyTrial) -> int | None:
     """The number of the first attempt a retry (of any depth) repeats, or None for a first attempt."""
-    failed = read(trial, FAILED_TRIAL)
-    return None if failed is None else int(failed)
+    return retry_link(trial)[0]
 
 
 def retried_from(trial: AnyTrial) -> int | None:
     """The attempt this trial retries (the latest one), or None for a first attempt."""
-    chain = read(trial, RETRY_HISTORY) or []
-    if chain:
-        return int(chain[-1])
-    failed = read(trial, FAILED_TRIAL)
-    return None if failed is None else int(failed)
+    first, chain = retry_link(trial)
+    return chain[-1] if chain else first
+
+
+def earlier_attempts(trial: AnyTrial) -> list[int]:
+    """Every attempt this trial retries, oldest first ([] for a first attempt)."""
+    return retry_link(trial)[1]
 
 
 def promoted_from(trial: AnyTrial) -> int | None:

@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lightning_modules.metric_names import EPOCH, MONITOR
 from search import record
-from search.optuna_compat import ArtifactStore
+from search.optuna_compat import ArtifactStore, retry_attrs
 from search.paths import study_dir_name
 
 CHECKPOINTS = "checkpoints"  # the store's folder (or key prefix) for running trials' checkpoints
@@ -166,7 +166,7 @@ MAX_DEATHS = 3  # times a dead worker's trial is retried before it stays failed
 class RetryDeadTrials(RetryHeartbeatStaleTrialCallback):
     """Optuna's retry of a trial whose worker died (its heartbeat went stale), after each of the
     trial's first MAX_DEATHS deaths; a further death leaves it failed. Optuna's own limit counts
-    every attempt in `retry_history`, where `requeue` puts the stop requests too: three Ctrl-C's
+    every earlier attempt (`record.earlier_attempts`), where `requeue` puts the stop requests too: three Ctrl-C's
     and one kill -9 left a trial failed for good, its checkpoint orphaned, though it had died once."""
 
     def __init__(self, max_deaths: int = MAX_DEATHS) -> None:
@@ -190,8 +190,7 @@ def requeue(trial: optuna.Trial, died: str = record.INTERRUPTED) -> None:
     worker's trial, so both kinds of retry read the same way.
     """
     system = {k: v for k, v in record.read_all_system(trial).items() if k not in (record.HISTORY, record.CHECKPOINT_SECONDS)}
-    chain = [*(system.get(record.RETRY_HISTORY) or []), trial.number]
-    system.update({record.FAILED_TRIAL: system.get(record.FAILED_TRIAL, trial.number), record.RETRY_HISTORY: chain})
+    system = retry_attrs(system, trial.number)
     trial.study.add_trial(
         optuna.trial.create_trial(
             state=TrialState.WAITING,

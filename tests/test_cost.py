@@ -17,6 +17,7 @@ from search import record
 from search.cost import cost_ratio, median_cost, net_cost
 from search.export.__main__ import main as export_main
 from search.objective import make_objective
+from search.optuna_compat import retry_attrs
 from search.progress import trial_line
 from search.settings_file import load_settings
 from search.artifact_stores import build_artifact_store
@@ -131,7 +132,7 @@ def test_enqueued_trials_and_retries_are_never_bounded(tmp_path: Path, tiny_spli
     study.enqueue_trial(big)  # e.g. a warm start: 1024-1024 costs 29x the 64-unit median
     study.add_trial(optuna.trial.create_trial(  # a retry of a sampled trial, queued as requeue() does
         state=TrialState.WAITING, params=big, distributions={k: dists[k] for k in big},
-        system_attrs={record.FAILED_TRIAL: 0, record.RETRY_HISTORY: [0]},
+        system_attrs=retry_attrs({}, 0),
     ))
     objective = make_objective(settings, tiny_split, build_artifact_store(tmp_path / "artifacts"), tmp_path / "checkpoints")
     study.optimize(objective, n_trials=2)

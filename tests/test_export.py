@@ -437,6 +437,7 @@ def test_a_failure_to_link_after_the_swap_says_the_export_is_in_place(
     def store_down(*_: object) -> None:
         raise RuntimeError("artifact store s3://bucket/p answered 503: SlowDown\nmore detail")
 
+    attach = exporter.attach_artifacts
     monkeypatch.setattr(exporter, "attach_artifacts", store_down)
     target = tmp_path / "export"
     with pytest.raises(ExportError, match=r"^the export is in .*export, but linking its files to trial \d+ "
@@ -444,17 +445,39 @@ def test_a_failure_to_link_after_the_swap_says_the_export_is_in_place(
         export_study(tiny_study.load(), target, artifact_store=tiny_study.store, split=tiny_split)
     assert (target / "metrics.json").is_file()
 
-    def database_locked(*_: object) -> None:  # as Optuna raises it: its own words around SQLAlchemy's
-        import sqlalchemy.exc
+    # the database locked by another program (a sqlite3 shell) as the links are written: the lock is
+    # SQLite's own, taken as attach_artifacts starts, and what reaches the export is what Optuna raises for it.
+    # On a copy of the study as it was before any export linked its files (a link made already is not
+    # written again), with a copy of its store; WAL readers are not blocked, only the links' writes are
+    from search import sqlite_file
 
-        try:
-            raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("database is locked"))
-        except sqlalchemy.exc.OperationalError as error:
-            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from error
+    path = tmp_path / "never-linked.db"
+    source, copy = sqlite3.connect(tiny_study.home / "study.db"), sqlite3.connect(path)
+    source.backup(copy)
+    for table in ("trial_system_attributes", "study_system_attributes"):
+        copy.execute(f"DELETE FROM {table} WHERE key LIKE 'artifacts:%'")  # noqa: S608 - two table names of Optuna's
+    copy.commit()
+    source.close()
+    copy.close()
+    store = build_artifact_store(shutil.copytree(tiny_study.home / "artifacts", tmp_path / "artifacts"))
+    monkeypatch.setattr(sqlite_file, "SQLITE_BUSY_TIMEOUT_SECONDS", 1)  # the product waits 60 s on a lock
+    study = optuna.load_study(study_name=STUDY, storage=reader_storage(f"sqlite:///{path}"))  # its connections wait 1 s
+    holder = sqlite3.connect(path, isolation_level=None)
 
-    monkeypatch.setattr(exporter, "attach_artifacts", database_locked)
-    with pytest.raises(ExportError, match=r"linking its files to trial \d+ in the artifact store failed \(database is locked\)"):
-        export_study(tiny_study.load(), target, artifact_store=tiny_study.store, split=tiny_split)
+    def locked_then_attach(*args: object) -> object:
+        holder.execute("BEGIN EXCLUSIVE")
+        return attach(*args)
+
+    monkeypatch.setattr(exporter, "attach_artifacts", locked_then_attach)
+    try:
+        with pytest.raises(ExportError, match=r"linking its files to trial \d+ in the artifact store failed \(database is locked\)") as raised:
+            export_study(study, target, artifact_store=store, split=tiny_split)
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+    assert str(raised.value).endswith("; export again to link them") and (target / "metrics.json").is_file()
+    assert isinstance(raised.value.__context__, optuna.exceptions.StorageInternalError), repr(raised.value.__context__)  # Optuna's, around SQLite's
 
 
 def test_the_current_folder_is_refused_before_any_work(tiny_study: TinyStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

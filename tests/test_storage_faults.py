@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import queue
 import shutil
 import socket
 import sqlite3
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -292,20 +294,36 @@ def private_postgres() -> Iterator[PrivateServer]:
         shutil.rmtree(data, ignore_errors=True)
 
 
+LOST = "note: lost the study's database connection ("
+
+
 @pytest.mark.postgres
 def test_postgres_restart_mid_run(
     python: str, run_env: dict[str, str], tmp_path: Path, private_postgres: PrivateServer, unique_name: str,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """The server is stopped once two trials are done, and started again only once the run has
+    met the outage twice (its note, then the note of its retry after the first pause): the run
+    pauses, goes on, and finishes every trial."""
     postgres_url = private_postgres.url
     config = tmp_path / "c.yaml"
     config.write_text(CONFIG.replace("max_epochs: 2", "max_epochs: 3"))
     args = ["--config", str(config), "--storage", postgres_url, "--study-name", unique_name, "--no-export", "--trials", "6"]
     # `python -m`: an error end while the storage is down, through the interpreter's own exit
     # (heartbeat threads, atexit hooks), which a forked run skips (tests/preloaded.py)
-    process = subprocess.Popen([python, "-m", "search.run", *args], env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with (tmp_path / "stdout").open("w") as stdout:
+        process = subprocess.Popen([python, "-m", "search.run", *args], env=run_env, stdout=stdout, stderr=subprocess.PIPE, text=True)
+    err_lines: queue.Queue[str | None] = queue.Queue()  # the run's stderr, line by line as it comes (None: closed)
+
+    def read_stderr() -> None:
+        for line in process.stderr:  # type: ignore[union-attr]
+            err_lines.put(line)
+        err_lines.put(None)
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    err: list[str] = []
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 120  # hang guards only, here and below
         storage = None
         while time.monotonic() < deadline:  # wait until two trials are finished
             try:
@@ -318,17 +336,31 @@ def test_postgres_restart_mid_run(
                 pass
             time.sleep(0.1)
         private_postgres.ctl("stop", "-m", "fast")
-        time.sleep(5)  # the run's writes meet a closed port (idle connections are replaced unseen: pool_pre_ping)
+        deadline = time.monotonic() + 120
+        while sum(line.startswith(LOST) for line in err) < 2:  # the run's writes meet the closed port, then its retry does
+            try:
+                line = err_lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break  # no such note in 120 s: the run never met the outage
+            if line is None:
+                break  # the run ended: the assertions below say how
+            err.append(line)
+        met_outage = sum(line.startswith(LOST) for line in err)
         private_postgres.ctl("start")  # -w: returns once it accepts connections
-        out, err = process.communicate(timeout=300)
+        process.wait(timeout=300)
+        reader.join(timeout=60)
     finally:
         with contextlib.suppress(subprocess.CalledProcessError):  # started already, unless the test failed before
             private_postgres.ctl("start")
         process.kill()
+    while not err_lines.empty() and (line := err_lines.get_nowait()) is not None:  # what it wrote after the notes
+        err.append(line)
+    text = "".join(err)
+    assert met_outage >= 2, text  # the run met the outage, and met it again after its first pause
     # one restart stopped the run (and every worker of every machine) for good: it pauses and goes on
-    assert process.returncode == 0, err
-    notes = [line for line in err.strip().splitlines() if line.strip()]
-    assert all(line.startswith("note: lost the study's database connection (") for line in notes), err
+    assert process.returncode == 0, text
+    notes = [line for line in err if line.strip()]
+    assert notes and all(line.startswith(LOST) for line in notes), text
     study = optuna.load_study(study_name=unique_name, storage=reader_storage(postgres_url))
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 6

@@ -448,7 +448,7 @@ def test_stop_requests_do_not_use_up_the_retries_of_a_trial_that_dies() -> None:
         study.tell(trial, state=TrialState.FAIL)
         trial = study.ask()
         trial.suggest_float("x", 0, 1)
-    assert len(record.read(trial, record.RETRY_HISTORY)) == 3
+    assert len(record.earlier_attempts(trial)) == 3
     for death in range(1, MAX_DEATHS + 2):  # the worker dies; the heartbeat check fails the attempt
         study.tell(trial, state=TrialState.FAIL)
         RetryDeadTrials()(study, study.trials[trial.number])
