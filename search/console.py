@@ -93,15 +93,20 @@ class OutputGuard:
         sys.stdout, sys.stderr = self._previous
 
 
+_STARTING_STOP = ["stopped before it started; nothing was done", 130]  # what a Ctrl-C while starting says, and its exit code
+
+
 def _stopped_while_starting(signum: int, frame: object) -> None:
-    print("\nstopped before it started; nothing was done", file=sys.stderr)
-    raise SystemExit(130)
+    print(f"\n{_STARTING_STOP[0]}", file=sys.stderr)
+    raise SystemExit(_STARTING_STOP[1])
 
 
-def quiet_interrupt_while_starting() -> None:
+def quiet_interrupt_while_starting(said: str = "stopped before it started; nothing was done", code: int = 130) -> None:
     """Ctrl-C while a command's modules load (0.4-0.6 s, before its main takes SIGINT over): one
-    line and exit 130, not a KeyboardInterrupt traceback from whichever module was loading. Only
-    where SIGINT has Python's default handler (not where the shell ignores it: `cmd &`)."""
+    line (`said`) and exit `code` (the dashboard's: its own line and 0, as a Ctrl-C later), not a
+    KeyboardInterrupt traceback from whichever module was loading. Only where SIGINT has Python's
+    default handler (not where the shell ignores it: `cmd &`)."""
+    _STARTING_STOP[:] = [said, code]
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _stopped_while_starting)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from search.console import OutputGuard, quiet_interrupt_while_starting, starting_done
 
 if __name__ == "__main__":
-    quiet_interrupt_while_starting()
+    quiet_interrupt_while_starting("dashboard stopped", 0)  # as a Ctrl-C once it serves
 
 import argparse
 import ipaddress

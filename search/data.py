@@ -18,6 +18,18 @@ if TYPE_CHECKING:
     from lightning_modules.data.split import DataSplit
 
 
+def check_data_options(config: DataConfig) -> None:
+    """A new run's --data and --data-dir do not contradict: --data-dir is where a dataset named
+    by --data (or MNIST) is read, so beside --data naming a folder or CSV file it was ignored,
+    unchecked and unsaid (a run's only: a study recorded before this check still exports)."""
+    from lightning_modules.data.datasets import DATASETS
+    from lightning_modules.errors import UserInputError
+
+    if config.source and config.data_dir and config.source.lower() not in DATASETS:
+        raise UserInputError(f"--data-dir {config.data_dir[:200]!r} is not used when --data names a file or folder "
+                             f"({config.source[:200]!r}); drop one of them")
+
+
 def check_data(config: DataConfig) -> DataSource:
     """The resolved source, its files checked for presence (torch-free, milliseconds)."""
     source = resolve_data_source(config.source, config.data_dir)

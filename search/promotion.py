@@ -44,7 +44,7 @@ def promotion_attrs(trials: Sequence[FrozenTrial], finished: FrozenTrial, base_e
 
     `finished` earns one if it completed at the base budget with a higher value than every other
     completed base-budget trial of its classifier (the lowest number wins a tie, as in the export),
-    and no trial promotes it yet.
+    and no trial promotes it yet (one dropped as surplus, queued when a stop rule came, does not).
     """
     if (
         promote_epochs is None or finished.state != TrialState.COMPLETE or finished.value is None
@@ -53,7 +53,7 @@ def promotion_attrs(trials: Sequence[FrozenTrial], finished: FrozenTrial, base_e
         return None
     classifier = finished.params.get(CLASSIFIER_PARAM)
     for other in trials:
-        if record.promoted_from(other) == finished.number:
+        if record.promoted_from(other) == finished.number and not record.is_surplus(other):
             return None
         if (
             other.number != finished.number and other.state == TrialState.COMPLETE and other.value is not None
@@ -88,6 +88,25 @@ class Promoter:
             study.enqueue_trial(trial.params, user_attrs=attrs)
 
 
+def queue_owed_promotions(study: optuna.Study, config: StudyConfig, training: TrainingConfig) -> list[int]:
+    """Queue, at the start of a run and before it samples, the promotions finished trials earned
+    but never got, as a run that had room for them would have (their run's budget was spent, its
+    --timeout or target came, or the promotion was dropped as surplus): a study run in pieces
+    (`--trials 4`, then `--trials 6`) lost the promotion for good and, from there on, ran other
+    trials than one run of the same budget. Returns the numbers of the trials promoted."""
+    if training.promote_epochs is None:
+        return []
+    trials, promoted = study.get_trials(deepcopy=False), []
+    for trial in (t for t in trials if t.state == TrialState.COMPLETE):
+        attrs = promotion_attrs(trials, trial, training.max_epochs, training.promote_epochs)
+        if attrs is None or not room_for_one_more(study, config, None):
+            continue
+        study.enqueue_trial(trial.params, user_attrs=attrs)
+        promoted.append(trial.number)
+        trials = study.get_trials(deepcopy=False)
+    return promoted
+
+
 def drop_queued_promotions(study: optuna.Study) -> int:
     """Fail, as surplus, the promotions still queued once a study-wide stop rule holds and nothing
     runs: several workers can each queue one in the same moment, or just before another's trial
@@ -112,4 +131,4 @@ def drop_queued_promotions(study: optuna.Study) -> int:
     return dropped
 
 
-__all__ = ["Promoter", "at_base_budget", "drop_queued_promotions", "promotion_attrs", "room_for_one_more"]
+__all__ = ["Promoter", "at_base_budget", "drop_queued_promotions", "promotion_attrs", "queue_owed_promotions", "room_for_one_more"]

@@ -134,12 +134,13 @@ class StartUp:
 
 def run(argv: list[str], stop: StopRequest, start_up: StartUp) -> int:
     settings = parse_settings(argv)
-    from search.data import check_data
+    from search.data import check_data, check_data_options
     from search.storage import check_storage_url, refuse_a_foreign_sqlite_file
 
     url = check_storage_url(settings.study.storage)
     refuse_a_foreign_sqlite_file(url)  # before the data is loaded: a mistyped path answers at once
     check_run_folders(run_folders(settings))
+    check_data_options(settings.data)
     source = check_data(settings.data)
     settings = check_artifact_store(settings)
     cores = usable_cores()  # read once: joblib reads the cgroup's files each time

@@ -280,6 +280,7 @@ def run_worker(
             continue
         if not running and not reason.startswith("timeout"):  # the study is done, not just this run
             drop_queued_promotions(study)
+        storage_check()  # once more: a file moved during the last trial was read as an empty new one by the report
         return reason
 
 

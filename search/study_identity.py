@@ -58,21 +58,30 @@ def identity_from_settings(study: optuna.Study) -> DataIdentity | None:
     return data_identity(split, source)
 
 
-def require_same_data(study: optuna.Study, identity: DataIdentity) -> None:
+def require_same_data(study: optuna.Study, identity: DataIdentity, settings: Mapping[str, Any] | None = None) -> None:
     """Refuse, in one line, to continue or export a study on data other than its own.
 
     A study without a recorded identity is compared with the data its recorded settings load, so
-    it never adopts whatever data the next run brings.
+    it never adopts whatever data the next run brings. With this run's `settings` (as stored), a
+    data setting that differs from the study's is named: a config's `split_seed: 4` gave the same
+    source and sizes and only another checksum, and the line named flags that could not fix it.
     """
     recorded, whose = recorded_identity(study), ""
     if recorded is None:
         recorded, whose = identity_from_settings(study), " (as its recorded settings read it)"
     if recorded is None or recorded.sha256 == identity.sha256:
         return
+    fix = "data options (--data, --data-dir, --train-size, --val-fraction, --val-size)"
+    before = study.user_attrs.get(SETTINGS)
+    if settings is not None and isinstance(before, Mapping) and isinstance(before.get("data"), Mapping):
+        old, new = flat(before["data"], "data."), flat(settings.get("data", {}), "data.")
+        differ = [f"{key} {_shown_pair(old[key], new.get(key))[0]} (this run: {_shown_pair(old[key], new.get(key))[1]})"
+                  for key in sorted(old) if key not in ("data.source", "data.data_dir") and old[key] != new.get(key)]
+        fix = f"data settings ({'; '.join(differ[:3])})" if differ else fix
     raise DataError(
         f"study {study.study_name!r} was trained on {recorded.source}{whose} ({recorded.sizes()}, sha256 {recorded.sha256[:12]}) "
-        f"but this run loads {identity.source} ({identity.sizes()}, sha256 {identity.sha256[:12]}); pass the study's "
-        "data options (--data, --data-dir, --train-size, --val-fraction, --val-size), or another --study-name"
+        f"but this run loads {identity.source} ({identity.sizes()}, sha256 {identity.sha256[:12]}); pass the study's {fix}, "
+        "or another --study-name"
     )
 
 

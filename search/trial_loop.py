@@ -25,9 +25,10 @@ from search.artifact_stores import location_for_run, open_store
 from search.data import DataIdentity, check_split_sizes, data_identity, load_split
 from search.failures import EXIT_STORAGE_FAILED, describe_storage_failure, quiet_storage_failures_in_threads, storage_failure
 from search.paths import checkpoints_dir
+from search.promotion import queue_owed_promotions
 from search.redaction import message_secrets, redact
 from search.settings import Settings
-from search.stopping import FINISHED, stop_reason, waits_for_running
+from search.stopping import FINISHED, remaining_budget, stop_reason, waits_for_running
 from search.storage import open_study_storage, storage_guard
 from search.studies import quiet_optuna
 from search.study import (
@@ -120,7 +121,7 @@ def start_run(
     stored = stored_settings(settings, url, source)
 
     def require_same(study: optuna.Study) -> None:
-        require_same_data(study, identity)
+        require_same_data(study, identity, stored)
         require_same_settings(study, stored)
         open_store(location_for_run(study, settings.study.artifact_store), create=False)  # reached before this run writes: S3
         # without credentials was found by each worker, after the study's settings were rewritten
@@ -131,10 +132,15 @@ def start_run(
     location = location_for_run(study, settings.study.artifact_store)
     if record.DATA not in study.user_attrs:  # a study from before identities were recorded
         study.set_user_attr(record.DATA, identity.as_dict())
-    previous = study.user_attrs.get(record.SETTINGS)
+    previous, notes = study.user_attrs.get(record.SETTINGS), []
     if not opened.created and isinstance(previous, dict) and isinstance(previous.get("warm_start"), dict):
         stored = {**stored, "warm_start": previous["warm_start"]}  # a warm start runs at creation: a resume's --warm-start-trials never did
+        ran = previous["warm_start"].get("trials")
+        if settings.warm_start.study is not None and ran != settings.warm_start.trials:
+            notes.append(f"the warm start ran when the study was created, with {ran} set(s); --warm-start-trials {settings.warm_start.trials} unused")
     study.set_user_attr(record.SETTINGS, stored)  # this run's budget, target, workers: what the export reports
+    owed = [] if opened.created else queue_owed_promotions(study, settings.study, settings.training)
+    notes += [f"trial {n} is trained longer first: the promotion it earned had no room in the run that finished it" for n in owed]
     status = study_status(study)
     target = settings.study.target_accuracy
     data = settings.data
@@ -145,6 +151,7 @@ def start_run(
         f"data {identity.source}: {identity.sizes()} (validation {data.val_fraction:g} of the training rows, "
         f"at most {data.val_size:,}); {settings.study.workers} worker(s) {device_words(device, settings)}"
         + (f"; artifacts in {location}" if location.shared else "")
+        + "".join(f"\nnote: {note}" for note in notes)
     )
     return StartedRun(study, opened.created, split, identity, first_line, _nothing_to_do(study, settings))
 
@@ -224,9 +231,16 @@ def run_worker_pool(
     settings: Settings, url: str, stop: StopRequest, study: optuna.Study, on_poll: Any, device: Device | None = None,
     deadline: float | None = None,
 ) -> list[int]:
-    """K spawned workers share the study; this process reports what they finish and relays signals."""
+    """K spawned workers share the study; this process reports what they finish and relays signals.
+    No more are started than the budget has trials left to start (one at least: it waits for
+    running trials, whose retries it runs): each spent seconds importing torch to find nothing
+    to do, beside the ones training. The threads per worker stay those of the K asked for."""
     device = device or Device("cpu", (), "CPU")
     threads = configure_torch(settings.study.workers)
+    needed = max(1, remaining_budget(study, settings.study.trials))
+    if needed < settings.study.workers:
+        print(f"note: starting {needed} of the {settings.study.workers} workers: the budget has {needed} trial(s) left to start", flush=True)
+        settings = settings.model_copy(update={"study": settings.study.model_copy(update={"workers": needed})})
     worker_device = "cuda:0" if device.kind == "cuda" else "cpu"
     pool = WorkerPool(
         worker_process, (settings.model_dump(mode="json"), url, threads, worker_device, deadline), settings.study.workers, stop,

@@ -42,10 +42,11 @@ SECOND_STOP = ("\nstopped at once (a second stop request): what was finished is 
 class StopRequest:
     """The first SIGINT/SIGTERM/SIGHUP sets `event` and runs the `on_first` hooks; a second one runs the
     `on_second` hooks and exits at once. In a worker (`parent_pid` given) PARENT_DIED is a stop
-    request as SIGTERM is, however often it comes."""
+    request as SIGTERM is, however often it comes. `second` is what the command's own process says
+    as it exits on the second (a search's words by default; an export trains no trial)."""
 
-    def __init__(self, parent_pid: int | None = None) -> None:
-        self.parent_pid = parent_pid
+    def __init__(self, parent_pid: int | None = None, second: str = SECOND_STOP) -> None:
+        self.parent_pid, self.second = parent_pid, second
         self.event = threading.Event()
         self.signum: int | None = None
         self.on_first: list[Callable[[int], None]] = []
@@ -74,7 +75,7 @@ class StopRequest:
                 hook(signum)
             if self.parent_pid is None:  # the command's own process: it ended silently, with no word of what stays
                 with contextlib.suppress(OSError):
-                    os.write(2, SECOND_STOP.encode())
+                    os.write(2, self.second.encode())
             os._exit(128 + signum)
         self._first(signum)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import re
 import tracemalloc
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -485,6 +486,18 @@ def test_data_option_names_a_missing_path(tmp_path: Path) -> None:
         lambda: resolve_data_source(str(tmp_path / "nowhere"), env={}), "nowhere", "no such file", "fashion-mnist"
     )
     data_error(lambda: resolve_data_source(str(tmp_path / "gone.csv"), env={}), "gone.csv", "not found")
+
+
+@pytest.mark.parametrize("given", ["rows.csv", "rows"])
+def test_a_missing_relative_data_path_says_where_it_was_looked_for(given: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`data.source: rows.csv` in a config beside rows.csv, run from another folder, said only
+    "rows.csv: file not found": a relative path is read from the current folder, and now says so."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=rf"\(a relative path is read from the current folder, {re.escape(str(tmp_path))}\)$"):
+        resolve_data_source(given, env={})
+    with pytest.raises(DataError) as absolute:
+        resolve_data_source(str(tmp_path / given), env={})
+    assert "current folder" not in str(absolute.value)
 
 
 @pytest.mark.parametrize("kind", ["fifo", "link to /dev/zero"])

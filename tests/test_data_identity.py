@@ -118,6 +118,19 @@ def test_a_run_on_other_data_is_refused_and_changes_nothing(
     assert snapshot(study_url) == before  # no trial, no attribute: the settings are not overwritten either
 
 
+def test_a_data_setting_without_a_flag_is_named_when_it_changes_the_data(
+    tmp_path: Path, study_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A config's `split_seed: 4` gave the same source and sizes, only another checksum, and the
+    line told the user to pass data flags that could not fix it: the setting that differs is named."""
+    before = snapshot(study_url)
+    config = tmp_path / "other-split.yaml"
+    config.write_text(CONFIG.replace("data: {val_size: 100, train_size: 300}", "data: {val_size: 100, train_size: 300, split_seed: 4}"))
+    argv = ["--config", str(config), *study_args(tmp_path)[2:], "--trials", "2"]
+    assert_one_line_refusal(run_main(argv), capsys, "pass the study's data settings (data.split_seed 0 (this run: 4))", "--study-name")
+    assert snapshot(study_url) == before
+
+
 def test_the_same_data_resumes(tmp_path: Path, study_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     """The check above refuses other data, not every resume."""
     identity = load(study_url).user_attrs[record.DATA]

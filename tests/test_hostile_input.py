@@ -472,6 +472,21 @@ def test_another_studys_export_in_the_way_is_found_before_any_trial_trains(
     assert sorted(p.name for p in folder.iterdir()) == [MARKER]
 
 
+@pytest.mark.parametrize("data", ["folder", "csv", "fashion-mnist"])
+def test_a_data_dir_beside_a_data_file_or_folder_is_refused_not_ignored(data: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--data-dir is where a dataset named by --data is read: beside --data naming a folder or a
+    CSV file it was ignored and never checked (a run on other data than the user meant)."""
+    given = {"folder": str(tmp_path), "csv": str(tmp_path / "rows.csv"), "fashion-mnist": "fashion-mnist"}[data]
+    database = tmp_path / "s.db"
+    code = main(["--data", given, "--data-dir", str(tmp_path / "elsewhere"), "--storage", f"sqlite:///{database}"])
+    err = capsys.readouterr().err
+    if data == "fashion-mnist":  # a dataset name: --data-dir is where it is read (and it is not there), MNIST_DATA_DIR is not
+        assert code == 2 and "is not used when" not in err and "four fashion-mnist IDX files" in err and "MNIST_DATA_DIR" not in err, err
+    else:
+        assert code == 2 and err == f"error: --data-dir {str(tmp_path / 'elsewhere')!r} is not used when --data names a file or folder ({given!r}); drop one of them\n"
+    assert not database.exists()
+
+
 @pytest.mark.parametrize(
     ("flags", "words"),
     [

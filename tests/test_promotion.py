@@ -18,7 +18,7 @@ from search import record
 from search.objective import make_objective
 from search.options import RUN_FLAGS, overrides_from_args
 from search.progress import trial_line
-from search.promotion import Promoter, drop_queued_promotions, promotion_attrs, room_for_one_more
+from search.promotion import Promoter, drop_queued_promotions, promotion_attrs, queue_owed_promotions, room_for_one_more
 from search.run import build_parser
 from search.settings_file import ConfigError, load_settings
 from search.space import suggest_params
@@ -66,6 +66,8 @@ def test_only_a_new_best_of_its_classifier_at_the_base_budget_earns_a_promotion(
     assert earns([baseline, first, longer, trial(3, 0.975)], 3) and not earns([baseline, first, longer], 2)
     # once promoted, never again (a callback run twice, a resumed worker)
     assert not earns([baseline, first, trial(2, None, state=TrialState.WAITING, max_epochs=24, promoted_from=1)], 1)
+    # but one dropped as surplus (a stop rule came while it waited) promotes nothing: a later run with room owes it
+    assert earns([baseline, first, trial(2, None, state=TrialState.FAIL, max_epochs=24, promoted_from=1, surplus=True)], 1)
 
 
 def test_promotion_setting_is_checked_and_named_on_the_command_line(tmp_path: Path) -> None:
@@ -162,6 +164,24 @@ def test_no_promotion_is_queued_without_room_for_it(tmp_path: Path) -> None:
     assert len(study.trials) == 2
     Promoter(settings.study, settings.training)(study, study.trials[1])
     assert record.promoted_from(study.trials[2]) == 1 and study.trials[2].state == TrialState.WAITING
+
+
+def test_a_study_run_in_pieces_gets_the_promotion_a_run_without_room_denied(tmp_path: Path) -> None:
+    """`--trials 2` then `--trials 6`: the first DNN, a new best, finished as the budget ran out,
+    and its promotion was lost for good; the resumed study then ran other trials than one run of 6.
+    A run that starts with room queues it first, so both give the same trials."""
+    def run(name: str, budgets: list[int]) -> list[tuple[object, ...]]:
+        storage = writer_storage(f"sqlite:///{tmp_path / name}.db")
+        for piece, budget in enumerate(budgets):
+            settings = load_settings(None, {"study": {"name": name, "trials": budget, "target_accuracy": None}})
+            study = open_study(settings, storage).study
+            owed = queue_owed_promotions(study, settings.study, settings.training)
+            assert owed == ([1] if piece else []), owed  # trial 1, the first DNN, owed by the first piece
+            run_worker(study, quick_objective, settings)
+        return [(t.state, t.params, t.value, record.promoted_from(t)) for t in study.trials]
+
+    pieces = run("pieces", [2, 6])
+    assert pieces[2][3] == 1 and pieces == run("whole", [6])
 
 
 def test_dropping_queued_promotions_leaves_one_another_worker_just_took(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

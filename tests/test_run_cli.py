@@ -506,6 +506,8 @@ def test_a_resume_may_change_the_budget_target_timeout_and_workers(tmp_path: Pat
     result = in_process([*base, "--trials", "2", "--workers", "2", "--target-accuracy", "0.999", "--timeout", "600"], capsys)
     assert result.returncode == 0, result.stderr
     assert study_attrs(url)[0] == 2
+    # one trial left to start: the second worker, which only imported torch to find nothing to do, is not started
+    assert "note: starting 1 of the 2 workers: the budget has 1 trial(s) left to start" in result.stdout, result.stdout
 
 
 def test_a_new_study_records_its_settings_and_data_before_its_uid(tmp_path: Path, tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> None:

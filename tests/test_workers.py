@@ -419,12 +419,14 @@ def test_the_baseline_is_trial_0_however_many_processes_race_to_create_the_study
 def test_checking_the_export_folder_imports_neither_lightning_nor_matplotlib(python: str, run_env: dict[str, str], tmp_path: Path) -> None:
     """The runner checks its export folder before any trial trains; a pool's runner doing it by
     importing the exporter loaded Lightning and matplotlib (about 4 s of CPU) beside its starting
-    workers."""
+    workers. The folder exists, so the study database is read too (for whose export it may hold)."""
     script = (
         "import sys\n"
+        "from search.paths import exports_dir\n"
         "from search.run import check_export_target\n"
         "from search.settings import Settings\n"
-        "check_export_target(Settings())\n"
+        "(exports_dir() / 'mnist').mkdir(parents=True)\n"
+        f"check_export_target(Settings(), 'sqlite:///{tmp_path}/study.db')\n"
         "print(sorted({'lightning', 'matplotlib'} & set(sys.modules)))\n"
     )
     done = subprocess.run([python, "-c", script], env=run_env, capture_output=True, text=True, timeout=120, check=True)

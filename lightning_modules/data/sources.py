@@ -73,7 +73,7 @@ def resolve_data_source(
             if path.suffix.lower() == ".csv":
                 raise DataError(_not_a_csv_file(path))
             what = "not a regular file or a directory (a device, pipe or socket)" if path.exists() else "no such file or directory"
-            raise DataError(f"--data {data!r}: {what}, and not a dataset name ({', '.join(DATASETS)})")
+            raise DataError(f"--data {data!r}: {what}, and not a dataset name ({', '.join(DATASETS)}){_read_from(path)}")
     if data_dir:
         return DataSource("idx", expand_home(data_dir, "--data-dir"), spec)
     if env.get(DATA_DIR_ENV) and spec is MNIST:
@@ -102,11 +102,17 @@ def refuse_a_url(value: str, what: str) -> None:
     )
 
 
+def _read_from(path: Path) -> str:
+    """Where a relative path was looked for: the current folder, not a config file's (`data.source:
+    rows.csv` beside the config was "file not found" with no word of where it was looked for)."""
+    return "" if path.is_absolute() else f" (a relative path is read from the current folder, {Path.cwd()})"
+
+
 def _not_a_csv_file(path: Path) -> str:
     """Why `path`, named like a CSV file, is not one: missing, or there but a pipe, device or socket
     ("file not found" was said of a fifo and of a link to /dev/zero)."""
     if not path.exists():
-        return f"{path}: file not found"
+        return f"{path}: file not found{_read_from(path)}"
     return f"{path}: not a regular file (a device, pipe or socket); pass a CSV file of rows: label, then 784 pixels 0-255"
 
 
@@ -115,8 +121,9 @@ def idx_files(directory: Path, spec: DatasetSpec) -> dict[str, Path]:
     if not directory.is_dir():
         problem = ("is a file, not a directory" if directory.is_file() else "is not a directory") if directory.exists() else "does not exist"
         raise DataError(
-            f"data directory {directory} {problem}; point --data-dir or {DATA_DIR_ENV} "
-            "at a folder holding the four MNIST IDX files"
+            f"data directory {directory} {problem}; point --data-dir"
+            + (f" or {DATA_DIR_ENV}" if spec.name == "mnist" else "")  # it is read for MNIST only
+            + f" at a folder holding the four {'MNIST' if spec.name == 'mnist' else spec.name} IDX files"
         )
     files = {}
     for role, name in spec.files.items():

@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from search.settings import Settings
 
 MAX_TRIAL_NUMBER = 10**7
+EXPORT_SECOND_STOP = ("\nstopped at once (a second stop request): the previous export is as it was (one caught mid-swap is put "
+                      "back by the next export, which clears what this one left); run the same command again\n")
 MAX_SHOWN = 40  # characters of a bad value quoted back
 MAX_MASKED = 2000  # a longer bad value is not quoted: masking it costs seconds (search/redaction.py)
 
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    stop = StopRequest()
+    stop = StopRequest(second=EXPORT_SECOND_STOP)
     if args.reproduce is None:
         stop.install()
     guard = OutputGuard().install()  # `| head -1` exited: the export finishes, its last lines to /dev/null
