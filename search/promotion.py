@@ -104,7 +104,31 @@ def queue_owed_promotions(study: optuna.Study, config: StudyConfig, training: Tr
         study.enqueue_trial(trial.params, user_attrs=attrs)
         promoted.append(trial.number)
         trials = study.get_trials(deepcopy=False)
+        for twin in _later_twins(trials, trial.number):  # two machines started at once both queued it: one stays
+            _drop_as_surplus(study, twin)
     return promoted
+
+
+def _later_twins(trials: Sequence[FrozenTrial], number: int) -> list[FrozenTrial]:
+    """The queued promotions of trial `number` but the first: read after queueing one, so of two
+    runs that queue it at the same moment each sees the other's (whichever reads later drops it)."""
+    queued = [t for t in trials if t.state == TrialState.WAITING and record.promoted_from(t) == number]
+    return sorted(queued, key=lambda t: t.number)[1:]
+
+
+def _drop_as_surplus(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Fail a queued trial as surplus, claimed first as a worker pops a queued trial: one another
+    worker took is its to run (False)."""
+    storage = study_storage(study)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), trial.number)
+    try:
+        if not storage.set_trial_state_values(trial_id, TrialState.RUNNING):
+            return False
+        storage.set_trial_user_attr(trial_id, record.SURPLUS, True)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False  # another worker took it and it stepped aside already
+    return True
 
 
 def drop_queued_promotions(study: optuna.Study) -> int:
@@ -113,22 +137,8 @@ def drop_queued_promotions(study: optuna.Study) -> int:
     reaches the target, and a queued promotion would otherwise wait after the run and be the first
     trial of a later one, whatever its settings. A promotion that steps aside is dropped the same
     way (it is an extra, not a trial owed like a retry). Returns how many were dropped."""
-    storage = study_storage(study)
-    study_id = storage.get_study_id_from_name(study.study_name)
-    dropped = 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        if record.promoted_from(trial) is None:
-            continue
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-        try:  # claimed first, as a worker pops a queued trial: one another worker took is its to run
-            if not storage.set_trial_state_values(trial_id, TrialState.RUNNING):
-                continue
-            storage.set_trial_user_attr(trial_id, record.SURPLUS, True)
-            storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker took it and it stepped aside already
-        dropped += 1
-    return dropped
+    queued = [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if record.promoted_from(t) is not None]
+    return sum(_drop_as_surplus(study, trial) for trial in queued)
 
 
 __all__ = ["Promoter", "at_base_budget", "drop_queued_promotions", "promotion_attrs", "queue_owed_promotions", "room_for_one_more"]

@@ -231,13 +231,13 @@ class Settings(Strict):
 
     @model_validator(mode="after")
     def _pruner_within_the_epochs(self, info: ValidationInfo) -> Settings:
-        """A first rung at or past the last epoch never prunes (the last is only reported: search/trial_callbacks.py),
-        nor does a median warm-up past it: refused, for a new run's settings only (`RECORDED`: older studies resume)."""
+        """A first rung (or warm-up) past the last epoch never prunes: refused (one at it, only reported, stays
+        allowed so older studies resume, with a note: search/trial_loop.py). A new run's settings only (`RECORDED`)."""
         pruner, last = self.pruner, self.training.max_epochs - 1
         if info.context == RECORDED:
             return self
-        if pruner.name in ("successive_halving", "hyperband") and pruner.min_resource >= last:
-            raise ValueError(f"pruner.min_resource {pruner.min_resource} is not before the last epoch index ({last}) of training.max_epochs {last + 1}, "
+        if pruner.name in ("successive_halving", "hyperband") and pruner.min_resource > last:
+            raise ValueError(f"pruner.min_resource {pruner.min_resource} is past the last epoch index ({last}) of training.max_epochs {last + 1}, "
                              f"so {pruner.name} would never prune; raise --max-epochs to at least {pruner.min_resource + 2} or lower it in the config file")
         if pruner.name == "median" and pruner.n_warmup_steps > last:
             raise ValueError(f"pruner.n_warmup_steps {pruner.n_warmup_steps} is past the last epoch index ({last}) of training.max_epochs "

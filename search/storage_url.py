@@ -79,7 +79,8 @@ def _refuse_hidden_credentials(parsed: Any, url: str) -> None:
     if given is not None:
         raise StorageError(f"storage URL {redact(url)}: a connection string in ?{given}= is not supported; write it as "
                            "postgresql://user@host:5432/db, the password in PGPASSWORD or ~/.pgpass")
-    if "@" in (parsed.database or ""):
+    database = url.partition("://")[2].partition("/")[2].partition("?")[0]  # as typed: `my%40db` is a database named my@db
+    if "@" in database:
         raise StorageError(f"storage URL {redact(url)}: its database name holds an '@', as user:password@host after one slash too "
                            "many does; a server URL is postgresql://user@host:5432/db")
 

@@ -28,7 +28,7 @@ from search.paths import checkpoints_dir
 from search.promotion import queue_owed_promotions
 from search.redaction import message_secrets, redact
 from search.settings import Settings
-from search.stopping import FINISHED, remaining_budget, stop_reason, waits_for_running
+from search.stopping import FINISHED, stop_reason, waits_for_running
 from search.storage import open_study_storage, storage_guard
 from search.studies import quiet_optuna
 from search.study import (
@@ -137,9 +137,13 @@ def start_run(
         stored = {**stored, "warm_start": previous["warm_start"]}  # a warm start runs at creation: a resume's --warm-start-trials never did
         ran = previous["warm_start"].get("trials")
         if settings.warm_start.study is not None and ran != settings.warm_start.trials:
-            notes.append(f"the warm start ran when the study was created, with {ran} set(s); --warm-start-trials {settings.warm_start.trials} unused")
+            notes.append(f"the warm start ran once, when the study was created, with {ran} set(s); this run's count ({settings.warm_start.trials}) is unused")
     study.set_user_attr(record.SETTINGS, stored)  # this run's budget, target, workers: what the export reports
     owed = [] if opened.created else queue_owed_promotions(study, settings.study, settings.training)
+    pruner, last = settings.pruner, settings.training.max_epochs - 1
+    if pruner.name in ("successive_halving", "hyperband") and pruner.min_resource == last:  # a study made so resumes (no refusal)
+        notes.append(f"{pruner.name} never prunes here: its first rung is the last epoch (index {last}), which is only reported; "
+                     f"a new study with --max-epochs {last + 2} or more would prune")
     notes += [f"trial {n} is trained longer first: the promotion it earned had no room in the run that finished it" for n in owed]
     status = study_status(study)
     target = settings.study.target_accuracy
@@ -237,10 +241,11 @@ def run_worker_pool(
     to do, beside the ones training. The threads per worker stay those of the K asked for."""
     device = device or Device("cpu", (), "CPU")
     threads = configure_torch(settings.study.workers)
-    needed = max(1, remaining_budget(study, settings.study.trials))
-    if needed < settings.study.workers:
-        print(f"note: starting {needed} of the {settings.study.workers} workers: the budget has {needed} trial(s) left to start", flush=True)
-        settings = settings.model_copy(update={"study": settings.study.model_copy(update={"workers": needed})})
+    left = settings.study.trials - len(study.get_trials(deepcopy=False, states=FINISHED))  # running ones may be dead: retried here
+    if max(1, left) < settings.study.workers:
+        if left > 0:  # none: "nothing to run" was said, and the one worker waits for the running trials
+            print(f"note: starting {left} of the {settings.study.workers} workers: the budget has {left} trial(s) left to finish", flush=True)
+        settings = settings.model_copy(update={"study": settings.study.model_copy(update={"workers": max(1, left)})})
     worker_device = "cuda:0" if device.kind == "cuda" else "cpu"
     pool = WorkerPool(
         worker_process, (settings.model_dump(mode="json"), url, threads, worker_device, deadline), settings.study.workers, stop,

@@ -455,7 +455,7 @@ def test_a_failure_to_link_after_the_swap_says_the_export_is_in_place(
     source, copy = sqlite3.connect(tiny_study.home / "study.db"), sqlite3.connect(path)
     source.backup(copy)
     for table in ("trial_system_attributes", "study_system_attributes"):
-        copy.execute(f"DELETE FROM {table} WHERE key LIKE 'artifacts:%'")  # noqa: S608 - two table names of Optuna's
+        copy.execute(f"DELETE FROM {table} WHERE key LIKE 'artifacts:%'")  # two table names of Optuna's, not input
     copy.commit()
     source.close()
     copy.close()

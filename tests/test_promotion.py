@@ -184,6 +184,25 @@ def test_a_study_run_in_pieces_gets_the_promotion_a_run_without_room_denied(tmp_
     assert pieces[2][3] == 1 and pieces == run("whole", [6])
 
 
+def test_two_runs_starting_together_queue_an_owed_promotion_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two machines resuming a study at the same moment each read that trial 1's promotion is owed
+    and each queued it: both would train. The other machine's is queued here between this one's
+    read and its own (the moment the race needs); the later of the two is dropped as surplus."""
+    settings = load_settings(None, {"study": {"name": "r", "trials": 2, "target_accuracy": None}})
+    study = open_study(settings, writer_storage(f"sqlite:///{tmp_path / 'r.db'}")).study
+    run_worker(study, quick_objective, settings)
+    real = study.enqueue_trial
+
+    def other_machine_first(params: dict[str, object], user_attrs: dict[str, object] | None = None) -> None:
+        real(params, user_attrs=user_attrs)  # the other machine's, just after this one read the study
+        real(params, user_attrs=user_attrs)
+
+    monkeypatch.setattr(study, "enqueue_trial", other_machine_first)
+    assert queue_owed_promotions(study, settings.study.model_copy(update={"trials": 6}), settings.training) == [1]
+    promotions = [(t.number, t.state, record.is_surplus(t)) for t in study.trials if record.promoted_from(t) == 1]
+    assert promotions == [(2, TrialState.WAITING, False), (3, TrialState.FAIL, True)]
+
+
 def test_dropping_queued_promotions_leaves_one_another_worker_just_took(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker that pops the queued promotion between the drop's listing and its write trains it:
     the drop failed it under the worker (FAIL and surplus while it ran); it now claims a trial as

@@ -244,6 +244,8 @@ def test_an_sqlite_path_with_a_colon_and_an_at_is_shown_and_connected_as_typed(t
     file's path may hold ':' and '@' as they are: masking `1` there would mask it in every message."""
     url = f"sqlite:///{tmp_path}/a:1@2.db"
     assert redaction.redact(url) == url and redaction.url_secrets(url) == [] and check_storage_url(url) == url
+    server = "postgresql://u@127.0.0.1:5432/my%40db"  # a database may be named my@db, escaped: not a slash too many
+    assert check_storage_url(server) == server
 
 
 @pytest.mark.parametrize("flag", ["--study-name", "--warm-start"])

@@ -498,6 +498,19 @@ def test_a_resume_with_other_trial_settings_is_refused_and_changes_nothing(
     assert study_attrs(url) == before
 
 
+@pytest.mark.slow  # a trial trains
+def test_successive_halving_whose_first_rung_is_the_last_epoch_says_it_never_prunes(tmp_path: Path, tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--max-epochs 2 with --pruner successive_halving ran without a word and never pruned (its
+    first rung, epoch index 1, is the last, which is only reported): the first line's note says so."""
+    argv = ["--config", str(tiny_config), "--storage", f"sqlite:///{tmp_path / 's.db'}", "--no-export", "--trials", "1",
+            "--max-epochs", "2", "--pruner", "successive_halving", "--target-accuracy", "none"]
+    result = in_process(argv, capsys)
+    assert result.returncode == 0, result.stderr
+    assert "note: successive_halving never prunes here: its first rung is the last epoch (index 1)" in result.stdout, result.stdout
+    resumed = in_process([*argv[:5], "--trials", "2", *argv[7:]], capsys)  # a study made so resumes, saying it again
+    assert resumed.returncode == 0 and "never prunes here" in resumed.stdout, resumed.stdout + resumed.stderr
+
+
 @pytest.mark.slow  # two worker processes, each importing Lightning
 def test_a_resume_may_change_the_budget_target_timeout_and_workers(tmp_path: Path, tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
@@ -507,7 +520,7 @@ def test_a_resume_may_change_the_budget_target_timeout_and_workers(tmp_path: Pat
     assert result.returncode == 0, result.stderr
     assert study_attrs(url)[0] == 2
     # one trial left to start: the second worker, which only imported torch to find nothing to do, is not started
-    assert "note: starting 1 of the 2 workers: the budget has 1 trial(s) left to start" in result.stdout, result.stdout
+    assert "note: starting 1 of the 2 workers: the budget has 1 trial(s) left to finish" in result.stdout, result.stdout
 
 
 def test_a_new_study_records_its_settings_and_data_before_its_uid(tmp_path: Path, tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -231,7 +231,7 @@ def test_a_warm_started_run_trains_the_earlier_best_first_and_resumes(tmp_path: 
     resumed = run_main([*argv[:-4], "--trials", "3", "--warm-start", "earlier", "--warm-start-trials", "3"], capsys)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed study 'next'" in resumed.stdout and "warm start:" not in resumed.stdout
-    assert "note: the warm start ran when the study was created, with 1 set(s); --warm-start-trials 3 unused" in resumed.stdout  # was silent
+    assert "note: the warm start ran once, when the study was created, with 1 set(s); this run's count (3) is unused" in resumed.stdout  # was silent
     # a warm start runs at creation: the resume's count never ran, and the recorded settings said 3
     assert load(url, "next").user_attrs[record.SETTINGS]["warm_start"]["trials"] == 1
     other = optuna.create_study(study_name="other", storage=writer_storage(url), direction="maximize")
