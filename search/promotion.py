@@ -56,12 +56,31 @@ def promotion_attrs(trials: Sequence[FrozenTrial], finished: FrozenTrial, base_e
         if record.promoted_from(other) == finished.number and not record.is_surplus(other):
             return None
         if (
-            other.number != finished.number and other.state == TrialState.COMPLETE and other.value is not None
-            and at_base_budget(other, base_epochs) and other.params.get(CLASSIFIER_PARAM) == classifier
-            and (other.value > finished.value or (other.value == finished.value and other.number < finished.number))
+            other.number != finished.number and _competes(other, base_epochs) and other.params.get(CLASSIFIER_PARAM) == classifier
+            and _ranks_above(other, finished)
         ):
             return None
     return {record.MAX_EPOCHS: promote_epochs, record.PROMOTED_FROM: finished.number}
+
+
+def _competes(trial: FrozenTrial, base_epochs: int) -> bool:
+    """Completed with a value at the base budget: a rival for promotion, or a candidate."""
+    return trial.state == TrialState.COMPLETE and trial.value is not None and at_base_budget(trial, base_epochs)
+
+
+def _ranks_above(other: FrozenTrial, trial: FrozenTrial) -> bool:
+    """A higher value, or the same from a lower number (as the export breaks a tie)."""
+    return other.value > trial.value or (other.value == trial.value and other.number < trial.number)  # type: ignore[operator]
+
+
+def _best_per_classifier(trials: Sequence[FrozenTrial], base_epochs: int) -> list[FrozenTrial]:
+    """The one trial per classifier that can earn a promotion now: its best at the base budget."""
+    best: dict[object, FrozenTrial] = {}
+    for trial in (t for t in trials if _competes(t, base_epochs)):
+        classifier = trial.params.get(CLASSIFIER_PARAM)
+        if classifier not in best or _ranks_above(trial, best[classifier]):
+            best[classifier] = trial
+    return sorted(best.values(), key=lambda t: t.number)
 
 
 def room_for_one_more(study: optuna.Study, config: StudyConfig, deadline: float | None) -> bool:
@@ -97,7 +116,7 @@ def queue_owed_promotions(study: optuna.Study, config: StudyConfig, training: Tr
     if training.promote_epochs is None:
         return []
     trials, promoted = study.get_trials(deepcopy=False), []
-    for trial in (t for t in trials if t.state == TrialState.COMPLETE):
+    for trial in _best_per_classifier(trials, training.max_epochs):  # only a best earns one: checking every trial took O(n^2)
         attrs = promotion_attrs(trials, trial, training.max_epochs, training.promote_epochs)
         if attrs is None or not room_for_one_more(study, config, None):
             continue
