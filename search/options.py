@@ -9,6 +9,7 @@ error answer before torch is imported.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ class Flag:
     flag: str = ""  # default: the field's name with dashes
     parse: Callable[[str], Any] | None = None  # default: from the default's type
     help: str = ""  # default: the field's description and default; set where the command's default differs
+    none: str = "none"  # the word this flag takes for a config file's null (with a `parse` that takes one)
 
     @property
     def name(self) -> str:
@@ -89,6 +91,8 @@ def _help(flag: Flag) -> str:
     default, description, _ = field_info(flag.key)
     if flag.parse is None:  # a plain string flag takes "null" literally (a file, a study named null): only a config file's null is none
         description = description.replace("(null: ", "(default: ")
+    else:  # the flag's own word for null, and that it is the default where it is
+        description = description.replace("(null: ", f"(default {flag.none}: " if default is None else f"({flag.none}: ")
     plain = default is not None and not isinstance(default, (bool, list, dict))
     shown = f" (default {default})" if plain else ""
     return f"{description}{shown}".replace("%", "%%")
@@ -161,12 +165,12 @@ RUN_FLAGS = (
     Flag(("training", "max_epochs")),
     Flag(("training", "promote_factor"), parse=optional_int),
     Flag(("training", "accelerator")),
-    Flag(("training", "devices"), parse=device_indices),
+    Flag(("training", "devices"), parse=device_indices, none="all"),
     Flag(("training", "workers_per_device")),
     Flag(("training", "precision")),
 )
 RECORDED_DATA_FLAGS = tuple(  # the export's data options: they override the study's recorded ones
-    Flag(f.key, f.flag, f.parse, help=f"{field_info(f.key)[1]} {RECORDED}") for f in DATA_FLAGS
+    Flag(f.key, f.flag, f.parse, help=f"{re.sub(r' ?[(]null: [^()]*[)]', '', field_info(f.key)[1])} {RECORDED}") for f in DATA_FLAGS
 )
 
 

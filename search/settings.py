@@ -63,7 +63,7 @@ class StudyConfig(Strict):
         "s3://bucket/prefix; recorded on the study (null: the study's, else artifacts/ under the run folder)",
     )
     trials: int = Field(default=100, gt=0, le=100_000, description="total budget of finished trials in the study, counting earlier runs and promotions")
-    timeout: float | None = Field(default=None, gt=0, le=365 * 86400, description="start no new trial after this many seconds of this run")
+    timeout: float | None = Field(default=None, gt=0, le=365 * 86400, description="start no new trial after this many seconds of this run (null: no limit)")
     target_accuracy: float | None = Field(
         default=0.95, gt=0, le=1, description="stop once a completed trial reaches this validation accuracy; 'none' spends the whole budget",
     )
@@ -140,14 +140,14 @@ class PrunerConfig(Strict):
 class DataConfig(Strict):
     source: str | None = Field(
         default=None, min_length=1, max_length=4096,
-        description="mnist, fashion-mnist, a directory of IDX files, or a CSV file (label, 784 pixels)",
+        description="mnist, fashion-mnist, a directory of IDX files, or a CSV file (label, 784 pixels) (null: mnist)",
     )
     data_dir: str | None = Field(
-        default=None, min_length=1, max_length=4096, description="directory holding the IDX files (else $MNIST_DATA_DIR, else the user cache)",
+        default=None, min_length=1, max_length=4096, description="directory holding the IDX files (null: $MNIST_DATA_DIR, else the user cache)",
     )
     val_fraction: float = Field(default=0.2, gt=0, lt=1, description="share of the training rows held out for validation")
     val_size: int = Field(default=10_000, gt=0, le=1_000_000, description="at most this many validation rows")
-    train_size: int | None = Field(default=None, gt=0, le=1_000_000, description="train on a stratified subsample of this many rows")
+    train_size: int | None = Field(default=None, gt=0, le=1_000_000, description="train on a stratified subsample of this many rows (null: every training row)")
     split_seed: int = Field(default=0, ge=0, le=MAX_SEED, description="seed of the train/validation split, the same for every trial")
     verify_checksums: bool = Field(default=True, description="refuse IDX files whose MD5 differs from the published one")
 

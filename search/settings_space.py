@@ -91,7 +91,7 @@ class SpaceConfig(Strict):
     max_cost_ratio: float | None = Field(
         default=None, ge=1, le=1000,
         description="dnn: prune before training a net whose multiply-adds per image exceed this many times the median "
-        "tried DNN's (search/cost.py); null: no bound",
+        "tried DNN's (search/cost.py) (null: no bound)",
     )
 
     _ints_are_floats = field_validator("max_cost_ratio", mode="before")(ints_as_floats)

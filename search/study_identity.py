@@ -58,8 +58,11 @@ def identity_from_settings(study: optuna.Study) -> DataIdentity | None:
     return data_identity(split, source)
 
 
-def require_same_data(study: optuna.Study, identity: DataIdentity, settings: Mapping[str, Any] | None = None) -> None:
-    """Refuse, in one line, to continue or export a study on data other than its own.
+def require_same_data(
+    study: optuna.Study, identity: DataIdentity, settings: Mapping[str, Any] | None = None, doer: str = "run",
+) -> None:
+    """Refuse, in one line, to continue or export a study on data other than its own (`doer`: "run"
+    or "export", the command the line names as loading the other data).
 
     A study without a recorded identity is compared with the data its recorded settings load, so
     it never adopts whatever data the next run brings. With this run's `settings` (as stored), a
@@ -80,7 +83,7 @@ def require_same_data(study: optuna.Study, identity: DataIdentity, settings: Map
         fix = f"data settings ({'; '.join(differ[:3])})" if differ else fix
     raise DataError(
         f"study {study.study_name!r} was trained on {recorded.source}{whose} ({recorded.sizes()}, sha256 {recorded.sha256[:12]}) "
-        f"but this run loads {identity.source} ({identity.sizes()}, sha256 {identity.sha256[:12]}); pass the study's {fix}, "
+        f"but this {doer} loads {identity.source} ({identity.sizes()}, sha256 {identity.sha256[:12]}); pass the study's {fix}, "
         "or another --study-name"
     )
 

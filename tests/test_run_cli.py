@@ -132,7 +132,23 @@ def test_help_offers_null_only_where_a_flag_takes_it(capsys: pytest.CaptureFixtu
     for flag in ("--storage STORAGE", "--artifact-store ARTIFACT_STORE", "--warm-start STUDY", "--warm-start-storage STORAGE"):
         entry = re.search(re.escape(flag) + r" (.*?) --", help_text)
         assert entry and "(default: " in entry.group(1) and "null" not in entry.group(1), (flag, entry)
-    assert "(null: never)" in help_text
+    assert "(none: never) (default 3)" in help_text  # --promote-factor none: the word the flag takes
+
+
+def test_help_names_every_flags_default(capsys: pytest.CaptureFixture[str]) -> None:
+    """--timeout, --train-size, --data and --max-cost-ratio said nothing of what leaving them out
+    does; --max-cost-ratio and --devices named the config file's null, which the flag spells none, all."""
+    import re
+
+    from search.options import RUN_FLAGS
+
+    help_text = " ".join(in_process(["--help"], capsys).stdout.split())
+    for flag in RUN_FLAGS:
+        entry = re.search(re.escape(f"{flag.name} {flag.key[-1].upper()}") + r" (.*?)(?= --|$)", help_text)
+        assert entry and "(default" in entry.group(1) and "null" not in entry.group(1), (flag.name, entry and entry.group(1))
+    for shown in ("(default none: no limit)", "(default: every training row)", "(default: mnist)", "(default none: no bound)",
+                  "(default all: every visible GPU)"):
+        assert shown in help_text, shown
 
 
 def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:

@@ -222,7 +222,7 @@ def reproduce_trial(study: optuna.Study, settings: Settings, number: int) -> int
                           "tried DNN's); there is no training to reproduce: pick a trained trial")
     source = check_data(settings.data)
     split = load_split(settings.data, source)
-    require_same_data(study, data_identity(split, source))
+    require_same_data(study, data_identity(split, source), doer="export")
     from search.export.reproduce import reproduce  # Lightning: once the trial and the data are known good
 
     result = reproduce(trial, split, settings)

@@ -239,7 +239,7 @@ def export_study(
         split = load_split(settings.data, source)
         identity = data_identity(split, source)
     if identity is not None:
-        require_same_data(study, identity)
+        require_same_data(study, identity, doer="export")
     store = artifact_store if artifact_store is not None else open_store(recorded_location(study))
     step()
     trained = _load_models(study, store, split, settings)
