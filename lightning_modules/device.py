@@ -58,7 +58,10 @@ def usable_cores() -> int:
     DeviceError here rather than joblib's ValueError traceback."""
     import joblib
 
-    limit = os.environ.get("LOKY_MAX_CPU_COUNT", "").strip()
+    raw = os.environ.get("LOKY_MAX_CPU_COUNT")
+    limit = (raw or "").strip()
+    if raw is not None and not limit:  # joblib reads the raw value: '' was int('')'s ValueError traceback
+        raise DeviceError("LOKY_MAX_CPU_COUNT is set but empty; unset it or set a count like 2")
     if limit and not _positive_count(limit):  # joblib read 0 and -5 as 1 CPU, '1.5' as a ValueError
         raise DeviceError(f"LOKY_MAX_CPU_COUNT={limit[:40]!r} is not a whole number of CPUs; unset it or set a count like 2")
     return int(joblib.cpu_count())
@@ -74,7 +77,10 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
     is several times faster than two that spin against the other load (docs/BENCHMARKS.md).
     On an idle 2-core machine one worker gains about 1.2x from its second thread.
     """
-    explicit = os.environ.get("OMP_NUM_THREADS", "").strip()
+    raw = os.environ.get("OMP_NUM_THREADS")
+    explicit = (raw or "").strip()
+    if raw is not None and not explicit:  # libgomp warns of '' on torch's import and ignores it
+        raise DeviceError("OMP_NUM_THREADS is set but empty; unset it or set a positive count like 1")
     levels = explicit.split(",")  # OpenMP's form: a count per nesting level, "4" or "4,1"
     if explicit and not all(_positive_count(level.strip()) for level in levels):  # libgomp warns and ignores it
         raise DeviceError(f"OMP_NUM_THREADS={explicit[:20]!r} is not a thread count; set a positive count like 1, or unset it")

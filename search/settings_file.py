@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from lightning_modules.errors import UserInputError
+from lightning_modules.errors import UserInputError, check_path_length, expand_home
 from search.redaction import redact, redact_value
 from search.settings import Settings, field_info
 
@@ -141,10 +141,13 @@ def merge_settings(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
 
 def _config_path(path: Path | str) -> Path:
     """`path` as a Path, refused when empty: Path("") is Path("."), so `--config ''` was called
-    "config file ." (a folder) and never said what had gone wrong."""
+    "config file ." (a folder) and never said what had gone wrong. A leading ~ is the home folder,
+    as for --data and --artifact-store; a path too long to open says so (its message was cut before
+    the reason)."""
     if isinstance(path, str) and not path:
         raise ConfigError("--config is empty; pass the path of a YAML file, or leave --config out for the built-in defaults")
-    return Path(path)
+    check_path_length(path, "--config")
+    return expand_home(path, "--config")
 
 
 def _regular_file_status(descriptor: int, path: Path) -> os.stat_result:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from lightning_modules.errors import UserInputError
 from search.settings import Settings, settings_as_dict
 from search.settings_file import DEFAULT_CONFIG, ConfigError, load_settings
 
@@ -323,6 +324,16 @@ def test_an_empty_config_path_is_named_empty_not_the_current_folder(tmp_path: Pa
     assert str(error.value) == "--config is empty; pass the path of a YAML file, or leave --config out for the built-in defaults"
     with pytest.raises(ConfigError, match=f"config file {tmp_path} is a folder; pass a YAML file to --config"):
         load_settings(tmp_path)
+
+
+def test_a_config_path_under_the_home_folder_or_too_long_is_read_or_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--config '~/x.yaml'` was "not found" where --data and --artifact-store read ~ as the home
+    folder; a 5,000-byte name was cut before its reason ("config file /tmp/aaaa... (cut ...)")."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "x.yaml").write_text("study: {trials: 7}\n")
+    assert load_settings("~/x.yaml").study.trials == 7
+    with pytest.raises(UserInputError, match=r"^--config '/tmp/a+'\.\.\. holds a name of 5000 bytes .*; pass a shorter path$"):
+        load_settings("/tmp/" + "a" * 5000)
 
 
 def test_repeated_snapshot_steps_are_refused_but_a_recorded_study_with_them_still_loads(tmp_path: Path) -> None:

@@ -237,6 +237,21 @@ def test_a_cpu_or_thread_count_that_is_not_one_is_one_line_before_any_study(
     assert not db.exists()
 
 
+@pytest.mark.parametrize("variable", ["LOKY_MAX_CPU_COUNT", "OMP_NUM_THREADS"])
+@pytest.mark.parametrize("value", ["", " "])
+def test_a_cpu_or_thread_count_set_but_empty_is_one_line_before_any_study(
+    variable: str, value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """LOKY_MAX_CPU_COUNT= was joblib's int('') ValueError traceback; OMP_NUM_THREADS= ran on with
+    libgomp's "Invalid value" warning on stderr."""
+    monkeypatch.setenv(variable, value)
+    db = tmp_path / "s.db"
+    assert search.run.main(["--storage", f"sqlite:///{db}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {variable} is set but empty; unset it or set") and err.count("\n") == 1, err
+    assert not db.exists()
+
+
 @pytest.mark.slow
 def test_a_spawned_worker_starts_with_its_cuda_visible_devices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(CUDA_VISIBLE_DEVICES, raising=False)

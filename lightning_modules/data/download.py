@@ -5,6 +5,7 @@ Download code is tested against a local HTTP server (MNIST_SEARCH_MIRRORS), neve
 
 from __future__ import annotations
 
+import base64
 import http.client
 import os
 import re
@@ -57,7 +58,7 @@ def _fetch_verified(
     tmp = Path(tmp_name)
     deadline = time.monotonic() + deadline_seconds
     try:
-        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(_request(url), timeout=timeout) as response:
             announced = response.headers.get("Content-Length")
             if announced and announced.isdigit() and int(announced) > limit:
                 raise DataError(f"the server announces {int(announced):,} bytes, more than the {limit:,} a data file may have")
@@ -82,6 +83,19 @@ def _fetch_verified(
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _request(url: str) -> urllib.request.Request:
+    """The GET of `url`, a user and password in it (a private mirror's) sent as HTTP Basic auth,
+    as curl sends them: urllib took `user:pw@host` for the host's name and failed on its DNS lookup.
+    Unredirected: a redirect to another server never carries them there."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return urllib.request.Request(url)
+    user, password = urllib.parse.unquote(parts.username or ""), urllib.parse.unquote(parts.password or "")
+    request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])))
+    request.add_unredirected_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii"))
+    return request
 
 
 def _download_problem(error: Exception) -> str:

@@ -107,7 +107,7 @@ def split_data(arrays: MnistArrays, val_size: int, train_size: int | None = None
         if not 0 < train_size <= len(train_idx):
             raise DataError(
                 f"train_size {train_size} is larger than the {len(train_idx)} training rows left "
-                f"after the {val_size}-row validation split; lower --train-size or data.val_size"
+                f"after the {val_size}-row validation split; lower --train-size, --val-size or --val-fraction"
                 if train_size > 0
                 else f"train_size must be positive, got {train_size}"
             )
