@@ -65,6 +65,7 @@ INTERRUPTED = "interrupted"  # a stop request (Ctrl-C, SIGTERM) between two batc
 DISK_ERROR = "disk error"  # a full or read-only disk (search/failures.py)
 STORAGE_ERROR = "storage error"  # the study's database failed under the trial (locked, connection dropped)
 CHECKPOINT_SECONDS = "checkpoint_seconds"  # this attempt's seconds copying checkpoints to the artifact store
+EXPORT_SUPERSEDED = "export_superseded"  # on a trial an earlier export linked its files to, once a better trial's export is linked
 
 SYSTEM_KEYS = (HISTORY, HYPERPARAMS, CHECKPOINT_KEY, FIT, MODEL_ARTIFACT, CHECKPOINT_SECONDS)
 

@@ -237,3 +237,46 @@ def test_an_export_that_loses_the_swap_to_a_worse_trials_takes_the_folder_after_
     assert a.metrics.best_trial == 1 and held_trial(target) == 1
     assert hidden(target) == []
     assert linked(url, 1, "metrics.json")["best_trial"] == 1
+
+
+def test_an_export_during_a_larger_run_names_no_stop_of_the_run_before(run_args: list[str], url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--trials 1` ran to its end; `--trials 8` on the study is training when `python -m search.export`
+    runs. The note paired that run's "Budget: 8" with "Stopped: budget of 1 finished trials spent"."""
+    from optuna_dashboard import get_note
+
+    from search.export.note import RunSummary, export_summary, write_study_note
+
+    assert run_main([*run_args, "--trials", "1"]) == 0, capsys.readouterr().err
+    assert "- **Stopped**: budget of 1 finished trials spent" in get_note(load(url))
+    study = optuna.load_study(study_name="mnist", storage=writer_storage(url))  # the --trials 8 run, as it starts:
+    stored = study.user_attrs[record.SETTINGS]
+    study.set_user_attr(record.SETTINGS, {**stored, "study": {**stored["study"], "trials": 8}})  # its settings recorded,
+    running = study.ask()  # and its first trial training
+    assert export_cli(url) == 0, capsys.readouterr().err
+    note = get_note(load(url))
+    assert "- **Budget**: 8 finished trials" in note and "budget of 1" not in note, note
+    assert "- **Stopped**: not yet: 1 trial(s) running, 1 of the budget of 8 trials finished" in note, note
+
+    study.tell(running, state=optuna.trial.TrialState.FAIL)  # that run died: nothing runs, and no stop rule holds
+    best = load(url).trials[0]
+    summary = export_summary(load(url), None, 8, (0, "linear", best.value), (0.9, "folder"))
+    assert summary.stopped == "not at its target or budget: 1 of the budget of 8 trials finished, none running"
+    assert export_summary(load(url), None, 1, (0, "linear", best.value), (0.9, "folder")).stopped == "budget of 1 finished trials spent"
+    write_study_note(study, RunSummary(None, 8, "timeout of 60 s reached", 0, "linear", best.value))  # a run that timed out
+    assert export_summary(load(url), None, 8, (0, "linear", best.value), (0.9, "folder")).stopped == "timeout of 60 s reached"
+
+
+def test_an_export_of_a_new_best_marks_the_earlier_best_trials_export_superseded(run_args: list[str], url: str) -> None:
+    """Trial 0's export stayed linked to it, its report titled "Best model of study 'mnist'", with
+    nothing saying trial 1 had been exported since. Its links and files stay; a user attribute says so."""
+    from search.record import EXPORT_SUPERSEDED as SUPERSEDED
+
+    assert run_main([*run_args, "--trials", "1"]) == 0  # trial 0, exported and linked
+    run_better_trial(url)
+    assert export_cli(url) == 0
+    trials = load(url).trials
+    assert held_trial(default_export_dir("mnist")) == 1 and SUPERSEDED not in trials[1].user_attrs
+    assert re.fullmatch(r"by trial 1 \(val_acc 0\.\d{4}\), exported since: this trial's linked files are an export made when it was the best",
+                        trials[0].user_attrs[SUPERSEDED]), trials[0].user_attrs
+    assert linked(url, 0, "metrics.json")["best_trial"] == 0 and linked(url, 1, "metrics.json")["best_trial"] == 1
+    assert export_cli(url) == 0 and load(url).trials[0].user_attrs == trials[0].user_attrs  # a re-export: as it was

@@ -6,10 +6,12 @@
 
 The export folder (default: storage/exports/<study>) holds the model (safetensors, Lightning
 checkpoint, ONNX, model.json), the figures, metrics.json and report.html; a previous export
-there is replaced, anything else is never touched. The data is the study's own, read the way
-the run read it; the data options override that (for a moved data folder), and data that is
-not the study's is refused. The best weights come from the study's artifact store (the one it
-recorded, or --artifact-store), so any machine that reaches the store can export.
+there is replaced, anything else is never touched, and a folder inside an export is refused.
+The data is the study's own, read the way the run read it; the data options override that (for
+a moved data folder), and data that is not the study's is refused. A study search.run did not
+make (several objectives; finished trials without a classifier parameter) is refused first.
+The best weights come from the study's artifact store (the one it recorded, or --artifact-store),
+so any machine that reaches the store can export.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lightning_modules.errors import UserInputError, error_line
+from lightning_modules.errors import UserInputError, error_line, expand_home
 from search.failures import EXIT_STORAGE_FAILED, describe_storage_failure, storage_failure
 from search.options import (
     READ_FLAGS,
@@ -62,10 +64,23 @@ def _trial_number(text: str) -> int:
     return value
 
 
+def _out_folder(text: str) -> Path:
+    """--out as a folder on this machine, ~ its home folder (as for --data). A URL was made a
+    path (`http://u:pw@x/out` the folder ./http:/u:pw@x/out) and its password written into the
+    note, metrics.json and report.html; `s3://` wrote ./s3:/bucket."""
+    if "://" in text:
+        raise argparse.ArgumentTypeError("is a URL, and the export writes a folder on this machine: pass a folder's path "
+                                         "(the export's files are linked in the study's artifact store as well)")
+    try:
+        return expand_home(text, "--out")
+    except UserInputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineParser(prog="python -m search.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_flags(parser, (*READ_FLAGS, *RECORDED_DATA_FLAGS))
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: storage/exports/<study>)")
+    parser.add_argument("--out", type=_out_folder, default=None, help="output folder (default: storage/exports/<study>)")
     add_artifact_store_flag(parser, "read the best weights from and link the export's files in")
     parser.add_argument("--reproduce", type=_trial_number, metavar="TRIAL", default=None,
                         help="train this trial again from its record and print recorded vs reproduced validation accuracy")
@@ -136,19 +151,22 @@ def run(args: argparse.Namespace, stop_requested: Callable[[], bool] = lambda: F
     given = check_location(args.artifact_store) if args.artifact_store is not None else None
     name = getattr(args, "study_name", field_info(("study", "name"))[0])  # --study-name left out: the run's default
     from search.data import check_data
+    from search.export.target import check_completed, check_made_here, checked_target
     from search.storage import open_existing_storage
     from search.studies import load_existing_study, quiet_optuna
 
     quiet_optuna()
     study = load_existing_study(name, open_existing_storage(url))
+    check_made_here(study)  # a multi-objective or foreign study: before a trial's value or the data is read
     settings = _settings(study, args)
     if args.reproduce is not None:  # checks its trial first: one pruned untrained needs no data
         return reproduce_trial(study, settings, args.reproduce)
     check_data(settings.data)  # before torch: a bad data folder answers at once (the export reads it again)
-    from search.export.errors import ExportSuperseded
-    from search.export.exporter import checked_target, export_study
-
     checked_target(study, args.out)  # before the store is opened (which may create this machine's folder)
+    check_completed(study)  # before torch is imported and the data loaded
+    from search.export.errors import ExportSuperseded
+    from search.export.exporter import export_study
+
     store = open_store(given or recorded_location(study))  # given: e.g. the study's folder mounted elsewhere here
     if given is not None and str(given) != str(recorded_location(study)):
         check_given_store(study, store, given)

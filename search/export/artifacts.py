@@ -4,7 +4,8 @@ A re-export writes each file's new content into the artifact it linked before, s
 number of re-runs the dashboard shows each picture once; a file never linked is written under an
 id drawn from the study's uid, the trial and the file name, so two machines exporting at once
 write one artifact and one link. Where a race of older versions left two links for one name,
-both are given the new content: none shows a stale copy.
+both are given the new content: none shows a stale copy. An earlier export's links on a trial
+the study now ranks lower stay (its files, not this export's to delete) and are marked superseded.
 """
 
 from __future__ import annotations
@@ -15,16 +16,18 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
 import optuna
 from optuna.artifacts import get_all_artifact_meta
 from optuna.artifacts.exceptions import ArtifactNotFound
-from optuna.storages import RDBStorage
-from optuna.trial import FrozenTrial
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.trial import FrozenTrial, TrialState
 
 from search.optuna_compat import ArtifactStore, finished_trial_writable, link_artifact, study_storage
+from search.record import EXPORT_SUPERSEDED
 
 # What optuna-dashboard shows on the best trial: the pictures and the model in usable forms.
 # Not the .ckpt: it duplicates the safetensors weights in a format that can carry pickles.
@@ -84,7 +87,36 @@ def attach_artifacts(
             if name not in linked:
                 link_artifact(storage, target, owned[0], name, ARTIFACT_MIMETYPES.get(suffix, "application/octet-stream"))
             ids[name] = owned[0]
+        if target is trial:
+            mark_superseded(study, trial, backend)
     return linked_to, ids
+
+
+def mark_superseded(study: optuna.Study, exported: FrozenTrial, backend: BaseStorage) -> None:
+    """Mark the trials an earlier export linked its files to that rank below `exported` (as the
+    study picks its best): the dashboard showed each one's "Best model of study ..." report and
+    pictures with nothing saying a better trial had been exported since. Their links and files
+    stay: they are that export's, and no export deletes what it did not create.
+
+    Only trials that were the study's best when they finished are looked at (an export's trial
+    was the best when exported, so the best of every trial finished before it): a few link
+    reads, not one per trial. Called with the finished trials made writable."""
+    def rank(t: FrozenTrial) -> tuple[float, int]:
+        return float(t.value), -t.number  # type: ignore[arg-type]
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    done.sort(key=lambda t: (t.datetime_complete or datetime.min, t.number))
+    leaders: list[FrozenTrial] = []
+    best: FrozenTrial | None = None  # the best so far, in the order the trials finished
+    for t in done:
+        if best is None or rank(t) > rank(best):
+            best = t
+            leaders += [t] if rank(t) < rank(exported) else []
+    text = f"by trial {exported.number} (val_acc {exported.value:.4f}), exported since: this trial's linked files are an export made when it was the best"
+    study_id = backend.get_study_id_from_name(study.study_name) if leaders else None
+    for t in leaders:
+        if t.user_attrs.get(EXPORT_SUPERSEDED) != text and any(m.filename == "metrics.json" for m in get_all_artifact_meta(t, storage=backend)):
+            backend.set_trial_user_attr(backend.get_trial_id_from_study_id_trial_number(study_id, t.number), EXPORT_SUPERSEDED, text)
 
 
 def export_artifact_id(study: optuna.Study, trial: FrozenTrial | None, filename: str) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shlex
 import shutil
 import time
@@ -28,7 +27,6 @@ import optuna
 import torch
 
 from lightning_modules.data.split import DataSplit
-from lightning_modules.errors import check_path_length, has_control_character
 from search import record
 from search.artifact_stores import open_store, recorded_location
 from search.data import DataIdentity, check_data, data_identity, load_split
@@ -36,16 +34,16 @@ from search.export import figures, plots
 from search.export.artifacts import ARTIFACT_MIMETYPES, attach_artifacts
 from search.export.errors import ExportError, ExportInterrupted, ExportSuperseded
 from search.export.files import FILES, export_identity
-from search.export.folder import check_target, replace_dir, share, staging_dir
+from search.export.folder import replace_dir, share, staging_dir
 from search.export.metrics import DataRecord, ExportMetrics, ModelMetrics, OnnxCheckRecord, Seeds, TrialCounts
 from search.export.model_formats import write_model_files
 from search.export.report import render_report
 from search.export.reproduce import reproduce_command
 from search.export.study_plots import draw_study_plots
+from search.export.target import check_completed, check_made_here, checked_target, default_export_dir  # noqa: F401 - imported from here too
 from search.export.trained import TrainedTrial, load_trial_model
 from search.failures import storage_failure
 from search.optuna_compat import ArtifactStore, storage_url
-from search.paths import exports_dir, study_dir_name
 from search.redaction import clip, redact
 from search.settings import Settings
 from search.study import best_trials, study_status
@@ -63,11 +61,6 @@ class ExportResult:
     @property
     def test_accuracy(self) -> float:
         return self.metrics.test_accuracy
-
-
-def default_export_dir(study_name: str) -> Path:
-    """exports/<study folder>: the study's name made safe and unique (search/paths.py)."""
-    return exports_dir() / study_dir_name(study_name)
 
 
 def _finite(value: Any) -> Any:
@@ -162,9 +155,7 @@ def _trial_counts(study: optuna.Study) -> TrialCounts:
 
 
 def _load_models(study: optuna.Study, store: ArtifactStore, split: DataSplit, settings: Settings) -> dict[str, TrainedTrial]:
-    best = best_trials(study)
-    if "best" not in best:
-        raise ExportError(f"study {study.study_name!r} has no completed trial yet; run python -m search.run first")
+    best = best_trials(study)  # one at least: checked before the data loaded (check_completed)
     unique = {trial.number: trial for trial in best.values()}  # the best is often its classifier's best too
     by_number = {number: load_trial_model(trial, store, split, settings) for number, trial in unique.items()}
     return {key: by_number[trial.number] for key, trial in best.items()}
@@ -196,18 +187,6 @@ def swap_rule(study: optuna.Study, trial: optuna.trial.FrozenTrial, out_dir: Pat
     return keep
 
 
-def checked_target(study: optuna.Study, out_dir: Path | str | None) -> Path:
-    """The export folder, absolute ("." has no name to stage a sibling beside), once it is known
-    to be one an export may write (`check_target`): before anything else is opened or written."""
-    if out_dir is not None:
-        check_path_length(out_dir, "--out")
-        if has_control_character(str(out_dir)):  # the "exported ... ->" line split in two
-            raise ExportError(f"--out {str(out_dir)!r:.80} holds a control character (a line break, ...); name a folder without one")
-    target = Path(os.path.abspath(out_dir)) if out_dir is not None else default_export_dir(study.study_name)
-    check_target(target, FILES, export_identity(study))
-    return target
-
-
 def export_study(
     study: optuna.Study,
     out_dir: Path | None = None,
@@ -231,7 +210,9 @@ def export_study(
             raise ExportInterrupted
 
     start = time.perf_counter()
+    check_made_here(study)  # before any trial's value is read
     out_dir = checked_target(study, out_dir)
+    check_completed(study)  # before the data loads: there may be nothing to export
     owner = export_identity(study)
     settings = settings or record.study_settings(study)
     source = check_data(settings.data)

@@ -38,15 +38,42 @@ _STOPPED = re.compile(r"^- \*\*Stopped\*\*: (.*)$", re.MULTILINE)
 
 
 def export_summary(study: optuna.Study, target: float | None, budget: int, best: tuple[int, str, float | None], tested: tuple[float, str]) -> RunSummary:
-    """The note after `python -m search.export`: the last run's target, budget (its recorded
-    settings) and stop reason (its note's) kept; the best trial and the export this export's. A
-    --no-export run's note still said "export off" after the export. `best`: (trial, classifier,
-    its recorded value); `tested`: (test accuracy, export folder)."""
+    """The note after `python -m search.export`: the target and budget of the last run to start
+    (its recorded settings), the best trial and the export this export's (a --no-export run's
+    note still said "export off" after the export). `best`: (trial, classifier, its recorded
+    value); `tested`: (test accuracy, export folder).
+
+    The stop line says what holds now: trials running, or the stop rule that holds (the target or
+    the budget, as the run words it), or a timeout the last run's note gave for the same target
+    and budget (a deadline is not stored to check it against), or neither. A run records its
+    settings as it starts, and the note kept the last run's line as it was: an export during a
+    --trials 8 run wrote "Budget: 8" beside the finished --trials 1 run's "budget of 1 finished
+    trials spent"."""
+    from optuna.trial import TrialState
     from optuna_dashboard import get_note
 
-    found = _STOPPED.search(get_note(study))
-    stopped = found.group(1) if found and found.group(1) != "n/a" else None
+    from search.settings import StudyConfig
+    from search.stopping import finished_trials, stop_reason
+
+    note = get_note(study)
+    found = _STOPPED.search(note)
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    done = f"{len(finished_trials(study))} of the budget of {budget} trials finished"
+    timed_out = found and found.group(1).startswith("timeout") and all(line in note.splitlines() for line in _aim_lines(target, budget))
+    if running:
+        stopped = f"not yet: {running} trial(s) running, {done}"
+    else:
+        stopped = stop_reason(study, StudyConfig(trials=budget, target_accuracy=target)) or (
+            found.group(1) if found and timed_out else f"not at its target or budget: {done}, none running")
     return RunSummary(target, budget, stopped, *best).with_export(*tested)
+
+
+def _aim_lines(target: float | None, budget: int) -> list[str]:
+    """The note's target and budget lines: what a stop reason in the note answers."""
+    return [
+        f"- **Target** validation accuracy: {_fmt(target) if target is not None else 'none (spend the whole budget)'}",
+        f"- **Budget**: {budget} finished trials",
+    ]
 
 
 def _code(value: str) -> str:
@@ -81,8 +108,7 @@ def study_note(study_name: str, summary: RunSummary) -> str:
     lines = [
         f"{NOTE_TITLE}{_code(study_name)}",
         "",
-        f"- **Target** validation accuracy: {_fmt(target) if target is not None else 'none (spend the whole budget)'}",
-        f"- **Budget**: {summary.budget} finished trials",
+        *_aim_lines(target, summary.budget),
         f"- **Stopped**: {summary.stopped or 'n/a'}",
         f"- **Best**: {best}{f' ({summary.classifier})' if summary.classifier else ''}",
         f"- **Best validation accuracy**: {_fmt(summary.val_accuracy)}",
