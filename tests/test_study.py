@@ -12,7 +12,7 @@ from helpers import writer_storage
 from lightning_modules.data.split import DataSplit
 from search import record
 from search.objective import make_objective
-from search.resume import return_to_queue
+from search.resume import RetryDeadTrials, return_to_queue
 from search.settings import Settings
 from search.settings_file import load_settings
 from search.stopping import SurplusTrial, over_budget, remaining_budget, trial_at_target
@@ -336,6 +336,28 @@ def test_a_queued_retry_takes_the_last_slot_before_a_fresh_trial(storage_url: st
     assert record.retried_from(retry) == failed.number
     assert retry.state == TrialState.COMPLETE and retry.params == failed.params
     assert over_budget(study, 3)  # and the fresh trial, checking now, steps aside
+
+
+def test_a_fresh_trial_yields_the_last_slot_to_a_retry_queued_after_it_was_sampled(storage_url: str, name: str) -> None:
+    """A dead worker's trial is failed first and its retry queued after: a fresh trial sampled in
+    between saw the freed slot, the retry then took it too, and a study of 8 trials on
+    PostgreSQL ended with 9 finished when another machine was killed."""
+    settings = load_settings(None, {"study": {"name": name, "trials": 3, "target_accuracy": None}, "baseline": {"enabled": False}})
+    study = open_study(settings, writer_storage(storage_url)).study
+    for value in (0.5, 0.6):
+        done = study.ask()
+        suggest_params(done, settings.space)
+        study.tell(done, value)
+    dead = study.ask()  # a worker that died: failed by the heartbeat check, its retry not yet queued
+    suggest_params(dead, settings.space)
+    study.tell(dead, state=TrialState.FAIL)
+    fresh = study.ask()  # another worker's trial, sampled in that gap (no retry to pop)
+    RetryDeadTrials()(study, study.trials[dead.number])  # the retry is queued
+    assert over_budget(study, 3)  # the fresh trial, checking as it starts, steps aside
+    assert record.retried_from(study.get_trials(states=(TrialState.WAITING,))[0]) == dead.number
+    study.tell(fresh, state=TrialState.FAIL)
+    retry = study.ask()
+    assert record.retried_from(retry) == dead.number and not over_budget(study, 3, retry=True)  # the retry trains
 
 
 def test_two_retries_for_one_slot_both_go_back_to_the_queue(storage_url: str, name: str) -> None:
