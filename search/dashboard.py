@@ -18,6 +18,7 @@ if __name__ == "__main__":
     quiet_interrupt_while_starting("dashboard stopped", 0)  # as a Ctrl-C once it serves
 
 import argparse
+import errno
 import ipaddress
 import re
 import socket
@@ -88,6 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.storage is not None and not args.storage.strip():  # it opened the default database, as if --storage were left out
         parser.error("--storage is empty; give a storage URL, or leave --storage out for the default database")
+    if args.host.startswith("[") and args.host.endswith("]"):  # a URL's form: no address to bind, yet called "reachable from other machines"
+        parser.error(f"--host {clip(args.host, 60)}: write an IPv6 address without its brackets (--host {clip(args.host[1:-1], 58)})")
     if not is_loopback(args.host) and not args.allow_remote:
         parser.error(
             f"--host {clip(args.host, 60)} makes the dashboard reachable from other machines, without a password; "
@@ -98,10 +101,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def is_loopback(host: str) -> bool:
     """This machine only: localhost in any case, or any loopback address however written
-    (127.0.0.2, ::1 in full). Exact strings called 127.0.0.2 reachable from other machines."""
+    (127.0.0.2, ::1 in full, 127.1 as the resolver reads it). Exact strings called 127.0.0.2, and
+    ipaddress alone 127.1, reachable from other machines."""
+    if host.lower() == "localhost":
+        return True
     try:
-        return host.lower() == "localhost" or ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
+        pass
+    try:
+        return ipaddress.ip_address(socket.inet_aton(host)).is_loopback  # the short forms the server's bind takes
+    except OSError:
         return False
 
 
@@ -129,7 +139,17 @@ def bind_server(app: Any, host: str, port: int) -> WSGIServer:
         raise DashboardError(f"cannot listen on {host}:{port} ({error.strerror}); pass --host an address of this machine") from None
     except (OSError, OverflowError) as error:
         reason = getattr(error, "strerror", None) or error
-        raise DashboardError(f"cannot listen on {host}:{port} ({reason}); pass a free --port") from None
+        raise DashboardError(f"cannot listen on {host}:{port} ({reason}); {_bind_fix(getattr(error, 'errno', None))}") from None
+
+
+def _bind_fix(code: int | None) -> str:
+    """The advice for a refused bind, by its errno: "pass a free --port" was given for an address
+    this machine does not have too (--host 10.255.255.1 --allow-remote), where no port would do."""
+    if code == errno.EADDRNOTAVAIL:
+        return "pass --host an address of this machine (or 0.0.0.0 for all of them)"
+    if code in (errno.EACCES, errno.EPERM):
+        return "pass a --port of 1024 or more (lower ones need privileges)"
+    return "pass a free --port"
 
 
 def takes_ipv4(server: WSGIServer) -> bool:

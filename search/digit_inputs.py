@@ -10,6 +10,7 @@ escaped and shortened (`shown`) in every line predict prints.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import sys
 import warnings
@@ -20,11 +21,11 @@ import numpy as np
 
 from lightning_modules.data.format import IMAGE_SIDE, N_PIXELS
 from lightning_modules.errors import UserInputError, check_path_length, one_line
+from search.image_bounds import decode_cost_problem
 
 MAX_IMAGE_BYTES = 64 * 1024 * 1024  # a phone photo is a few MB; anything this big is not a digit
-# A phone photo is about 4032x3024; a transparent 4096x4096 PNG peaks near 400 MB on its way to
-# 28x28. The header's size is checked before anything is decoded: a few KB of PNG can claim
-# 13000x13000 pixels (GBs once decoded).
+# A phone photo is about 4032x3024; a transparent 4096x4096 PNG peaks near 400 MB on its way to 28x28.
+# The header's size is checked before anything is decoded: a few KB of PNG can claim 13000x13000 pixels (GBs once decoded).
 MAX_IMAGE_SIDE = 4096
 MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE
 DIGIT_BOX = 20  # MNIST fits each digit into 20x20 before centring it in 28x28
@@ -104,13 +105,16 @@ def _regular_file(path: Path, limit: int, what: str, fix: str = "") -> None:
 
 def file_in(path: Path, name: str, fix: str) -> Path:
     """The folder `path`'s file `name`, or `path` itself when it is no folder; a folder this user
-    may not enter is one line (Path.exists raised PermissionError with a traceback)."""
+    may not enter (Path.exists raised PermissionError) or a loop of symbolic links (which it calls missing) is one line."""
     try:
         file = path / name if path.is_dir() else path
         if file.exists():
             return file
+        file.stat()  # raises: a loop (ELOOP, which only this stat lets through) is named, a missing file said below
+    except (FileNotFoundError, NotADirectoryError):
+        pass
     except OSError as error:
-        raise cannot_read(path, error) from None
+        raise cannot_read(file if error.errno == errno.ELOOP else path, error) from None
     raise PredictError(f"{f'no {name} in {shown(path)}' if file != path else f'{shown(path)} does not exist'}; {fix}")
 
 
@@ -122,19 +126,6 @@ def read_bounded(path: Path, limit: int, what: str) -> bytes:
             return handle.read(limit)
     except OSError as error:
         raise cannot_read(path, error) from None
-
-
-def count_lines(path: Path, stop_after: int) -> int:
-    """The lines of `path` (a last one without a line end included), counted in 1 MB chunks and
-    stopping once there are more than `stop_after`: its size, not its line count, bounds the work."""
-    lines, last = 0, b"\n"
-    try:
-        with path.open("rb") as handle:
-            while lines <= stop_after and (chunk := handle.read(1024 * 1024)):
-                lines, last = lines + chunk.count(b"\n"), chunk[-1:]
-    except OSError as error:
-        raise cannot_read(path, error) from None
-    return lines + (last != b"\n")
 
 
 _SHRINK = f"scale it down to at most {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels (a digit needs only 28x28)"
@@ -190,14 +181,20 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+ORIENTATION = 0x0112  # the EXIF tag; each value's turn as ImageOps.exif_transpose makes it, without its rewrite of the
+# EXIF block, which decoded every number in it (an 8 MB PNG whose eXIf listed 4M: 3 s and 800 MB)
+_TURNS = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270", 7: "TRANSVERSE", 8: "ROTATE_90"}
+
+
 def _decode(path: Path, handle: Any) -> np.ndarray:
     """Decode the open file `handle` (its size judged from the header) and make it 8-bit grayscale."""
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     with Image.open(handle, formats=IMAGE_FORMATS) as opened:  # reads the header only
         _check_image_size(path, *opened.size)
         opened.load()
-        image = ImageOps.exif_transpose(opened)  # a phone photo is stored on its side
+        turn = _TURNS.get(opened.getexif().get(ORIENTATION, 1))  # a phone photo is stored on its side
+        image = opened.transpose(Image.Transpose[turn]) if turn else opened
         has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
         gray = _flatten_alpha(image) if has_alpha else _deep_to_gray(path, image) if image.mode in DEEP_MODES else image.convert("L")
         return np.asarray(gray, dtype=np.uint8)
@@ -205,19 +202,16 @@ def _decode(path: Path, handle: Any) -> np.ndarray:
 
 def read_image(path: Path) -> np.ndarray:
     """A grayscale uint8 array of an image in one of IMAGE_FORMATS; PredictError if it cannot be read.
-
-    Pillow's warnings (a TIFF tag with too many entries, ...) are recorded, not printed: the
-    user gets the prediction, or one line. Its decompression-bomb warning becomes that line."""
+    Pillow's warnings (a TIFF tag with too many entries, ...) are recorded, not printed: the user
+    gets the prediction, or one line. Its decompression-bomb warning becomes that line."""
     from PIL import Image, UnidentifiedImageError
 
     check_path(path, "the image path")
-    _regular_file(path, MAX_IMAGE_BYTES, "an image file")
+    data = read_bounded(path, MAX_IMAGE_BYTES, "an image file")  # read here: Pillow's plugins would call a refused read "corrupt"
+    if problem := decode_cost_problem(data):  # scans, TIFF tags: bounded before Pillow reads one, in the bytes it then decodes
+        raise PredictError(f"{shown(path)}: {problem}; save the digit as PNG")
     try:
-        handle = path.open("rb")  # opened here: Pillow's plugins would call a refused read "corrupt"
-    except OSError as error:
-        raise cannot_read(path, error) from None
-    try:
-        with handle, warnings.catch_warnings(record=True):
+        with io.BytesIO(data) as handle, warnings.catch_warnings(record=True):
             warnings.simplefilter("always")
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # raised by Image.open itself
             return _decode(path, handle)

@@ -66,15 +66,22 @@ def _operator_of(node: Any) -> str:
 def _check_operators(file: Path, model: Any) -> None:
     """Refuse control flow, any operator outside OPERATORS (in subgraphs too), more than
     MAX_GRAPH_NODES nodes (the walk stops there), and local functions: exports hold none, and a
-    function named as a standard operator would run a body the cost below never saw."""
+    function named as a standard operator would run a body the cost below never saw. Refuse sparse
+    tensors too (weights, a Constant's sparse_value): ONNX Runtime makes each dense, so 31 KB
+    declaring unused 16000x16000 ones took 3 GB, and no node's output counts them."""
     if model.functions:
         raise not_ours(file, f"its graph defines functions of its own ({shown(repr(model.functions[0].name), 60)}), which exports never hold")
     graphs, count = [model.graph], 0
     while graphs:
-        for node in graphs.pop().node:
+        graph = graphs.pop()
+        if graph.sparse_initializer:
+            raise not_ours(file, f"it holds a sparse weight ({shown(repr(graph.sparse_initializer[0].values.name), 60)}), which exports never do")
+        for node in graph.node:
             count += 1
             if count > MAX_GRAPH_NODES:
                 raise not_ours(file, f"its graph has more than {MAX_GRAPH_NODES:,} nodes; an export has a few dozen at most")
+            if any(a.HasField("sparse_tensor") or a.sparse_tensors for a in node.attribute):  # a Constant's sparse_value
+                raise not_ours(file, f"its {_operator_of(node)} node holds a sparse tensor, which exports never do")
             op = _operator_of(node)
             if op not in OPERATORS:
                 why = "control flow, whose cost has no bound" if op in CONTROL_FLOW else "an operator exports never hold"
@@ -83,14 +90,10 @@ def _check_operators(file: Path, model: Any) -> None:
 
 
 def _tensors(graph: Any) -> Iterator[Any]:
-    """Every tensor a graph holds: its weights (dense and sparse) and its nodes' constant attributes."""
+    """Every tensor a graph holds: its weights and its nodes' constant attributes (sparse ones were refused)."""
     yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield from (sparse.values, sparse.indices)
     for attribute in (a for node in graph.node for a in node.attribute):
         yield from (attribute.t, *attribute.tensors)
-        for sparse in (attribute.sparse_tensor, *attribute.sparse_tensors):
-            yield from (sparse.values, sparse.indices)
 
 
 def _in_another_file(tensor: Any) -> bool:
@@ -116,8 +119,6 @@ def _large_constant(node: Any) -> Any | None:
     lists = {"value_floats": TensorProto.FLOAT, "value_ints": TensorProto.INT64, "value_strings": TensorProto.STRING}
     if attr.name == "value" and math.prod(attr.t.dims) > SMALL_TENSOR:
         return _tensor_input(node.output[0], attr.t.data_type, attr.t.dims)
-    if attr.name == "sparse_value" and math.prod(attr.sparse_tensor.dims) > SMALL_TENSOR:
-        return _tensor_input(node.output[0], attr.sparse_tensor.values.data_type, attr.sparse_tensor.dims)
     if attr.name in lists and len(getattr(attr, attr.name[6:])) > SMALL_TENSOR:  # value_floats -> attr.floats
         return _tensor_input(node.output[0], lists[attr.name], [len(getattr(attr, attr.name[6:]))])
     return None
@@ -130,7 +131,7 @@ def _shapes_only(model: Any) -> tuple[Any, list[str]]:
     import onnx
 
     graph = model.graph
-    large = {t.name for t in graph.initializer if math.prod(t.dims) > SMALL_TENSOR} | {t.values.name for t in graph.sparse_initializer}
+    large = {t.name for t in graph.initializer if math.prod(t.dims) > SMALL_TENSOR}
     weights = large | {t.name for t in graph.initializer}
     fed = [i.name for i in graph.input if i.name not in weights]
     copy = onnx.GraphProto(name=graph.name)
@@ -144,7 +145,6 @@ def _shapes_only(model: Any) -> tuple[Any, list[str]]:
             copy.initializer.append(tensor)
         else:
             copy.input.append(_tensor_input(tensor.name, tensor.data_type, tensor.dims))
-    copy.input.extend(_tensor_input(s.values.name, s.values.data_type, s.dims) for s in graph.sparse_initializer)
     for node in graph.node:
         constant = _large_constant(node)
         if constant is None:

@@ -41,8 +41,8 @@ from search.digit_inputs import (  # re-exported (__all__): the predictor's publ
     MAX_IMAGE_SIDE,
     PredictError,
     _regular_file,
+    cannot_read,
     check_path,
-    count_lines,
     file_in,
     first_line,
     frame_digit,
@@ -194,6 +194,19 @@ def predict_images(model: Model, paths: Sequence[Path]) -> list[Prediction]:
     return predict_pixels(model, pixels, [str(path) for path in paths])
 
 
+def count_lines(path: Path, stop_after: int) -> int:
+    """The lines of `path` (a last one without a line end included), counted in 1 MB chunks and
+    stopping once there are more than `stop_after`: its size, not its line count, bounds the work."""
+    lines, last = 0, b"\n"
+    try:
+        with path.open("rb") as handle:
+            while lines <= stop_after and (chunk := handle.read(1024 * 1024)):
+                lines, last = lines + chunk.count(b"\n"), chunk[-1:]
+    except OSError as error:
+        raise cannot_read(path, error) from None
+    return lines + (last != b"\n")
+
+
 def _split_csv() -> str:
     return f"predict reads at most {MAX_CSV_ROWS:,} rows at a time: split the file"
 
@@ -227,11 +240,21 @@ def predict_csv(model: Model, path: Path) -> list[Prediction]:
 # ---------------------------------------------------------------- command line
 
 
+def _local_path(text: str) -> Path:
+    """A file's path on this machine. A URL became a path (`http:/u:pw@x/m.onnx` "does not exist",
+    its password quoted); '' became "." ("is a folder")."""
+    if not text:
+        raise argparse.ArgumentTypeError("is empty; give a file's path")
+    if "://" in text:
+        raise argparse.ArgumentTypeError("is a URL, and predict reads files on this machine: download it and give its path")
+    return Path(text)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = OneLineParser(prog="python -m search.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, required=True, help="export folder (or its model.onnx)")
-    parser.add_argument("--csv", type=Path, default=None, help="CSV file of rows: label, then 784 pixels 0-255")
-    parser.add_argument("images", nargs="*", type=Path, help="image files (PNG, JPEG, ...), 28x28 or larger")
+    parser.add_argument("--model", type=_local_path, required=True, help="export folder (or its model.onnx)")
+    parser.add_argument("--csv", type=_local_path, default=None, help="CSV file of rows: label, then 784 pixels 0-255")
+    parser.add_argument("images", nargs="*", type=_local_path, help="image files (PNG, JPEG, ...), 28x28 or larger")
     args = parser.parse_args(argv)
     if not args.images and args.csv is None:
         parser.error("give image files, --csv FILE, or both")

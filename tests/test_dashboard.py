@@ -458,6 +458,26 @@ def test_port_in_use_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Captu
     assert capsys.readouterr().err == f"error: cannot listen on 127.0.0.1:{port} (Address already in use); pass a free --port\n"
 
 
+def test_an_address_this_machine_does_not_have_is_named_as_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--host 10.255.255.1 --allow-remote failed to bind (EADDRNOTAVAIL) and said "pass a free --port",
+    which no port would fix. 192.0.2.1 is TEST-NET-1 (RFC 5737), assigned to no machine."""
+    import optuna
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("192.0.2.1", 0))
+        except OSError:
+            pass
+        else:
+            pytest.skip("this machine has 192.0.2.1")
+    db = tmp_path / "s.db"
+    optuna.create_study(study_name="mnist", storage=writer_storage(f"sqlite:///{db}"))
+    assert main(["--storage", f"sqlite:///{db}", "--host", "192.0.2.1", "--allow-remote", "--port", "0"]) == 2
+    assert capsys.readouterr().err == (
+        "error: cannot listen on 192.0.2.1:0 (Cannot assign requested address); pass --host an address of this machine (or 0.0.0.0 for all of them)\n"
+    )
+
+
 @contextmanager
 def serving_one_study(tmp_path: Path, host: str, *extra: str) -> Iterator[Dashboard]:
     """A dashboard on `host` (port 0) over a study 'mnist', serving in a thread until the block
@@ -482,14 +502,22 @@ def serving_one_study(tmp_path: Path, host: str, *extra: str) -> Iterator[Dashbo
 
 
 def studies_listed(board: Dashboard) -> list[str]:
-    with urllib.request.urlopen(f"{board.base}/api/studies", timeout=30) as response:  # noqa: S310 - a local test server
+    with urllib.request.urlopen(f"{board.base}/api/studies", timeout=30) as response:  # a local test server
         return [s["study_name"] for s in json.load(response)["study_summaries"]]
 
 
-@pytest.mark.parametrize("host", ["127.0.0.2", "0:0:0:0:0:0:0:1", "LOCALHOST"])
+@pytest.mark.parametrize("host", ["127.0.0.2", "0:0:0:0:0:0:0:1", "LOCALHOST", "127.1"])
 def test_a_loopback_host_however_written_needs_no_allow_remote(host: str) -> None:
-    """127.0.0.2, ::1 in full and LOCALHOST were refused as "reachable from other machines"."""
+    """127.0.0.2, ::1 in full, LOCALHOST and 127.1 were refused as "reachable from other machines"."""
     assert parse_args(["--host", host]).host == host
+
+
+def test_a_bracketed_ipv6_host_is_told_to_drop_the_brackets(capsys: pytest.CaptureFixture[str]) -> None:
+    """--host [::1] (a URL's form, which no socket binds) was called "reachable from other machines"."""
+    with pytest.raises(SystemExit) as caught:
+        parse_args(["--host", "[::1]"])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and "write an IPv6 address without its brackets (--host ::1)" in err and err.count("\n") == 1, err
 
 
 @pytest.mark.parametrize("host", LOOPBACK)

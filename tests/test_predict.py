@@ -7,6 +7,7 @@ their labels. Bad input is one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import shutil
@@ -34,6 +35,7 @@ from lightning_modules.hyperparams import HyperParams
 from lightning_modules.training import fit
 from search import predict
 from search.export.model_formats import export_onnx
+from search.image_bounds import MAX_JPEG_SCANS, MAX_TIFF_VALUES
 from search.predict import PredictError
 
 
@@ -225,6 +227,23 @@ def test_too_many_images_on_one_command_line_is_one_line(known: Known, capsys: p
     with pytest.raises(SystemExit) as caught:
         predict.main(["--model", str(known.folder), *["x.png"] * (predict.MAX_IMAGES + 1)])
     assert caught.value.code == 2 and "at most" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["--model", "http://u:hunter2@x/model.onnx", "a.png"], "argument --model: is a URL, and predict reads files on this machine"),
+    (["--model", "M", "--csv", "https://u:hunter2@x/a.csv"], "argument --csv: is a URL"),
+    (["--model", "M", "s3://bucket/hunter2.png"], "argument images: is a URL"),
+    (["--model", "", "a.png"], "argument --model: is empty; give a file's path"),
+    (["--model", "M", "--csv", ""], "argument --csv: is empty"),
+    (["--model", "M", ""], "argument images: is empty"),
+])
+def test_a_url_or_an_empty_path_is_refused_as_such(argv: list[str], said: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A URL became a path ("http:/u:hunter2@x/model.onnx does not exist", its password quoted);
+    '' became "." ("is a folder")."""
+    with pytest.raises(SystemExit) as caught:
+        predict.main(argv)
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and err.count("\n") == 1 and said in err and "hunter2" not in err, err
 
 
 def blank_png(path: Path, width: int, height: int) -> Path:
@@ -567,6 +586,126 @@ def test_cli_pillows_warnings_stay_off_stderr(tmp_path: Path, python: str, run_e
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         f"error: {cut}: corrupt or truncated image (image file is truncated (8 bytes not processed))"
     ], result.stderr
+
+
+def jpeg_scans(data: bytes) -> list[tuple[int, int]]:
+    """(start, end) of each scan of a JPEG: its SOS segment and the entropy-coded data after it."""
+    at, scans = 2, []
+    while data[at + 1] != 0xD9:  # EOI
+        end = at + 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+        if data[at + 1] == 0xDA:  # SOS: the scan runs to the next marker that is no stuffed byte or restart
+            while not (data[end] == 0xFF and data[end + 1] != 0 and not 0xD0 <= data[end + 1] <= 0xD7):
+                end += 1
+            scans.append((at, end))
+        at = end
+    return scans
+
+
+def progressive_jpeg(path: Path, extra_scans: int = 0) -> Path:
+    """A 64x64 progressive JPEG of a bar, its smallest scan repeated `extra_scans` times more (the red
+    team's 3.3 MB file repeated one 100,000 times at 4096x4096: 260 s to decode)."""
+    image = np.zeros((64, 64), dtype=np.uint8)
+    image[10:54, 28:36] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "JPEG", progressive=True, quality=90)
+    data = buffer.getvalue()
+    scans = jpeg_scans(data)
+    start, end = min(scans, key=lambda scan: scan[1] - scan[0])
+    path.write_bytes(data[: scans[-1][1]] + data[start:end] * extra_scans + data[scans[-1][1] :])
+    return path
+
+
+def never_opened(*_: object, **__: object) -> None:
+    raise AssertionError("Pillow was given an image whose decoding cost is beyond the bound")
+
+
+def test_a_jpeg_of_more_scans_than_a_decoder_should_read_is_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each scan of a progressive JPEG passes over the whole image again; only the sides were
+    checked. The scans are counted in the file's bytes before Pillow opens it."""
+    folder = matmul_folder(tmp_path / "model", np.zeros((784, 10)), "logits")
+    assert predict.read_image(progressive_jpeg(tmp_path / "normal.jpg")).max() > 200  # libjpeg's 6 scans
+    assert predict.read_image(progressive_jpeg(tmp_path / "slow.jpg", MAX_JPEG_SCANS - 10)).max() > 200
+    many = progressive_jpeg(tmp_path / "many.jpg", MAX_JPEG_SCANS)
+    monkeypatch.setattr(Image, "open", never_opened)
+    assert predict.main(["--model", str(folder), str(many)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (
+        f"error: {many}: a JPEG of {MAX_JPEG_SCANS + 6} scans, more than the {MAX_JPEG_SCANS} a JPEG decoder should read "
+        "(a progressive JPEG has about 10); save the digit as PNG\n"
+    ), captured.err
+
+
+def test_a_photo_on_its_side_is_turned_without_decoding_every_number_of_its_exif(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ImageOps.exif_transpose wrote the EXIF block out again after turning the image, decoding every
+    number in it: an 8 MB PNG whose eXIf listed 4M of them took 3 s and 800 MB. Only the
+    orientation is read now; the image is still turned as EXIF says."""
+    image = np.zeros((28, 28), dtype=np.uint8)
+    image[2:8, 3:25] = 255  # a bar along the top: where it lands tells the turn
+    exif = Image.Exif()
+    exif[0x0112], exif[50_000] = 6, tuple(range(1000))  # 6: stored turned a quarter left, to be turned right
+    Image.fromarray(image).save(tmp_path / "side.png", exif=exif.tobytes())
+
+    def never(*_: object, **__: object) -> bytes:
+        raise AssertionError("the EXIF block was written out again")
+
+    monkeypatch.setattr(Image.Exif, "tobytes", never)
+    assert np.array_equal(predict.read_image(tmp_path / "side.png"), np.rot90(image, k=-1))
+
+
+def tiff_of_strips(path: Path, strips: int, endian: str = "<", big: bool = False) -> Path:
+    """A 28x28 8-bit grey TIFF (BigTIFF where `big`) of a bar, in strips of one row: with 28 a
+    proper one; with more its rows listed again and again (the red team's 64 MB file listed 8M
+    strips: 75 s and 2.2 GB to open)."""
+    word, inline = ("Q", 8) if big else ("I", 4)
+    header = (b"II" if endian == "<" else b"MM") + (struct.pack(endian + "HHHQ", 43, 8, 0, 16) if big else struct.pack(endian + "HI", 42, 8))
+    short = {256: 28, 257: 28, 258: 8, 259: 1, 262: 1, 277: 1}  # sides, bits, no compression, black is 0, one sample
+    tags = 9
+    pixels = len(header) + (8 if big else 2) + tags * (12 + 2 * (inline - 4)) + inline  # after the directory: count, entries, next
+    offsets, counts = pixels + 28 * 28, pixels + 28 * 28 + 4 * strips
+
+    def entry(tag: int, kind: int, count: int, value: bytes) -> bytes:
+        return struct.pack(endian + "HH" + word, tag, kind, count) + value.ljust(inline, b"\0")
+
+    entries = [entry(tag, 3, 1, struct.pack(endian + "H", value)) for tag, value in short.items()]
+    entries += [entry(273, 4, strips, struct.pack(endian + word, offsets)), entry(278, 4, 1, struct.pack(endian + "I", 1))]
+    entries += [entry(279, 4, strips, struct.pack(endian + word, counts))]
+    image = np.zeros((28, 28), dtype=np.uint8)
+    image[5:23, 12:16] = 255
+    row_offsets = [pixels + 28 * (row % 28) for row in range(strips)]
+    path.write_bytes(
+        header + struct.pack(endian + ("Q" if big else "H"), tags) + b"".join(sorted(entries)) + struct.pack(endian + word, 0)
+        + image.tobytes() + struct.pack(f"{endian}{strips}I", *row_offsets) + struct.pack(f"{endian}{strips}I", *[28] * strips)
+    )
+    return path
+
+
+@pytest.mark.parametrize("layout", ["little-endian", "big-endian", "bigtiff"])
+def test_a_tiff_listing_more_strips_than_an_image_could_need_is_refused_before_it_is_opened(
+    layout: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pillow reads every value of the first directory's strip tags on open and makes a tile of
+    each strip: the numbers listed there are counted from the file's bytes before it opens it.
+    TIFFs Pillow writes (several strips, compressed, BigTIFF) are read as before."""
+    endian, big = (">" if layout == "big-endian" else "<"), layout == "bigtiff"
+    bar = predict.read_image(tiff_of_strips(tmp_path / "rows.tif", 28, endian, big))
+    assert bar.shape == (28, 28) and bar[5:23, 12:16].min() == 255 and bar[:5].max() == 0
+    image = Image.fromarray(np.kron(bar, np.ones((8, 8), dtype=np.uint8)))
+    for name, options in {"strips": {"strip_size": 224}, "deflate": {"compression": "tiff_adobe_deflate"}, "lzw": {"compression": "tiff_lzw"},
+                          "big": {"big_tiff": True, "strip_size": 224}}.items():
+        image.save(tmp_path / f"{name}.tif", **options)
+        assert predict.read_image(tmp_path / f"{name}.tif").shape == (224, 224), name
+    folder = matmul_folder(tmp_path / "model", np.zeros((784, 10)), "logits")
+    strips = MAX_TIFF_VALUES // 2 + 1  # offsets and byte counts: 1.05 MB
+    hostile = tiff_of_strips(tmp_path / "strips.tif", strips, endian, big)
+    monkeypatch.setattr(Image, "open", never_opened)
+    assert predict.main(["--model", str(folder), str(hostile)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (
+        f"error: {hostile}: a TIFF whose first directory lists {2 * strips + 7:,} numbers (strip offsets and the like), "
+        f"more than {MAX_TIFF_VALUES:,}; save the digit as PNG\n"
+    ), captured.err
 
 
 # ---------------------------------------------------------------- unreadable files, hostile names and graphs

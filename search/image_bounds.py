@@ -1,0 +1,71 @@
+"""What an image file's bytes make Pillow do, judged from the bytes before Pillow opens them.
+
+search/digit_inputs.py checks an image's sides from its header before decoding it, yet a file of
+sides under the bound can still cost far more than its pixels: a 3.3 MB progressive JPEG of
+100,000 scans took 260 s to decode (each scan passes over the whole image again), and a 64 MB
+TIFF of 28x28 pixels listing 8M strips took 75 s and 2.2 GB (Pillow reads every value of its
+first directory's strip tags on open, and makes a tile of each strip). Each check here counts in
+bytes already read and size-bounded, and says what is wrong in a phrase; None where nothing is.
+"""
+
+from __future__ import annotations
+
+import struct
+
+# libjpeg-turbo's TurboJPEG refuses more than 500 scans when told to limit them (TJFLAG_LIMITSCANS,
+# tjbench -limitscans), its guard against this very file; libjpeg writes a progressive JPEG in 6
+# (grayscale) or 10 (colour) scans, and optimisers such as mozjpeg stay within a few dozen. At
+# 4096x4096, 500 scans decoded in under 1 s here, against 260 s for 100,000.
+MAX_JPEG_SCANS = 500
+_SOS = b"\xff\xda"  # start of scan: 0xFF in entropy-coded data is stuffed (FF 00), so each one is a scan
+# An image of at most 4096x4096 needs at most one strip per row and sample (4 samples: 16,384
+# strips, 32,768 values with their byte counts), or 65,536 tiles of TIFF's smallest (16x16): 131,072
+# values. The bound leaves twice that: 262,144 strip offsets and counts open in about 1.5 s and 30 MB.
+MAX_TIFF_VALUES = 1 << 18
+MAX_TIFF_ENTRIES = 4096  # tags in the first directory: an image has a few dozen; Pillow reads each one twice
+# Bytes per value of the TIFF types Pillow reads as numbers (a tuple of Python objects); BYTE (1),
+# ASCII (2) and UNDEFINED (7) it keeps as one bytes object, and a type it does not know it skips.
+_NUMBER_SIZES = {3: 2, 4: 4, 5: 8, 6: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8}
+
+
+def decode_cost_problem(data: bytes) -> str | None:
+    """Why decoding the image `data` would cost more than any image of the sides allowed, or None."""
+    if data.startswith(b"\xff\xd8"):
+        return _jpeg_problem(data)
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II\x00*", b"MM*\x00", b"II+\x00", b"MM\x00+"):  # Pillow's TIFF prefixes
+        return _tiff_problem(data)
+    return None
+
+
+def _jpeg_problem(data: bytes) -> str | None:
+    """Too many scans. Counted over the whole file, an upper bound: a marker inside an EXIF
+    thumbnail or another segment's bytes counts too, a handful at most."""
+    scans = data.count(_SOS)
+    if scans > MAX_JPEG_SCANS:
+        return f"a JPEG of {scans:,} scans, more than the {MAX_JPEG_SCANS} a JPEG decoder should read (a progressive JPEG has about 10)"
+    return None
+
+
+def _tiff_problem(data: bytes) -> str | None:
+    """Too many tags in the first directory (the one Pillow opens), or too many numeric values in
+    them. Only values the file holds count: Pillow skips a tag whose data lies past the end. A header
+    too short or pointing outside the file is left to Pillow, which calls it corrupt."""
+    endian = "<" if data[:2] == b"II" else ">"
+    big = data[2] == 0x2B  # BigTIFF: 8-byte counts and offsets, 20-byte entries
+    word, entry_size, inline = ("Q", 20, 8) if big else ("L", 12, 4)
+    try:
+        (first,) = struct.unpack_from(endian + word, data, 8 if big else 4)
+        (entries,) = struct.unpack_from(endian + ("Q" if big else "H"), data, first)
+    except struct.error:
+        return None
+    if entries > MAX_TIFF_ENTRIES:
+        return f"a TIFF whose first directory has {entries:,} tags, more than {MAX_TIFF_ENTRIES:,}"
+    values, start = 0, first + (8 if big else 2)
+    for at in range(start, min(start + entries * entry_size, len(data) - entry_size + 1), entry_size):
+        _tag, kind, count, where = struct.unpack_from(endian + "HH" + word + word, data, at)
+        size = count * _NUMBER_SIZES.get(kind, 0)  # 0: kept as bytes, or skipped
+        if 0 < size and (size <= inline or where + size <= len(data)):
+            values += count
+    if values > MAX_TIFF_VALUES:
+        return f"a TIFF whose first directory lists {values:,} numbers (strip offsets and the like), more than {MAX_TIFF_VALUES:,}"
+    return None
