@@ -165,7 +165,7 @@ class TrainingConfig(Strict):
     max_epochs: int = Field(default=8, gt=0, le=MAX_TRIAL_EPOCHS, description="epochs per trial (a promotion trains longer)")
     promote_factor: int | None = Field(
         default=3, ge=2, le=100,
-        description=f"a trial that becomes its classifier's best is trained once more with this many times max_epochs, at most {MAX_TRIAL_EPOCHS} (null: never)",
+        description=f"a trial that becomes its classifier's best is trained once more with this many times max_epochs (2-100; at most {MAX_TRIAL_EPOCHS} epochs) (null: never)",
     )
     snapshot_steps: list[int] = Field(
         default=[10, 100, 1000], max_length=MAX_SNAPSHOTS, description="optimizer steps at which first-layer weights are kept",

@@ -363,6 +363,26 @@ def test_write_study_note_replaces_the_previous_note(tmp_path: Path) -> None:
     assert get_note(load_existing_study("mnist", storage)) == study_note("mnist", replace(SUMMARY, completed_dnn_trials=0))
 
 
+@pytest.mark.parametrize("folder", ["storage/exports/mnist", "/tmp/a `tick` folder"])
+def test_a_run_that_exports_nothing_keeps_the_export_the_note_named_for_the_same_best_trial(tmp_path: Path, folder: str) -> None:
+    """A --no-export run (or one with nothing left to run) after an export wrote "Test accuracy: n/a",
+    "Export folder: none (export off)" and "export it for the pictures" beside the export on disk,
+    its files linked to the best trial. Another best trial's run says so: that export is not its."""
+    import optuna
+    from optuna_dashboard import get_note
+
+    storage = writer_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(study_name="mnist", storage=storage, direction="maximize")
+    exported = replace(SUMMARY, export_dir=folder)
+    write_study_note(study, exported)
+    unexported = replace(SUMMARY, test_accuracy=None, export_dir=None, stopped="budget of 100 finished trials spent")
+    write_study_note(study, unexported)
+    note = get_note(load_existing_study("mnist", storage))
+    assert note == study_note("mnist", replace(exported, stopped=unexported.stopped, completed_dnn_trials=0)), note
+    write_study_note(study, replace(unexported, best_trial=18))
+    assert "none (export off)" in get_note(load_existing_study("mnist", storage))
+
+
 # ---- the command line ------------------------------------------------------------------------
 
 def test_dashboard_module_does_not_import_torch(python: str, run_env: dict[str, str]) -> None:

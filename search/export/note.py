@@ -136,5 +136,21 @@ def write_study_note(study: optuna.Study, summary: RunSummary) -> bool:
     if current.strip() and not current.startswith(NOTE_TITLE):
         return False
     dnn = sum(t.params.get(CLASSIFIER_PARAM) == "dnn" for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    save_note(study, study_note(study.study_name, replace(summary, completed_dnn_trials=dnn)))
+    save_note(study, study_note(study.study_name, replace(with_earlier_export(current, summary), completed_dnn_trials=dnn)))
     return True
+
+
+_BEST = re.compile(r"^- \*\*Best\*\*: trial ([0-9]+)", re.MULTILINE)
+_TESTED = re.compile(r"^- \*\*Test accuracy\*\* of the best trial: ([0-9]\.[0-9]+)$", re.MULTILINE)
+_FOLDER = re.compile(r"^- \*\*Export folder\*\*: (`+) ?(.+?) ?\1$", re.MULTILINE)
+
+
+def with_earlier_export(note: str, summary: RunSummary) -> RunSummary:
+    """`summary` of a run that exported nothing (--no-export, or nothing left to run), with the
+    test accuracy and folder of the export the previous note named, where that was an export of
+    this same best trial: the note said "none (export off)" and "export it for the pictures" beside
+    an export on disk and its files linked to the trial."""
+    best, tested, folder = _BEST.search(note), _TESTED.search(note), _FOLDER.search(note)
+    if summary.export_dir is not None or not (best and tested and folder) or int(best.group(1)) != summary.best_trial:
+        return summary
+    return summary.with_export(float(tested.group(1)), folder.group(2))
