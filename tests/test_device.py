@@ -180,7 +180,7 @@ def test_cpu_threads_are_an_equal_share_of_the_cores(workers: int, cores: int, t
     assert thread_share(workers, cores) == threads
 
 
-@pytest.mark.parametrize(("omp", "threads"), [("3", 3), (None, 8), ("", 8), ("2,1", 8)])
+@pytest.mark.parametrize(("omp", "threads"), [("3", 3), (None, 8), ("2,1", 8)])  # set but empty: refused (below)
 def test_the_first_line_counts_the_threads_torch_is_given(omp: str | None, threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """OMP_NUM_THREADS, when a positive count, is what configure_torch sets and what the run's
     first line says; unset or OpenMP's per-level list falls back to the share of the cores."""
