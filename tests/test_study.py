@@ -338,16 +338,22 @@ def test_a_queued_retry_takes_the_last_slot_before_a_fresh_trial(storage_url: st
     assert over_budget(study, 3)  # and the fresh trial, checking now, steps aside
 
 
-def test_a_fresh_trial_yields_the_last_slot_to_a_retry_queued_after_it_was_sampled(storage_url: str, name: str) -> None:
-    """A dead worker's trial is failed first and its retry queued after: a fresh trial sampled in
-    between saw the freed slot, the retry then took it too, and a study of 8 trials on
-    PostgreSQL ended with 9 finished when another machine was killed."""
+def two_of_three_finished(storage_url: str, name: str) -> tuple[Settings, optuna.Study]:
+    """A study with a budget of 3 trials and 2 of them finished: one slot left."""
     settings = load_settings(None, {"study": {"name": name, "trials": 3, "target_accuracy": None}, "baseline": {"enabled": False}})
     study = open_study(settings, writer_storage(storage_url)).study
     for value in (0.5, 0.6):
         done = study.ask()
         suggest_params(done, settings.space)
         study.tell(done, value)
+    return settings, study
+
+
+def test_a_fresh_trial_yields_the_last_slot_to_a_retry_queued_after_it_was_sampled(storage_url: str, name: str) -> None:
+    """A dead worker's trial is failed first and its retry queued after: a fresh trial sampled in
+    between saw the freed slot, the retry then took it too, and a study of 8 trials on
+    PostgreSQL ended with 9 finished when another machine was killed."""
+    settings, study = two_of_three_finished(storage_url, name)
     dead = study.ask()  # a worker that died: failed by the heartbeat check, its retry not yet queued
     suggest_params(dead, settings.space)
     study.tell(dead, state=TrialState.FAIL)
@@ -361,12 +367,7 @@ def test_a_fresh_trial_yields_the_last_slot_to_a_retry_queued_after_it_was_sampl
 
 
 def test_two_retries_for_one_slot_both_go_back_to_the_queue(storage_url: str, name: str) -> None:
-    settings = load_settings(None, {"study": {"name": name, "trials": 3, "target_accuracy": None}, "baseline": {"enabled": False}})
-    study = open_study(settings, writer_storage(storage_url)).study
-    for value in (0.5, 0.6):
-        done = study.ask()
-        suggest_params(done, settings.space)
-        study.tell(done, value)
+    settings, study = two_of_three_finished(storage_url, name)
     running = [study.ask(), study.ask()]  # both asked before either is queued again (an ask pops the queue)
     from search.resume import requeue
 
