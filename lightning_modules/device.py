@@ -48,6 +48,16 @@ def _positive_count(text: str) -> bool:
     return text.isascii() and text.isdigit() and int(text) > 0
 
 
+def _unset_if_blank(variable: str) -> str:
+    """The variable's value, stripped; set but blank, it is removed from this process's environment
+    (and so from its workers') and read as unset, as a shell template such as
+    OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK} leaves it where its source is unset."""
+    value = os.environ.get(variable)
+    if value is not None and not value.strip():
+        del os.environ[variable]
+    return (value or "").strip()
+
+
 def usable_cores() -> int:
     """The CPUs this process may use: the least of the machine's, its affinity mask's and a
     container's CPU quota (cgroup v1 or v2), as joblib (loky) counts them.
@@ -58,10 +68,7 @@ def usable_cores() -> int:
     DeviceError here rather than joblib's ValueError traceback."""
     import joblib
 
-    raw = os.environ.get("LOKY_MAX_CPU_COUNT")
-    limit = (raw or "").strip()
-    if raw is not None and not limit:  # joblib reads the raw value: '' was int('')'s ValueError traceback
-        raise DeviceError("LOKY_MAX_CPU_COUNT is set but empty; unset it or set a count like 2")
+    limit = _unset_if_blank("LOKY_MAX_CPU_COUNT")  # joblib reads the raw value: '' was int('')'s ValueError traceback
     if limit and not _positive_count(limit):  # joblib read 0 and -5 as 1 CPU, '1.5' as a ValueError
         raise DeviceError(f"LOKY_MAX_CPU_COUNT={limit[:40]!r} is not a whole number of CPUs; unset it or set a count like 2")
     return int(joblib.cpu_count())
@@ -77,10 +84,7 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
     is several times faster than two that spin against the other load (docs/BENCHMARKS.md).
     On an idle 2-core machine one worker gains about 1.2x from its second thread.
     """
-    raw = os.environ.get("OMP_NUM_THREADS")
-    explicit = (raw or "").strip()
-    if raw is not None and not explicit:  # libgomp warns of '' on torch's import and ignores it
-        raise DeviceError("OMP_NUM_THREADS is set but empty; unset it or set a positive count like 1")
+    explicit = _unset_if_blank("OMP_NUM_THREADS")  # libgomp warned of '' on torch's import, then ignored it
     levels = explicit.split(",")  # OpenMP's form: a count per nesting level, "4" or "4,1"
     if explicit and not all(_positive_count(level.strip()) for level in levels):  # libgomp warns and ignores it
         raise DeviceError(f"OMP_NUM_THREADS={explicit[:20]!r} is not a thread count; set a positive count like 1, or unset it")

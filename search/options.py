@@ -20,6 +20,8 @@ from search.paths import DEFAULT_DB
 from search.redaction import clip, secrets_in
 from search.settings import field_info
 
+URL_START = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # a URL's scheme (RFC 3986): a path with '://' further in is a path
+
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse prints its usage block before an error; a user needs the one line that says what is wrong.

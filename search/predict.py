@@ -55,7 +55,7 @@ from search.digit_inputs import (  # re-exported (__all__): the predictor's publ
     to_white_on_black,
 )
 from search.onnx_graph import Graph, not_ours, read_graph, unloadable
-from search.options import OneLineParser
+from search.options import URL_START, OneLineParser
 
 # Every CSV row costs ~15 KB on its way through the parser and the model (text, int64 cells,
 # float32 pixels), and every line, blank or not, a list entry; 10,000 rows (MNIST's test set)
@@ -245,7 +245,7 @@ def _local_path(text: str) -> Path:
     its password quoted); '' became "." ("is a folder")."""
     if not text:
         raise argparse.ArgumentTypeError("is empty; give a file's path")
-    if "://" in text:
+    if URL_START.match(text):
         raise argparse.ArgumentTypeError("is a URL, and predict reads files on this machine: download it and give its path")
     return Path(text)
 

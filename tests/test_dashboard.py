@@ -363,24 +363,45 @@ def test_write_study_note_replaces_the_previous_note(tmp_path: Path) -> None:
     assert get_note(load_existing_study("mnist", storage)) == study_note("mnist", replace(SUMMARY, completed_dnn_trials=0))
 
 
-@pytest.mark.parametrize("folder", ["storage/exports/mnist", "/tmp/a `tick` folder"])
-def test_a_run_that_exports_nothing_keeps_the_export_the_note_named_for_the_same_best_trial(tmp_path: Path, folder: str) -> None:
+@pytest.mark.parametrize("name", ["exports", "a `tick` folder "])
+def test_a_run_that_exports_nothing_keeps_the_export_the_note_named_while_it_holds_the_best_trial(tmp_path: Path, name: str) -> None:
     """A --no-export run (or one with nothing left to run) after an export wrote "Test accuracy: n/a",
     "Export folder: none (export off)" and "export it for the pictures" beside the export on disk,
-    its files linked to the best trial. Another best trial's run says so: that export is not its."""
+    its files linked to the best trial. A folder gone, or holding another trial's export, is not kept."""
+    import json
+
+    import optuna
+    from optuna_dashboard import get_note
+
+    from search.export.files import export_identity
+    from search.export.folder import MARKER
+
+    storage = writer_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(study_name="mnist", storage=storage, direction="maximize")
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / MARKER).write_text(export_identity(study).marker_text())
+    (folder / "metrics.json").write_text(json.dumps({"best_trial": 17, "test_accuracy": 0.9611}))
+    write_study_note(study, replace(SUMMARY, export_dir=str(folder)))
+    unexported = replace(SUMMARY, test_accuracy=None, export_dir=None, stopped="budget of 100 finished trials spent")
+    write_study_note(study, unexported)
+    note = get_note(load_existing_study("mnist", storage))
+    assert note == study_note("mnist", replace(unexported, test_accuracy=0.9611, export_dir=str(folder), completed_dnn_trials=0)), note
+    (folder / "metrics.json").write_text(json.dumps({"best_trial": 12, "test_accuracy": 0.9}))  # another export replaced it
+    write_study_note(study, unexported)
+    assert "none (export off)" in get_note(load_existing_study("mnist", storage))
+
+
+def test_a_run_that_exports_nothing_names_no_export_that_is_gone(tmp_path: Path) -> None:
     import optuna
     from optuna_dashboard import get_note
 
     storage = writer_storage(f"sqlite:///{tmp_path / 's.db'}")
     study = optuna.create_study(study_name="mnist", storage=storage, direction="maximize")
-    exported = replace(SUMMARY, export_dir=folder)
-    write_study_note(study, exported)
-    unexported = replace(SUMMARY, test_accuracy=None, export_dir=None, stopped="budget of 100 finished trials spent")
-    write_study_note(study, unexported)
+    write_study_note(study, replace(SUMMARY, export_dir=str(tmp_path / "deleted")))
+    write_study_note(study, replace(SUMMARY, test_accuracy=None, export_dir=None))
     note = get_note(load_existing_study("mnist", storage))
-    assert note == study_note("mnist", replace(exported, stopped=unexported.stopped, completed_dnn_trials=0)), note
-    write_study_note(study, replace(unexported, best_trial=18))
-    assert "none (export off)" in get_note(load_existing_study("mnist", storage))
+    assert "none (export off)" in note and "**Test accuracy** of the best trial: n/a" in note, note
 
 
 # ---- the command line ------------------------------------------------------------------------

@@ -168,3 +168,4 @@ def test_an_out_under_the_home_folder_is_that_folder(tmp_path: Path, monkeypatch
 
     monkeypatch.setenv("HOME", str(tmp_path))
     assert parse_args(["--out", "~/w/x"]).out == tmp_path / "w" / "x"
+    assert parse_args(["--out", "w/a://b"]).out == Path("w/a://b")  # '://' past a scheme's place: a path, not a URL

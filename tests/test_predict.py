@@ -246,6 +246,11 @@ def test_a_url_or_an_empty_path_is_refused_as_such(argv: list[str], said: str, c
     assert caught.value.code == 2 and err.count("\n") == 1 and said in err and "hunter2" not in err, err
 
 
+def test_a_path_holding_a_url_further_in_is_a_path() -> None:
+    args = predict.parse_args(["--model", "exports/http://x", "photos/a://b.png"])
+    assert (args.model, args.images) == (Path("exports/http://x"), [Path("photos/a://b.png")])
+
+
 def blank_png(path: Path, width: int, height: int) -> Path:
     """A valid 1-bit black PNG of any size, written row by row: 13000x13000 is ~20 KB on disk."""
 
@@ -632,9 +637,22 @@ def test_a_jpeg_of_more_scans_than_a_decoder_should_read_is_refused_before_decod
     assert predict.main(["--model", str(folder), str(many)]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == (
-        f"error: {many}: a JPEG of {MAX_JPEG_SCANS + 6} scans, more than the {MAX_JPEG_SCANS} a JPEG decoder should read "
+        f"error: {many}: a JPEG of more than {MAX_JPEG_SCANS} scans, more than a JPEG decoder should read "
         "(a progressive JPEG has about 10); save the digit as PNG\n"
     ), captured.err
+
+
+def test_start_of_scan_bytes_outside_the_scans_are_no_scans(tmp_path: Path) -> None:
+    """FF DA was counted anywhere in the file: a photo with 40 MB appended after its end (a phone's
+    motion-photo video; random bytes hold an FF DA every 64 KB) was refused as a JPEG of 621 scans."""
+    from search.image_bounds import jpeg_scans as scans_read
+
+    data = progressive_jpeg(tmp_path / "plain.jpg").read_bytes()
+    comment = b"\xff\xda" * (MAX_JPEG_SCANS + 1)
+    padded = tmp_path / "padded.jpg"
+    padded.write_bytes(data[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + data[2:] + comment)
+    assert scans_read(padded.read_bytes()) == scans_read(data) == len(jpeg_scans(data))
+    assert np.array_equal(predict.read_image(padded), predict.read_image(tmp_path / "plain.jpg"))
 
 
 def test_a_photo_on_its_side_is_turned_without_decoding_every_number_of_its_exif(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -32,6 +32,7 @@ from search.failures import EXIT_STORAGE_FAILED, describe_storage_failure, stora
 from search.options import (
     READ_FLAGS,
     RECORDED_DATA_FLAGS,
+    URL_START,
     OneLineParser,
     add_artifact_store_flag,
     add_flags,
@@ -65,10 +66,9 @@ def _trial_number(text: str) -> int:
 
 
 def _out_folder(text: str) -> Path:
-    """--out as a folder on this machine, ~ its home folder (as for --data). A URL was made a
-    path (`http://u:pw@x/out` the folder ./http:/u:pw@x/out) and its password written into the
-    note, metrics.json and report.html; `s3://` wrote ./s3:/bucket."""
-    if "://" in text:
+    """--out as a folder on this machine, ~ its home folder (as for --data). A URL was made a path
+    (./http:/u:pw@x/out), its password written into the note, metrics.json and report.html."""
+    if URL_START.match(text):
         raise argparse.ArgumentTypeError("is a URL, and the export writes a folder on this machine: pass a folder's path "
                                          "(the export's files are linked in the study's artifact store as well)")
     try:

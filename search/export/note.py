@@ -136,21 +136,37 @@ def write_study_note(study: optuna.Study, summary: RunSummary) -> bool:
     if current.strip() and not current.startswith(NOTE_TITLE):
         return False
     dnn = sum(t.params.get(CLASSIFIER_PARAM) == "dnn" for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    save_note(study, study_note(study.study_name, replace(with_earlier_export(current, summary), completed_dnn_trials=dnn)))
+    save_note(study, study_note(study.study_name, replace(with_earlier_export(study, current, summary), completed_dnn_trials=dnn)))
     return True
 
 
-_BEST = re.compile(r"^- \*\*Best\*\*: trial ([0-9]+)", re.MULTILINE)
-_TESTED = re.compile(r"^- \*\*Test accuracy\*\* of the best trial: ([0-9]\.[0-9]+)$", re.MULTILINE)
-_FOLDER = re.compile(r"^- \*\*Export folder\*\*: (`+) ?(.+?) ?\1$", re.MULTILINE)
+_FOLDER = re.compile(r"^- \*\*Export folder\*\*: (?:`([^`]*)`|(`{2,}) (.*) \2)$", re.MULTILINE)  # as _code writes it
+MAX_METRICS_BYTES = 1024 * 1024  # an export's metrics.json is about 2 KB
 
 
-def with_earlier_export(note: str, summary: RunSummary) -> RunSummary:
+def with_earlier_export(study: optuna.Study, note: str, summary: RunSummary) -> RunSummary:
     """`summary` of a run that exported nothing (--no-export, or nothing left to run), with the
-    test accuracy and folder of the export the previous note named, where that was an export of
-    this same best trial: the note said "none (export off)" and "export it for the pictures" beside
-    an export on disk and its files linked to the trial."""
-    best, tested, folder = _BEST.search(note), _TESTED.search(note), _FOLDER.search(note)
-    if summary.export_dir is not None or not (best and tested and folder) or int(best.group(1)) != summary.best_trial:
+    export the previous note named where that folder still holds this study's export of this best
+    trial (its marker and metrics.json say so; its test accuracy is that file's): the note said
+    "none (export off)" and "export it for the pictures" beside that export, its files linked to
+    the trial. A folder gone, replaced or of another trial leaves "none (export off)"."""
+    import json
+    from pathlib import Path
+
+    from search.export.errors import ExportError
+    from search.export.files import export_identity
+    from search.export.folder import read_marker
+
+    found = _FOLDER.search(note)
+    if summary.export_dir is not None or found is None:
         return summary
-    return summary.with_export(float(tested.group(1)), folder.group(2))
+    folder = Path(found.group(1) if found.group(1) is not None else found.group(3))
+    try:
+        if not read_marker(folder).same_study(export_identity(study)):
+            return summary
+        with (folder / "metrics.json").open("rb") as handle:
+            metrics = json.loads(handle.read(MAX_METRICS_BYTES))
+        tested = float(metrics["test_accuracy"])
+    except (ExportError, OSError, ValueError, TypeError, KeyError):
+        return summary
+    return summary.with_export(tested, str(folder)) if metrics.get("best_trial") == summary.best_trial else summary
