@@ -40,10 +40,15 @@ class ThreadedServer(ThreadingMixIn, WSGIServer):
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """ThreadingMixIn's, with the slot given back before the socket is closed: after it, a
+        client that saw its connection closed could find no slot free yet for its next one."""
         try:
-            super().process_request_thread(request, client_address)
+            self.finish_request(request, client_address)
+        except Exception:  # noqa: BLE001 - socketserver's own contract: handle_error says what it is
+            self.handle_error(request, client_address)
         finally:
             self.slots.release()
+            self.shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """socketserver printed a traceback for any error in a connection: an idle one closed
