@@ -32,18 +32,19 @@ from lightning_modules.classifier import Classifier
 from lightning_modules.data.split import DataSplit
 from lightning_modules.model_file import load_model_file
 from search import record
+from search.artifact_stores import build_artifact_store
 from search.export import exporter, figures, plots, study_plots
 from search.export.__main__ import main as export_main
 from search.export.errors import ExportError
 from search.export.exporter import ExportResult, export_study
 from search.export.files import FIGURES, FILES, STUDY_PLOTS, export_identity
 from search.export.folder import MARKER, ExportIdentity, check_target
+from search.export.target import default_export_dir
 from search.export.trained import retrain_note
 from search.objective import make_objective
 from search.optuna_compat import finished_trial_writable
 from search.settings import settings_as_dict
 from search.settings_file import load_settings
-from search.artifact_stores import build_artifact_store
 from search.study import best_trials, open_study, run_worker
 
 pytestmark = pytest.mark.slow  # trains models end to end: the full suite runs it, the fast subset does not
@@ -643,12 +644,12 @@ def test_a_study_without_completed_trials_is_refused(tmp_path: Path) -> None:
 
 
 def test_default_folder_name_is_safe_and_unique() -> None:
-    exports = exporter.default_export_dir("mnist").parent
+    exports = default_export_dir("mnist").parent
     for name in ("a/../b c", "..", "/etc/x", "a b", "a_b", "名前"):
-        path = exporter.default_export_dir(name)
+        path = default_export_dir(name)
         assert path.parent == exports and not path.name.startswith("."), name
-    assert exporter.default_export_dir("a b") != exporter.default_export_dir("a_b")
-    assert exporter.default_export_dir("mnist").name == "mnist"
+    assert default_export_dir("a b") != default_export_dir("a_b")
+    assert default_export_dir("mnist").name == "mnist"
 
 
 # ---------------------------------------------------------------- command line

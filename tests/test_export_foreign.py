@@ -22,8 +22,9 @@ from search import record
 from search.export import exporter
 from search.export.__main__ import main as export_main
 from search.export.errors import ExportError
-from search.export.exporter import default_export_dir, export_study
+from search.export.exporter import export_study
 from search.export.folder import MARKER, ExportIdentity
+from search.export.target import default_export_dir
 from search.space import CLASSIFIER_PARAM
 
 OURS = {CLASSIFIER_PARAM: CategoricalDistribution(("linear", "dnn"))}

@@ -30,8 +30,9 @@ from search.export import exporter
 from search.export import folder as export_folder
 from search.export.__main__ import main as export_main
 from search.export.errors import ExportSuperseded
-from search.export.exporter import default_export_dir, export_study
+from search.export.exporter import export_study
 from search.export.files import FILES
+from search.export.target import default_export_dir
 from search.objective import make_objective
 from search.paths import checkpoints_dir
 from search.run import main as run_main

@@ -24,8 +24,8 @@ from search.artifact_stores import build_artifact_store
 from search.export import exporter
 from search.export.__main__ import main as export_main
 from search.export.artifacts import ARTIFACT_MIMETYPES, content_digest
-from search.export.exporter import default_export_dir
 from search.export.files import FILES
+from search.export.target import default_export_dir
 from search.run import main as run_main
 
 pytestmark = pytest.mark.slow  # trains models end to end: the full suite runs it, the fast subset does not

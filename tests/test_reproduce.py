@@ -22,7 +22,7 @@ from helpers import load, reader_storage, writer_storage
 from search import record
 from search.data import check_data
 from search.export.__main__ import main as export_main
-from search.export.exporter import default_export_dir
+from search.export.target import default_export_dir
 from search.optuna_compat import finished_trial_writable
 from search.run import main as run_main
 from search.run import parse_settings

@@ -11,7 +11,6 @@ trial in the artifact store for optuna-dashboard. The export loads the data the 
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
 import shutil
@@ -33,14 +32,14 @@ from search.data import DataIdentity, check_data, data_identity, load_split
 from search.export import figures, plots
 from search.export.artifacts import ARTIFACT_MIMETYPES, attach_artifacts
 from search.export.errors import ExportError, ExportInterrupted, ExportSuperseded
-from search.export.files import FILES, export_identity
+from search.export.files import FILES, export_identity, exported_metrics
 from search.export.folder import replace_dir, share, staging_dir
 from search.export.metrics import DataRecord, ExportMetrics, ModelMetrics, OnnxCheckRecord, Seeds, TrialCounts
 from search.export.model_formats import write_model_files
 from search.export.report import render_report
 from search.export.reproduce import reproduce_command
 from search.export.study_plots import draw_study_plots
-from search.export.target import check_completed, check_made_here, checked_target, default_export_dir  # noqa: F401 - imported from here too
+from search.export.target import check_completed, check_made_here, checked_target
 from search.export.trained import TrainedTrial, load_trial_model
 from search.failures import storage_failure
 from search.optuna_compat import ArtifactStore, storage_url
@@ -167,11 +166,10 @@ def swap_rule(study: optuna.Study, trial: optuna.trial.FrozenTrial, out_dir: Pat
     ends late never replaces a better one written meanwhile, nor one of the same trial that went in at
     the same moment (`raced`); a re-export of the same trial replaces it, as before."""
     def keep(folder: Path, raced: bool) -> None:
-        try:  # a few KB; one unreadable, or naming no trial the study completed (an older version's), is replaced
-            with (folder / "metrics.json").open("rb") as handle:
-                number = json.loads(handle.read(1 << 20)).get("best_trial")
-        except (OSError, ValueError, AttributeError, RecursionError):
+        metrics = exported_metrics(folder)  # one unreadable, or naming no trial the study completed (an older version's), is replaced
+        if metrics is None:
             return
+        number = metrics.get("best_trial")
         done = {t.number: t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if t.value is not None}
         held, ours, rank = done.get(number) if type(number) is int else None, done.get(trial.number, trial), lambda t: (t.value, -t.number)
         if held is None or rank(held) < rank(ours) or (held.number == ours.number and not raced):

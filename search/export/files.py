@@ -6,6 +6,8 @@ checks its export folder before any trial trains, beside workers that are still 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from search import record
@@ -26,3 +28,17 @@ def export_identity(study: Any) -> ExportIdentity:
     """What the export folder's marker names: the study's name and its uid (search/record.py), if any."""
     uid = study.user_attrs.get(record.UID)
     return ExportIdentity(study.study_name, str(uid) if uid not in (None, "") else None)
+
+
+MAX_METRICS_BYTES = 1 << 20  # an export's metrics.json is a few KB
+
+
+def exported_metrics(folder: Path) -> dict[str, Any] | None:
+    """The metrics.json of the export in `folder` (read at most MAX_METRICS_BYTES), or None where it
+    is missing, unreadable or no JSON object: what a swap and the dashboard note read of an export."""
+    try:
+        with (folder / "metrics.json").open("rb") as handle:
+            metrics = json.loads(handle.read(MAX_METRICS_BYTES))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return metrics if isinstance(metrics, dict) else None

@@ -141,7 +141,6 @@ def write_study_note(study: optuna.Study, summary: RunSummary) -> bool:
 
 
 _FOLDER = re.compile(r"^- \*\*Export folder\*\*: (?:`([^`]*)`|(`{2,}) (.*) \2)$", re.MULTILINE)  # as _code writes it
-MAX_METRICS_BYTES = 1024 * 1024  # an export's metrics.json is about 2 KB
 
 
 def with_earlier_export(study: optuna.Study, note: str, summary: RunSummary) -> RunSummary:
@@ -150,11 +149,10 @@ def with_earlier_export(study: optuna.Study, note: str, summary: RunSummary) -> 
     trial (its marker and metrics.json say so; its test accuracy is that file's): the note said
     "none (export off)" and "export it for the pictures" beside that export, its files linked to
     the trial. A folder gone, replaced or of another trial leaves "none (export off)"."""
-    import json
     from pathlib import Path
 
     from search.export.errors import ExportError
-    from search.export.files import export_identity
+    from search.export.files import export_identity, exported_metrics
     from search.export.folder import read_marker
 
     found = _FOLDER.search(note)
@@ -164,9 +162,12 @@ def with_earlier_export(study: optuna.Study, note: str, summary: RunSummary) -> 
     try:
         if not read_marker(folder).same_study(export_identity(study)):
             return summary
-        with (folder / "metrics.json").open("rb") as handle:
-            metrics = json.loads(handle.read(MAX_METRICS_BYTES))
-        tested = float(metrics["test_accuracy"])
-    except (ExportError, OSError, ValueError, TypeError, KeyError):
+    except ExportError:
         return summary
-    return summary.with_export(tested, str(folder)) if metrics.get("best_trial") == summary.best_trial else summary
+    metrics = exported_metrics(folder)
+    if metrics is None or metrics.get("best_trial") != summary.best_trial:
+        return summary
+    try:
+        return summary.with_export(float(metrics["test_accuracy"]), str(folder))
+    except (KeyError, TypeError, ValueError):
+        return summary
