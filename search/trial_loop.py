@@ -185,7 +185,13 @@ def run_trials(
     study = open_study(settings, _storage(settings, url)).study
     store = open_store(location_for_run(study, settings.study.artifact_store))
     objective = make_objective(settings, split, store, checkpoints_dir(), stop.event, device)
-    return run_worker(study, objective, settings, callbacks, stop_event=stop.event, storage_check=storage_guard(url), deadline=deadline)
+    still_there = storage_guard(url)
+    try:
+        return run_worker(study, objective, settings, callbacks, stop_event=stop.event, storage_check=still_there, deadline=deadline)
+    except Exception as error:
+        if storage_failure(error) is not None:  # a file deleted under the run reads as an empty one ("no such table: trials")
+            still_there()  # that, not the error it caused, is what to say
+        raise
 
 
 def worker_process(
